@@ -1,0 +1,138 @@
+"""The one error hierarchy of the services, and its one HTTP mapping.
+
+Every error a client can see is a `ServiceError` with a stable machine-readable
+`code`, an HTTP `status` and a human `detail` that never carries exception text
+or secret material.  Each app registers `install_error_handlers` once; anything
+else that escapes becomes a generic 500 `internal_error` with no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lucid.errors")
+
+
+class ServiceError(Exception):
+    """A failure with a stable code; rendered as {"error": code, "detail": ...}."""
+
+    status: int = 500
+    code: str = "internal_error"
+    detail: str = "internal error"
+
+    def __init__(self, detail: str | None = None, *, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or self.detail)
+        if detail is not None:
+            self.detail = detail
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "detail": self.detail, **self.extra}
+
+
+def _error(name: str, status: int, code: str, detail: str) -> type[ServiceError]:
+    return type(name, (ServiceError,), {"status": status, "code": code, "detail": detail})
+
+
+BadRequest = _error("BadRequest", 400, "bad_request", "the request is malformed")
+InvalidId = _error("InvalidId", 400, "invalid_id", "the id is malformed")
+InvalidParameter = _error("InvalidParameter", 422, "invalid_parameter", "a parameter is invalid")
+ChecksumMismatch = _error("ChecksumMismatch", 460, "checksum_mismatch",
+                          "the body does not match its Upload-Checksum; nothing was committed")
+TruncatedBody = _error("TruncatedBody", 400, "truncated_body",
+                       "the body ended before its declared length")
+Unauthorized = _error("Unauthorized", 401, "unauthorized", "a valid bearer token is required")
+Forbidden = _error("Forbidden", 403, "forbidden", "this token may not do that")
+SessionNotFound = _error("SessionNotFound", 404, "session_not_found", "no such session")
+ChunkNotFound = _error("ChunkNotFound", 404, "chunk_not_found", "no such chunk")
+NotFound = _error("NotFound", 404, "not_found", "no such resource")
+MethodNotAllowed = _error("MethodNotAllowed", 405, "method_not_allowed", "method not allowed")
+OffsetMismatch = _error("OffsetMismatch", 409, "offset_mismatch",
+                        "Upload-Offset does not match the committed offset")
+InvalidState = _error("InvalidState", 409, "invalid_state",
+                      "the session is not in a state that allows this")
+UploadInProgress = _error("UploadInProgress", 409, "upload_in_progress",
+                          "another writer is uploading to this session")
+Conflict = _error("Conflict", 409, "conflict", "the request conflicts with the current state")
+PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "the body is too large")
+UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",
+                              "wrong Content-Type")
+RangeNotSatisfiable = _error("RangeNotSatisfiable", 416, "range_not_satisfiable",
+                             "the requested range is outside the session")
+ChunkCorrupt = _error("ChunkCorrupt", 502, "chunk_corrupt",
+                      "a stored chunk failed verification; no bytes of it were returned")
+UpstreamUnavailable = _error("UpstreamUnavailable", 503, "upstream_unavailable",
+                             "a dependency of this service is not answering")
+NotReady = _error("NotReady", 503, "not_ready", "the service is not ready")
+
+_BY_CODE: dict[str, type[ServiceError]] = {
+    cls.code: cls
+    for cls in (BadRequest, InvalidId, InvalidParameter, ChecksumMismatch, TruncatedBody,
+                Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
+                MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, Conflict,
+                PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
+                UpstreamUnavailable, NotReady)
+}
+
+
+def error_from_body(status: int, body: Any) -> ServiceError:
+    """Rebuild the ServiceError an upstream service rendered, so it passes through unchanged."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        cls = _BY_CODE.get(body["error"])
+        detail = body.get("detail") if isinstance(body.get("detail"), str) else None
+        extra = {k: v for k, v in body.items() if k not in ("error", "detail")}
+        if cls is not None:
+            return cls(detail, extra=extra)
+    if status >= 500:
+        return UpstreamUnavailable()
+    err = ServiceError("upstream rejected the request")
+    err.status, err.code = status, "upstream_error"
+    return err
+
+
+def _render(err: ServiceError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one mapping from exceptions to {"error", "detail"} responses."""
+
+    async def on_service_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return _render(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        where = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            where.append(f"{loc}: {e.get('msg', 'invalid')}")
+        return _render(InvalidParameter("invalid request: " + "; ".join(where)))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        mapping = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+                   415: UnsupportedMediaType, 401: Unauthorized, 403: Forbidden}
+        cls = mapping.get(exc.status_code)
+        err = cls() if cls else BadRequest()
+        if cls is None and exc.status_code < 500:
+            err.status = exc.status_code
+        return _render(err)
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Log the type only: exception text can carry paths, ids or bytes we must not echo.
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return _render(ServiceError())
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,71 @@
+"""Settings shared by all three services: one `LUCID_` prefix, secrets only via `*_FILE`.
+
+Each service subclasses `CommonSettings` in its own `config.py`.  Validation
+happens at start-up; `load(cls)` turns pydantic's errors into one `ConfigError`
+whose message names every bad variable, without echoing secret values.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sessions.common.secrets import ConfigError, check_token, load_or_create, new_token
+
+log = logging.getLogger("lucid.config")
+
+S = TypeVar("S", bound="CommonSettings")
+
+
+class Mode(StrEnum):
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="LUCID_", extra="ignore", frozen=True)
+
+    mode: Mode = Field(Mode.LOCAL, description="local generates missing secrets; production "
+                       "refuses to start without them")
+    data_dir: Path = Field(Path("lucid-data"), description="the only directory the service "
+                           "writes to")
+    host: str = Field("127.0.0.1", description="address to bind")
+    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
+    service_token_file: Path | None = Field(None, description="file holding the internal "
+                                            "service token")
+
+    @property
+    def production(self) -> bool:
+        return self.mode is Mode.PRODUCTION
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    def service_token(self) -> str:
+        """Return the internal service token, generating it in local mode if missing."""
+        text = load_or_create(self.service_token_file, default=self.secrets_dir / "service.token",
+                              production=self.production, what="service token",
+                              env="LUCID_SERVICE_TOKEN_FILE", generate=new_token,
+                              announce=log.warning)
+        return check_token(text, what="service token")
+
+
+def load(cls: type[S]) -> S:
+    """Build settings from the environment; raise ConfigError naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in exc.errors():
+            name = prefix + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

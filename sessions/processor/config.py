@@ -1,0 +1,53 @@
+"""Settings of the chunk processor, the only service that holds keys."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from sessions.common.settings import CommonSettings, load
+
+MIB = 1024 * 1024
+
+
+def _default_node_name() -> str:
+    host = "".join(c for c in socket.gethostname().lower() if c.isalnum() or c in "-.")
+    return f"lucid-{host or 'node'}"
+
+
+class Settings(CommonSettings):
+    """Processor settings: `LUCID_` prefix; key material only through `*_FILE` paths."""
+
+    model_config = SettingsConfigDict(env_prefix="LUCID_", extra="ignore", frozen=True)
+
+    processor_port: int = Field(8085, ge=1, le=65535)
+    storage_url: str = Field("http://127.0.0.1:8086", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    master_key_file: Path | None = Field(None, description="file with the 256-bit master key "
+                                        "(64 hex characters)")
+    signing_key_file: Path | None = Field(None, description="file with the node's Ed25519 "
+                                         "signing key (C2SP PRIVATE+KEY text)")
+    node_name: str = Field(default_factory=_default_node_name,
+                           pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                           description="names the node in checkpoint origins and key names")
+    chunk_size: int = Field(4 * MIB, ge=MIB, le=16 * MIB)
+    zstd_level: int = Field(3, ge=1, le=19)
+    inflight_chunks: int = Field(2, ge=1, le=16, description="sealed chunks queued for storage "
+                                 "while the next one is sealed")
+    prefetch_chunks: int = Field(3, ge=0, le=16, description="chunks fetched ahead on replay")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @property
+    def port(self) -> int:
+        return self.processor_port
+
+
+def load_settings() -> Settings:
+    """Return validated processor settings from the environment (ConfigError if invalid)."""
+    return load(Settings)

@@ -61,6 +61,8 @@ InvalidState = _error("InvalidState", 409, "invalid_state",
                       "the session is not in a state that allows this")
 UploadInProgress = _error("UploadInProgress", 409, "upload_in_progress",
                           "another writer is uploading to this session")
+KeyUnavailable = _error("KeyUnavailable", 409, "key_unavailable",
+                        "the session's key is erased or does not open under this node's master key")
 Conflict = _error("Conflict", 409, "conflict", "the request conflicts with the current state")
 PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "the body is too large")
 UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",
@@ -77,7 +79,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
     cls.code: cls
     for cls in (BadRequest, InvalidId, InvalidParameter, ChecksumMismatch, TruncatedBody,
                 Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
-                MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, Conflict,
+                MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable, Conflict,
                 PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
                 UpstreamUnavailable, NotReady)
 }

@@ -1,0 +1,52 @@
+"""Settings of the public gateway, the only service with a public port."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from sessions.common.secrets import check_token, load_or_create, new_token
+from sessions.common.settings import CommonSettings, load
+
+log = logging.getLogger("lucid.config")
+
+KIB = 1024
+GIB = 1024 * 1024 * 1024
+
+
+class Settings(CommonSettings):
+    """Gateway settings: `LUCID_` prefix; the admin token only through `LUCID_ADMIN_TOKEN_FILE`."""
+
+    model_config = SettingsConfigDict(env_prefix="LUCID_", extra="ignore", frozen=True)
+
+    api_port: int = Field(8087, ge=1, le=65535)
+    processor_url: str = Field("http://127.0.0.1:8085", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    admin_token_file: Path | None = Field(None, description="file holding the clients' bearer "
+                                          "token (local default <data_dir>/secrets/admin.token)")
+    max_upload_bytes: int = Field(8 * GIB, ge=1, description="largest body of one PATCH upload")
+    max_json_bytes: int = Field(64 * KIB, ge=1024, description="largest JSON request body")
+
+    @field_validator("processor_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @property
+    def port(self) -> int:
+        return self.api_port
+
+    def admin_token(self) -> str:
+        """Return the clients' bearer token, generating it in local mode if missing."""
+        text = load_or_create(self.admin_token_file, default=self.secrets_dir / "admin.token",
+                              production=self.production, what="admin token",
+                              env="LUCID_ADMIN_TOKEN_FILE", generate=new_token,
+                              announce=log.warning)
+        return check_token(text, what="admin token")
+
+
+def load_settings() -> Settings:
+    """Return validated gateway settings from the environment (ConfigError if invalid)."""
+    return load(Settings)

@@ -1,0 +1,190 @@
+"""The write path: a plaintext byte stream becomes sealed, committed chunks.
+
+Three stages run concurrently, joined by small bounded queues, so the next
+chunk is read while one is sealed and another is being stored:
+
+    request body --chunk_stream--> [plain q] --seal (thread)--> [sealed q] --> storage PUT + commit
+
+A byte is acknowledged only after storage has fsync'd its sealed chunk and
+committed the chunk's metadata.  With an `Upload-Checksum` the request is
+all-or-nothing: chunks are staged, and committed in one transaction only when
+the digest of the whole body matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from starlette.requests import ClientDisconnect
+
+from sessions.common.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    PayloadTooLarge,
+    ServiceError,
+    TruncatedBody,
+)
+from sessions.core import ChunkSealer, SealedChunk, chunk_stream
+from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClient
+
+_END = None
+
+
+def parse_checksum(header: str | None) -> bytes | None:
+    """Return the 32-byte digest of an `Upload-Checksum: sha256 <base64>` header, or None."""
+    if header is None:
+        return None
+    algo, _, value = header.strip().partition(" ")
+    if algo.lower() != "sha256":
+        raise BadRequest("Upload-Checksum must be 'sha256 <base64 digest>'")
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("Upload-Checksum digest is not valid base64") from None
+    if len(digest) != 32:
+        raise BadRequest("Upload-Checksum digest must be 32 bytes")
+    return digest
+
+
+@dataclass
+class _Body:
+    """The request body, counted and capped; a client disconnect ends it instead of raising."""
+
+    source: AsyncIterable[bytes]
+    max_bytes: int
+    received: int = 0
+    disconnected: bool = False
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self.source:
+                self.received += len(piece)
+                if self.received > self.max_bytes:
+                    raise PayloadTooLarge(f"a request may carry at most {self.max_bytes} bytes")
+                yield piece
+        except ClientDisconnect:
+            self.disconnected = True
+
+
+@dataclass
+class Upload:
+    """One PATCH request's worth of work against one session."""
+
+    storage: StorageClient
+    sealer: ChunkSealer
+    session: SessionRow
+    executor: Executor
+    inflight: int
+    checksum: bytes | None
+    on_commit: Callable[[list[ChunkRow]], None]
+    offset: int = field(init=False)
+    chunk_count: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offset = self.session.offset
+        self.chunk_count = self.session.chunk_count
+        self._digest = hashlib.sha256() if self.checksum is not None else None
+        self._staged: list[ChunkRow] = []
+
+    async def run(self, body: _Body, *, declared_length: int | None) -> SessionRow:
+        """Seal and commit the whole body; return the session as committed afterwards."""
+        plain: asyncio.Queue[bytearray | None] = asyncio.Queue(maxsize=1)
+        sealed: asyncio.Queue[SealedChunk | None] = asyncio.Queue(maxsize=self.inflight)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(body, plain))
+                tg.create_task(self._seal(plain, sealed))
+                tg.create_task(self._store(sealed))
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        truncated = body.disconnected or (declared_length is not None
+                                          and body.received != declared_length)
+        return await self._finish(truncated)
+
+    async def _read(self, body: _Body, out: asyncio.Queue[bytearray | None]) -> None:
+        async for chunk in chunk_stream(body.pieces(), chunk_size=self.session.chunk_size):
+            await out.put(chunk)
+        await out.put(_END)
+
+    async def _seal(self, inq: asyncio.Queue[bytearray | None],
+                    out: asyncio.Queue[SealedChunk | None]) -> None:
+        loop = asyncio.get_running_loop()
+        index = self.session.chunk_count
+        while (chunk := await inq.get()) is not _END:
+            out_chunk = await loop.run_in_executor(self.executor, self._seal_one, chunk, index)
+            await out.put(out_chunk)
+            index += 1
+        await out.put(_END)
+
+    def _seal_one(self, chunk: bytearray, index: int) -> SealedChunk:
+        # Runs in a worker thread; chunks arrive in order, so the running digest stays ordered.
+        if self._digest is not None:
+            self._digest.update(chunk)
+        return self.sealer.seal(chunk, index=index)
+
+    async def _store(self, inq: asyncio.Queue[SealedChunk | None]) -> None:
+        offset = self.session.offset
+        while (chunk := await inq.get()) is not _END:
+            await self.storage.put_chunk(self.session.id, chunk.index, chunk.data, chunk.leaf_hash)
+            row = ChunkRow(index=chunk.index, offset=offset, length=chunk.plaintext_length,
+                           sealed_length=chunk.sealed_length, leaf_hash=chunk.leaf_hash,
+                           compressed=chunk.compressed)
+            offset += chunk.plaintext_length
+            if self._digest is None:
+                await self._commit([row])
+            else:
+                self._staged.append(row)
+
+    async def _commit(self, rows: list[ChunkRow]) -> None:
+        committed = await self.storage.commit(self.session.id, expected_offset=self.offset,
+                                              chunks=rows)
+        self.offset, self.chunk_count = committed.offset, committed.chunk_count
+        self.on_commit(rows)
+
+    async def _finish(self, truncated: bool) -> SessionRow:
+        if self._digest is not None:
+            if truncated:
+                raise TruncatedBody("the body ended early; nothing was committed",
+                                    extra={"offset": self.offset})
+            if self._digest.digest() != self.checksum:
+                raise ChecksumMismatch(extra={"offset": self.offset})
+            if self._staged:
+                await self._commit(self._staged)
+        elif truncated:
+            raise TruncatedBody("the body ended early; the bytes received were committed",
+                                extra={"offset": self.offset})
+        return await self.storage.get_session(self.session.id)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Return the most telling leaf of a task group's failure: a ServiceError if there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, ServiceError):
+            return exc
+    return leaves[0]
+
+
+async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: SessionRow,
+                 source: AsyncIterable[bytes], checksum: bytes | None,
+                 declared_length: int | None, max_bytes: int, executor: Executor,
+                 inflight: int, on_commit: Callable[[list[ChunkRow]], None]) -> SessionRow:
+    """Seal and commit one request body at the session's committed offset."""
+    upload = Upload(storage=storage, sealer=sealer, session=session, executor=executor,
+                    inflight=inflight, checksum=checksum, on_commit=on_commit)
+    return await upload.run(_Body(source, max_bytes), declared_length=declared_length)

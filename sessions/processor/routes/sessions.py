@@ -1,0 +1,71 @@
+"""Session lifecycle, checkpoints and proofs: `/internal/v1/sessions`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from sessions.common.models import CreateSession, list_params
+from sessions.processor.deps import EngineDep, SessionId
+
+router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
+
+
+@router.post("", status_code=201)
+async def create_session(body: CreateSession, engine: EngineDep) -> dict[str, Any]:
+    return await engine.create(body.labels, body.retention_days)
+
+
+@router.get("")
+async def list_sessions(request: Request, engine: EngineDep) -> dict[str, Any]:
+    return await engine.list(list_params(request.query_params.multi_items()))
+
+
+@router.get("/{session_id}")
+async def show_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+    return await engine.get(session_id)
+
+
+@router.post("/{session_id}/finalize")
+async def finalize_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+    return await engine.finalize(session_id)
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: SessionId, engine: EngineDep) -> Response:
+    await engine.delete(session_id)
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/manifest")
+async def get_manifest(session_id: SessionId, engine: EngineDep) -> Response:
+    return Response(await engine.manifest(session_id), media_type="application/json")
+
+
+@router.get("/{session_id}/checkpoint")
+async def get_checkpoint(session_id: SessionId, engine: EngineDep,
+                         size: Annotated[int | None, Query(ge=0)] = None) -> Response:
+    note = await engine.checkpoint(session_id, size)
+    return Response(note, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/{session_id}/proof/inclusion")
+async def inclusion_proof(session_id: SessionId, engine: EngineDep,
+                          index: Annotated[int, Query(ge=0)],
+                          size: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
+    return await engine.inclusion(session_id, index, size)
+
+
+@router.get("/{session_id}/proof/consistency")
+async def consistency_proof(session_id: SessionId, engine: EngineDep,
+                            from_size: Annotated[int, Query(alias="from", ge=0)],
+                            to_size: Annotated[int | None, Query(alias="to", ge=0)] = None,
+                            ) -> dict[str, Any]:
+    return await engine.consistency(session_id, from_size, to_size)
+
+
+@router.post("/{session_id}/verify")
+async def verify_session(session_id: SessionId, engine: EngineDep,
+                         sample: Annotated[float, Query(gt=0, le=100)] = 100) -> dict[str, Any]:
+    return await engine.verify(session_id, sample)

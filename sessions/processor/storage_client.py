@@ -1,0 +1,204 @@
+"""The processor's client for session storage: one pooled HTTP connection set, typed calls.
+
+httpx errors are translated here, once: storage's own error bodies come back as
+the same `ServiceError`, a dead storage becomes `UpstreamUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sessions.common.errors import ServiceError, UpstreamUnavailable, error_from_body
+from sessions.common.states import SessionState
+from sessions.core import WrappedKey
+
+_API = "/internal/v1"
+CHUNK_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """One committed chunk as storage's metadata records it."""
+
+    index: int
+    offset: int
+    length: int
+    sealed_length: int
+    leaf_hash: bytes
+    compressed: bool
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChunkRow:
+        return cls(index=int(d["index"]), offset=int(d["offset"]), length=int(d["length"]),
+                   sealed_length=int(d["sealed_length"]), leaf_hash=bytes.fromhex(d["leaf_hash"]),
+                   compressed=bool(d["compressed"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "offset": self.offset, "length": self.length,
+                "sealed_length": self.sealed_length, "leaf_hash": self.leaf_hash.hex(),
+                "compressed": self.compressed}
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A session record as storage returns it (the wrapped key never leaves the processor)."""
+
+    raw: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.raw["id"])
+
+    @property
+    def state(self) -> SessionState:
+        return SessionState(self.raw["state"])
+
+    @property
+    def offset(self) -> int:
+        return int(self.raw["offset"])
+
+    @property
+    def chunk_count(self) -> int:
+        return int(self.raw["chunk_count"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.raw["chunk_size"])
+
+    @property
+    def zstd_level(self) -> int:
+        return int(self.raw["zstd_level"])
+
+    @property
+    def wrapped_key(self) -> WrappedKey | None:
+        wk = self.raw.get("wrapped_key")
+        return WrappedKey.from_json(wk) if wk else None
+
+    def public(self) -> dict[str, Any]:
+        """Return the record without the wrapped key, for clients."""
+        return {k: v for k, v in self.raw.items() if k != "wrapped_key"}
+
+
+class StorageClient:
+    """Typed calls to storage's `/internal/v1` API over one reused connection pool."""
+
+    def __init__(self, base_url: str, token: str, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url, transport=transport,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(60.0, connect=5.0),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = await self._http.request(method, _API + path, **kw)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable("session storage is not answering") from exc
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp
+
+    async def ready(self) -> None:
+        try:
+            resp = await self._http.get("/ready")
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable("session storage is not answering") from exc
+        if resp.status_code != 200:
+            raise UpstreamUnavailable("session storage is not ready")
+
+    async def create_session(self, body: dict[str, Any]) -> SessionRow:
+        return SessionRow((await self._call("POST", "/sessions", json=body)).json())
+
+    async def get_session(self, sid: str) -> SessionRow:
+        return SessionRow((await self._call("GET", f"/sessions/{sid}")).json())
+
+    async def list_sessions(self, params: list[tuple[str, str]]) -> dict[str, Any]:
+        page: dict[str, Any] = (await self._call("GET", "/sessions", params=params)).json()
+        page["items"] = [SessionRow(item).public() for item in page["items"]]
+        return page
+
+    async def transition(self, sid: str, *, to: SessionState,
+                         allowed_from: tuple[SessionState, ...]) -> SessionRow:
+        body = {"to": to.value, "from": [s.value for s in allowed_from]}
+        return SessionRow((await self._call("POST", f"/sessions/{sid}/state", json=body)).json())
+
+    async def put_chunk(self, sid: str, index: int, data: bytes, leaf_hash: bytes) -> None:
+        await self._call("PUT", f"/sessions/{sid}/chunks/{index}", content=data,
+                         headers={"Content-Type": "application/octet-stream",
+                                  "X-Lucid-Leaf-Hash": leaf_hash.hex()})
+
+    async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow]) -> SessionRow:
+        body = {"expected_offset": expected_offset, "chunks": [c.to_json() for c in chunks]}
+        return SessionRow((await self._call("POST", f"/sessions/{sid}/commit", json=body)).json())
+
+    async def chunks(self, sid: str, *, count: int) -> list[ChunkRow]:
+        """Return the first `count` committed chunk rows, paging through storage."""
+        rows: list[ChunkRow] = []
+        while len(rows) < count:
+            params = {"start": len(rows), "limit": min(CHUNK_PAGE, count - len(rows))}
+            items = (await self._call("GET", f"/sessions/{sid}/chunks", params=params)).json()
+            page = [ChunkRow.from_json(d) for d in items["items"]]
+            if not page:
+                break
+            rows.extend(page)
+        return rows
+
+    async def leaves(self, sid: str, *, size: int) -> list[bytes]:
+        """Return the first `size` committed leaf hashes."""
+        raw = (await self._call("GET", f"/sessions/{sid}/leaves", params={"size": size})).content
+        if len(raw) != 32 * size:
+            raise UpstreamUnavailable("session storage returned a short leaf list")
+        return [raw[i:i + 32] for i in range(0, len(raw), 32)]
+
+    async def get_chunk(self, sid: str, index: int) -> bytes:
+        return (await self._call("GET", f"/sessions/{sid}/chunks/{index}")).content
+
+    @asynccontextmanager
+    async def stream_chunk(self, sid: str, index: int) -> AsyncIterator[httpx.Response]:
+        """Yield storage's streaming response for a sealed chunk (for the raw-chunk passthrough)."""
+        req = self._http.build_request("GET", f"{_API}/sessions/{sid}/chunks/{index}")
+        try:
+            resp = await self._http.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable("session storage is not answering") from exc
+        try:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise _error(resp)
+            yield resp
+        finally:
+            await resp.aclose()
+
+    async def finalize(self, sid: str, *, root_hash: bytes, checkpoint: str,
+                       manifest: bytes) -> SessionRow:
+        body = {"root_hash": root_hash.hex(), "checkpoint": checkpoint,
+                "manifest": manifest.decode("utf-8")}
+        return SessionRow((await self._call("POST", f"/sessions/{sid}/finalize", json=body)).json())
+
+    async def manifest(self, sid: str) -> bytes:
+        return (await self._call("GET", f"/sessions/{sid}/manifest")).content
+
+    async def delete(self, sid: str) -> None:
+        await self._call("DELETE", f"/sessions/{sid}")
+
+    async def stats(self) -> dict[str, int]:
+        body = (await self._call("GET", "/stats")).json()
+        return {str(k): int(v) for k, v in body.get("sessions_by_state", {}).items()}
+
+
+def _error(resp: httpx.Response) -> ServiceError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    return error_from_body(resp.status_code, body)
+

@@ -1,0 +1,95 @@
+"""The plain records storage keeps, and the one rule for appending chunks to a session.
+
+Both metadata store implementations (SQLite now, MongoDB next) speak these
+dataclasses and call `check_commit`, so they cannot disagree on what a valid
+commit is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sessions.common.errors import BadRequest, Conflict, OffsetMismatch
+from sessions.common.states import SessionState, require_state
+
+LEAF_HASH_SIZE = 32
+MAX_CHUNK_INDEX = 9_999_999_999  # chunk file names hold the index in 10 digits
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A per-session data key wrapped by the processor's master key; opaque to storage."""
+
+    key_id: str
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """What the processor supplies to create a session; storage adds state, times and counters."""
+
+    id: str
+    wrapped_key: WrappedKey
+    chunk_size: int
+    zstd_level: int
+    format_version: int
+    labels: dict[str, str] = field(default_factory=dict)
+    retention_days: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One session's metadata as stored; `offset` counts committed plaintext bytes."""
+
+    id: str
+    state: SessionState
+    labels: dict[str, str]
+    created_at: str
+    updated_at: str
+    retention_days: int | None
+    offset: int
+    chunk_count: int
+    sealed_bytes: int
+    chunk_size: int
+    zstd_level: int
+    format_version: int
+    root_hash: bytes | None
+    wrapped_key: WrappedKey | None
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One committed chunk: where its plaintext sits and the RFC 9162 leaf hash of its bytes."""
+
+    index: int
+    offset: int
+    length: int
+    sealed_length: int
+    leaf_hash: bytes
+    compressed: bool
+
+
+def check_commit(rec: SessionRecord, *, expected_offset: int,
+                 chunks: Sequence[ChunkRecord]) -> None:
+    """Check that chunks may be appended to rec; raise the error a commit must fail with.
+
+    Preconditions: rec.state == recording; expected_offset == rec.offset;
+    chunks[i].index == rec.chunk_count + i; chunks[0].offset == rec.offset and
+    chunks[i+1].offset == chunks[i].offset + chunks[i].length; length, sealed_length >= 1;
+    len(leaf_hash) == 32.
+    """
+    require_state(rec.state, SessionState.RECORDING, action="commit chunks to")
+    if expected_offset != rec.offset:
+        raise OffsetMismatch(f"the committed offset is {rec.offset}",
+                             extra={"offset": rec.offset})
+    index, offset = rec.chunk_count, rec.offset
+    for chunk in chunks:
+        if chunk.index != index or chunk.offset != offset:
+            raise Conflict(f"chunks must be contiguous: expected index {index} at offset {offset}",
+                           extra={"chunk_count": rec.chunk_count, "offset": rec.offset})
+        if chunk.length < 1 or chunk.sealed_length < 1 or len(chunk.leaf_hash) != LEAF_HASH_SIZE:
+            raise BadRequest(f"chunk {index} needs positive lengths and a 32-byte leaf hash")
+        if index > MAX_CHUNK_INDEX:
+            raise BadRequest("a session holds at most 10^10 chunks")
+        index, offset = index + 1, offset + chunk.length

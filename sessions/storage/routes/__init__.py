@@ -1,0 +1,1 @@
+"""One APIRouter per resource of the storage internal API (`/internal/v1`)."""

@@ -95,7 +95,8 @@ def _base_frame(rng: random.Random) -> bytearray:
 def _next_frame(frame: bytearray, rng: random.Random, n: int) -> None:
     """Evolve `frame` in place: a typed line, a scrolled text band, a video tile, the cursor."""
     y_line = 100 + (n * 16) % 432
-    _fill_rect(frame, 90, y_line, _text_rows(rng, 680, 16, b"\x10\x10\x10\xff", b"\xf0\xf0\xf0\xff"))
+    ink, paper = b"\x10\x10\x10\xff", b"\xf0\xf0\xf0\xff"
+    _fill_rect(frame, 90, y_line, _text_rows(rng, 680, 16, ink, paper))
     _fill_rect(frame, 830, 360, _text_rows(rng, 400, 160, b"\x40\x20\x10\xff", b"\xe0\xe8\xf8\xff"))
     tile = rng.randbytes(160 * 90 * BPP)  # a small playing video: incompressible pixels
     _fill_rect(frame, 1040, 560, [tile[i : i + 640] for i in range(0, len(tile), 640)])

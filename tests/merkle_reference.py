@@ -136,8 +136,10 @@ def rfc_verify_consistency(
     if first > second:
         return False
     if first == second:
-        return len(consistency_path) == 0 and first_hash == second_hash and (
-            first > 0 or first_hash == _sha256(b"")
+        return (
+            len(consistency_path) == 0
+            and first_hash == second_hash
+            and (first > 0 or first_hash == _sha256(b""))
         )
     if first == 0:
         return len(consistency_path) == 0 and first_hash == _sha256(b"")

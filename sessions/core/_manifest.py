@@ -155,7 +155,7 @@ class Manifest:
         fields = _take(obj, _FIELDS, "manifest")
         labels = fields["labels"]
         if not all(_is(v, str) for v in labels.values()):
-            raise _bad("field labels has the wrong type")
+            raise _bad("manifest field labels has the wrong type")
         chunks = tuple(_chunk_from_obj(c) for c in fields["chunks"])
         manifest = cls(**(fields | {"labels": labels, "chunks": chunks}))
         if manifest.to_json() != data:

@@ -242,7 +242,6 @@ class NoteSigner:
         return f"NoteSigner(name={self.name!r}, key_hash={self.key_hash:#010x})"
 
 
-
 @dataclass(frozen=True)
 class Signature:
     """One signature line: key name, key hash and the signature bytes after the hash."""
@@ -278,7 +277,8 @@ def _check_text(text: str) -> bytes:
 def sign_note(text: str, *signers: NoteSigner) -> bytes:
     """Return `text` signed by each signer in turn, as a signed note's bytes.
 
-    Requires: the text is a valid note text (see _check_text), 1 ≤ len(signers) ≤ 100.
+    Requires: the text is a valid note text (see _check_text), 1 ≤ len(signers) ≤ 100,
+    and a result of at most MAX_NOTE_SIZE bytes.
     Spec: signed-note "Format"; output is byte-identical to x/mod's Sign.
     """
     body = _check_text(text)
@@ -288,7 +288,10 @@ def sign_note(text: str, *signers: NoteSigner) -> bytes:
     for signer in signers:
         blob = signer.key_hash.to_bytes(4, "big") + signer.sign(body)
         lines.append(f"{_SIG_PREFIX}{signer.name} {base64.b64encode(blob).decode('ascii')}\n")
-    return body + b"\n" + "".join(lines).encode("utf-8")
+    signed = body + b"\n" + "".join(lines).encode("utf-8")
+    if len(signed) > MAX_NOTE_SIZE:  # open_note would refuse it
+        raise MalformedNoteError("signed note larger than MAX_NOTE_SIZE")
+    return signed
 
 
 def _split(msg: bytes) -> tuple[bytes, list[str]]:

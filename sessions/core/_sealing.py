@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sessions.core._chunking import MAX_CHUNK_SIZE
 from sessions.core._errors import HeaderError, OpenError
+from sessions.core._merkle_hash import LEAF_PREFIX
 
 __all__ = [
     "CHUNK_AAD_DOMAIN",
@@ -35,7 +36,6 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "KEY_SIZE",
-    "LEAF_PREFIX",
     "MAX_PLAINTEXT_LENGTH",
     "NONCE_SIZE",
     "TAG_SIZE",
@@ -57,7 +57,6 @@ TAG_SIZE = 16
 MAX_PLAINTEXT_LENGTH = MAX_CHUNK_SIZE
 MAX_INDEX = 2**64 - 1
 MAX_SESSION_ID_LENGTH = 255
-LEAF_PREFIX = b"\x00"  # RFC 9162 section 2.1.1: leaf hash = SHA-256(0x00 || entry)
 DEFAULT_ZSTD_LEVEL = 3
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = 1, 19
 
@@ -226,6 +225,18 @@ def _leaf_hash(data: bytes) -> bytes:
     return h.digest()
 
 
+def _compress_if_smaller(view: memoryview, level: int) -> tuple[bytes | memoryview, ChunkFlags]:
+    """Return (zstd frame, COMPRESSED) if it is shorter than `view`, else (view, NONE).
+
+    A helper of its own so a rejected frame is freed before encryption allocates.
+    """
+    if view.nbytes:
+        packed = _compressor(level).compress(view)
+        if len(packed) < view.nbytes:
+            return packed, ChunkFlags.COMPRESSED
+    return view, ChunkFlags.NONE
+
+
 def _seal_with_nonce(
     aead: AESGCM,
     *,
@@ -247,15 +258,11 @@ def _seal_with_nonce(
     length = view.nbytes
     if length > MAX_PLAINTEXT_LENGTH:
         raise ValueError(f"chunk plaintext must be at most {MAX_PLAINTEXT_LENGTH} bytes")
-    payload: bytes | memoryview = view
-    flags = ChunkFlags.NONE
-    if length:
-        packed = _compressor(zstd_level).compress(view)
-        if len(packed) < length:  # store compressed only when it actually shrinks
-            payload, flags = packed, ChunkFlags.COMPRESSED
+    payload, flags = _compress_if_smaller(view, zstd_level)
     header = ChunkHeader(FORMAT_VERSION, flags, _check_index(index), length, nonce).to_bytes()
     ct_and_tag = aead.encrypt(nonce, payload, chunk_aad(session_id, header))
     data = b"".join((header, ct_and_tag))
+    del ct_and_tag, payload  # free before hashing: keeps about one chunk alive, not three
     return SealedChunk(index, data, length, bool(flags), _leaf_hash(data))
 
 

@@ -1,0 +1,77 @@
+"""The gateway app: `create_app(settings)` wires config, the processor client and the routers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from starlette.types import Scope
+
+from sessions.api import package_version
+from sessions.api.config import Settings, load_settings
+from sessions.api.limits import JsonBodyLimit
+from sessions.api.processor_client import ProcessorClient
+from sessions.api.routes import node, replay, sessions, uploads
+from sessions.common.web import Metrics, install_common
+
+DESCRIPTION = """
+Keep remote-desktop session recordings safe and provable.  A recorder creates a
+session, uploads its bytes with the resumable **upload protocol** (see the `upload`
+operations), and finalizes it; the node seals every chunk, commits it to a Merkle
+tree and signs a C2SP checkpoint.  Auditors verify offline with `GET /v1/node`, the
+manifest, checkpoints, proofs and the sealed chunks.
+
+Every `/v1` operation except `GET /v1/node` needs `Authorization: Bearer <token>`.
+Every error body is `{"error": "<stable code>", "detail": "<text>", ...}`.
+"""
+
+TAGS = [
+    {"name": "sessions", "description": "Create, list, finalize, delete; manifests, "
+     "checkpoints and Merkle proofs."},
+    {"name": "upload", "description": "Resumable upload: send multiples of the chunk size; "
+     "the tail of every request becomes a short chunk."},
+    {"name": "replay", "description": "Plaintext replay with byte ranges; sealed chunks."},
+    {"name": "node", "description": "The node's public verifier key."},
+    {"name": "health", "description": "Liveness, readiness, metrics."},
+]
+
+_UPLOAD_PATH = re.compile(r"^/v1/sessions/[^/]+/upload$")
+
+
+def _is_upload(scope: Scope) -> bool:
+    """Return whether the request is an upload PATCH, whose body is streamed, not limited."""
+    return scope["method"] == "PATCH" and _UPLOAD_PATH.match(scope["path"]) is not None
+
+
+def create_app(settings: Settings | None = None, *,
+               processor_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """Return the gateway app; its lifespan reads the tokens and opens the processor client."""
+    settings = settings if settings is not None else load_settings()
+    metrics = Metrics("api")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.admin_token = settings.admin_token()
+        client = ProcessorClient(settings.processor_url, settings.service_token(),
+                                 transport=processor_transport)
+        app.state.processor = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    async def ready() -> None:
+        await app.state.processor.ready()
+
+    app = FastAPI(title="Lucid Sessions API", version=package_version(),
+                  description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
+    install_common(app, metrics=metrics, ready=ready)
+    for module in (sessions, uploads, replay, node):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,125 @@
+"""`/v1/sessions`: create, list, show, finalize, delete, manifest, checkpoint, proofs, verify."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from sessions.api.deps import Processor, SessionId, authenticate
+from sessions.api.models import (
+    MAX_LABELS,
+    ConsistencyProof,
+    CreateSession,
+    InclusionProof,
+    LabelFilter,
+    Session,
+    SessionIdText,
+    SessionPage,
+    VerifyReport,
+    errors,
+)
+from sessions.common.errors import InvalidParameter
+from sessions.common.states import SessionState
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
+                   dependencies=[Depends(authenticate)], responses=errors(401, 503))
+
+
+@router.post("", status_code=201, response_model=Session, responses=errors(413, 422),
+             summary="Create a session")
+async def create_session(processor: Processor, body: CreateSession | None = None) -> Any:
+    """Create an empty session in state `recording`; upload to it with PATCH .../upload."""
+    return await processor.create_session((body or CreateSession()).model_dump())
+
+
+@router.get("", response_model=SessionPage, responses=errors(422), summary="List sessions")
+async def list_sessions(
+    processor: Processor,
+    state: SessionState | None = None,
+    label: Annotated[list[LabelFilter] | None,
+                     Query(max_length=MAX_LABELS, description="`key:value`; repeat to AND")] = None,
+    cursor: Annotated[SessionIdText | None, Query(description="next_cursor of the previous "
+                                                  "page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Any:
+    """Return one page of sessions, newest first, filtered by state and labels."""
+    params = [("limit", str(limit))]
+    params += [("state", state.value)] if state is not None else []
+    params += [("label", item) for item in label or []]
+    params += [("cursor", cursor)] if cursor is not None else []
+    return await processor.list_sessions(params)
+
+
+@router.get("/{session_id}", response_model=Session, responses=errors(400, 404),
+            summary="Show a session")
+async def show_session(session_id: SessionId, processor: Processor) -> Any:
+    return await processor.get_session(session_id)
+
+
+@router.delete("/{session_id}", status_code=204, response_class=Response,
+               responses=errors(400), summary="Delete a session (crypto-erase)")
+async def delete_session(session_id: SessionId, processor: Processor) -> Response:
+    """Destroy the session's data key first, then its chunks.  Idempotent."""
+    await processor.delete_session(session_id)
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/finalize", response_model=Session, responses=errors(400, 404, 409),
+             summary="Finalize a session")
+async def finalize_session(session_id: SessionId, processor: Processor) -> Any:
+    """Seal the Merkle root, sign the checkpoint, write the manifest; state becomes `completed`.
+
+    Idempotent: finalizing a completed session returns it unchanged.
+    """
+    return await processor.finalize(session_id)
+
+
+@router.get("/{session_id}/manifest", response_class=Response, responses={
+    200: {"content": {"application/json": {}}, "description": "the canonical manifest bytes"},
+    **errors(400, 404)}, summary="The session's canonical manifest")
+async def manifest(session_id: SessionId, processor: Processor) -> Response:
+    """Return the manifest byte for byte as stored: its canonical form is what is signed."""
+    return Response(await processor.manifest(session_id), media_type="application/json")
+
+
+@router.get("/{session_id}/checkpoint", response_class=Response, responses={
+    200: {"content": {"text/plain": {}}, "description": "a C2SP signed checkpoint"},
+    **errors(400, 404, 422)}, summary="A signed checkpoint of the session's tree")
+async def checkpoint(session_id: SessionId, processor: Processor,
+                     size: Annotated[int | None, Query(ge=0, description="tree size; default "
+                                                       "all committed chunks")] = None) -> Response:
+    """Return the C2SP signed checkpoint (origin `<node>/sessions/<id>`) for `size` chunks."""
+    body = await processor.checkpoint(session_id, size)
+    return Response(body, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/{session_id}/proof/inclusion", response_model=InclusionProof,
+            responses=errors(400, 404, 422), summary="Merkle inclusion proof of one chunk")
+async def inclusion_proof(session_id: SessionId, processor: Processor,
+                          index: Annotated[int, Query(ge=0)],
+                          size: Annotated[int | None, Query(ge=1)] = None) -> Any:
+    """Return the RFC 9162 audit path of chunk `index` in the tree of `size` chunks."""
+    if size is not None and index >= size:
+        raise InvalidParameter("index must be below size")
+    return await processor.inclusion_proof(session_id, index, size)
+
+
+@router.get("/{session_id}/proof/consistency", response_model=ConsistencyProof,
+            responses=errors(400, 404, 422), summary="Merkle consistency proof of two sizes")
+async def consistency_proof(session_id: SessionId, processor: Processor,
+                            from_: Annotated[int, Query(alias="from", ge=0)],
+                            to: Annotated[int, Query(ge=0)]) -> Any:
+    """Return the RFC 9162 proof that the tree of `to` chunks extends the tree of `from`."""
+    if from_ > to:
+        raise InvalidParameter("from must not exceed to")
+    return await processor.consistency_proof(session_id, from_, to)
+
+
+@router.post("/{session_id}/verify", response_model=VerifyReport,
+             responses=errors(400, 404, 409, 422), summary="Verify the stored session")
+async def verify_session(session_id: SessionId, processor: Processor,
+                         sample: Annotated[float, Query(gt=0, le=100, description="percent of "
+                                                        "chunks to check")] = 100) -> Any:
+    """Check signature, root and every sampled chunk (present, unaltered, opens)."""
+    return await processor.verify(session_id, sample)

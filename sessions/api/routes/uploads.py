@@ -1,0 +1,75 @@
+"""`/v1/sessions/{id}/upload`: the resumable upload protocol (HEAD, GET, PATCH)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
+from sessions.api.limits import check_upload_headers
+from sessions.api.models import UploadResult, UploadStatus, errors
+from sessions.api.streams import limited_body
+from sessions.common.errors import TruncatedBody
+
+router = APIRouter(prefix="/v1/sessions/{session_id}/upload", tags=["upload"],
+                   dependencies=[Depends(authenticate)], responses=errors(400, 401, 404, 503))
+
+PROTOCOL = """
+**Upload protocol.**  Ask where to continue (`HEAD` or `GET`), then send the bytes from
+there with `PATCH`, each request carrying `Upload-Offset` = the committed offset.
+
+* Send **multiples of `chunk_size`** per request (`GET` tells it; 4 MiB by default).
+  The tail of *every* request becomes a short chunk, so odd-sized requests waste chunks.
+* Each request is all-or-nothing on a chunk basis: on failure, ask the offset again and
+  resume from it.  A `409 offset_mismatch` body carries the committed `"offset"`.
+* With `Upload-Checksum: sha256 <base64 digest>` of the request's bytes, a corrupted
+  request fails with `460 checksum_mismatch` and commits nothing.
+* `POST .../finalize` when done.
+"""
+
+
+@router.head("", responses={200: {"headers": {"Upload-Offset": {
+    "description": "committed bytes", "schema": {"type": "integer"}}}}},
+             summary="Committed offset (header only)", description=PROTOCOL)
+async def upload_offset(session_id: SessionId, processor: Processor) -> Response:
+    status = await processor.upload_status(session_id)
+    return Response(headers={"Upload-Offset": str(status["offset"]), "Cache-Control": "no-store"})
+
+
+@router.get("", response_model=UploadStatus, summary="Upload status: offset and chunk size",
+            description=PROTOCOL)
+async def upload_status(session_id: SessionId, processor: Processor) -> Any:
+    return await processor.upload_status(session_id)
+
+
+@router.patch("", response_model=UploadResult, responses=errors(409, 413, 415, 460),
+              summary="Append bytes at Upload-Offset", description=PROTOCOL, openapi_extra={
+                  "requestBody": {"required": True, "content": {
+                      "application/offset+octet-stream": {"schema": {
+                          "type": "string", "format": "binary"}}}}})
+async def upload(
+    session_id: SessionId, request: Request, processor: Processor, settings: SettingsDep,
+    metrics: MetricsDep,
+    upload_offset: Annotated[str | None, Header(description="committed offset this request "
+                                                "starts at")] = None,
+    upload_checksum: Annotated[str | None, Header(description="`sha256 <base64 digest>` of "
+                                                  "this request's body")] = None,
+) -> Response:
+    """Stream the body to the processor, which chunks, seals and commits it."""
+    headers = check_upload_headers(offset=upload_offset,
+                                   content_type=request.headers.get("content-type"),
+                                   content_length=request.headers.get("content-length"),
+                                   checksum=upload_checksum,
+                                   max_bytes=settings.max_upload_bytes)
+    counter = metrics.bytes_in.labels(metrics.service, "upload")
+    body = limited_body(request, limit=settings.max_upload_bytes, count=counter.inc)
+    try:
+        result, new_offset = await processor.upload(session_id, body, headers)
+    except ClientDisconnect:
+        raise TruncatedBody() from None  # nobody reads this answer; the upstream was aborted
+    offset = new_offset if new_offset is not None else str(result.get("offset", ""))
+    return JSONResponse(UploadResult.model_validate(result).model_dump(),
+                        headers={"Upload-Offset": offset, "Cache-Control": "no-store"})

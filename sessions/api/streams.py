@@ -1,0 +1,53 @@
+"""Streaming both ways without buffering: request bodies up, response bodies down."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from sessions.common.errors import PayloadTooLarge
+
+
+async def limited_body(request: Request, *, limit: int,
+                       count: Callable[[int], None]) -> AsyncIterator[bytes]:
+    """Yield the request body as it arrives; raise PayloadTooLarge once it exceeds limit bytes.
+
+    A client that disconnects mid-body makes Starlette raise ClientDisconnect here,
+    which aborts the upstream request: the processor discards the truncated body.
+    """
+    received = 0
+    async for piece in request.stream():
+        if not piece:
+            continue
+        received += len(piece)
+        if received > limit:
+            raise PayloadTooLarge(f"one upload request may carry at most {limit} bytes")
+        count(len(piece))
+        yield piece
+
+
+class RelayResponse(StreamingResponse):
+    """Streams an upstream body; always closes the upstream, and cuts the connection on failure.
+
+    If the body iterator raises after the headers went out, the exception
+    propagates to the server, which drops the connection: the client sees a
+    truncated body (short of Content-Length), never a clean but short response.
+    """
+
+    def __init__(self, content: AsyncIterable[bytes], *, status_code: int,
+                 headers: Mapping[str, str], on_close: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(content, status_code=status_code, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except ClientDisconnect:
+            pass  # the client went away; there is nobody left to tell
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close()

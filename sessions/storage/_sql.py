@@ -1,0 +1,141 @@
+"""The SQLite schema, its migrations and every statement `SqliteMetadataStore` runs.
+
+Statements are constants; the only SQL built at run time joins constant
+fragments, and every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from sessions.common.secrets import ConfigError
+
+SCHEMA_VERSION = 1
+
+PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",  # an acknowledged write survives power loss
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA secure_delete = ON",  # an erased wrapped key is zeroed, not left in a free page
+    "PRAGMA busy_timeout = 10000",
+)
+
+_V1 = (
+    """CREATE TABLE sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('recording', 'finalizing', 'completed', 'failed', 'deleted')),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        retention_days INTEGER,
+        plain_offset INTEGER NOT NULL DEFAULT 0 CHECK (plain_offset >= 0),
+        chunk_count INTEGER NOT NULL DEFAULT 0 CHECK (chunk_count >= 0),
+        sealed_bytes INTEGER NOT NULL DEFAULT 0 CHECK (sealed_bytes >= 0),
+        chunk_size INTEGER NOT NULL,
+        zstd_level INTEGER NOT NULL,
+        format_version INTEGER NOT NULL,
+        root_hash BLOB,
+        checkpoint TEXT,
+        manifest BLOB,
+        key_id TEXT,
+        key_blob BLOB
+    ) WITHOUT ROWID""",
+    "CREATE INDEX sessions_by_state ON sessions (state, id)",
+    """CREATE TABLE chunks (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL CHECK (idx >= 0),
+        plain_offset INTEGER NOT NULL CHECK (plain_offset >= 0),
+        length INTEGER NOT NULL CHECK (length > 0),
+        sealed_length INTEGER NOT NULL CHECK (sealed_length > 0),
+        leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+        compressed INTEGER NOT NULL CHECK (compressed IN (0, 1)),
+        PRIMARY KEY (session_id, idx)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE session_labels (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (session_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX session_labels_by_value ON session_labels (key, value, session_id)",
+)
+
+# MIGRATIONS[v] takes a database from schema v - 1 to schema v.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring db to SCHEMA_VERSION, one transaction per step; refuse a newer schema."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"the metadata database has schema {version}; this version of "
+                          f"lucid-sessions understands up to {SCHEMA_VERSION}")
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[step]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {int(step)}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+def truncate_wal(db: sqlite3.Connection) -> None:
+    """Checkpoint and empty the WAL so an erased key's old page image does not linger there."""
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+_SESSION_COLUMNS = ("SELECT id, state, created_at, updated_at, retention_days, plain_offset, "
+                    "chunk_count, sealed_bytes, chunk_size, zstd_level, format_version, "
+                    "root_hash, key_id, key_blob FROM sessions")
+SELECT_SESSION_BY_ID = _SESSION_COLUMNS + " WHERE id = ?"
+SESSION_EXISTS = "SELECT 1 FROM sessions WHERE id = ?"
+INSERT_SESSION = ("INSERT INTO sessions (id, state, created_at, updated_at, retention_days, "
+                  "chunk_size, zstd_level, format_version, key_id, key_blob) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)"
+SET_STATE = "UPDATE sessions SET state = ?, updated_at = ? WHERE id = ?"
+ERASE = ("UPDATE sessions SET state = ?, updated_at = ?, key_id = NULL, key_blob = NULL "
+         "WHERE id = ?")
+INSERT_CHUNK = ("INSERT INTO chunks (session_id, idx, plain_offset, length, sealed_length, "
+                "leaf_hash, compressed) VALUES (?, ?, ?, ?, ?, ?, ?)")
+ADVANCE = ("UPDATE sessions SET plain_offset = plain_offset + ?, chunk_count = chunk_count + ?, "
+           "sealed_bytes = sealed_bytes + ?, updated_at = ? WHERE id = ?")
+SELECT_CHUNKS = ("SELECT idx, plain_offset, length, sealed_length, leaf_hash, compressed "
+                 "FROM chunks WHERE session_id = ? AND idx >= ? ORDER BY idx LIMIT ?")
+SELECT_LEAVES = "SELECT leaf_hash FROM chunks WHERE session_id = ? AND idx < ? ORDER BY idx"
+FINALIZE = ("UPDATE sessions SET state = 'completed', root_hash = ?, checkpoint = ?, "
+            "manifest = ?, updated_at = ? WHERE id = ?")
+SELECT_MANIFEST = "SELECT manifest FROM sessions WHERE id = ?"
+COUNT_BY_STATE = "SELECT state, count(*) FROM sessions GROUP BY state"
+
+_LABEL_FILTER = ("EXISTS (SELECT 1 FROM session_labels AS l "
+                 "WHERE l.session_id = sessions.id AND l.key = ? AND l.value = ?)")
+
+
+def list_sessions_query(*, state: str | None, labels: Sequence[tuple[str, str]],
+                        cursor: str | None) -> tuple[str, list[object]]:
+    """Return the newest-first listing query (its LIMIT still to bind) and its parameters."""
+    where: list[str] = []
+    params: list[object] = []
+    if state is not None:
+        where.append("state = ?")
+        params.append(state)
+    if cursor is not None:
+        where.append("id < ?")
+        params.append(cursor)
+    for key, value in labels:
+        where.append(_LABEL_FILTER)
+        params.extend((key, value))
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    return _SESSION_COLUMNS + clause + " ORDER BY id DESC LIMIT ?", params
+
+
+def select_labels_query(count: int) -> str:
+    """Return the query for the labels of `count` sessions, one `?` per id."""
+    marks = ", ".join("?" * count)  # only placeholders are interpolated
+    return f"SELECT session_id, key, value FROM session_labels WHERE session_id IN ({marks})"  # noqa: S608

@@ -1,0 +1,271 @@
+"""The chunk store: one small async interface, and its local-directory implementation.
+
+`ChunkStore` is all the routes know, so an S3-compatible store can drop in.
+`LocalChunkStore` lays chunks out as `<root>/chunks/<id[0:2]>/<id>/<index:010d>.lcs`.
+A chunk is written to a unique temp file beside its final name while its
+RFC 9162 leaf hash (SHA-256 of 0x00 || bytes, RFC 9162 section 2.1.1) is
+computed, fsync'd, renamed into place and its directory fsync'd: a file at a
+final name is always whole.  Ids and indexes are validated before any path is
+built from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from sessions.common.errors import (
+    BadRequest,
+    ChunkNotFound,
+    InvalidParameter,
+    PayloadTooLarge,
+    TruncatedBody,
+)
+from sessions.common.ids import check_session_id
+from sessions.storage.errors import LeafHashMismatch, StorageFull, StorageUnavailable
+from sessions.storage.records import LEAF_HASH_SIZE, MAX_CHUNK_INDEX
+
+T = TypeVar("T")
+LEAF_PREFIX = b"\x00"  # RFC 9162 section 2.1.1: leaf hashes are SHA-256(0x00 || data)
+WRITE_BATCH = 1 << 20  # bytes gathered before one hop to a thread writes them
+CHUNK_SUFFIX = ".lcs"
+TEMP_SUFFIX = ".tmp"
+
+Guard = Callable[[], AbstractAsyncContextManager[Any]]
+
+
+class ChunkStore(Protocol):
+    """Sealed chunk bytes by (session id, index); raises `ServiceError`s only."""
+
+    async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
+                  expected_leaf_hash: bytes, max_bytes: int,
+                  expected_length: int | None = None, guard: Guard | None = None) -> int: ...
+    async def get(self, session_id: str, index: int) -> bytes: ...
+    async def size(self, session_id: str, index: int) -> int | None: ...
+    async def exists(self, session_id: str, index: int) -> bool: ...
+    async def delete_session(self, session_id: str) -> None: ...
+    async def ping(self) -> None: ...
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """Return the RFC 9162 leaf hash of data: SHA-256(0x00 || data)."""
+    return hashlib.sha256(LEAF_PREFIX + data).digest()
+
+
+def check_index(index: int) -> int:
+    """Return index if 0 <= index <= MAX_CHUNK_INDEX; raise InvalidParameter otherwise."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_CHUNK_INDEX:
+        raise InvalidParameter("a chunk index is an integer from 0 to 9999999999")
+    return index
+
+
+async def _io(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking file I/O on a thread; the one place OSErrors become service errors."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull() from exc
+        raise StorageUnavailable() from exc
+
+
+class LocalChunkStore:
+    """`ChunkStore` on a local directory tree under `root/chunks`."""
+
+    def __init__(self, root: Path) -> None:
+        self._chunks = root / "chunks"
+
+    def session_dir(self, session_id: str) -> Path:
+        """Return the directory of a session's chunks; raise InvalidId on a malformed id."""
+        sid = check_session_id(session_id)
+        return self._chunks / sid[:2] / sid
+
+    def chunk_path(self, session_id: str, index: int) -> Path:
+        """Return the final path of one chunk, after validating id and index."""
+        return self.session_dir(session_id) / f"{check_index(index):010d}{CHUNK_SUFFIX}"
+
+    async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
+                  expected_leaf_hash: bytes, max_bytes: int,
+                  expected_length: int | None = None, guard: Guard | None = None) -> int:
+        """Store body as chunk `index`; return its length once it is durable at its final name.
+
+        Preconditions: len(expected_leaf_hash) == 32; the body's length <= max_bytes and
+        == expected_length when given; SHA-256(0x00 || body) == expected_leaf_hash.
+        `guard`, if given, is entered around the rename, so a caller can re-check that the
+        chunk may still be written and hold off a concurrent commit.  On any failure
+        nothing is left behind, temp file included.
+        """
+        final = self.chunk_path(session_id, index)
+        if len(expected_leaf_hash) != LEAF_HASH_SIZE:
+            raise BadRequest("a leaf hash is 32 bytes")
+        if expected_length is not None and expected_length > max_bytes:
+            raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
+        staged = await _io(_StagedFile, final)
+        try:
+            size = await _receive(staged, body, max_bytes)
+            _check_received(staged, size, expected_length, expected_leaf_hash)
+            await _io(staged.sync)
+            if guard is None:
+                await _io(staged.publish)
+            else:
+                async with guard():
+                    await _io(staged.publish)
+        except BaseException:
+            staged.discard()  # synchronous on purpose: it must run even when cancelled
+            raise
+        return size
+
+    async def get(self, session_id: str, index: int) -> bytes:
+        """Return the stored bytes of a chunk; raise ChunkNotFound if its file is absent."""
+        data = await _io(_read_file, self.chunk_path(session_id, index))
+        if data is None:
+            raise ChunkNotFound()
+        return data
+
+    async def size(self, session_id: str, index: int) -> int | None:
+        """Return the length of a chunk's file, or None if it has none."""
+        return await _io(_file_size, self.chunk_path(session_id, index))
+
+    async def exists(self, session_id: str, index: int) -> bool:
+        return await self.size(session_id, index) is not None
+
+    async def delete_session(self, session_id: str) -> None:
+        """Remove every chunk file of a session, staged or committed; absent is fine."""
+        await _io(_remove_tree, self.session_dir(session_id))
+
+    async def ping(self) -> None:
+        """Check that the chunk directory exists and is writable."""
+        await _io(_probe, self._chunks)
+
+
+async def _receive(staged: _StagedFile, body: AsyncIterable[bytes], max_bytes: int) -> int:
+    """Write body to staged in batches of >= WRITE_BATCH bytes; return its length."""
+    pending: list[bytes] = []
+    pending_size = total = 0
+    async for piece in body:
+        total += len(piece)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
+        pending.append(piece)
+        pending_size += len(piece)
+        if pending_size >= WRITE_BATCH:
+            await _io(staged.write, b"".join(pending))
+            pending, pending_size = [], 0
+    if pending:
+        await _io(staged.write, b"".join(pending))
+    return total
+
+
+def _check_received(staged: _StagedFile, size: int, expected_length: int | None,
+                    expected_leaf_hash: bytes) -> None:
+    if expected_length is not None and size < expected_length:
+        raise TruncatedBody()
+    if size == 0:
+        raise BadRequest("a sealed chunk is never empty")
+    if staged.digest() != expected_leaf_hash:
+        raise LeafHashMismatch()
+
+
+class _StagedFile:
+    """A temp file beside `final` that hashes what it is given; used from worker threads."""
+
+    def __init__(self, final: Path) -> None:
+        _make_dirs(final.parent)
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.",
+                                    suffix=TEMP_SUFFIX)
+        self.final = final
+        self.temp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256(LEAF_PREFIX)
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)  # hashlib drops the GIL for large buffers
+        self._file.write(data)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def publish(self) -> None:
+        os.replace(self.temp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            self.temp.unlink()
+        except FileNotFoundError:  # already renamed into place, or removed with the session
+            pass
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """Create path and its missing parents, fsyncing each parent that gained an entry."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
+
+
+def _read_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _remove_tree(path: Path) -> None:
+    for _attempt in range(3):  # a PUT racing the delete may add a temp file meanwhile
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                continue
+            raise
+        break
+    if path.parent.is_dir():
+        _fsync_dir(path.parent)
+
+
+def _probe(chunks_dir: Path) -> None:
+    _make_dirs(chunks_dir)
+    fd, name = tempfile.mkstemp(dir=chunks_dir, prefix=".ready.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    os.unlink(name)

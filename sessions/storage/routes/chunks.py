@@ -1,0 +1,101 @@
+"""Chunks: stage (PUT), commit, list, leaf hashes, read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.requests import ClientDisconnect
+
+from sessions.common.errors import BadRequest, PayloadTooLarge, TruncatedBody, UnsupportedMediaType
+from sessions.storage.deps import ChunkIndex, Meta, Service, ServiceToken, SessionId
+from sessions.storage.models import ChunkList, ChunkModel, CommitIn, CommitOut, PutChunkOut
+
+router = APIRouter(prefix="/internal/v1", tags=["chunks"], dependencies=[ServiceToken])
+
+OCTET_STREAM = "application/octet-stream"
+LEAF_HASH_HEADER = "X-Lucid-Leaf-Hash"
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@router.put("/sessions/{session_id}/chunks/{index}", status_code=201,
+            summary="Stage a sealed chunk (not visible until committed)",
+            openapi_extra={"requestBody": {**_BINARY, "required": True}})
+async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
+                    service: Service) -> PutChunkOut:
+    """Stream the body to a staged file, checking its leaf hash; return its sealed length."""
+    _require_octet_stream(request)
+    leaf = _leaf_hash_header(request)
+    length = _content_length(request, service.max_chunk_bytes)
+    sealed = await service.put_chunk(session_id, index, _body(request), leaf_hash=leaf,
+                                     content_length=length)
+    return PutChunkOut(index=index, sealed_length=sealed)
+
+
+@router.post("/sessions/{session_id}/commit", summary="Make staged chunks visible, atomically")
+async def commit(session_id: SessionId, body: CommitIn, service: Service) -> CommitOut:
+    """Return the new offset and chunk count; 409 `offset_mismatch` carries the actual offset."""
+    rec = await service.commit(session_id, expected_offset=body.expected_offset,
+                               chunks=[c.to_record() for c in body.chunks])
+    return CommitOut(offset=rec.offset, chunk_count=rec.chunk_count)
+
+
+@router.get("/sessions/{session_id}/chunks", summary="Committed chunk records, by index")
+async def list_chunks(session_id: SessionId, meta: Meta,
+                      start: Annotated[int, Query(ge=0)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> ChunkList:
+    records = await meta.list_chunks(session_id, start=start, limit=limit)
+    return ChunkList(items=[ChunkModel.of(r) for r in records])
+
+
+@router.get("/sessions/{session_id}/leaves", summary="Committed leaf hashes, 32 bytes each",
+            response_class=Response, responses={200: _BINARY})
+async def leaves(session_id: SessionId, meta: Meta,
+                 size: Annotated[int | None, Query(ge=0)] = None) -> Response:
+    """Return the first `size` (default: all) leaf hashes; size <= chunk_count."""
+    return Response(await meta.leaf_hashes(session_id, size=size), media_type=OCTET_STREAM)
+
+
+@router.get("/sessions/{session_id}/chunks/{index}", summary="A committed chunk's sealed bytes",
+            response_class=Response, responses={200: _BINARY})
+async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) -> Response:
+    """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost)."""
+    return Response(await service.read_chunk(session_id, index), media_type=OCTET_STREAM)
+
+
+def _require_octet_stream(request: Request) -> None:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != OCTET_STREAM:
+        raise UnsupportedMediaType(f"a chunk is sent as {OCTET_STREAM}")
+
+
+def _leaf_hash_header(request: Request) -> bytes:
+    value = request.headers.get(LEAF_HASH_HEADER, "")
+    if _HEX64.fullmatch(value) is None:
+        raise BadRequest(f"{LEAF_HASH_HEADER} must be 64 hex digits")
+    return bytes.fromhex(value)
+
+
+def _content_length(request: Request, max_bytes: int) -> int | None:
+    """Return the declared body length, refusing one past max_bytes before reading any body."""
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if _DIGITS.fullmatch(raw) is None:
+        raise BadRequest("Content-Length must be a decimal integer")
+    if int(raw) > max_bytes:
+        raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
+    return int(raw)
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for piece in request.stream():
+            if piece:
+                yield piece
+    except ClientDisconnect:
+        raise TruncatedBody("the client went away before the body ended") from None

@@ -1,0 +1,82 @@
+"""Session records: create, list, read, change state, finalize, manifest, delete, stats."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from sessions.common.errors import BadRequest
+from sessions.common.states import SessionState
+from sessions.storage.deps import Meta, Service, ServiceToken, SessionId
+from sessions.storage.models import (
+    CreateSessionIn,
+    FinalizeIn,
+    SessionList,
+    SessionOut,
+    StatsOut,
+    TransitionIn,
+    parse_label_filters,
+)
+
+router = APIRouter(prefix="/internal/v1", tags=["sessions"], dependencies=[ServiceToken])
+
+
+@router.post("/sessions", status_code=201, summary="Create a recording session")
+async def create_session(body: CreateSessionIn, meta: Meta) -> SessionOut:
+    """Return the new session; 409 `conflict` if the id exists."""
+    return SessionOut.of(await meta.create_session(body.to_new()))
+
+
+@router.get("/sessions", summary="List sessions, newest first")
+async def list_sessions(
+        meta: Meta, state: SessionState | None = None,
+        label: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> SessionList:
+    """Return one page of sessions matching state and every label; `next_cursor` continues."""
+    records, next_cursor = await meta.list_sessions(
+        state=state, labels=parse_label_filters(label or []), cursor=cursor, limit=limit)
+    return SessionList(items=[SessionOut.of(r) for r in records], next_cursor=next_cursor)
+
+
+@router.get("/sessions/{session_id}", summary="Read one session")
+async def get_session(session_id: SessionId, meta: Meta) -> SessionOut:
+    return SessionOut.of(await meta.get_session(session_id))
+
+
+@router.post("/sessions/{session_id}/state", summary="Change state (compare-and-set)")
+async def change_state(session_id: SessionId, body: TransitionIn, meta: Meta) -> SessionOut:
+    """Return the session in state `to`; 409 `invalid_state` unless it was in `from`."""
+    if body.to is SessionState.DELETED:
+        raise BadRequest("delete a session with DELETE /internal/v1/sessions/{id}")
+    return SessionOut.of(await meta.transition(session_id, to=body.to, allowed_from=body.from_))
+
+
+@router.post("/sessions/{session_id}/finalize", summary="Complete a finalizing session")
+async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> SessionOut:
+    """Return the completed session; a repeat with the same root hash is a no-op."""
+    rec = await meta.finalize(session_id, root_hash=bytes.fromhex(body.root_hash),
+                              checkpoint=body.checkpoint,
+                              manifest=body.manifest.encode("utf-8"))
+    return SessionOut.of(rec)
+
+
+@router.get("/sessions/{session_id}/manifest", summary="The canonical manifest",
+            response_class=Response,
+            responses={200: {"content": {"application/json": {}}}})
+async def get_manifest(session_id: SessionId, meta: Meta) -> Response:
+    """Return the manifest bytes exactly as stored; 404 `not_found` before completion."""
+    return Response(await meta.get_manifest(session_id), media_type="application/json")
+
+
+@router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
+               summary="Crypto-erase a session, then remove its chunks")
+async def delete_session(session_id: SessionId, service: Service) -> Response:
+    await service.delete(session_id)
+    return Response(status_code=204)
+
+
+@router.get("/stats", summary="Sessions by state")
+async def stats(meta: Meta) -> StatsOut:
+    return StatsOut(sessions_by_state=await meta.count_by_state())

@@ -1,0 +1,180 @@
+"""The resumable upload protocol over real HTTP: odd sizes, drops, checksums, one writer."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.support import (
+    CHUNK,
+    MIB,
+    UPLOAD_TYPE,
+    RawRequest,
+    assert_error,
+    checksum_header,
+    chunks_for,
+    committed_prefix_ok,
+    create_session,
+    finalize,
+    head_offset,
+    patch,
+    replay,
+    resume,
+    session_bytes,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_odd_sized_requests_round_trip(api: httpx.Client) -> None:
+    sizes = [MIB + 7, 333, 2 * MIB + MIB // 2, 1]
+    data = session_bytes(sum(sizes), seed=1)
+    session = create_session(api, {"user": "alice", "protocol": "rdp"}, retention_days=30)
+    sid = session["id"]
+    assert session["state"] == "recording"
+    assert (session["offset"], session["chunk_count"], session["chunk_size"]) == (0, 0, CHUNK)
+    assert session["root_hash"] is None and "wrapped_key" not in session
+    assert head_offset(api, sid) == 0
+    status = api.get(f"/sessions/{sid}/upload").json()
+    assert status == {"offset": 0, "chunk_count": 0, "chunk_size": CHUNK, "state": "recording"}
+
+    sent = 0
+    for i, size in enumerate(sizes):
+        r = patch(api, sid, sent, data[sent:sent + size])
+        assert r.status_code == 200, r.text
+        sent += size
+        expected_chunks = chunks_for(sizes[:i + 1])  # the tail of every request is a chunk
+        assert r.json() == {"offset": sent, "chunk_count": expected_chunks}
+        assert r.headers["upload-offset"] == str(sent)
+        assert head_offset(api, sid) == sent
+        assert api.get(f"/sessions/{sid}/upload").json()["chunk_count"] == expected_chunks
+
+    done = finalize(api, sid)
+    assert (done["offset"], done["chunk_count"]) == (len(data), chunks_for(sizes))
+    shown = api.get(f"/sessions/{sid}").json()
+    assert shown["state"] == "completed" and shown["root_hash"] == done["root_hash"]
+    assert shown["labels"] == {"user": "alice", "protocol": "rdp"}
+    assert shown["retention_days"] == 30
+
+    manifest = api.get(f"/sessions/{sid}/manifest").json()
+    lengths = [c["length"] for c in manifest["chunks"]]
+    assert lengths == [MIB, 7, 333, MIB, MIB, MIB // 2, 1]
+    assert [c["offset"] for c in manifest["chunks"]] == [sum(lengths[:i])
+                                                          for i in range(len(lengths))]
+
+    r = replay(api, sid)
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-length"] == str(len(data))
+    assert r.headers.get("accept-ranges") == "bytes"
+    assert hashlib.sha256(r.content).hexdigest() == hashlib.sha256(data).hexdigest()
+
+    again = finalize(api, sid)  # idempotent
+    assert again["root_hash"] == done["root_hash"] and again["chunk_count"] == done["chunk_count"]
+
+
+def test_empty_patch_commits_nothing(api: httpx.Client) -> None:
+    sid = create_session(api)["id"]
+    r = patch(api, sid, 0, b"")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"offset": 0, "chunk_count": 0}
+    assert head_offset(api, sid) == 0
+
+
+@pytest.mark.parametrize("how", ["rst", "fin"])
+def test_resume_after_dropped_connection(cluster: Cluster, api: httpx.Client, how: str) -> None:
+    data = session_bytes(3 * MIB + 12345, seed=2)
+    sid = create_session(api)["id"]
+    declared = len(data)
+    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
+        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
+        "Upload-Offset": "0", "Content-Length": str(declared)})
+    req.send(data[:MIB + MIB // 2])
+    # Wait until the first chunk is committed, so the drop happens with work in flight.
+    wait_for(lambda: head_offset(api, sid) >= CHUNK, timeout=15, what="first chunk committed")
+    if how == "rst":
+        req.abort()
+    else:
+        req.half_close()
+
+    offsets = resume(api, sid, data)
+    dropped_at = offsets[0]
+    assert 0 < dropped_at <= req.sent <= declared, (offsets, req.sent)
+    assert committed_prefix_ok(api, sid, data, dropped_at)
+    finalize(api, sid)
+    r = replay(api, sid)
+    assert r.status_code == 200
+    assert r.content == data
+
+
+def test_checksum(api: httpx.Client) -> None:
+    data = session_bytes(MIB + MIB // 2 + 2 * MIB + 99, seed=3)
+    first, second = data[:MIB + MIB // 2], data[MIB + MIB // 2:]
+    sid = create_session(api)["id"]
+
+    r = patch(api, sid, 0, first, checksum=checksum_header(first))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"offset": len(first), "chunk_count": 2}
+
+    wrong = checksum_header(second[:-1] + bytes([second[-1] ^ 1]))
+    r = patch(api, sid, len(first), second, checksum=wrong)
+    body = assert_error(r, 460, "checksum_mismatch")
+    assert body.get("offset", len(first)) == len(first)
+    assert head_offset(api, sid) == len(first)  # nothing of the bad request was committed
+    assert api.get(f"/sessions/{sid}/upload").json()["chunk_count"] == 2
+
+    for bad in ("md5 " + checksum_header(second)[7:], "sha256 not-base64!!", "sha256 AAAA"):
+        r = patch(api, sid, len(first), second, checksum=bad)
+        assert_error(r, 400, "bad_request")
+        assert head_offset(api, sid) == len(first)
+
+    # The same bytes with the right digest now go through (staged files get replaced).
+    r = patch(api, sid, len(first), second, checksum=checksum_header(second))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"offset": len(data), "chunk_count": 2 + math.ceil(len(second) / CHUNK)}
+    finalize(api, sid)
+    assert replay(api, sid).content == data
+
+
+def test_one_writer_at_a_time(cluster: Cluster, api: httpx.Client) -> None:
+    data = session_bytes(3 * MIB, seed=4)
+    sid = create_session(api)["id"]
+    held = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
+        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
+        "Upload-Offset": "0", "Content-Length": str(len(data))})
+    try:
+        held.send(data[:MIB + 1000])
+        offset = wait_for(lambda: head_offset(api, sid), timeout=15,
+                          what="the held request's first chunk committed")
+        assert offset == CHUNK
+
+        r = patch(api, sid, offset, data[offset:offset + 4096])
+        assert_error(r, 409, "upload_in_progress")
+        assert head_offset(api, sid) == offset  # the rejected writer changed nothing
+
+        held.send(data[held.sent:])
+        answer = held.response()
+    finally:
+        held.close()
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"offset": len(data), "chunk_count": 3}
+    assert answer.headers["upload-offset"] == str(len(data))
+    finalize(api, sid)
+    assert replay(api, sid).content == data
+
+
+def test_upload_status_during_recording_is_a_readable_prefix(api: httpx.Client) -> None:
+    data = session_bytes(2 * MIB + 5, seed=5)
+    sid = create_session(api)["id"]
+    r = patch(api, sid, 0, data[:MIB + 5])
+    assert r.status_code == 200
+    # A recording session can be replayed (the committed part) before it is finalized.
+    r = replay(api, sid)
+    assert r.status_code == 200 and r.content == data[:MIB + 5]
+    r = patch(api, sid, MIB + 5, data[MIB + 5:])
+    assert r.status_code == 200
+    assert replay(api, sid).content == data

@@ -1,0 +1,186 @@
+"""LocalChunkStore: durable staged writes, leaf hash checks, size caps, safe paths."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from sessions.common.errors import (
+    BadRequest,
+    ChunkNotFound,
+    InvalidId,
+    InvalidParameter,
+    InvalidState,
+    PayloadTooLarge,
+    TruncatedBody,
+)
+from sessions.storage.chunkstore import WRITE_BATCH, LocalChunkStore, leaf_hash
+from sessions.storage.errors import LeafHashMismatch
+
+pytestmark = pytest.mark.anyio
+MAX = 8 * 1024 * 1024
+
+
+async def stream(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def never_read() -> AsyncIterator[bytes]:
+    raise AssertionError("the body must not be read")
+    yield b""  # pragma: no cover
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+async def test_put_get_round_trip(chunkstore: LocalChunkStore, tmp_path: Path,
+                                  ids: Callable[[], str]) -> None:
+    sid = ids()
+    data = os.urandom(WRITE_BATCH * 2 + 12345)
+    pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    size = await chunkstore.put(sid, 7, stream(pieces), expected_leaf_hash=leaf_hash(data),
+                                max_bytes=MAX, expected_length=len(data))
+    assert size == len(data)
+    assert await chunkstore.get(sid, 7) == data
+    assert await chunkstore.size(sid, 7) == len(data)
+    assert await chunkstore.exists(sid, 7) and not await chunkstore.exists(sid, 8)
+    root = tmp_path / "chunkroot"
+    assert files_under(root) == [f"chunks/{sid[:2]}/{sid}/0000000007.lcs"]
+    assert (root / "chunks" / sid[:2] / sid / "0000000007.lcs").stat().st_mode & 0o077 == 0
+
+
+async def test_put_replaces_a_staged_chunk(chunkstore: LocalChunkStore,
+                                           ids: Callable[[], str]) -> None:
+    sid = ids()
+    for data in (b"first", b"second"):
+        await chunkstore.put(sid, 0, stream([data]), expected_leaf_hash=leaf_hash(data),
+                             max_bytes=MAX)
+    assert await chunkstore.get(sid, 0) == b"second"
+
+
+async def test_leaf_mismatch_leaves_nothing(chunkstore: LocalChunkStore, tmp_path: Path,
+                                            ids: Callable[[], str]) -> None:
+    sid = ids()
+    with pytest.raises(LeafHashMismatch):
+        await chunkstore.put(sid, 0, stream([b"abc", b"def"]),
+                             expected_leaf_hash=leaf_hash(b"abcdeg"), max_bytes=MAX)
+    assert files_under(tmp_path / "chunkroot") == []
+    with pytest.raises(ChunkNotFound):
+        await chunkstore.get(sid, 0)
+
+
+async def test_too_large_while_streaming(chunkstore: LocalChunkStore, tmp_path: Path,
+                                         ids: Callable[[], str]) -> None:
+    data = b"x" * 101
+    with pytest.raises(PayloadTooLarge):
+        await chunkstore.put(ids(), 0, stream([data[:60], data[60:]]),
+                             expected_leaf_hash=leaf_hash(data), max_bytes=100)
+    assert files_under(tmp_path / "chunkroot") == []
+
+
+async def test_too_large_declared_is_refused_before_reading(chunkstore: LocalChunkStore,
+                                                            ids: Callable[[], str]) -> None:
+    with pytest.raises(PayloadTooLarge):
+        await chunkstore.put(ids(), 0, never_read(), expected_leaf_hash=b"\0" * 32,
+                             max_bytes=100, expected_length=101)
+
+
+async def test_truncated_body(chunkstore: LocalChunkStore, tmp_path: Path,
+                              ids: Callable[[], str]) -> None:
+    with pytest.raises(TruncatedBody):
+        await chunkstore.put(ids(), 0, stream([b"abc"]), expected_leaf_hash=leaf_hash(b"abc"),
+                             max_bytes=MAX, expected_length=10)
+    assert files_under(tmp_path / "chunkroot") == []
+
+
+async def test_empty_body_is_refused(chunkstore: LocalChunkStore,
+                                     ids: Callable[[], str]) -> None:
+    with pytest.raises(BadRequest):
+        await chunkstore.put(ids(), 0, stream([]), expected_leaf_hash=leaf_hash(b""),
+                             max_bytes=MAX)
+
+
+async def test_body_failing_midway_leaves_nothing(chunkstore: LocalChunkStore, tmp_path: Path,
+                                                  ids: Callable[[], str]) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"x" * (WRITE_BATCH + 1)
+        raise TruncatedBody()
+
+    with pytest.raises(TruncatedBody):
+        await chunkstore.put(ids(), 0, broken(), expected_leaf_hash=b"\0" * 32, max_bytes=MAX)
+    assert files_under(tmp_path / "chunkroot") == []
+
+
+async def test_guard_runs_around_publish(chunkstore: LocalChunkStore, tmp_path: Path,
+                                         ids: Callable[[], str]) -> None:
+    sid, calls = ids(), []
+
+    @asynccontextmanager
+    async def refuse() -> AsyncIterator[None]:
+        calls.append("refuse")
+        raise InvalidState()
+        yield  # pragma: no cover
+
+    with pytest.raises(InvalidState):
+        await chunkstore.put(sid, 0, stream([b"abc"]), expected_leaf_hash=leaf_hash(b"abc"),
+                             max_bytes=MAX, guard=refuse)
+    assert calls == ["refuse"]
+    assert files_under(tmp_path / "chunkroot") == []
+
+    @asynccontextmanager
+    async def allow() -> AsyncIterator[None]:
+        calls.append("allow")
+        yield
+
+    await chunkstore.put(sid, 0, stream([b"abc"]), expected_leaf_hash=leaf_hash(b"abc"),
+                         max_bytes=MAX, guard=allow)
+    assert calls == ["refuse", "allow"] and await chunkstore.get(sid, 0) == b"abc"
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc/passwd", "..", "01HZZZZZZZZZZZZZZZZZZZZZZ/",
+                                    "01hzzzzzzzzzzzzzzzzzzzzzzz", "", "8" + "0" * 25])
+async def test_malformed_ids_never_reach_a_path(chunkstore: LocalChunkStore, tmp_path: Path,
+                                                bad_id: str) -> None:
+    with pytest.raises(InvalidId):
+        await chunkstore.put(bad_id, 0, never_read(), expected_leaf_hash=b"\0" * 32,
+                             max_bytes=MAX)
+    for call in (chunkstore.get(bad_id, 0), chunkstore.size(bad_id, 0),
+                 chunkstore.delete_session(bad_id)):
+        with pytest.raises(InvalidId):
+            await call
+    assert list(tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize("bad_index", [-1, 10**10, True])
+async def test_bad_indexes_are_refused(chunkstore: LocalChunkStore, tmp_path: Path,
+                                       ids: Callable[[], str], bad_index: int) -> None:
+    with pytest.raises(InvalidParameter):
+        await chunkstore.put(ids(), bad_index, never_read(), expected_leaf_hash=b"\0" * 32,
+                             max_bytes=MAX)
+    assert list(tmp_path.rglob("*")) == []
+
+
+async def test_delete_session(chunkstore: LocalChunkStore, tmp_path: Path,
+                              ids: Callable[[], str]) -> None:
+    sid, other = ids(), ids()
+    for s in (sid, other):
+        for i in range(3):
+            await chunkstore.put(s, i, stream([b"c%d" % i]),
+                                 expected_leaf_hash=leaf_hash(b"c%d" % i), max_bytes=MAX)
+    await chunkstore.delete_session(sid)
+    await chunkstore.delete_session(sid)
+    assert await chunkstore.size(sid, 0) is None
+    assert await chunkstore.get(other, 2) == b"c2"
+    assert not (tmp_path / "chunkroot" / "chunks" / sid[:2] / sid).exists()
+
+
+async def test_ping_creates_the_directory(chunkstore: LocalChunkStore, tmp_path: Path) -> None:
+    await chunkstore.ping()
+    assert (tmp_path / "chunkroot" / "chunks").is_dir()
+    assert files_under(tmp_path / "chunkroot") == []

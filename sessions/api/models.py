@@ -1,7 +1,9 @@
 """Pydantic models at the gateway's edges: request bodies, responses, error bodies.
 
-Response models filter what the processor returns down to the public contract
-(docs/architecture.md, "Public API"), so an internal field can never leak.
+`CreateSession` and the label rules are shared with the processor
+(`sessions.common.models`).  Response models filter what the processor returns
+down to the public contract (docs/architecture.md, "Public API"), so an internal
+field such as a wrapped key can never leak.
 """
 
 from __future__ import annotations
@@ -11,16 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from sessions.common.ids import is_session_id
+from sessions.common.models import LABEL_KEY, MAX_LABEL_VALUE
+from sessions.common.models import CreateSession as CreateSession
 from sessions.common.states import SessionState
 
-LABEL_KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-MAX_LABELS = 32
-MAX_LABEL_VALUE = 256
-MAX_RETENTION_DAYS = 36500
-
-LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY)]
-LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
-LabelFilter = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}:.{0,256}$")]
+LabelFilter = Annotated[str, StringConstraints(
+    pattern=LABEL_KEY[:-1] + ":.{0," + str(MAX_LABEL_VALUE) + "}$")]
 """A list filter `key:value`: the session has label key with exactly that value."""
 
 
@@ -39,18 +37,6 @@ class ErrorBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     error: str = Field(examples=["offset_mismatch"])
     detail: str
-
-
-class CreateSession(BaseModel):
-    """A new session's labels and retention."""
-
-    model_config = ConfigDict(extra="forbid")
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS,
-                                               description="at most 32 labels; keys "
-                                               "`^[a-z0-9][a-z0-9_.-]{0,63}$`, values ≤ 256 "
-                                               "characters")
-    retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS,
-                                       description="days to keep the session; null keeps it")
 
 
 class Session(BaseModel):
@@ -115,8 +101,8 @@ class VerifyReport(BaseModel):
     checked: int
     sampled: bool
     ok: bool
-    root_ok: bool
-    signature_ok: bool
+    root_ok: bool | None = Field(description="null when only a sample was checked")
+    signature_ok: bool | None = Field(description="null when there is no signed manifest yet")
     bad_chunks: list[BadChunk]
 
 

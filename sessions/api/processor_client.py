@@ -123,9 +123,10 @@ class ProcessorClient:
         params = {"index": str(index)} | ({} if size is None else {"size": str(size)})
         return await self._json("GET", f"/sessions/{session_id}/proof/inclusion", params=params)
 
-    async def consistency_proof(self, session_id: str, first: int, second: int) -> Any:
+    async def consistency_proof(self, session_id: str, first: int, second: int | None) -> Any:
+        params = {"from": str(first)} | ({} if second is None else {"to": str(second)})
         return await self._json("GET", f"/sessions/{session_id}/proof/consistency",
-                                params={"from": str(first), "to": str(second)})
+                                params=params)
 
     async def verify(self, session_id: str, sample: float) -> Any:
         # Verification reads every sampled chunk: no read timeout.

@@ -79,8 +79,8 @@ _BY_CODE: dict[str, type[ServiceError]] = {
     cls.code: cls
     for cls in (BadRequest, InvalidId, InvalidParameter, ChecksumMismatch, TruncatedBody,
                 Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
-                MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable, Conflict,
-                PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
+                MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable,
+                Conflict, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
                 UpstreamUnavailable, NotReady)
 }
 
@@ -101,7 +101,11 @@ def error_from_body(status: int, body: Any) -> ServiceError:
 
 
 def _render(err: ServiceError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+    headers = dict(err.headers)
+    size = err.extra.get("size")
+    if err.status == 416 and isinstance(size, int):  # RFC 9110 §15.5.17: say the real length
+        headers.setdefault("Content-Range", f"bytes */{size}")
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -57,7 +57,7 @@ def write_new_secret(path: Path, text: str) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+        fh.write(text.rstrip("\n") + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     return True

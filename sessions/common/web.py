@@ -6,12 +6,19 @@ process (tests) without their counters colliding.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessions.common.errors import NotReady, install_error_handlers
@@ -115,6 +122,7 @@ def install_common(app: FastAPI, *, metrics: Metrics, ready: ReadyCheck,
         if before_scrape is not None:
             try:
                 await before_scrape()
-            except Exception:  # a scrape must not fail because a gauge could not refresh
-                pass
+            except Exception as exc:  # a scrape must not fail because a gauge could not refresh
+                logging.getLogger("lucid.metrics").warning("gauge refresh failed: %s",
+                                                           type(exc).__name__)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -31,7 +31,7 @@ class HeaderError(OpenError):
 
 
 class KeyError_(CoreError):
-    """Base class of key-handling failures (named with a trailing underscore to not shadow KeyError)."""
+    """Base class of key-handling failures (trailing underscore: KeyError is a builtin)."""
 
 
 class KeyMaterialError(KeyError_):

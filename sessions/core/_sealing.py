@@ -254,12 +254,13 @@ def _seal_with_nonce(
     Preconditions: 0 <= index < 2**64; len(plaintext) <= MAX_PLAINTEXT_LENGTH;
     len(nonce) == NONCE_SIZE. Spec: docs/format.md, "Sealing".
     """
+    _check_index(index)
     view = memoryview(plaintext).cast("B")
     length = view.nbytes
     if length > MAX_PLAINTEXT_LENGTH:
         raise ValueError(f"chunk plaintext must be at most {MAX_PLAINTEXT_LENGTH} bytes")
     payload, flags = _compress_if_smaller(view, zstd_level)
-    header = ChunkHeader(FORMAT_VERSION, flags, _check_index(index), length, nonce).to_bytes()
+    header = ChunkHeader(FORMAT_VERSION, flags, index, length, nonce).to_bytes()
     ct_and_tag = aead.encrypt(nonce, payload, chunk_aad(session_id, header))
     data = b"".join((header, ct_and_tag))
     del ct_and_tag, payload  # free before hashing: keeps about one chunk alive, not three

@@ -9,8 +9,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from sessions.common.settings import CommonSettings, load
-
-MIB = 1024 * 1024
+from sessions.core import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+)
 
 
 def _default_node_name() -> str:
@@ -32,8 +36,9 @@ class Settings(CommonSettings):
     node_name: str = Field(default_factory=_default_node_name,
                            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                            description="names the node in checkpoint origins and key names")
-    chunk_size: int = Field(4 * MIB, ge=MIB, le=16 * MIB)
-    zstd_level: int = Field(3, ge=1, le=19)
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE,
+                            description="plaintext bytes per chunk (chosen by `make bench`)")
+    zstd_level: int = Field(DEFAULT_ZSTD_LEVEL, ge=1, le=19)
     inflight_chunks: int = Field(2, ge=1, le=16, description="sealed chunks queued for storage "
                                  "while the next one is sealed")
     prefetch_chunks: int = Field(3, ge=0, le=16, description="chunks fetched ahead on replay")

@@ -49,7 +49,8 @@ def ensure_local_keys(settings: Settings) -> list[str]:
         return []
     master, signing = _paths(settings)
     made = []
-    if settings.master_key_file is None and write_new_secret(master, MasterKey.generate().to_text()):
+    if settings.master_key_file is None and write_new_secret(master,
+                                                             MasterKey.generate().to_text()):
         made.append(f"generated master key at {master} (mode 0600)")
     if settings.signing_key_file is None and write_new_secret(
             signing, NoteSigner.generate(settings.node_name).key_text()):
@@ -72,7 +73,7 @@ def load_node_keys(settings: Settings) -> NodeKeys:
     try:
         master = MasterKey.from_file(master_path)
     except KeyMaterialError as exc:
-        raise ConfigError(f"master key ({master_path}): {exc}") from None
+        raise ConfigError(f"master key: {exc}") from None
     try:
         signer = NoteSigner.from_key_text(_read(signing_path, "node signing key"))
     except KeyMaterialError as exc:

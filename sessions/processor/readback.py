@@ -47,7 +47,7 @@ def parse_range(header: str | None, *, size: int) -> ByteRange | None:
         return None
     if "," in header:
         raise RangeNotSatisfiable("only a single byte range is supported",
-                                  headers={"Content-Range": f"bytes */{size}"})
+                                  extra={"size": size})
     m = _RANGE_RE.match(header.strip())
     if m is None or (m.group(1) == "" and m.group(2) == ""):
         raise BadRequest("Range must look like bytes=START-END, bytes=START- or bytes=-SUFFIX")
@@ -60,7 +60,7 @@ def parse_range(header: str | None, *, size: int) -> ByteRange | None:
         if last != "" and int(last) < start:
             raise BadRequest("Range end is before its start")
     if start >= size or start >= end:
-        raise RangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        raise RangeNotSatisfiable(extra={"size": size})
     return ByteRange(start, end)
 
 

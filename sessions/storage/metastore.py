@@ -10,6 +10,7 @@ Acknowledged means durable: WAL with `synchronous=FULL`.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -173,6 +174,8 @@ class SqliteMetadataStore:
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        # Create the file 0600 first: SQLite gives its -wal and -shm files the same mode.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
         try:
             for pragma in _sql.PRAGMAS:

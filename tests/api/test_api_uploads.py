@@ -16,6 +16,7 @@ pytestmark = pytest.mark.anyio
 UPLOAD = f"/v1/sessions/{SESSION_ID}/upload"
 INTERNAL = f"/internal/v1/sessions/{SESSION_ID}/upload"
 OCTETS = "application/offset+octet-stream"
+PLAIN_OCTETS = "application/octet-stream"
 
 
 def checksum(data: bytes) -> str:
@@ -62,7 +63,7 @@ async def test_patch_without_content_length_is_streamed_chunked(gateway: httpx.A
                                                                fake: FakeProcessor) -> None:
     accept_upload(fake)
     resp = await gateway.patch(UPLOAD, content=pieces(b"a" * 100, b"b" * 100),
-                               headers=patch_headers(**{"Content-Type": "application/octet-stream"}))
+                               headers=patch_headers(**{"Content-Type": PLAIN_OCTETS}))
     assert resp.status_code == 200
     assert fake.last_body() == b"a" * 100 + b"b" * 100
     assert "content-length" not in fake.last.headers

@@ -39,7 +39,7 @@ def session_bytes(size: int, seed: int) -> bytes:
     Mostly "screen frames" (rows of a few flat colours with a little noise: compressible),
     interleaved with incompressible runs (video regions, already-compressed images).
     """
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
     palette = [bytes(rng.randbytes(3)) for _ in range(16)]
     out = bytearray()
     frame = 0

@@ -37,7 +37,8 @@ def _checkpoint(api: httpx.Client, node: dict[str, str], sid: str,
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     verifier = NoteVerifier.from_key_text(node["verifier_key"])
-    return open_checkpoint(r.content, verifier=verifier, origin=f"{node['key_name']}/sessions/{sid}")
+    origin = f"{node['key_name']}/sessions/{sid}"
+    return open_checkpoint(r.content, verifier=verifier, origin=origin)
 
 
 def _inclusion(api: httpx.Client, sid: str, index: int, size: int | None = None

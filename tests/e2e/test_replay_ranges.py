@@ -93,8 +93,15 @@ def test_whole_replay(api: httpx.Client, recorded: tuple[str, bytes]) -> None:
 def test_unsatisfiable_range(api: httpx.Client, recorded: tuple[str, bytes],
                              header: str) -> None:
     sid, _ = recorded
-    r = replay(api, sid, header)
-    assert_error(r, 416, "range_not_satisfiable")
+    assert_error(replay(api, sid, header), 416, "range_not_satisfiable")
+
+
+def test_unsatisfiable_range_names_the_size(api: httpx.Client,
+                                            recorded: tuple[str, bytes]) -> None:
+    """RFC 9110 §15.5.17: a 416 says the current length in `Content-Range: bytes */size`."""
+    sid, _ = recorded
+    r = replay(api, sid, f"bytes={SIZE}-")
+    assert r.status_code == 416
     assert r.headers.get("content-range") == f"bytes */{SIZE}"
 
 
@@ -109,7 +116,8 @@ def test_ranges_of_a_recording_session(api: httpx.Client,
                                        recording: tuple[str, bytes]) -> None:
     sid, data = recording
     size = len(data)
-    for first, last in [(0, size - 1), (MIB - 2, MIB + 5), (MIB + 2, MIB + 3), (size - 1, size - 1)]:
+    spans = [(0, size - 1), (MIB - 2, MIB + 5), (MIB + 2, MIB + 3), (size - 1, size - 1)]
+    for first, last in spans:
         r = replay(api, sid, f"bytes={first}-{last}")
         assert r.status_code == 206
         assert r.headers["content-range"] == f"bytes {first}-{last}/{size}"

@@ -29,6 +29,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
+def service_token() -> str:
+    return SERVICE_TOKEN
+
+
+@pytest.fixture
 def ids() -> Callable[[], str]:
     """Return a factory of session ids that sort in the order they are made."""
     clock = iter(range(1_700_000_000_000, 1_800_000_000_000, 1000))

@@ -10,7 +10,6 @@ import pytest
 from fastapi import FastAPI
 
 from sessions.common.ids import new_session_id
-from tests.storage.conftest import SERVICE_TOKEN
 
 pytestmark = pytest.mark.anyio
 API = "/internal/v1"
@@ -177,6 +176,7 @@ async def test_stats_and_metrics(client: httpx.AsyncClient, session_body: Body) 
 
 
 async def test_unexpected_errors_are_opaque(app: FastAPI, error_body: ErrorBody,
+                                            service_token: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     async def boom(session_id: str) -> None:
         raise RuntimeError("/secret/path/metadata.sqlite3 exploded")
@@ -185,7 +185,7 @@ async def test_unexpected_errors_are_opaque(app: FastAPI, error_body: ErrorBody,
     # Starlette re-raises after answering so the server can log it; a server would not crash.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://storage",
-                                 headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}) as c:
+                                 headers={"Authorization": f"Bearer {service_token}"}) as c:
         resp = await c.get(f"{API}/sessions/{new_session_id()}")
     body = error_body(resp, 500, "internal_error")
     assert "secret" not in resp.text and set(body) == {"error", "detail"}

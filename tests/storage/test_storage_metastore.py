@@ -275,6 +275,7 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
     store = await SqliteMetadataStore.open(path)
     rec = await store.create_session(new_session())
     await store.close()
+    assert path.stat().st_mode & 0o077 == 0
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

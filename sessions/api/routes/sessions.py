@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from sessions.api.deps import Processor, SessionId, authenticate
 from sessions.api.models import (
-    MAX_LABELS,
     ConsistencyProof,
     CreateSession,
     InclusionProof,
@@ -20,6 +19,7 @@ from sessions.api.models import (
     errors,
 )
 from sessions.common.errors import InvalidParameter
+from sessions.common.models import MAX_LABELS, MAX_PAGE
 from sessions.common.states import SessionState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
@@ -41,7 +41,7 @@ async def list_sessions(
                      Query(max_length=MAX_LABELS, description="`key:value`; repeat to AND")] = None,
     cursor: Annotated[SessionIdText | None, Query(description="next_cursor of the previous "
                                                   "page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> Any:
     """Return one page of sessions, newest first, filtered by state and labels."""
     params = [("limit", str(limit))]
@@ -109,9 +109,10 @@ async def inclusion_proof(session_id: SessionId, processor: Processor,
             responses=errors(400, 404, 422), summary="Merkle consistency proof of two sizes")
 async def consistency_proof(session_id: SessionId, processor: Processor,
                             from_: Annotated[int, Query(alias="from", ge=0)],
-                            to: Annotated[int, Query(ge=0)]) -> Any:
+                            to: Annotated[int | None, Query(ge=0, description="default: all "
+                                                            "committed chunks")] = None) -> Any:
     """Return the RFC 9162 proof that the tree of `to` chunks extends the tree of `from`."""
-    if from_ > to:
+    if to is not None and from_ > to:
         raise InvalidParameter("from must not exceed to")
     return await processor.consistency_proof(session_id, from_, to)
 

@@ -1,0 +1,479 @@
+"""`lucid-sessions`: run the node (`up`, `serve`) and talk to its gateway (upload, ls, ...).
+
+Client commands print `error: <code>: <detail>` and exit 1 on failure, never a
+traceback; configuration errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sessions.cli_verify import VerificationError, check_inclusion, verify_offline
+from sessions.client import (
+    MIB,
+    ClientError,
+    LucidClient,
+    Progress,
+    ResumeStore,
+    UploadPlan,
+    default_state_file,
+    download_replay,
+    upload_file,
+)
+from sessions.common.ids import is_session_id
+from sessions.common.secrets import ConfigError
+
+SERVICES = ("storage", "processor", "api")
+"""In start order: each one's upstream is already healthy when it starts."""
+
+DEFAULT_URL = "http://127.0.0.1:8087"
+STOP_GRACE = 10.0
+HEALTH_TIMEOUT = 60.0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("LUCID_DATA_DIR") or "lucid-data")
+
+
+# -- serve: one service in the foreground, as a container runs it -------------------------
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _preflight(settings: Any) -> None:
+    """Read every secret the service needs now, so a missing one exits 2, not a traceback."""
+    settings.service_token()
+    if hasattr(settings, "admin_token"):
+        settings.admin_token()
+
+
+def _pick(preferred: str, fallback: str) -> str:
+    return preferred if importlib.util.find_spec(preferred) is not None else fallback
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    name: str = args.service
+    try:
+        settings = importlib.import_module(f"sessions.{name}.config").load_settings()
+        _configure_logging(settings.log_level)
+        _preflight(settings)
+        app = importlib.import_module(f"sessions.{name}.main").create_app(settings)
+    except ConfigError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
+                http=_pick("httptools", "h11"), access_log=False, lifespan="on",
+                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False)
+    return 0
+
+
+# -- up: all three services locally, one process each --------------------------------------
+
+
+def _local_setup(data_dir: Path) -> dict[str, Any]:
+    """Return each service's settings after generating the local secrets once."""
+    from sessions.processor.keys import ensure_local_keys
+
+    os.environ["LUCID_DATA_DIR"] = str(data_dir)
+    configs = {name: importlib.import_module(f"sessions.{name}.config").load_settings()
+               for name in SERVICES}
+    configs["api"].service_token()
+    configs["api"].admin_token()
+    for message in ensure_local_keys(configs["processor"]):
+        _say(message)
+    return configs
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 - we connect
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=1.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_healthy(name: str, url: str, proc: subprocess.Popen[bytes],
+                  stop: threading.Event) -> bool:
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while time.monotonic() < deadline and not stop.is_set():
+        if proc.poll() is not None:
+            _say(f"error: {name} exited with status {proc.returncode} while starting")
+            return False
+        if _healthy(url):
+            return True
+        stop.wait(0.2)
+    if not stop.is_set():
+        _say(f"error: {name} did not become healthy at {url}/health in {HEALTH_TIMEOUT:.0f} s")
+    return False
+
+
+def _stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """SIGTERM each child, newest first; kill any still running after the grace period."""
+    for name, proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                _say(f"{name} did not stop within {STOP_GRACE:.0f} s; killing it")
+                proc.kill()
+                proc.wait()
+
+
+def _print_banner(urls: dict[str, str], data_dir: Path) -> None:
+    token = data_dir / "secrets" / "admin.token"
+    print(f"Lucid Sessions is running; data and secrets in {data_dir}\n"
+          f"  api        {urls['api']}   (OpenAPI: {urls['api']}/docs)\n"
+          f"  processor  {urls['processor']}   (internal)\n"
+          f"  storage    {urls['storage']}   (internal)\n"
+          f"Try:\n"
+          f"  TOKEN=$(cat {token})\n"
+          f"  curl -H \"Authorization: Bearer $TOKEN\" {urls['api']}/v1/sessions\n"
+          f"Press Ctrl-C to stop.", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data_dir = (args.data_dir or _data_dir()).resolve()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls are not news
+    try:
+        configs = _local_setup(data_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _say(f"secrets: {data_dir / 'secrets'} (service.token, admin.token, master.key, "
+         "signing.key; mode 0600)")
+    urls = {name: f"http://{_loopback(s.host)}:{s.port}" for name, s in configs.items()}
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "LUCID_DATA_DIR": str(data_dir), "LUCID_STORAGE_URL": urls["storage"],
+           "LUCID_PROCESSOR_URL": urls["processor"],
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        for name in SERVICES:
+            # Own session: a Ctrl-C reaches only us, and we stop the children in order.
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv: our interpreter, our module
+                [sys.executable, "-m", "sessions.cli", "serve", name], env=env,
+                start_new_session=True)
+            procs.append((name, proc))
+            if not _wait_healthy(name, urls[name], proc, stop):
+                return 0 if stop.is_set() else 1
+        _print_banner(urls, data_dir)
+        while not stop.wait(0.5):
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    _say(f"error: {name} exited with status {proc.returncode}; stopping")
+                    return 1
+        _say("stopping ...")
+        return 0
+    finally:
+        _stop_all(procs)
+
+
+# -- client commands ------------------------------------------------------------------------
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ClientError("token_unreadable", f"cannot read token file {path} "
+                          f"({exc.strerror or type(exc).__name__})") from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """Return the bearer token: --token-file, $LUCID_TOKEN_FILE, $LUCID_TOKEN, local default."""
+    if args.token_file:
+        return _read_token(Path(args.token_file))
+    if os.environ.get("LUCID_TOKEN_FILE"):
+        return _read_token(Path(os.environ["LUCID_TOKEN_FILE"]))
+    if os.environ.get("LUCID_TOKEN"):
+        return os.environ["LUCID_TOKEN"].strip()
+    default = _data_dir() / "secrets" / "admin.token"
+    return _read_token(default) if default.is_file() else None
+
+
+def _client(args: argparse.Namespace) -> LucidClient:
+    return LucidClient(args.url, _token(args))
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
+
+
+def _verifier_key(args: argparse.Namespace, client: LucidClient) -> str:
+    if args.key:
+        return str(args.key)
+    if args.key_file:
+        return _read_token(Path(args.key_file))
+    _say("warning: the verifier key was fetched from the node itself (trust on first use); "
+         "pass --key or --key-file with a pinned key for an independent check")
+    return str(client.node()["verifier_key"])
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise ClientError("file_not_found", f"{path} is not a regular file")
+    plan = UploadPlan(labels=dict(args.label or []), retention_days=args.retention_days,
+                      request_bytes=args.request_mib * MIB, finalize=args.finalize,
+                      session_id=args.session)
+    with _client(args) as client:
+        session_id = upload_file(client, path, plan, store=ResumeStore(default_state_file()),
+                                 progress_enabled=_progress(args), say=_say)
+    print(session_id)
+    return 0
+
+
+def _print_sessions(items: list[dict[str, Any]], *, header: bool) -> None:
+    if header:
+        print(f"{'ID':<26}  {'STATE':<10}  {'BYTES':>14}  {'CHUNKS':>7}  {'CREATED':<20}  LABELS")
+    for s in items:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.get("labels", {}).items()))
+        print(f"{s['id']:<26}  {s['state']:<10}  {s['offset']:>14,}  {s['chunk_count']:>7}  "
+              f"{str(s['created_at'])[:20]:<20}  {labels}")
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    labels = [f"{k}:{v}" for k, v in args.label or []]
+    cursor: str | None = None
+    with _client(args) as client:
+        while True:
+            page = client.list_sessions(state=args.state, labels=labels, limit=args.limit,
+                                        cursor=cursor)
+            _print_sessions(page["items"], header=cursor is None)
+            cursor = page.get("next_cursor")
+            if not cursor or not args.all:
+                break
+    if cursor:
+        _say("(more sessions: use --all)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.get_session(args.id), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_session(args.id)
+    print(f"deleted {args.id}")
+    return 0
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        proof = client.inclusion_proof(args.id, args.index, args.size)
+        print(json.dumps(proof, indent=2))
+        key = _verifier_key(args, client)
+        checkpoint = client.checkpoint(args.id, int(proof["size"]))
+    cp = check_inclusion(proof, checkpoint=checkpoint, verifier_key=key, session_id=args.id)
+    _say(f"verified: chunk {args.index} is in the signed tree of {cp.size} chunks "
+         f"(root {cp.root_hash.hex()})")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    byte_range = f"bytes={args.range}" if args.range else None
+    with _client(args) as client:
+        written = download_replay(client, args.id, Path(args.output), byte_range=byte_range,
+                                  progress_enabled=_progress(args))
+    _say(f"wrote {written:,} bytes to {args.output}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    fetched = 0
+    progress = Progress(None, enabled=_progress(args))
+    with _client(args) as client:
+        key = _verifier_key(args, client)
+        manifest, checkpoint = client.manifest(args.id), client.checkpoint(args.id)
+
+        def fetch(index: int) -> bytes | None:
+            nonlocal fetched
+            sealed = client.sealed_chunk(args.id, index)
+            fetched += len(sealed or b"")
+            progress.update(fetched)
+            return sealed
+
+        report = verify_offline(args.id, verifier_key=key, manifest=manifest,
+                                checkpoint=checkpoint, fetch_chunk=fetch, sample=args.sample)
+    progress.finish()
+    for problem in report.problems:
+        print(f"FAIL: {problem}")
+    for index, reason in report.bad_chunks:
+        print(f"FAIL: chunk {index}: {reason}")
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"{verdict}: session {args.id}: {report.checked} of {report.chunk_count} chunks "
+          f"checked; signature {'ok' if report.signature_ok else 'BAD'}; "
+          f"root {'ok' if report.root_ok else 'BAD'}")
+    return 0 if report.ok else 1
+
+
+# -- argument parsing -----------------------------------------------------------------------
+
+
+def _session_id(value: str) -> str:
+    if not is_session_id(value):
+        raise argparse.ArgumentTypeError("not a session id (26 characters of Crockford base32)")
+    return value
+
+
+def _pair(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("labels look like key=value")
+    return key, val
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return int(value)
+
+
+def _percent(value: str) -> float:
+    try:
+        p = float(value)
+    except ValueError:
+        p = -1.0
+    if not 0 < p <= 100:
+        raise argparse.ArgumentTypeError("must be a percentage, 0 < P <= 100")
+    return p
+
+
+def _byte_range(value: str) -> str:
+    if not re.fullmatch(r"[0-9]+-[0-9]*|-[0-9]+", value):
+        raise argparse.ArgumentTypeError("ranges look like A-B, A- or -N (bytes, inclusive)")
+    return value
+
+
+def _add_key_options(p: argparse.ArgumentParser) -> None:
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--key", help="the node's signed-note verifier key (pinned)")
+    keys.add_argument("--key-file", help="file holding the verifier key")
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lucid-sessions", description="Keep session "
+                                     "recordings safe and provable.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--url", default=os.environ.get("LUCID_URL", DEFAULT_URL),
+                      help="gateway URL (env LUCID_URL; default %(default)s)")
+    conn.add_argument("--token-file", help="bearer token file (env LUCID_TOKEN_FILE or "
+                      "LUCID_TOKEN; default <LUCID_DATA_DIR>/secrets/admin.token)")
+
+    def add(name: str, func: Command, help_: str, *parents: argparse.ArgumentParser) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_, parents=list(parents))
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "run storage, processor and api locally (Ctrl-C stops them)")
+    p.add_argument("--data-dir", type=Path, help="default $LUCID_DATA_DIR or ./lucid-data")
+    p = add("serve", cmd_serve, "run one service in the foreground, as a container does")
+    p.add_argument("service", choices=("api", "processor", "storage"))
+    p = add("upload", cmd_upload, "upload a file into a session (resumable)", conn)
+    p.add_argument("file")
+    p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE")
+    p.add_argument("--retention-days", type=_positive)
+    p.add_argument("--session", type=_session_id, help="append to this session")
+    p.add_argument("--request-mib", type=_positive, default=256,
+                   help="MiB per PATCH request, rounded to the chunk size (default 256)")
+    p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action="store_true", help="show progress even without a TTY")
+    p = add("ls", cmd_ls, "list sessions, newest first", conn)
+    p.add_argument("--state", choices=("recording", "finalizing", "completed", "failed",
+                                       "deleted"))
+    p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE")
+    p.add_argument("--limit", type=_positive, default=50)
+    p.add_argument("--all", action="store_true", help="follow cursors to the last page")
+    p = add("show", cmd_show, "show one session as JSON", conn)
+    p.add_argument("id", type=_session_id)
+    p = add("rm", cmd_rm, "delete a session (crypto-erase)", conn)
+    p.add_argument("id", type=_session_id)
+    p = add("proof", cmd_proof, "print and verify a chunk's inclusion proof", conn)
+    p.add_argument("id", type=_session_id)
+    p.add_argument("index", type=int)
+    p.add_argument("--size", type=_positive, help="tree size (default: all chunks)")
+    _add_key_options(p)
+    p = add("replay", cmd_replay, "download the plaintext of a session", conn)
+    p.add_argument("id", type=_session_id)
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--range", type=_byte_range, help="bytes A-B (inclusive)")
+    p.add_argument("--progress", action="store_true")
+    p = add("verify", cmd_verify, "verify a finalized session offline (no keys)", conn)
+    p.add_argument("id", type=_session_id)
+    _add_key_options(p)
+    p.add_argument("--sample", type=_percent, default=100.0, help="percent of chunks to check")
+    p.add_argument("--progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ClientError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        if exc.code == "unauthorized":
+            _say("hint: pass --token-file (the local token is <data dir>/secrets/admin.token)")
+        return 1
+    except VerificationError as exc:
+        print(f"error: verification_failed: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {type(exc).__name__}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

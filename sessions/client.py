@@ -1,0 +1,431 @@
+"""A small synchronous client of the public `/v1` API, and the transfers the CLI runs with it.
+
+`LucidClient` is the one place where httpx errors become `ClientError`s.  The
+upload loop (`upload_file`) resumes after connection errors, 5xx answers and
+offset mismatches; `download_replay` writes to `FILE.part` and renames only a
+complete body.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+MIB = 1024 * 1024
+PIECE = MIB
+UPLOAD_TYPE = "application/offset+octet-stream"
+
+
+class ClientError(Exception):
+    """A failed call: a stable `code` (the server's, or a client-side one) and a detail."""
+
+    def __init__(self, code: str, detail: str, *, status: int | None = None,
+                 body: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status
+        self.body = body or {}
+
+    @property
+    def retryable(self) -> bool:
+        """Return whether trying again later may succeed (network, 5xx, a busy session)."""
+        return (self.status is None or self.status >= 500
+                or self.code in ("upload_in_progress", "checksum_mismatch"))
+
+
+def _error_from(resp: httpx.Response) -> ClientError:
+    try:
+        body = json.loads(resp.read())
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return ClientError(body["error"], str(body.get("detail", "")), status=resp.status_code,
+                           body=body)
+    return ClientError("http_error", f"HTTP {resp.status_code} {resp.reason_phrase}",
+                       status=resp.status_code)
+
+
+class LucidClient:
+    """Calls the gateway at `url` with a bearer token; raises ClientError on any failure."""
+
+    def __init__(self, url: str, token: str | None, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                  timeout=httpx.Timeout(300.0, connect=10.0))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LucidClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turn httpx failures into ClientErrors that say what to do."""
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise ClientError("connection_failed", f"cannot connect to {self.url} (is the "
+                              "gateway running? try `lucid-sessions up`)") from exc
+        except httpx.TimeoutException as exc:
+            raise ClientError("timeout", f"{self.url} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise ClientError("connection_failed", f"the connection to {self.url} failed "
+                              f"({type(exc).__name__})") from exc
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Return the response of one request; raise ClientError for transport or 4xx/5xx."""
+        with self._translated():
+            resp = self._http.request(method, path, **kwargs)
+        if resp.status_code >= 400:
+            raise _error_from(resp)
+        return resp
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request(method, path, **kwargs)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ClientError("bad_response", "the gateway sent malformed JSON") from exc
+
+    # -- operations -------------------------------------------------------------------------
+
+    def create_session(self, labels: dict[str, str], retention_days: int | None) -> Any:
+        return self.json("POST", "/v1/sessions",
+                         json={"labels": labels, "retention_days": retention_days})
+
+    def list_sessions(self, *, state: str | None, labels: list[str], limit: int,
+                      cursor: str | None) -> Any:
+        params: list[tuple[str, str | int]] = [("limit", limit)]
+        params += [("state", state)] if state else []
+        params += [("label", item) for item in labels]
+        params += [("cursor", cursor)] if cursor else []
+        return self.json("GET", "/v1/sessions", params=params)
+
+    def get_session(self, session_id: str) -> Any:
+        return self.json("GET", f"/v1/sessions/{session_id}")
+
+    def delete_session(self, session_id: str) -> None:
+        self.request("DELETE", f"/v1/sessions/{session_id}")
+
+    def finalize(self, session_id: str) -> Any:
+        return self.json("POST", f"/v1/sessions/{session_id}/finalize")
+
+    def upload_status(self, session_id: str) -> Any:
+        return self.json("GET", f"/v1/sessions/{session_id}/upload")
+
+    def manifest(self, session_id: str) -> bytes:
+        return self.request("GET", f"/v1/sessions/{session_id}/manifest").content
+
+    def checkpoint(self, session_id: str, size: int | None = None) -> bytes:
+        params = {} if size is None else {"size": size}
+        return self.request("GET", f"/v1/sessions/{session_id}/checkpoint", params=params).content
+
+    def inclusion_proof(self, session_id: str, index: int, size: int | None) -> Any:
+        params = {"index": index} | ({} if size is None else {"size": size})
+        return self.json("GET", f"/v1/sessions/{session_id}/proof/inclusion", params=params)
+
+    def sealed_chunk(self, session_id: str, index: int) -> bytes | None:
+        """Return chunk `index` as stored, or None if the node reports it missing."""
+        try:
+            return self.request("GET", f"/v1/sessions/{session_id}/chunks/{index}").content
+        except ClientError as exc:
+            if exc.code == "chunk_not_found":
+                return None
+            raise
+
+    def node(self) -> Any:
+        return self.json("GET", "/v1/node")
+
+    def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
+              progress: Progress) -> Any:
+        """Send file bytes [offset, offset+length) at Upload-Offset `offset`; return the answer.
+
+        The checksum needs a first pass over the bytes; the body is then streamed
+        from the file, so memory stays at one piece whatever the request size.
+        """
+        digest = hashlib.sha256()
+        for piece in _file_range(fh, offset, length):
+            digest.update(piece)
+
+        def body() -> Iterator[bytes]:
+            sent = offset
+            for piece in _file_range(fh, offset, length):
+                sent += len(piece)
+                progress.update(sent)
+                yield piece
+
+        headers = {"Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
+                   "Content-Length": str(length),
+                   "Upload-Checksum": "sha256 " + base64.b64encode(digest.digest()).decode()}
+        return self.json("PATCH", f"/v1/sessions/{session_id}/upload", content=body(),
+                         headers=headers)
+
+    def replay_into(self, session_id: str, fh: IO[bytes], *, byte_range: str | None,
+                    progress: Progress) -> tuple[int, int | None]:
+        """Stream the replay into fh; return (bytes written, Content-Length or None)."""
+        headers = {"Range": byte_range} if byte_range else {}
+        with self._translated(), self._http.stream(
+                "GET", f"/v1/sessions/{session_id}/replay", headers=headers,
+                timeout=httpx.Timeout(None, connect=10.0)) as resp:
+            if resp.status_code >= 400:
+                raise _error_from(resp)
+            declared = resp.headers.get("content-length")
+            expected = int(declared) if declared and declared.isdigit() else None
+            progress.total = expected
+            written = 0
+            for piece in resp.iter_raw(PIECE):
+                fh.write(piece)
+                written += len(piece)
+                progress.update(written)
+        return written, expected
+
+
+def _file_range(fh: IO[bytes], offset: int, length: int) -> Iterator[bytes]:
+    fh.seek(offset)
+    left = length
+    while left > 0:
+        piece = fh.read(min(PIECE, left))
+        if not piece:
+            raise ClientError("file_changed", "the file got shorter while uploading")
+        left -= len(piece)
+        yield piece
+
+
+class Progress:
+    """A one-line text progress bar on stderr: bytes, percent, MB/s."""
+
+    def __init__(self, total: int | None, *, enabled: bool, start: int = 0) -> None:
+        self.total = total
+        self.enabled = enabled
+        self._start_bytes = start
+        self._start = time.monotonic()
+        self._last = 0.0
+        self._done = start
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        self._done = done
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < 0.1):
+            return
+        self._last = now
+        rate = (done - self._start_bytes) / max(now - self._start, 1e-6) / 1e6
+        if self.total:
+            frac = min(done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            line = (f"[{bar:<30}] {frac * 100:5.1f}%  {done / 1e6:,.1f}/"
+                    f"{self.total / 1e6:,.1f} MB  {rate:,.1f} MB/s")
+        else:
+            line = f"{done / 1e6:,.1f} MB  {rate:,.1f} MB/s"
+        sys.stderr.write("\r" + line + "   ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.update(self._done, force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- resumable uploads --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What identifies an upload for resuming: the same file, unchanged, to the same node."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    url: str
+
+    @classmethod
+    def of(cls, path: Path, url: str) -> FileKey:
+        st = path.stat()
+        return cls(str(path.resolve()), st.st_size, st.st_mtime_ns, url)
+
+
+class ResumeStore:
+    """`uploads.json`: which session each unfinished file upload went to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        items = data.get("uploads") if isinstance(data, dict) else None
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    def _save(self, items: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"uploads": items}, indent=1), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def lookup(self, key: FileKey) -> str | None:
+        for item in self._load():
+            if {k: item.get(k) for k in ("path", "size", "mtime_ns", "url")} == key.__dict__:
+                session_id = item.get("session_id")
+                return session_id if isinstance(session_id, str) else None
+        return None
+
+    def remember(self, key: FileKey, session_id: str) -> None:
+        items = [i for i in self._load() if i.get("path") != key.path]
+        self._save([*items, {**key.__dict__, "session_id": session_id}])
+
+    def forget(self, key: FileKey) -> None:
+        items = self._load()
+        kept = [i for i in items if i.get("path") != key.path]
+        if len(kept) != len(items):
+            self._save(kept)
+
+
+def default_state_file() -> Path:
+    """Return `<LUCID_DATA_DIR or ./lucid-data>/client/uploads.json`, else a per-user cache."""
+    data_dir = os.environ.get("LUCID_DATA_DIR")
+    if data_dir or Path("lucid-data").is_dir():
+        return Path(data_dir or "lucid-data") / "client" / "uploads.json"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "lucid-sessions" / "uploads.json"
+
+
+@dataclass
+class UploadPlan:
+    """What `upload_file` needs besides the client and the file."""
+
+    labels: dict[str, str]
+    retention_days: int | None
+    request_bytes: int
+    finalize: bool
+    session_id: str | None = None
+    retries: int = 8
+
+
+def _resume_target(client: LucidClient, store: ResumeStore, key: FileKey,
+                   say: Callable[[str], None]) -> str | None:
+    """Return the recorded session of an interrupted upload of this file, if still usable."""
+    session_id = store.lookup(key)
+    if session_id is None:
+        return None
+    try:
+        status = client.upload_status(session_id)
+    except ClientError as exc:
+        if exc.status not in (404, 409):
+            raise
+        status = {"state": "gone"}
+    if status["state"] in ("recording", "finalizing", "completed"):
+        say(f"resuming session {session_id} of {key.path} at byte {status.get('offset', 0)}")
+        return session_id
+    store.forget(key)
+    return None
+
+
+def upload_file(client: LucidClient, path: Path, plan: UploadPlan, *, store: ResumeStore,
+                progress_enabled: bool, say: Callable[[str], None],
+                sleep: Callable[[float], None] = time.sleep) -> str:
+    """Upload a file into a session (new, recorded for resume, or given); return its id."""
+    key = FileKey.of(path, client.url)
+    session_id = plan.session_id or _resume_target(client, store, key, say)
+    if session_id is None:
+        session_id = str(client.create_session(plan.labels, plan.retention_days)["id"])
+        say(f"created session {session_id}")
+    if plan.session_id is None:
+        store.remember(key, session_id)
+    status = client.upload_status(session_id)
+    if status["state"] == "recording":
+        _send(client, session_id, path, key.size, status, plan, progress_enabled, sleep)
+    elif status["offset"] != key.size:
+        raise ClientError("invalid_state", f"session {session_id} is {status['state']} at "
+                          f"byte {status['offset']} but the file has {key.size} bytes")
+    if plan.finalize:
+        client.finalize(session_id)
+        store.forget(key)
+    return session_id
+
+
+def _send(client: LucidClient, session_id: str, path: Path, size: int, status: dict[str, Any],
+          plan: UploadPlan, progress_enabled: bool, sleep: Callable[[float], None]) -> None:
+    """PATCH the file from the committed offset to the end, resuming after failures.
+
+    After a connection error, a 5xx or a busy session it backs off and asks the
+    offset again; after 409 offset_mismatch it continues from the offset the body
+    names.  More than `plan.retries` failures in a row give up.
+    """
+    chunk = int(status["chunk_size"])
+    step = max(chunk, plan.request_bytes // chunk * chunk)
+    offset: int | None = int(status["offset"])
+    progress = Progress(size, enabled=progress_enabled, start=offset or 0)
+    failures = 0
+    with path.open("rb") as fh:
+        while offset is None or offset < size:
+            try:
+                if offset is None:
+                    offset = int(client.upload_status(session_id)["offset"])
+                    continue
+                answer = client.patch(session_id, fh, offset, min(step, size - offset), progress)
+                offset, failures = int(answer["offset"]), 0
+            except ClientError as exc:
+                failures += 1
+                if failures > plan.retries or not (exc.retryable or exc.code == "offset_mismatch"):
+                    progress.finish()
+                    raise
+                offset = _offset_in(exc)
+                if offset is None:
+                    sleep(min(2.0 ** (failures - 1), 30.0))
+            progress.update(offset or 0)
+    progress.finish()
+    if offset != size:
+        raise ClientError("offset_mismatch", f"the session holds {offset} bytes, but the file "
+                          f"has {size}")
+
+
+def _offset_in(exc: ClientError) -> int | None:
+    """Return the committed offset an offset_mismatch names, or None if it must be asked."""
+    value = exc.body.get("offset") if exc.code == "offset_mismatch" else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def download_replay(client: LucidClient, session_id: str, out: Path, *,
+                    byte_range: str | None, progress_enabled: bool) -> int:
+    """Stream a replay into `out` via `out.part`; return the bytes written.
+
+    Only a body received in full (as many bytes as Content-Length) is renamed
+    into place; on any failure the part file is removed and the error re-raised.
+    """
+    part = out.with_name(out.name + ".part")
+    progress = Progress(None, enabled=progress_enabled)
+    try:
+        with part.open("wb") as fh:
+            written, expected = client.replay_into(session_id, fh, byte_range=byte_range,
+                                                   progress=progress)
+            if expected is not None and written != expected:
+                raise ClientError("truncated", f"received {written} of {expected} bytes")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, out)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    finally:
+        progress.finish()
+    return written

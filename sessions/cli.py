@@ -58,8 +58,13 @@ def _data_dir() -> Path:
 
 
 def _configure_logging(level: str) -> None:
+    """Log to stderr; our loggers never format secrets, and httpx's per-request lines
+    (URLs of every internal call) only at debug level."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _preflight(settings: Any) -> None:
@@ -263,11 +268,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def _print_sessions(items: list[dict[str, Any]], *, header: bool) -> None:
     if header:
-        print(f"{'ID':<26}  {'STATE':<10}  {'BYTES':>14}  {'CHUNKS':>7}  {'CREATED':<20}  LABELS")
+        print(f"{'ID':<26}  {'STATE':<10}  {'BYTES':>14}  {'CHUNKS':>7}  {'CREATED':<19}  LABELS")
     for s in items:
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.get("labels", {}).items()))
         print(f"{s['id']:<26}  {s['state']:<10}  {s['offset']:>14,}  {s['chunk_count']:>7}  "
-              f"{str(s['created_at'])[:20]:<20}  {labels}")
+              f"{str(s['created_at'])[:19]:<19}  {labels}")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -191,10 +191,16 @@ class LucidClient:
             expected = int(declared) if declared and declared.isdigit() else None
             progress.total = expected
             written = 0
-            for piece in resp.iter_raw(PIECE):
-                fh.write(piece)
-                written += len(piece)
-                progress.update(written)
+            try:
+                for piece in resp.iter_raw(PIECE):
+                    fh.write(piece)
+                    written += len(piece)
+                    progress.update(written)
+            except httpx.TransportError as exc:
+                total = "?" if expected is None else f"{expected:,}"
+                raise ClientError("truncated", f"the node cut the replay after {written:,} of "
+                                  f"{total} bytes (a chunk may have failed verification: try "
+                                  "`lucid-sessions verify`)") from exc
         return written, expected
 
 

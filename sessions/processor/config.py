@@ -39,7 +39,7 @@ class Settings(CommonSettings):
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE,
                             description="plaintext bytes per chunk (chosen by `make bench`)")
     zstd_level: int = Field(DEFAULT_ZSTD_LEVEL, ge=1, le=19)
-    inflight_chunks: int = Field(2, ge=1, le=16, description="sealed chunks queued for storage "
+    inflight_chunks: int = Field(4, ge=1, le=16, description="sealed chunks being stored at once "
                                  "while the next one is sealed")
     prefetch_chunks: int = Field(3, ge=0, le=16, description="chunks fetched ahead on replay")
 

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ class Upload:
     async def run(self, body: _Body, *, declared_length: int | None) -> SessionRow:
         """Seal and commit the whole body; return the session as committed afterwards."""
         plain: asyncio.Queue[bytearray | None] = asyncio.Queue(maxsize=1)
-        sealed: asyncio.Queue[SealedChunk | None] = asyncio.Queue(maxsize=self.inflight)
+        sealed: asyncio.Queue[SealedChunk | None] = asyncio.Queue(maxsize=2)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(body, plain))
@@ -129,17 +130,45 @@ class Upload:
         return self.sealer.seal(chunk, index=index)
 
     async def _store(self, inq: asyncio.Queue[SealedChunk | None]) -> None:
+        """Store up to `inflight` chunks at once; commit each finished prefix in one call.
+
+        Parallel PUTs let storage overlap its fsyncs; committing whatever prefix has
+        landed (a group commit) keeps metadata transactions few without delaying acks.
+        """
+        pending: deque[tuple[ChunkRow, asyncio.Task[None]]] = deque()
         offset = self.session.offset
-        while (chunk := await inq.get()) is not _END:
-            await self.storage.put_chunk(self.session.id, chunk.index, chunk.data, chunk.leaf_hash)
-            row = ChunkRow(index=chunk.index, offset=offset, length=chunk.plaintext_length,
-                           sealed_length=chunk.sealed_length, leaf_hash=chunk.leaf_hash,
-                           compressed=chunk.compressed)
-            offset += chunk.plaintext_length
-            if self._digest is None:
-                await self._commit([row])
-            else:
-                self._staged.append(row)
+        try:
+            while (chunk := await inq.get()) is not _END:
+                row = ChunkRow(index=chunk.index, offset=offset, length=chunk.plaintext_length,
+                               sealed_length=chunk.sealed_length, leaf_hash=chunk.leaf_hash,
+                               compressed=chunk.compressed)
+                offset += chunk.plaintext_length
+                put = self.storage.put_chunk(self.session.id, chunk.index, chunk.data,
+                                             chunk.leaf_hash)
+                pending.append((row, asyncio.ensure_future(put)))
+                del chunk
+                if len(pending) >= self.inflight:
+                    await pending[0][1]
+                await self._land(pending, wait=False)
+            await self._land(pending, wait=True)
+        finally:
+            for _, task in pending:
+                task.cancel()
+
+    async def _land(self, pending: deque[tuple[ChunkRow, asyncio.Task[None]]], *,
+                    wait: bool) -> None:
+        """Commit (or stage) the prefix of pending whose PUTs are done; all of it if wait."""
+        landed: list[ChunkRow] = []
+        while pending and (wait or pending[0][1].done()):
+            row, task = pending.popleft()
+            await task
+            landed.append(row)
+        if not landed:
+            return
+        if self._digest is None:
+            await self._commit(landed)
+        else:
+            self._staged.extend(landed)
 
     async def _commit(self, rows: list[ChunkRow]) -> None:
         committed = await self.storage.commit(self.session.id, expected_offset=self.offset,

@@ -90,8 +90,7 @@ class Cluster:
         log = self.log_path(name).open("ab")
         try:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                ([sys.executable, "/tmp/shim/serve_shim.py", name] if os.environ.get("E2E_SHIM") else  # TEMP-SHIM
-                 [sys.executable, "-m", "sessions.cli", "serve", name]), cwd=REPO, env=self.env,
+                [sys.executable, "-m", "sessions.cli", "serve", name], cwd=REPO, env=self.env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, Cluster
+from tests.e2e.conftest import Cluster
 from tests.e2e.support import ID_RE, MIB, session_bytes
 
 pytestmark = pytest.mark.e2e
@@ -16,13 +17,20 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 60
 
 
-def cli(cluster: Cluster, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CLI's working directory and cache home, so its resume state stays out of the repo."""
+    return tmp_path_factory.mktemp("cli")
+
+
+def cli(cluster: Cluster, workdir: Path, *args: str, ok: bool = True
+        ) -> subprocess.CompletedProcess[str]:
     """Run `python -m sessions.cli ARGS` as a user would; check the exit status if `ok`."""
     env = {k: v for k, v in cluster.env.items() if not k.startswith("LUCID_")}
-    env |= {"LUCID_URL": cluster.url("api"),
+    env |= {"LUCID_URL": cluster.url("api"), "XDG_CACHE_HOME": str(workdir / "cache"),
             "LUCID_TOKEN_FILE": str(cluster.data_dir / "secrets" / "admin.token")}
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "sessions.cli", *args], cwd=REPO, env=env, text=True,
+        [sys.executable, "-m", "sessions.cli", *args], cwd=workdir, env=env, text=True,
         capture_output=True, timeout=TIMEOUT, check=False)
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output, output
@@ -33,58 +41,67 @@ def cli(cluster: Cluster, *args: str, ok: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def recording_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+def recording_file(workdir: Path) -> tuple[Path, bytes]:
     data = session_bytes(3 * MIB + 4321, seed=130)
-    path = tmp_path_factory.mktemp("cli") / "session.rec"
+    path = workdir / "session.rec"
     path.write_bytes(data)
     return path, data
 
 
-def _upload(cluster: Cluster, path: Path) -> str:
-    out = cli(cluster, "upload", str(path)).stdout
-    ids = ID_RE.findall(out)
-    assert ids, out
-    return ids[0]
+def _upload(cluster: Cluster, workdir: Path, path: Path, *extra: str) -> str:
+    out = cli(cluster, workdir, "upload", str(path), *extra).stdout
+    assert ID_RE.fullmatch(out.strip().splitlines()[-1]), out
+    return out.strip().splitlines()[-1]
 
 
-def test_cli_round_trip(cluster: Cluster, recording_file: tuple[Path, bytes],
-                        tmp_path: Path) -> None:
+def test_cli_round_trip(cluster: Cluster, workdir: Path,
+                        recording_file: tuple[Path, bytes]) -> None:
     path, data = recording_file
-    sid = _upload(cluster, path)
+    sid = _upload(cluster, workdir, path, "--label", "user=cli")
 
-    out = tmp_path / "replayed.rec"
-    cli(cluster, "replay", sid, "-o", str(out))
+    out = workdir / "replayed.rec"
+    cli(cluster, workdir, "replay", sid, "-o", str(out))
     assert out.read_bytes() == data
+    part = workdir / "part.rec"
+    cli(cluster, workdir, "replay", sid, "-o", str(part), "--range", f"{MIB - 2}-{MIB + 2}")
+    assert part.read_bytes() == data[MIB - 2:MIB + 3]
 
-    assert sid in cli(cluster, "ls").stdout
-    shown = cli(cluster, "show", sid).stdout
-    assert sid in shown and "completed" in shown
-    proof = cli(cluster, "proof", sid, "0").stdout
-    assert proof.strip()
-    cli(cluster, "verify", sid)
+    listing = cli(cluster, workdir, "ls", "--label", "user=cli").stdout
+    assert sid in listing
+    shown = json.loads(cli(cluster, workdir, "show", sid).stdout)
+    assert shown["id"] == sid and shown["state"] == "completed"
+    assert shown["offset"] == len(data) and shown["chunk_count"] == 4
+    assert "wrapped_key" not in shown
 
-    cli(cluster, "rm", sid)
-    assert "deleted" in cli(cluster, "show", sid).stdout
+    proof = cli(cluster, workdir, "proof", sid, "0")
+    assert json.loads(proof.stdout)["index"] == 0
+    assert "verified" in proof.stderr
+
+    verified = cli(cluster, workdir, "verify", sid)
+    assert "OK" in verified.stdout and "FAIL" not in verified.stdout
+
+    cli(cluster, workdir, "rm", sid)
+    assert json.loads(cli(cluster, workdir, "show", sid).stdout)["state"] == "deleted"
 
 
-def test_cli_verify_finds_a_tampered_chunk(cluster: Cluster,
+def test_cli_verify_names_a_tampered_chunk(cluster: Cluster, workdir: Path,
                                            recording_file: tuple[Path, bytes]) -> None:
     path, _ = recording_file
-    sid = _upload(cluster, path)
-    cli(cluster, "verify", sid)
+    sid = _upload(cluster, workdir, path, "--label", "user=cli-tamper")
+    cli(cluster, workdir, "verify", sid)
     chunk = cluster.chunk_file(sid, 2)
     blob = bytearray(chunk.read_bytes())
     blob[len(blob) // 3] ^= 0x01
     chunk.write_bytes(bytes(blob))
 
-    proc = cli(cluster, "verify", sid, ok=False)
+    proc = cli(cluster, workdir, "verify", sid, ok=False)
     assert proc.returncode != 0, proc.stdout + proc.stderr
-    report = proc.stdout + proc.stderr
-    assert "2" in report and ("altered" in report or "chunk" in report), report
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL: chunk")]
+    assert len(fails) == 1 and fails[0].startswith("FAIL: chunk 2:"), proc.stdout
 
 
-def test_cli_errors_are_clean(cluster: Cluster) -> None:
-    proc = cli(cluster, "show", "not-an-id", ok=False)
+def test_cli_errors_are_clean(cluster: Cluster, workdir: Path) -> None:
+    proc = cli(cluster, workdir, "show", "not-an-id", ok=False)
     assert proc.returncode != 0
-    proc = cli(cluster, "show", "0" * 26, ok=False)
-    assert proc.returncode != 0
+    proc = cli(cluster, workdir, "show", "0" * 26, ok=False)
+    assert proc.returncode == 1 and "session_not_found" in proc.stderr

@@ -1,0 +1,215 @@
+"""The CLI's client side against a fake gateway: resumable upload, replay download, errors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sessions import cli
+from sessions.client import (
+    MIB,
+    ClientError,
+    LucidClient,
+    ResumeStore,
+    UploadPlan,
+    download_replay,
+    upload_file,
+)
+
+SID = "01JDZ0Q3W6Y8E2V7K4N5P9R1ST"
+CHUNK = MIB
+
+
+@dataclass
+class FakeGateway:
+    """Just enough of `/v1` for uploads and replays; `faults` are consumed one per PATCH."""
+
+    data: bytearray = field(default_factory=bytearray)
+    state: str = "recording"
+    faults: list[Callable[[httpx.Request], httpx.Response]] = field(default_factory=list)
+    patches: list[tuple[int, int]] = field(default_factory=list)
+    created: int = 0
+    replay_cut: int | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path, method = request.url.path, request.method
+        if (method, path) == ("POST", "/v1/sessions"):
+            self.created += 1
+            return httpx.Response(201, json={"id": SID, "state": "recording"})
+        if path == f"/v1/sessions/{SID}/upload" and method == "GET":
+            return httpx.Response(200, json={"offset": len(self.data), "chunk_size": CHUNK,
+                                             "chunk_count": 0, "state": self.state})
+        if path == f"/v1/sessions/{SID}/upload" and method == "PATCH":
+            return self.patch(request)
+        if path == f"/v1/sessions/{SID}/finalize":
+            self.state = "completed"
+            return httpx.Response(200, json={"id": SID, "state": "completed"})
+        if path == f"/v1/sessions/{SID}/replay":
+            body = bytes(self.data)
+            headers = {"Content-Length": str(len(body))}
+            return httpx.Response(200, stream=httpx.ByteStream(body[:self.replay_cut]),
+                                  headers=headers)
+        return httpx.Response(404, json={"error": "not_found", "detail": "no route"})
+
+    def patch(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        offset = int(request.headers["upload-offset"])
+        self.patches.append((offset, len(body)))
+        if self.faults:
+            return self.faults.pop(0)(request)
+        if offset != len(self.data):
+            return httpx.Response(409, json={"error": "offset_mismatch", "detail": "no",
+                                             "offset": len(self.data)})
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        assert request.headers["upload-checksum"] == f"sha256 {digest}"
+        assert int(request.headers["content-length"]) == len(body)
+        self.data += body
+        return httpx.Response(200, json={"offset": len(self.data), "chunk_count": 0})
+
+
+def status(code: int, error: str, **extra: object) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _: httpx.Response(code, json={"error": error, "detail": "x", **extra})
+
+
+def drop(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    path = tmp_path / "rec.bin"
+    path.write_bytes(bytes(range(256)) * (5 * CHUNK // 256 + 300))
+    return path
+
+
+def run_upload(gw: FakeGateway, path: Path, tmp_path: Path, **plan: object) -> str:
+    client = LucidClient("http://gw.test", "t" * 40, transport=httpx.MockTransport(gw))
+    full = {"labels": {}, "retention_days": None, "request_bytes": 2 * CHUNK + 5,
+            "finalize": True} | plan
+    return upload_file(client, path, UploadPlan(**full), store=ResumeStore(
+        tmp_path / "state" / "uploads.json"), progress_enabled=False, say=lambda _: None,
+        sleep=lambda _: None)
+
+
+def test_upload_sends_chunk_multiples_and_finalizes(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    assert run_upload(gw, sample, tmp_path) == SID
+    assert gw.data == sample.read_bytes()
+    assert [n for _, n in gw.patches][:-1] == [2 * CHUNK] * (len(gw.patches) - 1)
+    assert gw.state == "completed"
+    assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {"uploads": []}
+
+
+def test_upload_resumes_after_errors(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway(faults=[status(503, "upstream_unavailable"), drop,
+                             status(409, "upload_in_progress"), status(460, "checksum_mismatch")])
+    run_upload(gw, sample, tmp_path)
+    assert gw.data == sample.read_bytes()
+
+
+def test_upload_follows_offset_mismatch(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    gw.data += sample.read_bytes()[:CHUNK]  # someone already sent the first chunk
+    run_upload(gw, sample, tmp_path, session_id=SID)
+    assert gw.patches[0] == (CHUNK, 2 * CHUNK)  # GET .../upload said where to start
+    assert gw.data == sample.read_bytes()
+    assert gw.created == 0
+
+
+def test_upload_gives_up_after_bounded_retries(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway(faults=[status(503, "upstream_unavailable")] * 20)
+    with pytest.raises(ClientError) as info:
+        run_upload(gw, sample, tmp_path, retries=3)
+    assert info.value.code == "upstream_unavailable"
+    assert len(gw.patches) == 4
+
+
+def test_client_errors_are_not_retried(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway(faults=[status(409, "invalid_state")])
+    with pytest.raises(ClientError, match="invalid_state"):
+        run_upload(gw, sample, tmp_path)
+    assert len(gw.patches) == 1
+
+
+def test_rerun_resumes_the_recorded_session(sample: Path, tmp_path: Path) -> None:
+    first = FakeGateway(faults=[drop] * 50)
+    with pytest.raises(ClientError):
+        run_upload(first, sample, tmp_path, retries=1)
+    state = json.loads((tmp_path / "state" / "uploads.json").read_text())["uploads"]
+    assert [u["session_id"] for u in state] == [SID]
+    first.faults.clear()
+    first.data += sample.read_bytes()[:2 * CHUNK]
+    run_upload(first, sample, tmp_path)
+    assert first.created == 1, "the second run must resume, not create"
+    assert first.data == sample.read_bytes()
+
+
+def test_a_changed_file_starts_a_new_session(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway(faults=[drop] * 50)
+    with pytest.raises(ClientError):
+        run_upload(gw, sample, tmp_path, retries=0)
+    sample.write_bytes(b"new content")
+    gw.faults.clear()
+    run_upload(gw, sample, tmp_path)
+    assert gw.created == 2
+
+
+def test_replay_renames_only_a_complete_body(tmp_path: Path) -> None:
+    gw = FakeGateway(data=bytearray(b"x" * 5000))
+    client = LucidClient("http://gw.test", None, transport=httpx.MockTransport(gw))
+    out = tmp_path / "out.bin"
+    assert download_replay(client, SID, out, byte_range=None, progress_enabled=False) == 5000
+    assert out.read_bytes() == b"x" * 5000
+    gw.replay_cut = 3000
+    with pytest.raises(ClientError, match="3000 of 5000"):
+        download_replay(client, SID, tmp_path / "short.bin", byte_range=None,
+                        progress_enabled=False)
+    assert not (tmp_path / "short.bin").exists()
+    assert not (tmp_path / "short.bin.part").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))
+    assert cli.main(["ls", "--url", "http://127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: connection_failed: cannot connect to http://127.0.0.1:1")
+    assert "Traceback" not in err
+    assert cli.main(["upload", str(tmp_path / "missing.bin"), "--url", "http://x"]) == 1
+    assert capsys.readouterr().err.startswith("error: file_not_found: ")
+
+
+def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = cli.build_parser()
+    monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))
+    for name in ("LUCID_TOKEN", "LUCID_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli._token(parser.parse_args(["ls"])) is None
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "admin.token").write_text("default-token\n")
+    assert cli._token(parser.parse_args(["ls"])) == "default-token"
+    monkeypatch.setenv("LUCID_TOKEN", "env-token")
+    assert cli._token(parser.parse_args(["ls"])) == "env-token"
+    (tmp_path / "file.token").write_text("file-token\n")
+    monkeypatch.setenv("LUCID_TOKEN_FILE", str(tmp_path / "file.token"))
+    assert cli._token(parser.parse_args(["ls"])) == "file-token"
+    (tmp_path / "flag.token").write_text("flag-token\n")
+    args = parser.parse_args(["ls", "--token-file", str(tmp_path / "flag.token")])
+    assert cli._token(args) == "flag-token"
+
+
+@pytest.mark.parametrize("argv", [["show", "nope"], ["upload", "f", "--label", "novalue"],
+                                  ["verify", SID, "--sample", "0"], ["replay", SID, "-o", "x",
+                                                                     "--range", "a-b"],
+                                  ["ls", "--state", "bogus"], ["ls", "--limit", "0"]])
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(argv)
+    assert info.value.code == 2

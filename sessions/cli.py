@@ -37,6 +37,7 @@ from sessions.client import (
 )
 from sessions.common.ids import is_session_id
 from sessions.common.secrets import ConfigError
+from sessions.common.states import SessionState
 
 SERVICES = ("storage", "processor", "api")
 """In start order: each one's upstream is already healthy when it starts."""
@@ -87,6 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = importlib.import_module(f"sessions.{name}.main").create_app(settings)
     except ConfigError as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a data directory it may not write
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {name}: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 2
     import uvicorn
 
@@ -429,8 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--progress", action="store_true", help="show progress even without a TTY")
     p = add("ls", cmd_ls, "list sessions, newest first", conn)
-    p.add_argument("--state", choices=("recording", "finalizing", "completed", "failed",
-                                       "deleted"))
+    p.add_argument("--state", choices=[s.value for s in SessionState])
     p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE")
     p.add_argument("--limit", type=_positive, default=50)
     p.add_argument("--all", action="store_true", help="follow cursors to the last page")

@@ -175,6 +175,24 @@ def test_replay_renames_only_a_complete_body(tmp_path: Path) -> None:
     assert not (tmp_path / "short.bin.part").exists()
 
 
+class Broken(httpx.SyncByteStream):
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield b"x" * 100
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+def test_replay_cut_by_the_node_is_an_error(tmp_path: Path) -> None:
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Broken(), headers={"Content-Length": "5000"})
+    client = LucidClient("http://gw.test", None, transport=httpx.MockTransport(handler))
+    with pytest.raises(ClientError) as info:
+        download_replay(client, SID, tmp_path / "out.bin", byte_range="bytes=0-4999",
+                        progress_enabled=False)
+    assert info.value.code == "truncated"
+    assert "of 5,000 bytes" in info.value.detail
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))

@@ -130,41 +130,56 @@ class Upload:
         return self.sealer.seal(chunk, index=index)
 
     async def _store(self, inq: asyncio.Queue[SealedChunk | None]) -> None:
-        """Store up to `inflight` chunks at once; commit each finished prefix in one call.
+        """Store up to `inflight` chunks at once while a lander commits them in order.
 
-        Parallel PUTs let storage overlap its fsyncs; committing whatever prefix has
-        landed (a group commit) keeps metadata transactions few without delaying acks.
+        Parallel PUTs let storage overlap its fsyncs; the lander commits every chunk
+        as soon as it and all before it have landed, taking whatever has landed
+        meanwhile in the same transaction (a group commit).
         """
+        slots = asyncio.Semaphore(self.inflight)
         pending: deque[tuple[ChunkRow, asyncio.Task[None]]] = deque()
+        more = asyncio.Event()
+        closed = False
+
+        async def put(chunk: SealedChunk) -> None:
+            try:
+                await self.storage.put_chunk(self.session.id, chunk.index, chunk.data,
+                                             chunk.leaf_hash)
+            finally:
+                slots.release()
+
+        async def land() -> None:
+            while pending or not closed:
+                if not pending:
+                    more.clear()
+                    await more.wait()
+                    continue
+                await pending[0][1]
+                landed: list[ChunkRow] = []
+                while pending and pending[0][1].done():
+                    row, task = pending.popleft()
+                    task.result()
+                    landed.append(row)
+                await self._land(landed)
+
         offset = self.session.offset
-        try:
+        async with asyncio.TaskGroup() as tg:
+            lander = tg.create_task(land())
             while (chunk := await inq.get()) is not _END:
+                await slots.acquire()
                 row = ChunkRow(index=chunk.index, offset=offset, length=chunk.plaintext_length,
                                sealed_length=chunk.sealed_length, leaf_hash=chunk.leaf_hash,
                                compressed=chunk.compressed)
                 offset += chunk.plaintext_length
-                put = self.storage.put_chunk(self.session.id, chunk.index, chunk.data,
-                                             chunk.leaf_hash)
-                pending.append((row, asyncio.ensure_future(put)))
-                del chunk
-                if len(pending) >= self.inflight:
-                    await pending[0][1]
-                await self._land(pending, wait=False)
-            await self._land(pending, wait=True)
-        finally:
-            for _, task in pending:
-                task.cancel()
+                pending.append((row, tg.create_task(put(chunk))))
+                more.set()
+                if lander.done():
+                    break
+            closed = True
+            more.set()
 
-    async def _land(self, pending: deque[tuple[ChunkRow, asyncio.Task[None]]], *,
-                    wait: bool) -> None:
-        """Commit (or stage) the prefix of pending whose PUTs are done; all of it if wait."""
-        landed: list[ChunkRow] = []
-        while pending and (wait or pending[0][1].done()):
-            row, task = pending.popleft()
-            await task
-            landed.append(row)
-        if not landed:
-            return
+    async def _land(self, landed: list[ChunkRow]) -> None:
+        """Commit chunks that have landed, or stage them until the request's checksum is known."""
         if self._digest is None:
             await self._commit(landed)
         else:

@@ -83,7 +83,9 @@ async def test_json_body_over_the_limit_is_413(gateway: httpx.AsyncClient,
 
 async def test_list_forwards_the_query(gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
     page = {"items": [session_json()], "next_cursor": SESSION_ID}
-    fake.reply("GET", INTERNAL, body=page)
+    leaky = {"items": [session_json(wrapped_key={"key_id": "k", "blob": "b"})],
+             "next_cursor": SESSION_ID}
+    fake.reply("GET", INTERNAL, body=leaky)
     resp = await gateway.get("/v1/sessions", headers=auth(), params=[
         ("state", "completed"), ("label", "host:pc-1"), ("label", "site:a:b"),
         ("cursor", SESSION_ID), ("limit", "10")])

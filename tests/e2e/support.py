@@ -174,6 +174,41 @@ def resume(api: httpx.Client, sid: str, data: bytes, *, timeout: float = 20.0) -
         time.sleep(0.1)
 
 
+def _probe_writer(api: httpx.Client, sid: str) -> tuple[bool, int]:
+    """Return (another writer holds the session, committed offset) without changing anything.
+
+    An empty PATCH at the committed offset commits nothing when the session is free
+    and answers 409 upload_in_progress while another request holds the writer slot.
+    """
+    offset = head_offset(api, sid)
+    r = patch(api, sid, offset, b"")
+    if r.status_code == 200:
+        assert r.json()["offset"] == offset, r.json()
+        return False, offset
+    assert r.status_code == 409, (r.status_code, r.text)
+    code = r.json()["error"]
+    assert code in ("upload_in_progress", "offset_mismatch"), r.text  # mismatch: it moved on
+    return code == "upload_in_progress", offset
+
+
+def wait_writer_held(api: httpx.Client, sid: str, *, timeout: float = 15.0) -> None:
+    """Wait until an open upload request has reached the processor and holds the session."""
+    wait_for(lambda: _probe_writer(api, sid)[0], timeout=timeout,
+             what="the open request to hold the writer slot")
+
+
+def wait_writer_free(api: httpx.Client, sid: str, *, timeout: float = 15.0) -> int:
+    """Wait until no request holds the session; return the (now stable) committed offset."""
+    state: dict[str, int] = {}
+
+    def free() -> bool:
+        held, state["offset"] = _probe_writer(api, sid)
+        return not held
+
+    wait_for(free, timeout=timeout, what="the failed request to release the writer slot")
+    return head_offset(api, sid)
+
+
 def wait_for(predicate: Any, *, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll predicate until it returns something truthy; fail naming `what` on timeout."""
     deadline = time.monotonic() + timeout

@@ -88,3 +88,17 @@ def test_paging_over_everything_has_no_duplicates(api: httpx.Client,
     everything = _all_pages(api, {}, limit=7)
     assert len(everything) == len(set(everything))
     assert set(population["ids"]) <= set(everything)  # type: ignore[arg-type]
+
+
+def test_unicode_label_values_round_trip_and_filter(api: httpx.Client) -> None:
+    run = secrets.token_hex(6)
+    title = "Zoë's desk ✓ / 东京, 50% = ok"
+    sid = create_session(api, {"run": run, "title": title})["id"]
+    assert api.get(f"/sessions/{sid}").json()["labels"]["title"] == title
+    r = api.get("/sessions", params=[("label", f"run:{run}"), ("label", f"title:{title}")])
+    assert r.status_code == 200, r.text
+    assert [s["id"] for s in r.json()["items"]] == [sid]
+    r = api.get("/sessions", params=[("label", f"run:{run}"), ("label", "title:Zoë")])
+    assert r.json()["items"] == []  # exact match only, no prefix or LIKE matching
+    r = api.get("/sessions", params=[("label", f"run:{run}"), ("label", "title:%")])
+    assert r.json()["items"] == []

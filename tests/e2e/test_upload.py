@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from sessions.core import EMPTY_ROOT
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -25,7 +28,10 @@ from tests.e2e.support import (
     replay,
     resume,
     session_bytes,
+    upload,
     wait_for,
+    wait_writer_free,
+    wait_writer_held,
 )
 
 pytestmark = pytest.mark.e2e
@@ -94,17 +100,17 @@ def test_resume_after_dropped_connection(cluster: Cluster, api: httpx.Client, ho
         "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
         "Upload-Offset": "0", "Content-Length": str(declared)})
     req.send(data[:MIB + MIB // 2])
-    # Wait until the first chunk is committed, so the drop happens with work in flight.
-    wait_for(lambda: head_offset(api, sid) >= CHUNK, timeout=15, what="first chunk committed")
+    wait_writer_held(api, sid)  # the request is being processed...
+    time.sleep(0.5)  # ...and its bytes have crossed loopback
     if how == "rst":
         req.abort()
     else:
         req.half_close()
 
-    offsets = resume(api, sid, data)
-    dropped_at = offsets[0]
-    assert 0 < dropped_at <= req.sent <= declared, (offsets, req.sent)
+    dropped_at = wait_writer_free(api, sid)
+    assert 0 < dropped_at <= req.sent < declared, (dropped_at, req.sent)
     assert committed_prefix_ok(api, sid, data, dropped_at)
+    assert resume(api, sid, data)[0] == dropped_at
     finalize(api, sid)
     r = replay(api, sid)
     assert r.status_code == 200
@@ -138,6 +144,8 @@ def test_checksum(api: httpx.Client) -> None:
     assert r.json() == {"offset": len(data), "chunk_count": 2 + math.ceil(len(second) / CHUNK)}
     finalize(api, sid)
     assert replay(api, sid).content == data
+    report = api.post(f"/sessions/{sid}/verify").json()
+    assert report["ok"] is True and report["checked"] == report["chunk_count"] == 5, report
 
 
 def test_one_writer_at_a_time(cluster: Cluster, api: httpx.Client) -> None:
@@ -148,13 +156,15 @@ def test_one_writer_at_a_time(cluster: Cluster, api: httpx.Client) -> None:
         "Upload-Offset": "0", "Content-Length": str(len(data))})
     try:
         held.send(data[:MIB + 1000])
-        offset = wait_for(lambda: head_offset(api, sid), timeout=15,
-                          what="the held request's first chunk committed")
-        assert offset == CHUNK
+        wait_writer_held(api, sid)
+        offset = head_offset(api, sid)
+        assert offset in (0, CHUNK)
 
         r = patch(api, sid, offset, data[offset:offset + 4096])
         assert_error(r, 409, "upload_in_progress")
         assert head_offset(api, sid) == offset  # the rejected writer changed nothing
+        # Finalizing under an open upload would cut it short: also refused.
+        assert_error(api.post(f"/sessions/{sid}/finalize"), 409, "upload_in_progress")
 
         held.send(data[held.sent:])
         answer = held.response()
@@ -165,6 +175,28 @@ def test_one_writer_at_a_time(cluster: Cluster, api: httpx.Client) -> None:
     assert answer.headers["upload-offset"] == str(len(data))
     finalize(api, sid)
     assert replay(api, sid).content == data
+
+
+def test_progress_is_committed_while_a_request_is_open(cluster: Cluster,
+                                                      api: httpx.Client) -> None:
+    """A live recorder streams one long PATCH: chunks whose bytes all arrived get committed
+    (HEAD moves, a checkpoint covers them) while the request is still open."""
+    data = session_bytes(3 * MIB, seed=6)
+    sid = create_session(api)["id"]
+    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
+        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
+        "Upload-Offset": "0", "Content-Length": str(len(data))})
+    try:
+        req.send(data[:2 * MIB + 10])  # two whole chunks, then the recorder pauses
+        try:
+            wait_for(lambda: head_offset(api, sid) == 2 * CHUNK, timeout=10,
+                     what="the two complete chunks to be committed")
+        finally:
+            req.send(data[req.sent:])
+            answer = req.response()
+    finally:
+        req.close()
+    assert answer.status_code == 200 and answer.json()["offset"] == len(data)
 
 
 def test_upload_status_during_recording_is_a_readable_prefix(api: httpx.Client) -> None:
@@ -178,3 +210,61 @@ def test_upload_status_during_recording_is_a_readable_prefix(api: httpx.Client) 
     r = patch(api, sid, MIB + 5, data[MIB + 5:])
     assert r.status_code == 200
     assert replay(api, sid).content == data
+
+
+def test_chunk_aligned_requests_make_no_empty_chunks(api: httpx.Client) -> None:
+    data = session_bytes(4 * MIB, seed=7)
+    sid = create_session(api)["id"]
+    r = patch(api, sid, 0, data[:2 * MIB])
+    assert r.json() == {"offset": 2 * MIB, "chunk_count": 2}
+    r = patch(api, sid, 2 * MIB, data[2 * MIB:])
+    assert r.json() == {"offset": 4 * MIB, "chunk_count": 4}
+    done = finalize(api, sid)
+    assert done["chunk_count"] == 4
+    manifest = api.get(f"/sessions/{sid}/manifest").json()
+    assert [c["length"] for c in manifest["chunks"]] == [MIB] * 4
+    assert replay(api, sid).content == data
+
+
+def test_empty_session(api: httpx.Client) -> None:
+    sid = create_session(api)["id"]
+    done = finalize(api, sid)
+    assert (done["offset"], done["chunk_count"]) == (0, 0)
+    assert done["root_hash"] == EMPTY_ROOT.hex()  # RFC 9162: the hash of the empty string
+    r = replay(api, sid)
+    assert r.status_code == 200 and r.content == b""
+    assert_error(replay(api, sid, "bytes=0-0"), 416, "range_not_satisfiable")
+    checkpoint = api.get(f"/sessions/{sid}/checkpoint")
+    assert checkpoint.status_code == 200 and b"\n0\n" in checkpoint.content
+    report = api.post(f"/sessions/{sid}/verify").json()
+    assert report["ok"] is True and report["chunk_count"] == 0, report
+
+
+def test_verify_while_recording(api: httpx.Client) -> None:
+    sid = create_session(api)["id"]
+    assert patch(api, sid, 0, session_bytes(MIB + 9, seed=8)).status_code == 200
+    report = api.post(f"/sessions/{sid}/verify").json()
+    assert report["ok"] is True and report["chunk_count"] == 2 and report["checked"] == 2
+    assert report["signature_ok"] is None  # nothing is signed before finalize
+    status = api.get(f"/sessions/{sid}/upload").json()
+    assert status["state"] == "recording"
+    finalize(api, sid)
+    assert api.get(f"/sessions/{sid}/upload").json()["state"] == "completed"
+
+
+def test_concurrent_sessions_do_not_interfere(cluster: Cluster) -> None:
+    """Four recorders upload at once (odd request sizes), each replays its own bytes."""
+    datas = [session_bytes(2 * MIB + 1000 * k + 1, seed=200 + k) for k in range(4)]
+
+    def record(data: bytes) -> tuple[str, bytes]:
+        with cluster.client() as client:
+            session = create_session(client, {"case": "concurrent"})
+            upload(client, session["id"], data, piece=MIB - 17)
+            finalize(client, session["id"])
+            return session["id"], replay(client, session["id"]).content
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(record, datas))
+    assert len({sid for sid, _ in results}) == 4
+    for (_, got), data in zip(results, datas, strict=True):
+        assert got == data

@@ -30,7 +30,8 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
              summary="Create a session")
 async def create_session(processor: Processor, body: CreateSession | None = None) -> Any:
     """Create an empty session in state `recording`; upload to it with PATCH .../upload."""
-    return await processor.create_session((body or CreateSession()).model_dump())
+    spec = body if body is not None else CreateSession.model_validate({})
+    return await processor.create_session(spec.model_dump())
 
 
 @router.get("", response_model=SessionPage, responses=errors(422), summary="List sessions")

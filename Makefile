@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench bench-core lint typecheck clean
+.PHONY: run test bench bench-core bench-e2e bench-deps lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,24 @@ test: $(STAMP)
 bench-core: $(STAMP)
 	$(PY) -m bench.core
 
-bench: bench-core
+# The rivals of the end-to-end benchmark (restic, borg): Debian packages, installed only if missing.
+bench-deps:
+	@if command -v restic >/dev/null 2>&1 && command -v borg >/dev/null 2>&1; then \
+		echo "bench-deps: restic and borg present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y restic borgbackup; \
+	else \
+		echo "bench-deps: restic/borg missing and cannot install them here (not root, or no apt-get)."; \
+		echo "bench-deps: install them with: sudo apt-get update && sudo apt-get install -y restic borgbackup"; \
+		echo "bench-deps: bench.e2e will skip the missing rival(s) and say so."; \
+	fi
+
+# End-to-end: the three services on loopback vs restic and borg on the same file.
+# Extra flags: make bench-e2e BENCH_E2E_ARGS='--size-mib 256 --rounds 1'
+bench-e2e: $(STAMP) bench-deps
+	$(PY) -m bench.e2e $(BENCH_E2E_ARGS)
+
+bench: bench-deps bench-core bench-e2e
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sessions tests bench

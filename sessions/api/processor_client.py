@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from sessions.common.errors import NotReady, UpstreamUnavailable, error_from_body
+from sessions.common.httpclient import service_client
 
 log = logging.getLogger("lucid.api.processor")
 
@@ -24,7 +25,6 @@ RELAY_PIECE = 1 << 20
 
 JSON_TIMEOUT = httpx.Timeout(300.0, connect=5.0, pool=30.0)
 STREAM_TIMEOUT = httpx.Timeout(None, connect=5.0, pool=30.0)
-_KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection is never stale
 _ERROR_HEADERS = ("upload-offset", "retry-after")
 
 
@@ -73,11 +73,8 @@ class ProcessorClient:
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._ready_url = f"{base_url}/ready"
-        self._http = httpx.AsyncClient(
-            base_url=f"{base_url}/internal/v1", transport=transport, timeout=JSON_TIMEOUT,
-            headers={"Authorization": f"Bearer {token}"}, trust_env=False,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=32,
-                                keepalive_expiry=_KEEPALIVE_EXPIRY))
+        self._http = service_client(f"{base_url}/internal/v1", token, timeout=JSON_TIMEOUT,
+                                    transport=transport, max_connections=256)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, M
 
 import anyio
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sessions.common.errors import PayloadTooLarge
+from sessions.common.web import CutOnErrorResponse
 
 
 async def limited_body(request: Request, *, limit: int,
@@ -30,12 +30,12 @@ async def limited_body(request: Request, *, limit: int,
         yield piece
 
 
-class RelayResponse(StreamingResponse):
+class RelayResponse(CutOnErrorResponse):
     """Streams an upstream body; always closes the upstream, and cuts the connection on failure.
 
-    If the body iterator raises after the headers went out, the exception
-    propagates to the server, which drops the connection: the client sees a
-    truncated body (short of Content-Length), never a clean but short response.
+    If the body iterator raises after the headers went out, the connection is
+    cut: the client sees a truncated body (short of Content-Length), never a
+    clean but short response.
     """
 
     def __init__(self, content: AsyncIterable[bytes], *, status_code: int,

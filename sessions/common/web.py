@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -21,9 +22,11 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sessions.common.errors import NotReady, install_error_handlers
+from sessions.common.errors import NotReady, ServiceError, install_error_handlers
 
 ReadyCheck = Callable[[], Awaitable[None]]
+
+_stream_log = logging.getLogger("lucid.stream")
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -126,3 +129,29 @@ def install_common(app: FastAPI, *, metrics: Metrics, ready: ReadyCheck,
                 logging.getLogger("lucid.metrics").warning("gauge refresh failed: %s",
                                                            type(exc).__name__)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class CutOnErrorResponse(StreamingResponse):
+    """A streaming response that, if its body fails after the headers went out, cuts the stream.
+
+    It logs one line (no traceback, no exception text) and returns without the
+    final body message; the server then closes the connection, so the client
+    sees a body short of its Content-Length: never wrong bytes, never a clean
+    but short response.
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        try:
+            async for piece in self.body_iterator:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except ServiceError as exc:
+            _stream_log.warning("stream cut: %s (%s)", exc.code, exc.detail)
+            return
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the stream must be cut
+            _stream_log.warning("stream cut: %s", type(exc).__name__)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

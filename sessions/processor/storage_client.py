@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from sessions.common.errors import ServiceError, UpstreamUnavailable, error_from_body
+from sessions.common.httpclient import service_client
 from sessions.common.states import SessionState
 from sessions.core import WrappedKey
 
@@ -89,11 +90,8 @@ class StorageClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(60.0, connect=5.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self._http = service_client(base_url, token, transport=transport,
+                                    timeout=httpx.Timeout(60.0, connect=5.0))
 
     async def aclose(self) -> None:
         await self._http.aclose()

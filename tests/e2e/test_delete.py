@@ -8,12 +8,16 @@ import pytest
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     MIB,
+    UPLOAD_TYPE,
+    RawRequest,
     assert_error,
     create_session,
     patch,
     recorded_session,
     replay,
     session_bytes,
+    wait_for,
+    wait_writer_held,
 )
 
 pytestmark = pytest.mark.e2e
@@ -67,3 +71,36 @@ def test_deleted_sessions_are_listed_as_deleted(api: httpx.Client) -> None:
     assert api.delete(f"/sessions/{sid}").status_code == 204
     page = api.get("/sessions", params={"state": "deleted", "label": "case:listed-deleted"}).json()
     assert [s["id"] for s in page["items"]] == [sid]
+
+
+def test_delete_during_an_upload(cluster: Cluster, api: httpx.Client) -> None:
+    """An admin deletes a session that is still being recorded: nothing survives on disk."""
+    data = session_bytes(4 * MIB, seed=102)
+    sid = create_session(api)["id"]
+    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
+        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
+        "Upload-Offset": "0", "Content-Length": str(len(data))}, timeout=15)
+    try:
+        req.send(data[:MIB + MIB // 2])
+        wait_writer_held(api, sid)
+        assert api.delete(f"/sessions/{sid}").status_code == 204
+        try:
+            req.send(data[req.sent:])
+            answer = req.response()
+        except ConnectionError:
+            answer = None  # cut: fine
+    finally:
+        req.close()
+    if answer is not None:
+        assert_error(answer, 409, "invalid_state")
+    wait_writer_free_or_deleted(api, sid)
+    _assert_erased(cluster, api, sid)
+
+
+def wait_writer_free_or_deleted(api: httpx.Client, sid: str) -> None:
+    """Wait until the aborted upload has finished in the processor (PATCH no longer busy)."""
+    def settled() -> bool:
+        r = patch(api, sid, 0, b"")
+        return not (r.status_code == 409 and r.json()["error"] == "upload_in_progress")
+
+    wait_for(settled, timeout=15, what="the aborted upload to finish")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import StreamingResponse
 
+from sessions.common.web import CutOnErrorResponse
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["replay"])
@@ -22,7 +22,7 @@ async def replay(session_id: SessionId, request: Request, engine: EngineDep) -> 
         status = 206
         headers["Content-Range"] = (f"bytes {stream.range.start}-{stream.range.end - 1}"
                                     f"/{stream.size}")
-    return StreamingResponse(stream.body, status_code=status, headers=headers,
+    return CutOnErrorResponse(stream.body, status_code=status, headers=headers,
                              media_type="application/octet-stream")
 
 

@@ -1,4 +1,4 @@
-"""SIGKILL the chunk processor mid-session; after a restart the session carries on."""
+"""SIGKILL a service mid-session (the processor, then storage); after a restart it carries on."""
 
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def restartable(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster, with the processor guaranteed up again after the test."""
+    """The cluster, with every service guaranteed up again after the test."""
     yield cluster
-    if "processor" not in cluster.procs:
-        cluster.start("processor")
+    for name in ("storage", "processor", "api"):
+        if name not in cluster.procs:
+            cluster.start(name)
     cluster.wait_ready("api")
 
 
@@ -128,3 +129,24 @@ def test_kill_during_an_upload(restartable: Cluster, api: httpx.Client,
     _consistent(api, sid, before, after)
     report = api.post(f"/sessions/{sid}/verify").json()
     assert report["ok"] is True, report
+
+
+def test_kill_storage_between_requests(restartable: Cluster, api: httpx.Client,
+                                       node: dict[str, str]) -> None:
+    """Acknowledged means durable: after storage dies with SIGKILL, nothing committed is lost."""
+    cluster = restartable
+    data = session_bytes(4 * MIB + 99, seed=62)
+    sid = create_session(api, {"case": "kill-storage"})["id"]
+    upload(api, sid, data[:2 * MIB + 5], piece=2 * MIB + 5)
+    before = _checkpoint(api, node, sid)
+
+    cluster.kill("storage")
+    assert_error(api.get(f"/sessions/{sid}"), 503, ("upstream_unavailable", "storage_unavailable"))
+    cluster.start("storage")
+    cluster.wait_ready("api")
+
+    assert head_offset(api, sid) == 2 * MIB + 5
+    upload(api, sid, data, start=2 * MIB + 5)
+    finalize(api, sid)
+    assert replay(api, sid).content == data
+    _consistent(api, sid, before, _checkpoint(api, node, sid))

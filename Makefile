@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run   - set up a virtualenv and run all three services on the embedded defaults
-#   make test  - set up a virtualenv and run the test suite
+#   make test  - set up a virtualenv, lint, type-check (mypy --strict) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,6 +18,8 @@ run: $(STAMP)
 	$(VENV)/bin/lucid-sessions up
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check sessions tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 bench-core: $(STAMP)

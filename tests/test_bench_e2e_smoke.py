@@ -17,6 +17,7 @@ def test_e2e_input_is_bench_core_input() -> None:
 def test_e2e_benchmark_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "e2e.json"
     result = main(["--size-mib", "4", "--rounds", "1", "--no-rivals", "--request-mib", "2",
+                   "--chunk-size", "1M",
                    "--ref-mib", "4", "--workdir", str(tmp_path / "work"), "--json", str(out)])
     assert result["ok"], result["failed_rounds"]
     assert result["rivals_run"] == []

@@ -38,42 +38,99 @@ class ServiceError(Exception):
         return {"error": self.code, "detail": self.detail, **self.extra}
 
 
-def _error(name: str, status: int, code: str, detail: str) -> type[ServiceError]:
-    return type(name, (ServiceError,), {"status": status, "code": code, "detail": detail})
+class BadRequest(ServiceError):
+    status, code, detail = 400, "bad_request", "the request is malformed"
 
 
-BadRequest = _error("BadRequest", 400, "bad_request", "the request is malformed")
-InvalidId = _error("InvalidId", 400, "invalid_id", "the id is malformed")
-InvalidParameter = _error("InvalidParameter", 422, "invalid_parameter", "a parameter is invalid")
-ChecksumMismatch = _error("ChecksumMismatch", 460, "checksum_mismatch",
-                          "the body does not match its Upload-Checksum; nothing was committed")
-TruncatedBody = _error("TruncatedBody", 400, "truncated_body",
-                       "the body ended before its declared length")
-Unauthorized = _error("Unauthorized", 401, "unauthorized", "a valid bearer token is required")
-Forbidden = _error("Forbidden", 403, "forbidden", "this token may not do that")
-SessionNotFound = _error("SessionNotFound", 404, "session_not_found", "no such session")
-ChunkNotFound = _error("ChunkNotFound", 404, "chunk_not_found", "no such chunk")
-NotFound = _error("NotFound", 404, "not_found", "no such resource")
-MethodNotAllowed = _error("MethodNotAllowed", 405, "method_not_allowed", "method not allowed")
-OffsetMismatch = _error("OffsetMismatch", 409, "offset_mismatch",
-                        "Upload-Offset does not match the committed offset")
-InvalidState = _error("InvalidState", 409, "invalid_state",
-                      "the session is not in a state that allows this")
-UploadInProgress = _error("UploadInProgress", 409, "upload_in_progress",
-                          "another writer is uploading to this session")
-KeyUnavailable = _error("KeyUnavailable", 409, "key_unavailable",
-                        "the session's key is erased or does not open under this node's master key")
-Conflict = _error("Conflict", 409, "conflict", "the request conflicts with the current state")
-PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "the body is too large")
-UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type",
-                              "wrong Content-Type")
-RangeNotSatisfiable = _error("RangeNotSatisfiable", 416, "range_not_satisfiable",
-                             "the requested range is outside the session")
-ChunkCorrupt = _error("ChunkCorrupt", 502, "chunk_corrupt",
-                      "a stored chunk failed verification; no bytes of it were returned")
-UpstreamUnavailable = _error("UpstreamUnavailable", 503, "upstream_unavailable",
-                             "a dependency of this service is not answering")
-NotReady = _error("NotReady", 503, "not_ready", "the service is not ready")
+class InvalidId(ServiceError):
+    status, code, detail = 400, "invalid_id", "the id is malformed"
+
+
+class InvalidParameter(ServiceError):
+    status, code, detail = 422, "invalid_parameter", "a parameter is invalid"
+
+
+class ChecksumMismatch(ServiceError):
+    status, code = 460, "checksum_mismatch"
+    detail = "the body does not match its Upload-Checksum; nothing was committed"
+
+
+class TruncatedBody(ServiceError):
+    status, code, detail = 400, "truncated_body", "the body ended before its declared length"
+
+
+class Unauthorized(ServiceError):
+    status, code, detail = 401, "unauthorized", "a valid bearer token is required"
+
+
+class Forbidden(ServiceError):
+    status, code, detail = 403, "forbidden", "this token may not do that"
+
+
+class SessionNotFound(ServiceError):
+    status, code, detail = 404, "session_not_found", "no such session"
+
+
+class ChunkNotFound(ServiceError):
+    status, code, detail = 404, "chunk_not_found", "no such chunk"
+
+
+class NotFound(ServiceError):
+    status, code, detail = 404, "not_found", "no such resource"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code, detail = 405, "method_not_allowed", "method not allowed"
+
+
+class OffsetMismatch(ServiceError):
+    status, code = 409, "offset_mismatch"
+    detail = "Upload-Offset does not match the committed offset"
+
+
+class InvalidState(ServiceError):
+    status, code, detail = 409, "invalid_state", "the session is not in a state that allows this"
+
+
+class UploadInProgress(ServiceError):
+    status, code, detail = 409, "upload_in_progress", "another writer is uploading to this session"
+
+
+class KeyUnavailable(ServiceError):
+    status, code = 409, "key_unavailable"
+    detail = "the session's key is erased or does not open under this node's master key"
+
+
+class Conflict(ServiceError):
+    status, code, detail = 409, "conflict", "the request conflicts with the current state"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code, detail = 413, "payload_too_large", "the body is too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, detail = 415, "unsupported_media_type", "wrong Content-Type"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status, code = 416, "range_not_satisfiable"
+    detail = "the requested range is outside the session"
+
+
+class ChunkCorrupt(ServiceError):
+    status, code = 502, "chunk_corrupt"
+    detail = "a stored chunk failed verification; no bytes of it were returned"
+
+
+class UpstreamUnavailable(ServiceError):
+    status, code = 503, "upstream_unavailable"
+    detail = "a dependency of this service is not answering"
+
+
+class NotReady(ServiceError):
+    status, code, detail = 503, "not_ready", "the service is not ready"
+
 
 _BY_CODE: dict[str, type[ServiceError]] = {
     cls.code: cls

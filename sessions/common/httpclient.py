@@ -19,7 +19,7 @@ KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection
 def _raise_read_size() -> None:
     conn = httpcore.AsyncHTTP11Connection
     if getattr(conn, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
-        conn.READ_NUM_BYTES = READ_SIZE  # type: ignore[attr-defined]
+        conn.READ_NUM_BYTES = READ_SIZE
 
 
 def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,

@@ -61,7 +61,7 @@ class CommonSettings(BaseSettings):
 def load(cls: type[S]) -> S:
     """Build settings from the environment; raise ConfigError naming each bad variable."""
     try:
-        return cls()
+        return cls()  # type: ignore[call-arg]  # pydantic-settings fills fields from the env
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         lines = []

@@ -164,7 +164,7 @@ class Engine:
     async def get(self, sid: str) -> dict[str, Any]:
         return (await self.storage.get_session(sid)).public()
 
-    async def list(self, params: list[tuple[str, str]]) -> dict[str, Any]:
+    async def list_sessions(self, params: list[tuple[str, str]]) -> dict[str, Any]:
         return await self.storage.list_sessions(params)
 
     # -- upload ------------------------------------------------------------------------------

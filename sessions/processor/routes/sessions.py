@@ -19,7 +19,7 @@ async def create_session(body: CreateSession, engine: EngineDep) -> dict[str, An
 
 @router.get("")
 async def list_sessions(request: Request, engine: EngineDep) -> dict[str, Any]:
-    return await engine.list(list_params(request.query_params.multi_items()))
+    return await engine.list_sessions(list_params(request.query_params.multi_items()))
 
 
 @router.get("/{session_id}")

@@ -91,13 +91,17 @@ class Engine:
     def __init__(self, storage: StorageClient, keys: NodeKeys, settings: Settings,
                  metrics: Metrics) -> None:
         self.storage, self.keys, self.settings, self.metrics = storage, keys, settings, metrics
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lucid-seal")
+        workers = max(1, settings.seal_workers)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lucid-seal")
+        # One thread, so digests of a request's chunks are updated in submission order.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lucid-digest")
         self._writers: set[str] = set()
         self._sealers = _Lru()
         self._trees = _Lru()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.hasher.shutdown(wait=False, cancel_futures=True)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -185,7 +189,8 @@ class Engine:
                 done = await ingest(
                     storage=self.storage, sealer=self._sealer(row), session=row, source=source,
                     checksum=checksum, declared_length=content_length, max_bytes=max_bytes,
-                    executor=self.executor, inflight=self.settings.inflight_chunks,
+                    executor=self.executor, hasher=self.hasher,
+                    parallel=self.settings.seal_workers, inflight=self.settings.inflight_chunks,
                     on_commit=lambda rows: self._grow_tree(sid, rows))
             except BaseException:
                 self._trees.pop(sid, None)

@@ -1,0 +1,482 @@
+"""The processor's pure functions: Upload-Checksum, Range, chunk spans, sampling, check-and-open.
+
+`parse_range` is checked against a naive RFC 9110 §14.1.2 model and `chunk_span` against a
+brute-force overlap scan, both written here independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+from itertools import accumulate
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
+from sessions.core import ChunkSealer, leaf_hash
+from sessions.processor.ingest import parse_checksum
+from sessions.processor.readback import (
+    BadChunk,
+    ByteRange,
+    check_and_open,
+    chunk_span,
+    parse_range,
+    sample_indexes,
+)
+from sessions.processor.storage_client import ChunkRow
+
+SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"
+OTHER_SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M9"
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+ZERO_HASH = b"\x00" * 32
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --------------------------------------------------------------------------- parse_checksum
+
+DIGEST = hashlib.sha256(b"hello").digest()
+SLASHY = b"\xfb\xff\xbf" * 10 + b"\xfb\xff"  # standard base64 of this is full of '+' and '/'
+
+
+@pytest.mark.parametrize(("header", "digest"), [
+    ("sha256 " + b64(DIGEST), DIGEST),
+    ("SHA256 " + b64(DIGEST), DIGEST),
+    ("Sha256 " + b64(DIGEST), DIGEST),
+    ("  sha256   " + b64(DIGEST) + "  ", DIGEST),
+    ("sha256 " + b64(SLASHY), SLASHY),
+    ("sha256 " + b64(ZERO_HASH), ZERO_HASH),
+], ids=["lower", "upper", "mixed-case", "extra-spaces", "plus-and-slash", "zero"])
+def test_a_valid_checksum_gives_its_32_bytes(header: str, digest: bytes) -> None:
+    assert parse_checksum(header) == digest
+
+
+def test_no_header_means_no_checksum() -> None:
+    assert parse_checksum(None) is None
+
+
+BAD_CHECKSUMS = {
+    "md5": "md5 " + b64(hashlib.md5(b"hello").digest()),  # noqa: S324 - test input
+    "sha-256": "sha-256 " + b64(DIGEST),
+    "sha512": "sha512 " + b64(hashlib.sha512(b"hello").digest()),
+    "colon-form": "sha256:" + b64(DIGEST),
+    "tab-separator": "sha256\t" + b64(DIGEST),
+    "no-algo": b64(DIGEST),
+    "empty": "",
+    "algo-only": "sha256",
+    "not-base64": "sha256 !!!!not-base64!!!!",
+    "hex-digest": "sha256 " + DIGEST.hex(),
+    "urlsafe-base64": "sha256 " + base64.urlsafe_b64encode(SLASHY).decode(),
+    "missing-padding": "sha256 " + b64(DIGEST).rstrip("="),
+    "inner-space": "sha256 " + b64(DIGEST)[:20] + " " + b64(DIGEST)[20:],
+    "non-ascii": "sha256 " + b64(DIGEST)[:-2] + "é=",
+    "31-bytes": "sha256 " + b64(DIGEST[:31]),
+    "33-bytes": "sha256 " + b64(DIGEST + b"\x00"),
+    "64-bytes": "sha256 " + b64(DIGEST * 2),
+    "empty-digest": "sha256 ",
+}
+
+
+@pytest.mark.parametrize("header", list(BAD_CHECKSUMS.values()), ids=list(BAD_CHECKSUMS))
+def test_a_bad_checksum_is_a_bad_request(header: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_checksum(header)
+    assert type(info.value) is BadRequest
+    assert (info.value.status, info.value.code) == (400, "bad_request")
+    assert info.value.detail.startswith("Upload-Checksum ")
+
+
+@given(st.text(max_size=80))
+def test_any_header_gives_32_bytes_or_a_bad_request(header: str) -> None:
+    try:
+        digest = parse_checksum(header)
+    except BadRequest:
+        return
+    assert isinstance(digest, bytes) and len(digest) == 32
+    assert parse_checksum("sha256 " + b64(digest)) == digest
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_every_digest_round_trips(digest: bytes) -> None:
+    assert parse_checksum(f"sha256 {b64(digest)}") == digest
+
+
+# ------------------------------------------------------------------------------ parse_range
+
+
+def rfc_range(first: int | None, last: int | None, size: int) -> ByteRange | str:
+    """Return the RFC 9110 §14.1.2 meaning of one range-spec: a range, "416" or "400"."""
+    if first is None:
+        assert last is not None
+        if last == 0:
+            return "416"  # a zero suffix-length selects nothing
+        return ByteRange(max(0, size - last), size)
+    if last is not None and last < first:
+        return "400"  # invalid range-spec
+    if first >= size:
+        return "416"
+    end = size - 1 if last is None else min(last, size - 1)
+    return ByteRange(first, end + 1)
+
+
+@pytest.mark.parametrize(("header", "size", "expected"), [
+    ("bytes=0-0", 10, (0, 1)),
+    ("bytes=0-9", 10, (0, 10)),
+    ("bytes=2-5", 10, (2, 6)),
+    ("bytes=9-9", 10, (9, 10)),
+    ("bytes=5-", 10, (5, 10)),
+    ("bytes=0-", 10, (0, 10)),
+    ("bytes=-3", 10, (7, 10)),
+    ("bytes=-10", 10, (0, 10)),
+    ("bytes=-11", 10, (0, 10)),
+    ("bytes=-99999999999999999999", 10, (0, 10)),
+    ("bytes=0-10", 10, (0, 10)),
+    ("bytes=3-99999999999999999999", 10, (3, 10)),
+    ("  bytes=1-2 \t", 10, (1, 3)),
+    ("bytes=0-0", 1, (0, 1)),
+    ("bytes=-1", 1, (0, 1)),
+    ("bytes=4194303-4194304", 8 * 1024 * 1024, (4194303, 4194305)),
+], ids=["first-byte", "all-explicit", "middle", "last-byte", "open-end", "from-zero",
+        "suffix", "suffix-equal-size", "suffix-larger", "huge-suffix", "end-clamped-by-one",
+        "end-clamped-far", "whitespace", "size-one", "suffix-size-one", "chunk-boundary"])
+def test_satisfiable_ranges(header: str, size: int, expected: tuple[int, int]) -> None:
+    assert parse_range(header, size=size) == ByteRange(*expected)
+
+
+def test_no_header_means_the_whole_stream() -> None:
+    assert parse_range(None, size=10) is None
+    assert parse_range(None, size=0) is None
+
+
+@pytest.mark.parametrize(("header", "size"), [
+    ("bytes=10-", 10),
+    ("bytes=10-10", 10),
+    ("bytes=11-20", 10),
+    ("bytes=99999999999999999999-", 10),
+    ("bytes=-0", 10),
+    ("bytes=0-", 0),
+    ("bytes=0-0", 0),
+    ("bytes=0-1,3-4", 10),
+    ("bytes=0-1, 3-4", 10),
+    ("bytes=-1,-2", 10),
+    ("bytes=0-1,", 10),
+], ids=["start-at-size", "single-at-size", "past-size", "huge-start", "zero-suffix",
+        "empty-stream-open", "empty-stream-closed", "multi", "multi-spaced", "multi-suffix",
+        "trailing-comma"])
+def test_unsatisfiable_ranges_say_the_size(header: str, size: int) -> None:
+    with pytest.raises(RangeNotSatisfiable) as info:
+        parse_range(header, size=size)
+    err = info.value
+    assert (err.status, err.code, err.extra) == (416, "range_not_satisfiable", {"size": size})
+
+
+@pytest.mark.parametrize("header", [
+    "bytes=5-2",
+    "bytes=1-0",
+    "bytes=",
+    "bytes=-",
+    "bytes=a-b",
+    "bytes=0x1-2",
+    "bytes=1.5-2",
+    "bytes=+1-2",
+    "bytes=--1",
+    "bytes=0-1-2",
+    "bytes=-1-",
+    "bytes = 0-1",
+    "bytes= 0-1",
+    "bytes=0 -1",
+    "items=0-1",
+    "bytes 0-1",
+    "0-1",
+    "",
+], ids=["end-before-start", "end-before-start-by-one", "empty-spec", "bare-dash", "letters",
+        "hex", "fraction", "plus-sign", "double-dash", "three-parts", "suffix-and-open",
+        "spaced-equals", "space-after-equals", "space-before-dash", "other-unit", "no-equals",
+        "no-unit", "empty"])
+def test_malformed_ranges_are_bad_requests(header: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_range(header, size=10)
+    assert type(info.value) is BadRequest
+    assert info.value.status == 400
+
+
+SIZES = st.integers(1, 10**12)
+
+
+@given(size=SIZES, a=st.integers(0, 10**12 + 10), b=st.integers(0, 10**12 + 10))
+def test_first_last_ranges_follow_rfc_9110(size: int, a: int, b: int) -> None:
+    first, last = min(a, b), max(a, b)
+    expected = rfc_range(first, last, size)
+    header = f"bytes={first}-{last}"
+    if expected == "416":
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, size=size)
+    else:
+        got = parse_range(header, size=size)
+        assert got == expected
+        assert got is not None and 0 <= got.start < got.end <= size
+
+
+@given(size=SIZES, first=st.integers(0, 10**12 + 10))
+def test_open_ended_ranges_follow_rfc_9110(size: int, first: int) -> None:
+    expected = rfc_range(first, None, size)
+    if expected == "416":
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(f"bytes={first}-", size=size)
+    else:
+        assert parse_range(f"bytes={first}-", size=size) == expected
+
+
+@given(size=SIZES, n=st.integers(0, 10**12 + 10))
+def test_suffix_ranges_follow_rfc_9110(size: int, n: int) -> None:
+    expected = rfc_range(None, n, size)
+    if expected == "416":
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(f"bytes=-{n}", size=size)
+    else:
+        assert parse_range(f"bytes=-{n}", size=size) == expected
+
+
+@given(size=SIZES, a=st.integers(0, 10**6), b=st.integers(0, 10**6))
+def test_reversed_ranges_are_bad_requests(size: int, a: int, b: int) -> None:
+    assume(a != b)
+    with pytest.raises(BadRequest):
+        parse_range(f"bytes={max(a, b)}-{min(a, b)}", size=size)
+
+
+# ------------------------------------------------------------------------------- chunk_span
+
+
+def rows_of(lengths: list[int]) -> list[ChunkRow]:
+    offsets = [0, *accumulate(lengths)]
+    return [ChunkRow(index=i, offset=offsets[i], length=n, sealed_length=n + 48,
+                     leaf_hash=ZERO_HASH, compressed=False) for i, n in enumerate(lengths)]
+
+
+def overlapping(rows: list[ChunkRow], rng: ByteRange) -> list[int]:
+    """Brute force: every chunk with at least one byte in [start, end)."""
+    return [r.index for r in rows if r.offset < rng.end and rng.start < r.offset + r.length]
+
+
+@pytest.mark.parametrize(("lengths", "rng", "expected"), [
+    ([10, 10, 10], (0, 30), [0, 1, 2]),
+    ([10, 10, 10], (0, 10), [0]),
+    ([10, 10, 10], (9, 11), [0, 1]),
+    ([10, 10, 10], (10, 20), [1]),
+    ([10, 10, 10], (29, 30), [2]),
+    ([10, 10, 3], (25, 26), [2]),
+    ([10, 1, 1, 1, 10], (10, 13), [1, 2, 3]),
+    ([10, 1, 1, 1, 10], (11, 12), [2]),
+    ([7], (3, 4), [0]),
+], ids=["whole", "first-chunk-exactly", "straddles-boundary", "second-chunk-exactly",
+        "last-byte", "short-last-chunk", "run-of-one-byte-chunks", "one-byte-chunk",
+        "single-chunk"])
+def test_chunk_span_examples(lengths: list[int], rng: tuple[int, int],
+                             expected: list[int]) -> None:
+    span = chunk_span(rows_of(lengths), ByteRange(*rng))
+    assert isinstance(span, range)
+    assert list(span) == expected
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> tuple[list[int], ByteRange]:
+    full = draw(st.integers(1, 64))
+    count = draw(st.integers(1, 40))
+    # mostly full chunks, with short ones anywhere (a resumed upload leaves a short chunk)
+    lengths = [draw(st.one_of(st.just(full), st.integers(1, full))) for _ in range(count)]
+    size = sum(lengths)
+    start = draw(st.integers(0, size - 1))
+    end = draw(st.integers(start + 1, size))
+    return lengths, ByteRange(start, end)
+
+
+@given(layouts())
+def test_chunk_span_is_exactly_the_overlapping_chunks(layout: tuple[list[int],
+                                                                    ByteRange]) -> None:
+    lengths, rng = layout
+    rows = rows_of(lengths)
+    span = list(chunk_span(rows, rng))
+    assert span == overlapping(rows, rng)
+    assert span and span == list(range(span[0], span[-1] + 1))
+
+
+@given(layouts(), st.integers(0, 10**4))
+def test_a_parsed_range_spans_the_chunks_holding_its_bytes(layout: tuple[list[int], ByteRange],
+                                                           suffix: int) -> None:
+    lengths, _ = layout
+    rows = rows_of(lengths)
+    size = sum(lengths)
+    rng = parse_range(f"bytes=-{suffix + 1}", size=size)
+    assert rng is not None
+    assert list(chunk_span(rows, rng)) == overlapping(rows, rng)
+    assert chunk_span(rows, rng)[-1] == len(rows) - 1
+
+
+# --------------------------------------------------------------------------- sample_indexes
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 1000])
+@pytest.mark.parametrize("percent", [100, 100.0, 150, 1e9])
+def test_100_percent_or_more_checks_every_chunk(count: int, percent: float) -> None:
+    assert sample_indexes(count, percent, rng=random.Random(1)) == list(range(count))  # noqa: S311
+
+
+@pytest.mark.parametrize("percent", [0, 0.001, 10, 50, 99.9])
+def test_no_chunks_means_nothing_to_check(percent: float) -> None:
+    assert sample_indexes(0, percent) == []
+
+
+@pytest.mark.parametrize(("count", "percent", "k"), [
+    (1000, 10, 100),
+    (1000, 1, 10),
+    (1000, 0.04, 1),   # rounds to 0, but at least one chunk is checked
+    (1000, 0, 1),
+    (3, 50, 2),        # round(1.5) is 2 (banker's rounding)
+    (5, 50, 2),        # round(2.5) is 2
+    (7, 99.9, 7),
+    (1, 1, 1),
+    (200, 12.5, 25),
+])
+def test_a_percentage_checks_about_that_many(count: int, percent: float, k: int) -> None:
+    picked = sample_indexes(count, percent, rng=random.Random(7))  # noqa: S311
+    assert len(picked) == k
+    assert picked == sorted(set(picked))
+    assert all(0 <= i < count for i in picked)
+
+
+@given(count=st.integers(1, 5000), percent=st.floats(0, 99.99), seed=st.integers(0, 2**32))
+def test_sampling_is_sorted_unique_in_range_and_seeded(count: int, percent: float,
+                                                       seed: int) -> None:
+    picked = sample_indexes(count, percent, rng=random.Random(seed))  # noqa: S311
+    assert len(picked) == max(1, round(count * percent / 100))
+    assert picked == sorted(set(picked))
+    assert 0 <= picked[0] and picked[-1] < count
+    again = sample_indexes(count, percent, rng=random.Random(seed))  # noqa: S311
+    assert again == picked
+    reference = random.Random(seed).sample(range(count), len(picked))  # noqa: S311
+    assert picked == sorted(reference)
+
+
+def test_different_seeds_pick_different_samples_and_the_default_is_random() -> None:
+    samples = {tuple(sample_indexes(10_000, 1, rng=random.Random(s))) for s in range(5)}  # noqa: S311
+    assert len(samples) == 5
+    unseeded = {tuple(sample_indexes(10_000, 1)) for _ in range(3)}
+    assert len(unseeded) == 3
+    assert all(len(s) == 100 for s in unseeded)
+
+
+# --------------------------------------------------------------------------- check_and_open
+
+
+def sealed_row(plain: bytes, *, index: int = 3, offset: int = 0,
+               sealer: ChunkSealer | None = None) -> tuple[ChunkRow, bytes]:
+    sealer = sealer or ChunkSealer(KEY, session_id=SID)
+    chunk = sealer.seal(plain, index=index)
+    row = ChunkRow(index=index, offset=offset, length=chunk.plaintext_length,
+                   sealed_length=chunk.sealed_length, leaf_hash=chunk.leaf_hash,
+                   compressed=chunk.compressed)
+    return row, chunk.data
+
+
+PLAINTEXTS = {
+    "compressible": b"flat colour region " * 300,
+    "incompressible": random.Random(5).randbytes(4096),  # noqa: S311
+    "one-byte": b"\x00",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("plain", list(PLAINTEXTS.values()), ids=list(PLAINTEXTS))
+def test_a_good_chunk_opens_to_its_plaintext(plain: bytes) -> None:
+    row, data = sealed_row(plain)
+    assert row.leaf_hash == leaf_hash(data)
+    assert check_and_open(ChunkSealer(KEY, session_id=SID), row, data) == plain
+
+
+def test_the_compression_flag_is_what_the_sealer_chose() -> None:
+    assert sealed_row(PLAINTEXTS["compressible"])[0].compressed is True
+    assert sealed_row(PLAINTEXTS["incompressible"])[0].compressed is False
+
+
+def assert_bad(call_args: tuple[ChunkSealer, ChunkRow, bytes], reason: str) -> None:
+    with pytest.raises(BadChunk) as info:
+        check_and_open(*call_args)
+    err = info.value
+    assert isinstance(err, ChunkCorrupt)
+    assert (err.status, err.code) == (502, "chunk_corrupt")
+    assert (err.index, err.reason) == (call_args[1].index, reason)
+    assert err.extra == {"index": call_args[1].index, "reason": reason}
+    assert err.detail == f"chunk {call_args[1].index} is {reason}; no bytes of it were returned"
+
+
+@pytest.mark.parametrize("where", [0, 5, 12, 31, 32, 100, -17, -1],
+                         ids=["magic", "flags", "index", "nonce-end", "payload-start",
+                              "payload", "payload-end", "tag-end"])
+@pytest.mark.parametrize("plain", [PLAINTEXTS["compressible"], PLAINTEXTS["incompressible"]],
+                         ids=["compressed", "stored"])
+def test_a_flipped_byte_is_altered(plain: bytes, where: int) -> None:
+    row, data = sealed_row(plain)
+    bad = bytearray(data)
+    bad[where] ^= 0x01
+    assert_bad((ChunkSealer(KEY, session_id=SID), row, bytes(bad)), "altered")
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d[:-1],
+    lambda d: d + b"\x00",
+    lambda d: b"",
+    lambda d: d[:32],
+], ids=["truncated", "extended", "empty", "header-only"])
+def test_a_chunk_of_the_wrong_length_is_altered(mutate: object) -> None:
+    row, data = sealed_row(PLAINTEXTS["compressible"])
+    assert callable(mutate)
+    assert_bad((ChunkSealer(KEY, session_id=SID), row, mutate(data)), "altered")
+
+
+def test_the_right_leaf_hash_under_the_wrong_key_is_unopenable() -> None:
+    row, data = sealed_row(PLAINTEXTS["compressible"])
+    assert_bad((ChunkSealer(OTHER_KEY, session_id=SID), row, data), "unopenable")
+
+
+def test_the_right_leaf_hash_in_the_wrong_session_is_unopenable() -> None:
+    row, data = sealed_row(PLAINTEXTS["incompressible"])
+    assert_bad((ChunkSealer(KEY, session_id=OTHER_SID), row, data), "unopenable")
+
+
+def test_a_chunk_moved_to_another_index_is_unopenable() -> None:
+    row, data = sealed_row(PLAINTEXTS["compressible"], index=3)
+    moved = ChunkRow(index=4, offset=row.offset, length=row.length,
+                     sealed_length=row.sealed_length, leaf_hash=row.leaf_hash,
+                     compressed=row.compressed)
+    assert_bad((ChunkSealer(KEY, session_id=SID), moved, data), "unopenable")
+
+
+def test_a_tampered_chunk_whose_leaf_hash_was_also_replaced_is_unopenable() -> None:
+    row, data = sealed_row(PLAINTEXTS["incompressible"])
+    bad = bytearray(data)
+    bad[200] ^= 0x80
+    forged = ChunkRow(index=row.index, offset=row.offset, length=row.length,
+                      sealed_length=row.sealed_length, leaf_hash=leaf_hash(bytes(bad)),
+                      compressed=row.compressed)
+    assert_bad((ChunkSealer(KEY, session_id=SID), forged, bytes(bad)), "unopenable")
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_row_claiming_another_length_is_unopenable(delta: int) -> None:
+    row, data = sealed_row(PLAINTEXTS["compressible"])
+    wrong = ChunkRow(index=row.index, offset=row.offset, length=row.length + delta,
+                     sealed_length=row.sealed_length, leaf_hash=row.leaf_hash,
+                     compressed=row.compressed)
+    assert_bad((ChunkSealer(KEY, session_id=SID), wrong, data), "unopenable")
+
+
+def test_chunk_rows_round_trip_through_json() -> None:
+    row, _ = sealed_row(PLAINTEXTS["compressible"], index=9, offset=123)
+    assert ChunkRow.from_json(row.to_json()) == row
+    assert row.to_json()["leaf_hash"] == row.leaf_hash.hex()

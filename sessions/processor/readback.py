@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sessions.common.errors import (
     BadRequest,
@@ -25,6 +26,8 @@ from sessions.common.errors import (
 )
 from sessions.core import ChunkSealer, OpenError, leaf_hash
 from sessions.processor.storage_client import ChunkRow, StorageClient
+
+T = TypeVar("T")
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -87,32 +90,47 @@ class ChunkReader:
         except ChunkNotFound:
             raise BadChunk(index, "missing") from None
 
-    async def sealed(self, indexes: Sequence[int]) -> AsyncIterator[tuple[ChunkRow, bytes]]:
-        """Yield (row, sealed bytes) in order, keeping up to `prefetch` fetches in flight."""
-        pending: deque[tuple[int, asyncio.Task[bytes]]] = deque()
-        it = iter(indexes)
+    async def _ahead(self, indexes: Sequence[int],
+                     work: Callable[[int], Awaitable[T]]) -> AsyncIterator[T]:
+        """Yield work(i) for each index in order, keeping up to prefetch + 1 of them running."""
+        pending: deque[asyncio.Future[T]] = deque()
+        upcoming = iter(indexes)
         try:
-            for index in it:
-                pending.append((index, asyncio.ensure_future(self._fetch(index))))
-                if len(pending) > self._prefetch:
-                    break
+            for index in itertools.islice(upcoming, self._prefetch + 1):
+                pending.append(asyncio.ensure_future(work(index)))
             while pending:
-                index, task = pending.popleft()
-                nxt = next(it, None)
+                head = pending.popleft()
+                nxt = next(upcoming, None)
                 if nxt is not None:
-                    pending.append((nxt, asyncio.ensure_future(self._fetch(nxt))))
-                yield self._rows[index], await task
+                    pending.append(asyncio.ensure_future(work(nxt)))
+                yield await head
         finally:
-            for _, task in pending:
-                task.cancel()
+            for task in pending:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: a failure nobody reached is not an error
+                else:
+                    task.cancel()
 
-    async def opened(self, sealer: ChunkSealer,
-                     indexes: Sequence[int]) -> AsyncIterator[tuple[ChunkRow, bytes]]:
-        """Yield (row, plaintext) in order; raise BadChunk before releasing any bad chunk."""
+    def sealed(self, indexes: Sequence[int]) -> AsyncIterator[tuple[ChunkRow, bytes]]:
+        """Yield (row, sealed bytes) in order, fetching ahead."""
+        async def fetch(index: int) -> tuple[ChunkRow, bytes]:
+            return self._rows[index], await self._fetch(index)
+        return self._ahead(indexes, fetch)
+
+    def opened(self, sealer: ChunkSealer,
+               indexes: Sequence[int]) -> AsyncIterator[tuple[ChunkRow, bytes]]:
+        """Yield (row, plaintext) in order, fetching and opening ahead on the worker threads.
+
+        Each chunk is checked against its leaf hash before it is opened; a bad one
+        raises BadChunk when its turn comes, before any of its bytes are released.
+        """
         loop = asyncio.get_running_loop()
-        async for row, data in self.sealed(indexes):
-            plain = await loop.run_in_executor(self._executor, check_and_open, sealer, row, data)
-            yield row, plain
+
+        async def fetch_and_open(index: int) -> tuple[ChunkRow, bytes]:
+            row, data = self._rows[index], await self._fetch(index)
+            return row, await loop.run_in_executor(self._executor, check_and_open, sealer,
+                                                   row, data)
+        return self._ahead(indexes, fetch_and_open)
 
 
 def check_and_open(sealer: ChunkSealer, row: ChunkRow, data: bytes) -> bytes:

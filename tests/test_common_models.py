@@ -27,7 +27,24 @@ KEY_REST = KEY_FIRST + "_.-"
 
 def test_label_rules_are_the_documented_ones() -> None:
     assert (LABEL_KEY, MAX_LABELS, MAX_LABEL_VALUE, MAX_PAGE) == (
-        r"^[a-z0-9][a-z0-9_.-]{0,63}$", 32, 256, 500)
+        r"[a-z0-9][a-z0-9_.-]{0,63}", 32, 256, 500)
+
+
+@pytest.mark.parametrize("labels", [{"host\n": "x"}, {"k": "a\x7fb"}, {"k": "a\x85b"}],
+                         ids=["key-newline-suffix", "value-del", "value-c1-control"])
+def test_labels_reject_what_a_dollar_anchor_or_ascii_check_would_let_through(
+        labels: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        CreateSession.model_validate({"labels": labels})
+
+
+@pytest.mark.parametrize("params", [[("label", "host\n:x")], [("limit", "\u00b2")],
+                                    [("limit", "1" * 5000)], [("limit", "\uff15")]],
+                         ids=["label-key-newline", "limit-superscript-two", "limit-5000-digits",
+                              "limit-fullwidth-five"])
+def test_list_params_refuse_odd_digits_and_newlines(params: list[tuple[str, str]]) -> None:
+    with pytest.raises(InvalidParameter):
+        list_params(params)
 
 
 # ----------------------------------------------------------------------------- CreateSession
@@ -121,7 +138,7 @@ def test_wrongly_typed_fields_are_rejected(body: dict[str, Any]) -> None:
 @given(st.dictionaries(
     st.builds(lambda a, b: a + b, st.sampled_from(KEY_FIRST),
               st.text(alphabet=KEY_REST, max_size=63)),
-    st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc")),
+    st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc", "Cf")),
             max_size=MAX_LABEL_VALUE),
     max_size=MAX_LABELS))
 def test_any_labels_within_the_rules_are_accepted(labels: dict[str, str]) -> None:

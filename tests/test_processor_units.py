@@ -480,3 +480,10 @@ def test_chunk_rows_round_trip_through_json() -> None:
     row, _ = sealed_row(PLAINTEXTS["compressible"], index=9, offset=123)
     assert ChunkRow.from_json(row.to_json()) == row
     assert row.to_json()["leaf_hash"] == row.leaf_hash.hex()
+
+
+@pytest.mark.parametrize("header", ["bytes=" + "1" * 5000 + "-", "bytes=0-" + "1" * 5000],
+                         ids=["huge-start", "huge-end"])
+def test_parse_range_refuses_huge_numbers_cleanly(header: str) -> None:
+    with pytest.raises((BadRequest, RangeNotSatisfiable)):
+        parse_range(header, size=10)

@@ -18,7 +18,7 @@ from sessions.common.models import CreateSession as CreateSession
 from sessions.common.states import SessionState
 
 LabelFilter = Annotated[str, StringConstraints(
-    pattern=LABEL_KEY[:-1] + ":.{0," + str(MAX_LABEL_VALUE) + "}$")]
+    pattern="^" + LABEL_KEY + ":.{0," + str(MAX_LABEL_VALUE) + "}$")]
 """A list filter `key:value`: the session has label key with exactly that value."""
 
 

@@ -185,8 +185,12 @@ def install_error_handlers(app: FastAPI) -> None:
         mapping = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
                    415: UnsupportedMediaType, 401: Unauthorized, 403: Forbidden}
         cls = mapping.get(exc.status_code)
-        err = cls() if cls else BadRequest()
-        if cls is None and exc.status_code < 500:
+        if cls is not None:
+            err = cls(headers=dict(exc.headers or {}))  # keeps e.g. Allow on a 405
+        elif exc.status_code >= 500:
+            err = ServiceError()
+        else:
+            err = BadRequest()
             err.status = exc.status_code
         return _render(err)
 

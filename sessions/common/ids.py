@@ -19,6 +19,8 @@ _ID_RE = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
 def new_session_id(*, now_ms: int | None = None) -> str:
     """Return a fresh id: 48-bit millisecond time then 80 random bits, so ids sort by creation."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if not 0 <= ms < 1 << 48:
+        raise ValueError("now_ms must satisfy 0 <= now_ms < 2**48")
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
     out = []
     for _ in range(26):

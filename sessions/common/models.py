@@ -7,6 +7,7 @@ because it trusts no caller's validation.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,10 +16,12 @@ from sessions.common.errors import InvalidParameter
 from sessions.common.ids import check_session_id
 from sessions.common.states import SessionState
 
-LABEL_KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+LABEL_KEY = r"[a-z0-9][a-z0-9_.-]{0,63}"
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
 MAX_PAGE = 500
+# Control (C0, DEL, C1) and format characters (bidi overrides, zero-width): never in a label.
+_CONTROL = frozenset({"Cc", "Cf"})
 
 
 class CreateSession(BaseModel):
@@ -35,11 +38,12 @@ class CreateSession(BaseModel):
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
-            if not re.match(LABEL_KEY, key):
+            if not re.fullmatch(LABEL_KEY, key):
                 raise ValueError(f"label key {key[:64]!r} must match {LABEL_KEY}")
-            if len(value) > MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
+            if len(value) > MAX_LABEL_VALUE or any(unicodedata.category(c) in _CONTROL
+                                                   for c in value):
                 raise ValueError(f"label {key!r}: value must be at most {MAX_LABEL_VALUE} "
-                                 "printable characters")
+                                 "characters, none of them control or format characters")
         return labels
 
 
@@ -53,12 +57,12 @@ def list_params(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
                 raise InvalidParameter(f"state must be one of {names}")
         elif name == "label":
             key, sep, val = value.partition(":")
-            if not sep or not re.match(LABEL_KEY, key) or len(val) > MAX_LABEL_VALUE:
+            if not sep or not re.fullmatch(LABEL_KEY, key) or len(val) > MAX_LABEL_VALUE:
                 raise InvalidParameter("label filters look like label=key:value")
         elif name == "cursor":
             check_session_id(value)
         elif name == "limit":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+            if not re.fullmatch(r"[0-9]{1,3}", value) or not 1 <= int(value) <= MAX_PAGE:
                 raise InvalidParameter(f"limit must be an integer in 1..{MAX_PAGE}")
         else:
             raise InvalidParameter(f"unknown query parameter {name[:32]!r}")

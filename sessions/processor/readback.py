@@ -29,7 +29,7 @@ from sessions.processor.storage_client import ChunkRow, StorageClient
 
 T = TypeVar("T")
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,30})-([0-9]{0,30})")  # bounded: int() of 5000 digits fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ def parse_range(header: str | None, *, size: int) -> ByteRange | None:
     if "," in header:
         raise RangeNotSatisfiable("only a single byte range is supported",
                                   extra={"size": size})
-    m = _RANGE_RE.match(header.strip())
+    m = _RANGE_RE.fullmatch(header.strip())
     if m is None or (m.group(1) == "" and m.group(2) == ""):
         raise BadRequest("Range must look like bytes=START-END, bytes=START- or bytes=-SUFFIX")
     first, last = m.group(1), m.group(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -59,14 +60,14 @@ def build(n_chunks: int = 5, *, session_id: str = SID) -> Session:
                                   compressed=chunk.compressed))
         offset += length
     root = root_hash([e.leaf_hash for e in entries])
-    checkpoint = sign_checkpoint(Checkpoint(f"lucid-test/sessions/{session_id}", n_chunks, root),
-                                 signer)
-    manifest = Manifest(session_id=session_id, labels={"host": "pc"},
+    unsigned = Manifest(session_id=session_id, labels={"host": "pc"},
                         created_at="2025-11-27T12:00:00Z", plaintext_size=offset,
                         sealed_size=sum(e.sealed_length for e in entries), chunk_count=n_chunks,
                         chunk_size=CHUNK, zstd_level=3, cipher=CIPHER_NAME, format_version=1,
-                        chunks=tuple(entries), root_hash=root,
-                        checkpoint=checkpoint.decode("utf-8"))
+                        chunks=tuple(entries), root_hash=root, checkpoint="")
+    checkpoint = sign_checkpoint(Checkpoint(f"lucid-test/sessions/{session_id}", n_chunks, root,
+                                            (unsigned.checkpoint_extension(),)), signer)
+    manifest = dataclasses.replace(unsigned, checkpoint=checkpoint.decode("utf-8"))
     return Session(signer, sealed, manifest.to_json(), checkpoint)
 
 
@@ -125,6 +126,12 @@ def test_a_stale_checkpoint_disagrees_with_the_manifest(session: Session) -> Non
     report = session.verify(checkpoint=sign_checkpoint(cp, session.signer))
     assert not report.ok
     assert any("differs from the signed checkpoint" in p for p in report.problems)
+
+
+def test_a_relabelled_manifest_fails(session: Session) -> None:
+    report = session.verify(manifest=session.manifest.replace(b'"host":"pc"', b'"host":"px"'))
+    assert not report.ok
+    assert any("labels and chunk list" in p for p in report.problems), report.problems
 
 
 def test_a_tampered_manifest_fails(session: Session) -> None:

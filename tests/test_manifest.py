@@ -47,15 +47,18 @@ def build(lengths: list[int], *, chunk_size: int = 10, **overrides: Any) -> Mani
         chunks.append(ChunkEntry(i, offset, length, length + 29, _leaf(data), i % 2 == 0))
         offset += length
     root = mth(datas)
-    checkpoint = sign_checkpoint(Checkpoint(ORIGIN, len(chunks), root), SIGNER).decode()
     fields: dict[str, Any] = dict(
         session_id=SID, labels={"team": "blue", "host": "ws-7"},
         created_at="2024-05-01T12:00:00.123456Z", plaintext_size=offset,
         sealed_size=sum(c.sealed_length for c in chunks), chunk_count=len(chunks),
         chunk_size=chunk_size, zstd_level=3, cipher=CIPHER, format_version=1,
-        chunks=tuple(chunks), root_hash=root, checkpoint=checkpoint,
+        chunks=tuple(chunks), root_hash=root, checkpoint="",
     )  # fmt: skip
-    return Manifest(**(fields | overrides))
+    unsigned = Manifest(**(fields | overrides))
+    if "checkpoint" in overrides:
+        return unsigned
+    cp = Checkpoint(ORIGIN, len(chunks), root, (unsigned.checkpoint_extension(),))
+    return dataclasses.replace(unsigned, checkpoint=sign_checkpoint(cp, SIGNER).decode())
 
 
 GOOD = build([10, 10, 4, 10, 1])
@@ -271,6 +274,19 @@ def test_check_with_verifier() -> None:
     stale = sign_checkpoint(Checkpoint(ORIGIN, 4, GOOD.root_hash), SIGNER).decode()
     with pytest.raises(ManifestError):
         dataclasses.replace(GOOD, checkpoint=stale).check(verifier=SIGNER.verifier())
+
+
+def test_the_signature_covers_labels_and_chunk_entries_not_only_the_root() -> None:
+    bare = sign_checkpoint(Checkpoint(ORIGIN, GOOD.chunk_count, GOOD.root_hash), SIGNER).decode()
+    with pytest.raises(ManifestError, match="labels and chunk list"):
+        dataclasses.replace(GOOD, checkpoint=bare).check(verifier=SIGNER.verifier())
+    relabelled = dataclasses.replace(GOOD, labels={"team": "red", "host": "ws-7"})
+    with pytest.raises(ManifestError, match="labels and chunk list"):
+        relabelled.check(verifier=SIGNER.verifier(), origin=ORIGIN)
+    later = dataclasses.replace(GOOD, created_at="2024-05-02T12:00:00.123456Z")
+    with pytest.raises(ManifestError, match="labels and chunk list"):
+        later.check(verifier=SIGNER.verifier(), origin=ORIGIN)
+    assert GOOD.contents_digest() == dataclasses.replace(GOOD, checkpoint="x").contents_digest()
 
 
 # -- chunk_for_offset -----------------------------------------------------------

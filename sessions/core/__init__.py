@@ -36,7 +36,7 @@ from sessions.core._errors import (
     UnwrapError,
 )
 from sessions.core._keys import DATA_KEY_SIZE, MasterKey, WrappedKey, new_data_key, rewrap
-from sessions.core._manifest import ChunkEntry, Manifest
+from sessions.core._manifest import MANIFEST_EXTENSION, ChunkEntry, Manifest
 from sessions.core._merkle_hash import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -90,6 +90,7 @@ __all__ = [
     "HASH_SIZE",
     "HEADER_SIZE",
     "LEAF_PREFIX",
+    "MANIFEST_EXTENSION",
     "MAX_CHUNK_SIZE",
     "MIN_CHUNK_SIZE",
     "NODE_PREFIX",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import dataclasses
+import hashlib
 import json
 import re
 import types
@@ -37,6 +39,8 @@ __all__ = ["CIPHER", "MANIFEST_VERSION", "ChunkEntry", "Manifest"]
 
 CIPHER = "AES-256-GCM"
 MANIFEST_VERSION = 1
+MANIFEST_EXTENSION = "lucid-manifest-sha256"
+"""Names the final checkpoint's extension line that commits to the manifest's contents."""
 
 _CHUNK_FIELDS = {
     "index": int, "offset": int, "length": int, "sealed_length": int,
@@ -173,8 +177,9 @@ class Manifest:
         hashes; root_hash == RFC 9162 MTH(leaf hashes) (§2.1.1); known cipher and
         manifest version; created_at in RFC 3339 §5.6 form.
         With `verifier`, the checkpoint is also opened (signature first; NoteError
-        family on failure, CheckpointError if `origin` is given and differs) and
-        its size and root must equal chunk_count and root_hash.
+        family on failure, CheckpointError if `origin` is given and differs), its
+        size and root must equal chunk_count and root_hash, and it must carry
+        `checkpoint_extension()`, which commits to everything else in the manifest.
         """
         self._check_scalars()
         self._check_chunks()
@@ -218,6 +223,23 @@ class Manifest:
         cp = open_checkpoint(signed, verifier=verifier, origin=origin)
         if cp.size != self.chunk_count or cp.root_hash != self.root_hash:
             raise _bad("checkpoint does not match the manifest")
+        if self.checkpoint_extension() not in cp.extensions:
+            raise _bad("checkpoint does not commit to this manifest's labels and chunk list")
+
+    # -- what the final checkpoint signs besides the root -----------------
+
+    def contents_digest(self) -> bytes:
+        """Return SHA-256 of this manifest's canonical JSON with its checkpoint left empty.
+
+        The root covers the sealed chunks; this digest covers the rest (labels,
+        created_at, parameters, every chunk's offset and length), so the final
+        checkpoint can sign both without a circular reference to itself.
+        """
+        return hashlib.sha256(dataclasses.replace(self, checkpoint="").to_json()).digest()
+
+    def checkpoint_extension(self) -> str:
+        """Return the extension line the final checkpoint carries: `lucid-manifest-sha256 <hex>`."""
+        return f"{MANIFEST_EXTENSION} {self.contents_digest().hex()}"
 
     # -- lookup ----------------------------------------------------------
 

@@ -7,6 +7,7 @@ no other state, so the process can be killed at any moment.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -199,9 +200,10 @@ class Engine:
 
     # -- checkpoints and proofs --------------------------------------------------------------
 
-    def _sign(self, sid: str, size: int, root: bytes) -> bytes:
+    def _sign(self, sid: str, size: int, root: bytes, extensions: tuple[str, ...] = ()) -> bytes:
         return sign_checkpoint(Checkpoint(origin=self.keys.origin(sid), size=size,
-                                          root_hash=root), self.keys.signer)
+                                          root_hash=root, extensions=extensions),
+                               self.keys.signer)
 
     async def _root(self, row: SessionRow, size: int) -> bytes:
         if size == row.chunk_count:
@@ -213,6 +215,9 @@ class Engine:
         row = await self.storage.get_session(sid)
         require_state(row.state, *_READABLE, action="checkpoint")
         size = _check_size(size, row.chunk_count, "size")
+        if row.state is SessionState.COMPLETED and size == row.chunk_count:
+            # The final checkpoint, as finalize signed it (it also commits to the manifest).
+            return Manifest.from_json(await self.storage.manifest(sid)).checkpoint.encode()
         return self._sign(sid, size, await self._root(row, size))
 
     async def inclusion(self, sid: str, index: int, size: int | None) -> dict[str, Any]:
@@ -263,8 +268,7 @@ class Engine:
         if len(rows) != row.chunk_count:
             raise UpstreamUnavailable("session storage returned an incomplete chunk list")
         root = root_hash([r.leaf_hash for r in rows])
-        checkpoint = self._sign(row.id, len(rows), root).decode("utf-8")
-        manifest = Manifest(
+        unsigned = Manifest(
             session_id=row.id, labels=dict(row.raw.get("labels") or {}),
             created_at=str(row.raw["created_at"]), plaintext_size=row.offset,
             sealed_size=sum(r.sealed_length for r in rows), chunk_count=len(rows),
@@ -273,8 +277,12 @@ class Engine:
             chunks=tuple(ChunkEntry(index=r.index, offset=r.offset, length=r.length,
                                     sealed_length=r.sealed_length, leaf_hash=r.leaf_hash,
                                     compressed=r.compressed) for r in rows),
-            root_hash=root, checkpoint=checkpoint)
-        manifest.check()
+            root_hash=root, checkpoint="")
+        # The final checkpoint signs the root and, in an extension line, the manifest's
+        # contents (labels, times, chunk entries), so neither can be edited unnoticed.
+        signed = self._sign(row.id, len(rows), root, (unsigned.checkpoint_extension(),))
+        manifest = dataclasses.replace(unsigned, checkpoint=signed.decode("utf-8"))
+        manifest.check(verifier=self.keys.verifier, origin=self.keys.origin(row.id))
         return manifest
 
     async def manifest(self, sid: str) -> bytes:

@@ -145,6 +145,13 @@ class LocalChunkStore:
         """Check that the chunk directory exists and is writable."""
         await _io(_probe, self._chunks)
 
+    async def sweep_temp_files(self) -> int:
+        """Remove temp files a crashed PUT left behind; return how many.
+
+        Call at start-up only: storage is one process, so no PUT is in flight then.
+        """
+        return await _io(_sweep, self._chunks)
+
 
 async def _receive(staged: _StagedFile, body: AsyncIterable[bytes], max_bytes: int) -> int:
     """Write body to staged in batches of >= WRITE_BATCH bytes; return its length."""
@@ -269,3 +276,13 @@ def _probe(chunks_dir: Path) -> None:
     fd, name = tempfile.mkstemp(dir=chunks_dir, prefix=".ready.", suffix=TEMP_SUFFIX)
     os.close(fd)
     os.unlink(name)
+
+
+def _sweep(chunks_dir: Path) -> int:
+    if not chunks_dir.is_dir():
+        return 0
+    removed = 0
+    for temp in chunks_dir.glob(f"*/*/*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+        removed += 1
+    return removed

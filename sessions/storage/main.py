@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from sessions.storage.service import StorageService
 
 INTERNAL_PREFIX = "/internal/"
 METADATA_FILE = "metadata.sqlite3"
+log = logging.getLogger("lucid.storage")
 
 
 @asynccontextmanager
@@ -34,6 +36,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(root.mkdir, mode=0o700, parents=True, exist_ok=True)
     meta = await SqliteMetadataStore.open(root / METADATA_FILE)
     store = LocalChunkStore(root)
+    if swept := await store.sweep_temp_files():
+        log.warning("removed %d temp chunk file(s) left by an interrupted upload", swept)
     app.state.metastore = meta
     app.state.chunkstore = store
     app.state.service = StorageService(meta, store, max_chunk_bytes=settings.max_chunk_bytes,

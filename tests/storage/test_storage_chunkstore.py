@@ -188,3 +188,18 @@ async def test_ping_creates_the_directory(chunkstore: LocalChunkStore, tmp_path:
     await chunkstore.ping()
     assert (tmp_path / "chunkroot" / "chunks").is_dir()
     assert files_under(tmp_path / "chunkroot") == []
+
+
+async def test_start_up_sweep_removes_only_temp_files_left_by_a_crash(
+        chunkstore: LocalChunkStore, tmp_path: Path, ids: Callable[[], str]) -> None:
+    sid = ids()
+    data = os.urandom(1000)
+    await chunkstore.put(sid, 0, stream([data]), expected_leaf_hash=leaf_hash(data),
+                         max_bytes=MAX, expected_length=len(data))
+    session_dir = tmp_path / "chunkroot" / "chunks" / sid[:2] / sid
+    (session_dir / ".0000000001.abc123.tmp").write_bytes(b"half a chunk")
+    (session_dir / ".0000000002.def456.tmp").write_bytes(b"")
+    assert await chunkstore.sweep_temp_files() == 2
+    assert files_under(tmp_path / "chunkroot") == [f"chunks/{sid[:2]}/{sid}/0000000000.lcs"]
+    assert await chunkstore.get(sid, 0) == data
+    assert await chunkstore.sweep_temp_files() == 0

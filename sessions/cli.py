@@ -79,8 +79,29 @@ def _pick(preferred: str, fallback: str) -> str:
     return preferred if importlib.util.find_spec(preferred) is not None else fallback
 
 
+# Chunk buffers are MiB-sized.  glibc's default raises its mmap threshold after the first
+# free, so they end up in the heap, which fragments: the processor's resident set then
+# plateaus near 200 MB for ~50 MB of live chunks.  Serving them from mmap (threshold
+# 1 MiB) returns them to the kernel on free, and transparent huge pages keep those
+# mmaps cheap (2 faults per 4 MiB, not 1024).  Measured on a 512 MiB ingest: peak RSS
+# 190 -> 143 MB, speed unchanged.  glibc reads tunables only at start, hence re-exec.
+ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=1048576:glibc.malloc.hugetlb=1"
+
+
+def _exec_with_allocator_tunables() -> None:
+    """Re-exec this process once with ALLOCATOR_TUNABLES, unless GLIBC_TUNABLES is set.
+
+    A no-op off Linux, and whenever the operator chose their own GLIBC_TUNABLES.
+    """
+    if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
+        return
+    env = {**os.environ, "GLIBC_TUNABLES": ALLOCATOR_TUNABLES}
+    os.execve(sys.executable, [sys.executable, "-m", "sessions.cli", *sys.argv[1:]], env)  # noqa: S606 - re-exec self, no shell
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     name: str = args.service
+    _exec_with_allocator_tunables()
     try:
         settings = importlib.import_module(f"sessions.{name}.config").load_settings()
         _configure_logging(settings.log_level)

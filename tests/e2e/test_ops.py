@@ -72,3 +72,18 @@ def test_upload_bytes_are_counted(cluster: Cluster, api: httpx.Client) -> None:
     assert patch(api, sid, 0, session_bytes(2 * MIB, seed=121)).status_code == 200
     after = sum(_samples(_metrics(cluster, "processor"), "lucid_chunks_in_total").values())
     assert after - before == 2
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_run_with_the_allocator_tunables(cluster: Cluster, name: str) -> None:
+    """`serve` re-execs itself once so glibc serves chunk buffers from (huge-page) mmaps.
+
+    That is what keeps the processor's resident set near its live chunks; see
+    ALLOCATOR_TUNABLES in sessions/cli.py.  The pid is the one the harness started.
+    """
+    environ = f"/proc/{cluster.procs[name].pid}/environ"
+    with open(environ, "rb") as fh:
+        entries = fh.read().split(b"\0")
+    tunables = [e for e in entries if e.startswith(b"GLIBC_TUNABLES=")]
+    assert tunables and tunables[0].startswith(b"GLIBC_TUNABLES=glibc.malloc.mmap_threshold="), \
+        tunables

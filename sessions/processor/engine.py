@@ -99,6 +99,7 @@ class Engine:
         self._writers: set[str] = set()
         self._sealers = _Lru()
         self._trees = _Lru()
+        self._manifests = _Lru()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -290,16 +291,24 @@ class Engine:
 
     # -- read back ---------------------------------------------------------------------------
 
-    async def _trusted_rows(self, row: SessionRow) -> tuple[list[ChunkRow], Manifest | None]:
-        """Return the chunk rows to check against: the signed manifest's once completed."""
+    async def _trusted_rows(self, row: SessionRow, *, cached: bool = False,
+                            ) -> tuple[list[ChunkRow], Manifest | None]:
+        """Return the chunk rows to check against: the signed manifest's once completed.
+
+        With `cached`, a manifest this process already verified is reused (a completed
+        session's manifest never changes), so a player seeking with many Range requests
+        does not re-fetch and re-verify it each time; verify always reads storage anew.
+        """
         if row.state is not SessionState.COMPLETED:
             return await self.storage.chunks(row.id, count=row.chunk_count), None
+        if cached and (hit := self._manifests.get(row.id)) is not None:
+            return hit  # type: ignore[no-any-return]
         manifest = Manifest.from_json(await self.storage.manifest(row.id))
         manifest.check(verifier=self.keys.verifier, origin=self.keys.origin(row.id))
         rows = [ChunkRow(index=c.index, offset=c.offset, length=c.length,
                          sealed_length=c.sealed_length, leaf_hash=c.leaf_hash,
                          compressed=c.compressed) for c in manifest.chunks]
-        return rows, manifest
+        return self._manifests.remember(row.id, (rows, manifest))  # type: ignore[no-any-return]
 
     def _reader(self, sid: str, rows: list[ChunkRow]) -> ChunkReader:
         return ChunkReader(self.storage, sid, rows, executor=self.executor,
@@ -310,7 +319,7 @@ class Engine:
         row = await self.storage.get_session(sid)
         require_state(row.state, *_READABLE, action="replay")
         try:
-            rows, _ = await self._trusted_rows(row)
+            rows, _ = await self._trusted_rows(row, cached=True)
         except CoreError:
             raise ChunkCorrupt("the session's manifest fails its signed checkpoint") from None
         size = sum(r.length for r in rows)
@@ -366,6 +375,7 @@ class Engine:
         await self.storage.delete(sid)
         self._sealers.pop(sid, None)
         self._trees.pop(sid, None)
+        self._manifests.pop(sid, None)
 
     def node(self) -> dict[str, str]:
         return {"key_name": self.keys.signer.name,

@@ -330,6 +330,17 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.rotate_keys()
+    print(json.dumps(report, indent=2))
+    if report.get("unknown_key_ids"):
+        print("error: some session keys are wrapped under a master key the processor does not "
+              "hold; add it to LUCID_PREVIOUS_MASTER_KEY_FILES and run again", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_proof(args: argparse.Namespace) -> int:
     with _client(args) as client:
         proof = client.inclusion_proof(args.id, args.index, args.size)
@@ -463,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_session_id)
     p = add("rm", cmd_rm, "delete a session (crypto-erase)", conn)
     p.add_argument("id", type=_session_id)
+    add("rotate-keys", cmd_rotate_keys, "rewrap every session key under the current master key",
+        conn)
     p = add("proof", cmd_proof, "print and verify a chunk's inclusion proof", conn)
     p.add_argument("id", type=_session_id)
     p.add_argument("index", type=int)

@@ -154,6 +154,9 @@ class LucidClient:
     def node(self) -> Any:
         return self.json("GET", "/v1/node")
 
+    def rotate_keys(self) -> Any:
+        return self.json("POST", "/v1/keys/rotate", timeout=None)
+
     def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
               progress: Progress) -> Any:
         """Send file bytes [offset, offset+length) at Upload-Offset `offset`; return the answer.

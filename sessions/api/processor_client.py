@@ -133,6 +133,10 @@ class ProcessorClient:
     async def node(self) -> Any:
         return await self._json("GET", "/node")
 
+    async def rotate_keys(self) -> Any:
+        # Rewraps one small key per session: no read timeout for large catalogues.
+        return await self._json("POST", "/keys/rotate", timeouts=STREAM_TIMEOUT)
+
     # -- uploads ----------------------------------------------------------------------------
 
     async def upload_status(self, session_id: str) -> Any:

@@ -31,6 +31,9 @@ class Settings(CommonSettings):
     storage_url: str = Field("http://127.0.0.1:8086", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     master_key_file: Path | None = Field(None, description="file with the 256-bit master key "
                                         "(64 hex characters)")
+    previous_master_key_files: str | None = Field(
+        None, description="comma-separated files with retired master keys, kept only to "
+        "unwrap (and rotate) session keys wrapped before the current master key")
     signing_key_file: Path | None = Field(None, description="file with the node's Ed25519 "
                                          "signing key (C2SP PRIVATE+KEY text)")
     node_name: str = Field(default_factory=_default_node_name,

@@ -41,6 +41,7 @@ from sessions.core import (
     consistency_proof,
     inclusion_proof,
     new_data_key,
+    rewrap,
     root_hash,
     sign_checkpoint,
 )
@@ -127,7 +128,7 @@ class Engine:
             require_state(row.state, *_READABLE, action="read the keys of")
             raise KeyUnavailable()
         try:
-            data_key = self.keys.master.unwrap(wrapped, session_id=row.id)
+            data_key = self.keys.unwrap(wrapped, session_id=row.id)
         except UnwrapError:
             raise KeyUnavailable() from None
         sealer = ChunkSealer(data_key, session_id=row.id, zstd_level=row.zstd_level)
@@ -376,6 +377,35 @@ class Engine:
         self._sealers.pop(sid, None)
         self._trees.pop(sid, None)
         self._manifests.pop(sid, None)
+
+    async def rotate_keys(self) -> dict[str, Any]:
+        """Rewrap every stored session key under the current master key; chunks are untouched.
+
+        Keys wrapped under a previous master key (LUCID_PREVIOUS_MASTER_KEY_FILES) are
+        rewrapped with a compare-and-set on their key id; once none is left, the previous
+        key files can be destroyed.  Idempotent.
+        """
+        current = self.keys.master
+        counts = {"rotated": 0, "already_current": 0, "erased": 0}
+        unknown: set[str] = set()
+        async for row in self.storage.all_sessions():
+            wrapped = row.wrapped_key
+            if wrapped is None:
+                counts["erased"] += 1
+            elif wrapped.key_id == current.key_id:
+                counts["already_current"] += 1
+            else:
+                try:
+                    old = self.keys.master_for(wrapped.key_id)
+                except UnwrapError:
+                    unknown.add(wrapped.key_id)
+                    continue
+                new = rewrap(wrapped, session_id=row.id, old=old, new=current)
+                await self.storage.replace_wrapped_key(row.id, expected_key_id=wrapped.key_id,
+                                                       wrapped=new)
+                counts["rotated"] += 1
+        return {"master_key_id": current.key_id, **counts,
+                "unknown_key_ids": sorted(unknown)}
 
     def node(self) -> dict[str, str]:
         return {"key_name": self.keys.signer.name,

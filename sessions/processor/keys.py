@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sessions.common.secrets import ConfigError, write_new_secret
-from sessions.core import KeyMaterialError, MasterKey, NoteSigner, NoteVerifier
+from sessions.core import (
+    KeyMaterialError,
+    MasterKey,
+    NoteSigner,
+    NoteVerifier,
+    UnwrapError,
+    WrappedKey,
+)
 from sessions.processor.config import Settings
 
 log = logging.getLogger("lucid.processor.keys")
@@ -24,6 +31,21 @@ class NodeKeys:
 
     master: MasterKey
     signer: NoteSigner
+    previous: tuple[MasterKey, ...] = ()
+
+    def unwrap(self, wrapped: WrappedKey, *, session_id: str) -> bytes:
+        """Return a session's data key, unwrapped by whichever of our master keys wrapped it.
+
+        Raises UnwrapError when no master key we hold has the wrapped key's id.
+        """
+        return self.master_for(wrapped.key_id).unwrap(wrapped, session_id=session_id)
+
+    def master_for(self, key_id: str) -> MasterKey:
+        """Return the current or a previous master key with this id; raise UnwrapError."""
+        for key in (self.master, *self.previous):
+            if key.key_id == key_id:
+                return key
+        raise UnwrapError("no master key with this id is configured")
 
     @property
     def verifier(self) -> NoteVerifier:
@@ -78,10 +100,17 @@ def load_node_keys(settings: Settings) -> NodeKeys:
         signer = NoteSigner.from_key_text(_read(signing_path, "node signing key"))
     except KeyMaterialError as exc:
         raise ConfigError(f"node signing key ({signing_path}): {exc}") from None
+    previous = []
+    listed = (settings.previous_master_key_files or "").split(",")
+    for name in filter(None, (p.strip() for p in listed)):
+        try:
+            previous.append(MasterKey.from_file(Path(name)))
+        except KeyMaterialError as exc:
+            raise ConfigError(f"previous master key: {exc}") from None
     if "node_name" in settings.model_fields_set and signer.name != settings.node_name:
         raise ConfigError(f"LUCID_NODE_NAME is {settings.node_name!r} but the signing key is "
                           f"named {signer.name!r}; they must agree")
-    return NodeKeys(master=master, signer=signer)
+    return NodeKeys(master=master, signer=signer, previous=tuple(previous))
 
 
 def _read(path: Path, what: str) -> str:

@@ -124,6 +124,24 @@ class StorageClient:
         page["items"] = [SessionRow(item).public() for item in page["items"]]
         return page
 
+    async def all_sessions(self) -> AsyncIterator[SessionRow]:
+        """Yield every session record, wrapped keys included, following storage's cursors."""
+        cursor: str | None = None
+        while True:
+            params = [("limit", "500")] + ([("cursor", cursor)] if cursor else [])
+            page = (await self._call("GET", "/sessions", params=params)).json()
+            for item in page["items"]:
+                yield SessionRow(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def replace_wrapped_key(self, sid: str, *, expected_key_id: str,
+                                  wrapped: WrappedKey) -> SessionRow:
+        body = {"expected_key_id": expected_key_id, "wrapped_key": wrapped.to_json()}
+        return SessionRow((await self._call("PUT", f"/sessions/{sid}/wrapped-key",
+                                            json=body)).json())
+
     async def transition(self, sid: str, *, to: SessionState,
                          allowed_from: tuple[SessionState, ...]) -> SessionRow:
         body = {"to": to.value, "from": [s.value for s in allowed_from]}

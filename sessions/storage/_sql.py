@@ -99,6 +99,8 @@ INSERT_SESSION = ("INSERT INTO sessions (id, state, created_at, updated_at, rete
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)"
 SET_STATE = "UPDATE sessions SET state = ?, updated_at = ? WHERE id = ?"
+REWRAP = ("UPDATE sessions SET key_id = ?, key_blob = ?, updated_at = ? "
+          "WHERE id = ? AND key_id = ?")
 ERASE = ("UPDATE sessions SET state = ?, updated_at = ?, key_id = NULL, key_blob = NULL "
          "WHERE id = ?")
 INSERT_CHUNK = ("INSERT INTO chunks (session_id, idx, plain_offset, length, sealed_length, "

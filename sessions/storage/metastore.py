@@ -19,7 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sessions.common.errors import BadRequest, Conflict, InvalidParameter, NotFound, SessionNotFound
+from sessions.common.errors import (
+    BadRequest,
+    Conflict,
+    InvalidParameter,
+    InvalidState,
+    NotFound,
+    SessionNotFound,
+)
 from sessions.common.ids import check_session_id
 from sessions.common.states import SessionState, check_transition, require_state
 from sessions.storage import _sql
@@ -57,6 +64,8 @@ class MetadataStore(Protocol):
                        manifest: bytes) -> SessionRecord: ...
     async def get_manifest(self, session_id: str) -> bytes: ...
     async def erase(self, session_id: str) -> SessionRecord: ...
+    async def replace_wrapped_key(self, session_id: str, *, expected_key_id: str,
+                                  wrapped: WrappedKey) -> SessionRecord: ...
     async def count_by_state(self) -> dict[str, int]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
@@ -154,6 +163,14 @@ class SqliteMetadataStore:
 
     async def erase(self, session_id: str) -> SessionRecord:
         return await self._call(self._erase, session_id)
+
+    async def replace_wrapped_key(self, session_id: str, *, expected_key_id: str,
+                                  wrapped: WrappedKey) -> SessionRecord:
+        """Swap a session's wrapped key (master key rotation), if it still has expected_key_id.
+
+        Raises InvalidState if the key was erased, Conflict if another key id is stored.
+        """
+        return await self._call(self._replace_wrapped_key, session_id, expected_key_id, wrapped)
 
     async def count_by_state(self) -> dict[str, int]:
         return await self._call(self._count_by_state)
@@ -320,6 +337,21 @@ class SqliteMetadataStore:
             db.execute(_sql.ERASE, (SessionState.DELETED.value, self._now(), session_id))
             rec = self._load(db, session_id)
         _sql.truncate_wal(db)
+        return rec
+
+    def _replace_wrapped_key(self, session_id: str, expected_key_id: str,
+                             wrapped: WrappedKey) -> SessionRecord:
+        with self._tx() as db:
+            rec = self._load(db, session_id)
+            if rec.wrapped_key is None:
+                raise InvalidState("the session's key was erased", extra={"state": rec.state.value})
+            if rec.wrapped_key.key_id != expected_key_id:
+                raise Conflict("the session's key is wrapped under another master key",
+                               extra={"key_id": rec.wrapped_key.key_id})
+            db.execute(_sql.REWRAP, (wrapped.key_id, wrapped.blob, self._now(), session_id,
+                                     expected_key_id))
+            rec = self._load(db, session_id)
+        _sql.truncate_wal(db)  # the old wrapped key must not linger in the write-ahead log
         return rec
 
     def _count_by_state(self) -> dict[str, int]:

@@ -182,3 +182,12 @@ def parse_label_filters(raw: list[str]) -> list[tuple[str, str]]:
             raise InvalidParameter("a label filter is key:value")
         pairs.append((key, value))
     return pairs
+
+
+class RewrapIn(BaseModel):
+    """Body of `PUT /sessions/{id}/wrapped-key`: the key rewrapped under a new master key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expected_key_id: str = Field(min_length=1, max_length=256)
+    wrapped_key: WrappedKeyModel

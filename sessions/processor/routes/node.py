@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from sessions.processor.deps import EngineDep
@@ -12,3 +14,9 @@ router = APIRouter(prefix="/internal/v1", tags=["node"])
 @router.get("/node")
 async def node(engine: EngineDep) -> dict[str, str]:
     return engine.node()
+
+
+@router.post("/keys/rotate")
+async def rotate_keys(engine: EngineDep) -> dict[str, Any]:
+    """Rewrap every session key under the current master key (chunks are not touched)."""
+    return await engine.rotate_keys()

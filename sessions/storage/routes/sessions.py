@@ -12,6 +12,7 @@ from sessions.storage.deps import Meta, Service, ServiceToken, SessionId
 from sessions.storage.models import (
     CreateSessionIn,
     FinalizeIn,
+    RewrapIn,
     SessionList,
     SessionOut,
     StatsOut,
@@ -68,6 +69,13 @@ async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> Sessi
 async def get_manifest(session_id: SessionId, meta: Meta) -> Response:
     """Return the manifest bytes exactly as stored; 404 `not_found` before completion."""
     return Response(await meta.get_manifest(session_id), media_type="application/json")
+
+
+@router.put("/sessions/{session_id}/wrapped-key", summary="Swap the wrapped key (rotation)")
+async def replace_wrapped_key(session_id: SessionId, body: RewrapIn, meta: Meta) -> SessionOut:
+    """Return the session with its key rewrapped; 409 unless it had `expected_key_id`."""
+    return SessionOut.of(await meta.replace_wrapped_key(
+        session_id, expected_key_id=body.expected_key_id, wrapped=body.wrapped_key.to_record()))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,

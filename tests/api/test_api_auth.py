@@ -94,3 +94,15 @@ async def test_the_processor_gets_the_service_token(gateway: httpx.AsyncClient,
 async def test_health_needs_no_token(gateway: httpx.AsyncClient) -> None:
     resp = await gateway.get("/health")
     assert resp.json() == {"status": "ok", "service": "api"}
+
+
+async def test_key_rotation_needs_the_admin_token_and_passes_the_report_through(
+        gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
+    report = {"master_key_id": "0123456789abcdef", "rotated": 3, "already_current": 1,
+              "erased": 0, "unknown_key_ids": []}
+    fake.reply("POST", "/internal/v1/keys/rotate", body=report)
+    refused = await gateway.post("/v1/keys/rotate")
+    assert refused.status_code == 401 and error_of(refused) == "unauthorized"
+    assert fake.requests == []  # refused before anything reached the processor
+    resp = await gateway.post("/v1/keys/rotate", headers=auth())
+    assert resp.status_code == 200 and resp.json() == report

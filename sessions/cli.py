@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,7 +152,7 @@ def _healthy(url: str) -> bool:
 
 
 def _wait_healthy(name: str, url: str, proc: subprocess.Popen[bytes],
-                  stop: threading.Event) -> bool:
+                  stop: StopFlag) -> bool:
     deadline = time.monotonic() + HEALTH_TIMEOUT
     while time.monotonic() < deadline and not stop.is_set():
         if proc.poll() is not None:
@@ -165,6 +164,31 @@ def _wait_healthy(name: str, url: str, proc: subprocess.Popen[bytes],
     if not stop.is_set():
         _say(f"error: {name} did not become healthy at {url}/health in {HEALTH_TIMEOUT:.0f} s")
     return False
+
+
+class StopFlag:
+    """A stop request that a signal handler may set.
+
+    Not a threading.Event: its set() takes a lock that the interrupted main thread
+    may be holding inside Event.wait(), and the handler would then deadlock (seen:
+    `up` hung on SIGTERM).  Setting a plain attribute is safe; waiting polls it.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def wait(self, timeout: float) -> bool:
+        """Return whether a stop was requested, polling for up to timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.requested
 
 
 def _stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
@@ -208,7 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = {**os.environ, "LUCID_DATA_DIR": str(data_dir), "LUCID_STORAGE_URL": urls["storage"],
            "LUCID_PROCESSOR_URL": urls["processor"],
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    stop = threading.Event()
+    stop = StopFlag()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()

@@ -34,10 +34,11 @@ from sessions.core._errors import ManifestError
 from sessions.core._merkle_hash import HASH_SIZE
 from sessions.core._merkle_tree import root_hash as _tree_root_hash
 from sessions.core._note import NoteVerifier
+from sessions.core._sealing import CIPHER_NAME
 
 __all__ = ["CIPHER", "MANIFEST_VERSION", "ChunkEntry", "Manifest"]
 
-CIPHER = "AES-256-GCM"
+CIPHER = CIPHER_NAME  # the one cipher a manifest may name (format v1)
 MANIFEST_VERSION = 1
 MANIFEST_EXTENSION = "lucid-manifest-sha256"
 """Names the final checkpoint's extension line that commits to the manifest's contents."""

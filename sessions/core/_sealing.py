@@ -13,7 +13,6 @@ Spec: docs/format.md, "Sealed chunk format v1".
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import threading
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sessions.core._chunking import MAX_CHUNK_SIZE
 from sessions.core._errors import HeaderError, OpenError
-from sessions.core._merkle_hash import LEAF_PREFIX
+from sessions.core._merkle_hash import leaf_hash
 
 __all__ = [
     "CHUNK_AAD_DOMAIN",
@@ -218,13 +217,6 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def _leaf_hash(data: bytes) -> bytes:
-    """Return SHA-256(0x00 || data), the RFC 9162 leaf hash of a stored chunk."""
-    h = hashlib.sha256(LEAF_PREFIX)
-    h.update(data)
-    return h.digest()
-
-
 def _compress_if_smaller(view: memoryview, level: int) -> tuple[bytes | memoryview, ChunkFlags]:
     """Return (zstd frame, COMPRESSED) if it is shorter than `view`, else (view, NONE).
 
@@ -264,7 +256,7 @@ def _seal_with_nonce(
     ct_and_tag = aead.encrypt(nonce, payload, chunk_aad(session_id, header))
     data = b"".join((header, ct_and_tag))
     del ct_and_tag, payload  # free before hashing: keeps about one chunk alive, not three
-    return SealedChunk(index, data, length, bool(flags), _leaf_hash(data))
+    return SealedChunk(index, data, length, bool(flags), leaf_hash(data))
 
 
 class ChunkSealer:

@@ -30,11 +30,11 @@ from sessions.common.errors import (
     TruncatedBody,
 )
 from sessions.common.ids import check_session_id
+from sessions.core import LEAF_PREFIX
 from sessions.storage.errors import LeafHashMismatch, StorageFull, StorageUnavailable
 from sessions.storage.records import LEAF_HASH_SIZE, MAX_CHUNK_INDEX
 
 T = TypeVar("T")
-LEAF_PREFIX = b"\x00"  # RFC 9162 section 2.1.1: leaf hashes are SHA-256(0x00 || data)
 WRITE_BATCH = 1 << 20  # bytes gathered before one hop to a thread writes them
 CHUNK_SUFFIX = ".lcs"
 TEMP_SUFFIX = ".tmp"
@@ -53,11 +53,6 @@ class ChunkStore(Protocol):
     async def exists(self, session_id: str, index: int) -> bool: ...
     async def delete_session(self, session_id: str) -> None: ...
     async def ping(self) -> None: ...
-
-
-def leaf_hash(data: bytes) -> bytes:
-    """Return the RFC 9162 leaf hash of data: SHA-256(0x00 || data)."""
-    return hashlib.sha256(LEAF_PREFIX + data).digest()
 
 
 def check_index(index: int) -> int:

@@ -18,7 +18,8 @@ from sessions.common.errors import (
     PayloadTooLarge,
     TruncatedBody,
 )
-from sessions.storage.chunkstore import WRITE_BATCH, LocalChunkStore, leaf_hash
+from sessions.core import leaf_hash
+from sessions.storage.chunkstore import WRITE_BATCH, LocalChunkStore
 from sessions.storage.errors import LeafHashMismatch
 
 pytestmark = pytest.mark.anyio

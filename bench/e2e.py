@@ -58,6 +58,7 @@ import httpx
 from bench import core
 from bench.procstats import cpu_seconds, dir_bytes, peak_rss_bytes, rss_bytes
 from bench.rivals import INSTALL_HINT, RIVALS
+from sessions.common.httpclient import raise_read_size
 from sessions.core import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL
 from sessions.core._sealing import ChunkSealer
 
@@ -249,6 +250,7 @@ class Services:
 
     def client(self) -> httpx.Client:
         token = (self.data_dir / "secrets" / "admin.token").read_text(encoding="utf-8").strip()
+        raise_read_size()  # as the lucid-sessions CLI does
         return httpx.Client(base_url=self.url("api") + "/v1", trust_env=False,
                             headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT)
 
@@ -327,7 +329,7 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
                 if r.status_code != 200:
                     r.read()
                     raise BenchError(f"replay: HTTP {r.status_code}: {r.text[:500]}")
-                for piece in r.iter_bytes():
+                for piece in r.iter_raw(READ_PIECE):
                     h.update(piece)
                     sink.write(piece)
                     got += len(piece)

@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import httpx
 
+from sessions.common.httpclient import raise_read_size
+
 MIB = 1024 * 1024
 PIECE = MIB
 UPLOAD_TYPE = "application/offset+octet-stream"
@@ -64,6 +66,7 @@ class LucidClient:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        raise_read_size()  # replay arrives in MiB pieces: 64 KiB reads cost a parse each
         self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(300.0, connect=10.0))
 

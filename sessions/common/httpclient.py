@@ -16,17 +16,21 @@ READ_SIZE = 1 << 20
 KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection is never stale
 
 
-def _raise_read_size() -> None:
-    conn = httpcore.AsyncHTTP11Connection
-    if getattr(conn, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
-        conn.READ_NUM_BYTES = READ_SIZE
+def raise_read_size() -> None:
+    """Make httpcore read HTTP/1.1 bodies READ_SIZE bytes at a time (sync and async clients).
+
+    Process-wide and idempotent; only ever raises the read size.
+    """
+    for conn in (httpcore.AsyncHTTP11Connection, httpcore.HTTP11Connection):
+        if getattr(conn, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
+            conn.READ_NUM_BYTES = READ_SIZE
 
 
 def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,
                    transport: httpx.AsyncBaseTransport | None = None,
                    max_connections: int = 64) -> httpx.AsyncClient:
     """Return a pooled client that sends the service token to base_url."""
-    _raise_read_size()
+    raise_read_size()
     return httpx.AsyncClient(
         base_url=base_url, transport=transport, timeout=timeout, trust_env=False,
         headers={"Authorization": f"Bearer {token}"},

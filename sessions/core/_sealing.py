@@ -56,7 +56,7 @@ TAG_SIZE = 16
 MAX_PLAINTEXT_LENGTH = MAX_CHUNK_SIZE
 MAX_INDEX = 2**64 - 1
 MAX_SESSION_ID_LENGTH = 255
-DEFAULT_ZSTD_LEVEL = 3
+DEFAULT_ZSTD_LEVEL = 2
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = 1, 19
 
 # magic, version u8, flags u8, reserved u16, index u64, plaintext length u32, nonce.

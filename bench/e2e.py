@@ -329,7 +329,7 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
                 if r.status_code != 200:
                     r.read()
                     raise BenchError(f"replay: HTTP {r.status_code}: {r.text[:500]}")
-                for piece in r.iter_raw(READ_PIECE):
+                for piece in r.iter_raw():
                     h.update(piece)
                     sink.write(piece)
                     got += len(piece)

@@ -198,7 +198,7 @@ class LucidClient:
             progress.total = expected
             written = 0
             try:
-                for piece in resp.iter_raw(PIECE):
+                for piece in resp.iter_raw():  # as read, up to 1 MiB; a chunk_size would copy
                     fh.write(piece)
                     written += len(piece)
                     progress.update(written)

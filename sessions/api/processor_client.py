@@ -20,9 +20,6 @@ from sessions.common.httpclient import service_client
 
 log = logging.getLogger("lucid.api.processor")
 
-RELAY_PIECE = 1 << 20
-"""Bytes per piece relayed to the client: large, so per-piece overhead stays small."""
-
 JSON_TIMEOUT = httpx.Timeout(300.0, connect=5.0, pool=30.0)
 STREAM_TIMEOUT = httpx.Timeout(None, connect=5.0, pool=30.0)
 _ERROR_HEADERS = ("upload-offset", "retry-after")
@@ -181,7 +178,7 @@ class ProcessorClient:
 
     @staticmethod
     async def relay(resp: httpx.Response, *, count: Callable[[int], None]) -> AsyncIterator[bytes]:
-        """Yield an open response's body in large pieces; raise UpstreamUnavailable if it breaks.
+        """Yield an open response's body as read; raise UpstreamUnavailable if it breaks.
 
         A body shorter than its Content-Length also raises, so the caller can cut
         the client's connection instead of ending a short response cleanly.
@@ -189,7 +186,7 @@ class ProcessorClient:
         declared = resp.headers.get("content-length")
         sent = 0
         with _translated():
-            async for piece in resp.aiter_raw(RELAY_PIECE):
+            async for piece in resp.aiter_raw():  # pieces as read (<= 1 MiB): no re-chunking copies
                 sent += len(piece)
                 count(len(piece))
                 yield piece

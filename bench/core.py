@@ -10,7 +10,7 @@ two are interleaved frame by frame.
 
 For each candidate chunk size it measures, as medians over the rounds:
 
-* pipeline: Chunker (64 KiB pieces) -> ChunkSealer.seal (zstd level 3 when it
+* pipeline: Chunker (64 KiB pieces) -> ChunkSealer.seal (zstd at the default level when it
   shrinks, AES-256-GCM, leaf hash), single-threaded;
 * primitives on exactly the bytes each one sees in the pipeline: zstd over the
   input, AES-256-GCM over the stored payloads (compressed or raw), SHA-256 over
@@ -41,13 +41,13 @@ import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sessions.core._chunking import DEFAULT_CHUNK_SIZE, Chunker
-from sessions.core._sealing import HEADER_SIZE, ChunkSealer
+from sessions.core._sealing import DEFAULT_ZSTD_LEVEL, HEADER_SIZE, ChunkSealer
 
 MiB = 1024 * 1024
 MB = 1_000_000
 CANDIDATE_CHUNK_MIB = (1, 2, 4, 8)
 PIECE_SIZE = 64 * 1024  # a typical HTTP body read
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = DEFAULT_ZSTD_LEVEL  # the services' default
 WITHIN = 0.03  # pick the smallest chunk size within 3% of the best pipeline throughput
 SEED = 20240917
 

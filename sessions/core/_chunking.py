@@ -30,8 +30,9 @@ MAX_CHUNK_SIZE = 16 * MiB
 # the CPU caches between zstd, AES and SHA-256), but end to end (`python -m bench.e2e`,
 # three services, 512 MiB) every chunk also costs an HTTP PUT, a temp file, an fsync
 # and a metadata commit: 4 MiB ingested at 99.8 MB/s with 12.7 CPU s/GB against
-# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB, and still meets the core pipeline's 0.80
-# ratio to its primitives (0.84).  8 MiB falls out of the caches (ratio 0.65).
+# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  Its core pipeline ratio to the primitives
+# was 0.81-0.84 at zstd level 3 and is 0.78-0.79 at level 2 (zstd got faster, the
+# per-chunk copies did not; README, Performance).  8 MiB falls out of the caches.
 DEFAULT_CHUNK_SIZE = 4 * MiB
 
 Piece = bytes | bytearray | memoryview

@@ -10,8 +10,9 @@ two are interleaved frame by frame.
 
 For each candidate chunk size it measures, as medians over the rounds:
 
-* pipeline: Chunker (64 KiB pieces) -> ChunkSealer.seal (zstd at the default level when it
-  shrinks, AES-256-GCM, leaf hash), single-threaded;
+* pipeline: Chunker (64 KiB pieces, pooled buffers) -> ChunkSealer.seal_into a
+  reused buffer (zstd at the default level when it shrinks, AES-256-GCM, leaf
+  hash), single-threaded, as the processor runs it;
 * primitives on exactly the bytes each one sees in the pipeline: zstd over the
   input, AES-256-GCM over the stored payloads (compressed or raw), SHA-256 over
   the sealed blobs.
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sessions.core._chunking import DEFAULT_CHUNK_SIZE, Chunker
 from sessions.core._sealing import DEFAULT_ZSTD_LEVEL, HEADER_SIZE, ChunkSealer
+from sessions.processor.buffers import ChunkBuffers
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -136,17 +138,24 @@ class Row:
 
 
 def time_pipeline(data: memoryview, chunk_size: int, sealer: ChunkSealer) -> float:
-    """Return seconds to chunk, compress, seal and leaf-hash all of `data`."""
-    chunker = Chunker(chunk_size=chunk_size)
+    """Return seconds to chunk, compress, seal and leaf-hash all of `data`.
+
+    As the processor does it: chunk buffers come from a pool and go back once
+    sealed, and each chunk is sealed into a reused buffer (`seal_into`).
+    """
+    pools = ChunkBuffers(chunk_size, keep=2)
+    chunker = Chunker(chunk_size=chunk_size, allocate=pools.plain.acquire)
+    out = pools.sealed.acquire()
     index = 0
     start = time.perf_counter()
     for off in range(0, len(data), PIECE_SIZE):
         for chunk in chunker.iter_feed(data[off : off + PIECE_SIZE]):
-            sealer.seal(chunk, index=index)
+            sealer.seal_into(chunk, index=index, out=out)
+            pools.plain.release(chunk)
             index += 1
     tail = chunker.flush()
     if tail is not None:
-        sealer.seal(tail, index=index)
+        sealer.seal_into(tail, index=index, out=out)
     return time.perf_counter() - start
 
 

@@ -33,6 +33,7 @@ from sessions.core import (
     OpenError,
     SealedChunk,
     parse_header,
+    sealed_length_bound,
 )
 from sessions.core._sealing import CHUNK_MAGIC, _seal_with_nonce, chunk_aad
 
@@ -390,3 +391,40 @@ def test_seal_with_nonce_is_deterministic() -> None:
     b = _seal_with_nonce(AESGCM(KEY), **kwargs)  # type: ignore[arg-type]
     assert a == b
     assert ChunkSealer(KEY, session_id=SID).open(a.data, index=7) == b"hello lucid"
+
+
+# --- seal_into: the same chunk, written into a caller's reusable buffer -------------------
+
+
+@pytest.mark.parametrize("plaintext", [b"", b"x", compressible(3 * MiB), incompressible(MiB + 7)],
+                         ids=["empty", "one-byte", "compressible", "incompressible"])
+def test_seal_into_writes_an_openable_chunk_into_the_buffer(plaintext: bytes) -> None:
+    sealer = ChunkSealer(KEY, session_id=SID)
+    out = bytearray(b"\xaa" * (sealed_length_bound(len(plaintext)) + 100))
+    sealed = sealer.seal_into(plaintext, index=5, out=out)
+    assert isinstance(sealed.data, memoryview) and sealed.data.obj is out  # no copy made
+    n = sealed.sealed_length
+    assert bytes(out[:n]) == bytes(sealed.data)
+    assert out[n:] == b"\xaa" * (len(out) - n)  # nothing written past the chunk
+    assert sealed.leaf_hash == hashlib.sha256(b"\x00" + bytes(sealed.data)).digest()
+    assert sealer.open(sealed.data, index=5) == plaintext
+    reference = sealer.seal(plaintext, index=5)  # same layout as seal, but a fresh nonce
+    assert (n, sealed.compressed, sealed.plaintext_length) == (
+        reference.sealed_length, reference.compressed, reference.plaintext_length)
+
+
+def test_seal_into_a_reused_buffer_leaves_no_trace_of_the_previous_chunk() -> None:
+    sealer = ChunkSealer(KEY, session_id=SID)
+    out = bytearray(sealed_length_bound(MiB))
+    first = sealer.seal_into(incompressible(MiB), index=0, out=out)
+    kept = bytes(first.data)
+    second = sealer.seal_into(compressible(MiB), index=1, out=out)
+    assert sealer.open(second.data, index=1) == compressible(MiB)
+    assert sealer.open(kept, index=0) == incompressible(MiB)
+
+
+def test_seal_into_refuses_a_buffer_too_small_for_the_worst_case() -> None:
+    sealer = ChunkSealer(KEY, session_id=SID)
+    plaintext = compressible(MiB)  # would compress, but the bound is what counts
+    with pytest.raises(ValueError, match="output buffer"):
+        sealer.seal_into(plaintext, index=0, out=bytearray(sealed_length_bound(MiB) - 1))

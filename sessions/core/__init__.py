@@ -78,6 +78,7 @@ from sessions.core._sealing import (
     ChunkSealer,
     SealedChunk,
     parse_header,
+    sealed_length_bound,
 )
 
 __all__ = [
@@ -141,6 +142,7 @@ __all__ = [
     "root_from_consistency_proof",
     "root_from_inclusion_proof",
     "root_hash",
+    "sealed_length_bound",
     "sign_checkpoint",
     "sign_note",
     "verify_consistency",

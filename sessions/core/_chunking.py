@@ -11,7 +11,7 @@ Spec: docs/format.md, "Chunking".
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -70,10 +70,13 @@ class Chunker:
     Precondition: MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE.
     """
 
-    __slots__ = ("_buf", "_chunk_size", "_fill", "_view")
+    __slots__ = ("_allocate", "_buf", "_chunk_size", "_fill", "_view")
 
-    def __init__(self, *, chunk_size: int) -> None:
+    def __init__(self, *, chunk_size: int,
+                 allocate: Callable[[int], bytearray] | None = None) -> None:
         self._chunk_size = check_chunk_size(chunk_size)
+        # `allocate(n)` lets a caller hand in reused buffers (a pool); the default is fresh.
+        self._allocate = allocate if allocate is not None else bytearray
         # Allocated lazily, so an idle chunker between chunks holds no buffer.
         self._buf: bytearray | None = None
         self._view: memoryview | None = None
@@ -125,8 +128,11 @@ class Chunker:
     def _target(self) -> memoryview:
         """Return the view of the buffer being filled, allocating it if needed."""
         if self._view is None:
-            self._buf = bytearray(self._chunk_size)
-            self._view = memoryview(self._buf)
+            buf = self._allocate(self._chunk_size)
+            if len(buf) != self._chunk_size:
+                raise ValueError(f"allocate returned {len(buf)} bytes, not {self._chunk_size}")
+            self._buf = buf
+            self._view = memoryview(buf)
         return self._view
 
     def _hand_over(self) -> bytearray:
@@ -142,16 +148,18 @@ class Chunker:
 
 
 async def chunk_stream(
-    pieces: AsyncIterable[Piece], *, chunk_size: int
+    pieces: AsyncIterable[Piece], *, chunk_size: int,
+    allocate: Callable[[int], bytearray] | None = None,
 ) -> AsyncIterator[bytearray]:
     """Yield full chunks of exactly `chunk_size` bytes, then a short final chunk if any.
 
     An empty stream yields nothing; no chunk is ever empty. Memory is bounded by
     about one chunk plus the piece being consumed.
+    `allocate(chunk_size)`, if given, supplies each chunk's buffer (e.g. from a pool).
     Precondition: MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE.
     Spec: docs/format.md, "Chunking".
     """
-    chunker = Chunker(chunk_size=chunk_size)
+    chunker = Chunker(chunk_size=chunk_size, allocate=allocate)
     async for piece in pieces:
         for chunk in chunker.iter_feed(piece):
             yield chunk

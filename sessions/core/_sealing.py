@@ -44,6 +44,7 @@ __all__ = [
     "SealedChunk",
     "chunk_aad",
     "parse_header",
+    "sealed_length_bound",
 ]
 
 CIPHER_NAME = "AES-256-GCM"
@@ -182,7 +183,7 @@ class SealedChunk:
     """
 
     index: int
-    data: bytes
+    data: bytes | memoryview  # a memoryview into the caller's buffer after `seal_into`
     plaintext_length: int
     compressed: bool
     leaf_hash: bytes
@@ -229,6 +230,15 @@ def _compress_if_smaller(view: memoryview, level: int) -> tuple[bytes | memoryvi
     return view, ChunkFlags.NONE
 
 
+def sealed_length_bound(plaintext_length: int) -> int:
+    """Return the longest sealed chunk a plaintext of this length can become.
+
+    zstd output is kept only when strictly shorter, so the payload is at most the
+    plaintext.  Size a `ChunkSealer.seal_into` buffer with this.
+    """
+    return HEADER_SIZE + plaintext_length + TAG_SIZE
+
+
 def _seal_with_nonce(
     aead: AESGCM,
     *,
@@ -237,25 +247,39 @@ def _seal_with_nonce(
     plaintext: bytes | bytearray | memoryview,
     nonce: bytes,
     zstd_level: int,
+    out: bytearray | None = None,
 ) -> SealedChunk:
-    """Return `plaintext` sealed under an explicit nonce (format v1).
+    """Return `plaintext` sealed under an explicit nonce (format v1), into `out` if given.
 
-    Private: only `ChunkSealer.seal` (with a fresh random nonce) and the test that
-    reproduces the worked example of docs/format.md may call it. Reusing a nonce
-    under one key breaks GCM.
+    Private: only `ChunkSealer.seal`/`seal_into` (with a fresh random nonce) and the
+    test that reproduces the worked example of docs/format.md may call it. Reusing a
+    nonce under one key breaks GCM.
     Preconditions: 0 <= index < 2**64; len(plaintext) <= MAX_PLAINTEXT_LENGTH;
-    len(nonce) == NONCE_SIZE. Spec: docs/format.md, "Sealing".
+    len(nonce) == NONCE_SIZE; len(out) >= sealed_length_bound(len(plaintext)) if given.
+    Spec: docs/format.md, "Sealing".
     """
     _check_index(index)
     view = memoryview(plaintext).cast("B")
     length = view.nbytes
     if length > MAX_PLAINTEXT_LENGTH:
         raise ValueError(f"chunk plaintext must be at most {MAX_PLAINTEXT_LENGTH} bytes")
+    if out is not None and len(out) < sealed_length_bound(length):
+        raise ValueError(f"the output buffer must hold {sealed_length_bound(length)} bytes")
     payload, flags = _compress_if_smaller(view, zstd_level)
     header = ChunkHeader(FORMAT_VERSION, flags, index, length, nonce).to_bytes()
-    ct_and_tag = aead.encrypt(nonce, payload, chunk_aad(session_id, header))
-    data = b"".join((header, ct_and_tag))
-    del ct_and_tag, payload  # free before hashing: keeps about one chunk alive, not three
+    aad = chunk_aad(session_id, header)
+    data: bytes | memoryview
+    if out is None:
+        ct_and_tag = aead.encrypt(nonce, payload, aad)
+        data = b"".join((header, ct_and_tag))
+        del ct_and_tag  # free before hashing: keeps about one chunk alive, not three
+    else:
+        end = HEADER_SIZE + len(payload) + TAG_SIZE
+        target = memoryview(out)[:end]
+        target[:HEADER_SIZE] = header
+        aead.encrypt_into(nonce, payload, aad, target[HEADER_SIZE:])
+        data = target
+    del payload
     return SealedChunk(index, data, length, bool(flags), leaf_hash(data))
 
 
@@ -307,6 +331,20 @@ class ChunkSealer:
         return _seal_with_nonce(
             self._aead, session_id=self._session_id, index=index, plaintext=plaintext,
             nonce=os.urandom(NONCE_SIZE), zstd_level=self._zstd_level,
+        )
+
+    def seal_into(self, plaintext: bytes | bytearray | memoryview, *, index: int,
+                  out: bytearray) -> SealedChunk:
+        """Seal like `seal`, writing the sealed bytes to the start of `out`.
+
+        The result's `data` is a memoryview of `out`: no sealed copy is allocated, so a
+        caller can reuse a few buffers for every chunk (bounded memory, no allocator
+        churn).  `out` must not be written again while the result is in use.
+        Preconditions: those of `seal`; len(out) >= sealed_length_bound(len(plaintext)).
+        """
+        return _seal_with_nonce(
+            self._aead, session_id=self._session_id, index=index, plaintext=plaintext,
+            nonce=os.urandom(NONCE_SIZE), zstd_level=self._zstd_level, out=out,
         )
 
     def open(self, sealed: bytes | bytearray | memoryview, *, index: int) -> bytes:

@@ -45,6 +45,7 @@ from sessions.core import (
     root_hash,
     sign_checkpoint,
 )
+from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.config import Settings
 from sessions.processor.ingest import ingest, parse_checksum
 from sessions.processor.keys import NodeKeys
@@ -98,6 +99,7 @@ class Engine:
         # One thread, so digests of a request's chunks are updated in submission order.
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lucid-digest")
         self._writers: set[str] = set()
+        self._buffers: dict[int, ChunkBuffers] = {}
         self._sealers = _Lru()
         self._trees = _Lru()
         self._manifests = _Lru()
@@ -118,6 +120,15 @@ class Engine:
             yield
         finally:
             self._writers.discard(sid)
+
+    def _chunk_buffers(self, chunk_size: int) -> ChunkBuffers:
+        """Return the reused buffers for chunks of this size (one set per size seen)."""
+        buffers = self._buffers.get(chunk_size)
+        if buffers is None:
+            # Enough for one upload's pipeline: reading, queued, sealing and storing.
+            keep = self.settings.seal_workers + self.settings.inflight_chunks + 3
+            buffers = self._buffers[chunk_size] = ChunkBuffers(chunk_size, keep)
+        return buffers
 
     def _sealer(self, row: SessionRow) -> ChunkSealer:
         cached = self._sealers.get(row.id)
@@ -194,7 +205,8 @@ class Engine:
                     checksum=checksum, declared_length=content_length, max_bytes=max_bytes,
                     executor=self.executor, hasher=self.hasher,
                     parallel=self.settings.seal_workers, inflight=self.settings.inflight_chunks,
-                    on_commit=lambda rows: self._grow_tree(sid, rows))
+                    on_commit=lambda rows: self._grow_tree(sid, rows),
+                    buffers=self._chunk_buffers(row.chunk_size))
             except BaseException:
                 self._trees.pop(sid, None)
                 raise

@@ -32,6 +32,7 @@ from sessions.common.errors import (
     TruncatedBody,
 )
 from sessions.core import ChunkSealer, SealedChunk, chunk_stream
+from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClient
 
 _END = None
@@ -73,6 +74,14 @@ class _Body:
             self.disconnected = True
 
 
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    """A sealed chunk and the pooled buffer its bytes live in (None: its own bytes)."""
+
+    chunk: SealedChunk
+    buffer: bytearray | None
+
+
 @dataclass
 class Upload:
     """One PATCH request's worth of work against one session."""
@@ -86,6 +95,7 @@ class Upload:
     inflight: int
     checksum: bytes | None
     on_commit: Callable[[list[ChunkRow]], None]
+    buffers: ChunkBuffers | None = None
     offset: int = field(init=False)
     chunk_count: int = field(init=False)
 
@@ -99,7 +109,7 @@ class Upload:
     async def run(self, body: _Body, *, declared_length: int | None) -> SessionRow:
         """Seal and commit the whole body; return the session as committed afterwards."""
         plain: asyncio.Queue[bytearray | None] = asyncio.Queue(maxsize=1)
-        sealed: asyncio.Queue[SealedChunk | None] = asyncio.Queue(maxsize=2)
+        sealed: asyncio.Queue[_Sealed | None] = asyncio.Queue(maxsize=2)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(body, plain))
@@ -111,13 +121,27 @@ class Upload:
                                           and body.received != declared_length)
         return await self._finish(truncated)
 
+    def _pools(self) -> ChunkBuffers | None:
+        """Return the buffer pools to use, or None to allocate every chunk afresh.
+
+        A plaintext buffer goes back to its pool once sealed, so the pools are not used
+        with `Upload-Checksum`, whose digest thread may still be reading it then.
+        """
+        pools = self.buffers
+        if pools is None or self._digest is not None or pools.chunk_size != self.session.chunk_size:
+            return None
+        return pools
+
     async def _read(self, body: _Body, out: asyncio.Queue[bytearray | None]) -> None:
-        async for chunk in chunk_stream(body.pieces(), chunk_size=self.session.chunk_size):
+        pools = self._pools()
+        allocate = pools.plain.acquire if pools is not None else None
+        async for chunk in chunk_stream(body.pieces(), chunk_size=self.session.chunk_size,
+                                        allocate=allocate):
             await out.put(chunk)
         await out.put(_END)
 
     async def _seal(self, inq: asyncio.Queue[bytearray | None],
-                    out: asyncio.Queue[SealedChunk | None]) -> None:
+                    out: asyncio.Queue[_Sealed | None]) -> None:
         """Seal up to `parallel` chunks at once on the worker threads; pass them on in order.
 
         zstd and SHA-256 release the GIL on large buffers (measured: 2 threads run 2.1x
@@ -125,8 +149,9 @@ class Upload:
         cores while the event loop keeps moving bytes.
         """
         loop = asyncio.get_running_loop()
+        pools = self._pools()
         slots = asyncio.Semaphore(self.parallel)
-        order: asyncio.Queue[asyncio.Future[SealedChunk] | None] = asyncio.Queue()
+        order: asyncio.Queue[asyncio.Future[_Sealed] | None] = asyncio.Queue()
 
         async def emit() -> None:  # passes each chunk on as soon as it and those before are sealed
             while (sealing := await order.get()) is not None:
@@ -140,18 +165,32 @@ class Upload:
                 if self._digest is not None:  # one hashing thread keeps the digest in order
                     self._hashed = loop.run_in_executor(self.hasher, self._digest.update, chunk)
                 await slots.acquire()
-                sealing = loop.run_in_executor(self.executor, self._seal_one, chunk, index)
-                sealing.add_done_callback(lambda _: slots.release())
+                buffer = pools.sealed.acquire() if pools is not None else None
+                sealing = loop.run_in_executor(self.executor, self._seal_one, chunk, index,
+                                               buffer)
+                sealing.add_done_callback(self._sealed_callback(slots, pools, chunk))
                 order.put_nowait(sealing)
                 index += 1
             order.put_nowait(None)
         if self._hashed is not None:
             await self._hashed
 
-    def _seal_one(self, chunk: bytearray, index: int) -> SealedChunk:
-        return self.sealer.seal(chunk, index=index)
+    @staticmethod
+    def _sealed_callback(slots: asyncio.Semaphore, pools: ChunkBuffers | None,
+                         chunk: bytearray) -> Callable[[object], None]:
+        """Free a sealing slot and, once sealed, the plaintext buffer (runs on the loop)."""
+        def done(_: object) -> None:
+            slots.release()
+            if pools is not None:
+                pools.plain.release(chunk)
+        return done
 
-    async def _store(self, inq: asyncio.Queue[SealedChunk | None]) -> None:
+    def _seal_one(self, chunk: bytearray, index: int, buffer: bytearray | None) -> _Sealed:
+        if buffer is None:
+            return _Sealed(self.sealer.seal(chunk, index=index), None)
+        return _Sealed(self.sealer.seal_into(chunk, index=index, out=buffer), buffer)
+
+    async def _store(self, inq: asyncio.Queue[_Sealed | None]) -> None:
         """Store up to `inflight` chunks at once while a lander commits them in order.
 
         Parallel PUTs let storage overlap its fsyncs; the lander commits every chunk
@@ -163,12 +202,17 @@ class Upload:
         more = asyncio.Event()
         closed = False
 
-        async def put(chunk: SealedChunk) -> None:
+        pools = self._pools()
+
+        async def put(sealed: _Sealed) -> None:
+            chunk = sealed.chunk
             try:
                 await self.storage.put_chunk(self.session.id, chunk.index, chunk.data,
                                              chunk.leaf_hash)
             finally:
                 slots.release()
+                if pools is not None and sealed.buffer is not None:
+                    pools.sealed.release(sealed.buffer)
 
         async def land() -> None:
             while pending or not closed:
@@ -187,13 +231,14 @@ class Upload:
         offset = self.session.offset
         async with asyncio.TaskGroup() as tg:
             lander = tg.create_task(land())
-            while (chunk := await inq.get()) is not _END:
+            while (sealed := await inq.get()) is not _END:
+                chunk = sealed.chunk
                 await slots.acquire()
                 row = ChunkRow(index=chunk.index, offset=offset, length=chunk.plaintext_length,
                                sealed_length=chunk.sealed_length, leaf_hash=chunk.leaf_hash,
                                compressed=chunk.compressed)
                 offset += chunk.plaintext_length
-                pending.append((row, tg.create_task(put(chunk))))
+                pending.append((row, tg.create_task(put(sealed))))
                 more.set()
                 if lander.done():
                     break
@@ -250,9 +295,13 @@ async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: Sessio
                  source: AsyncIterable[bytes], checksum: bytes | None,
                  declared_length: int | None, max_bytes: int, executor: Executor,
                  hasher: Executor, parallel: int, inflight: int,
-                 on_commit: Callable[[list[ChunkRow]], None]) -> SessionRow:
-    """Seal and commit one request body at the session's committed offset."""
+                 on_commit: Callable[[list[ChunkRow]], None],
+                 buffers: ChunkBuffers | None = None) -> SessionRow:
+    """Seal and commit one request body at the session's committed offset.
+
+    `buffers`, if given and of the session's chunk size, supplies reused chunk buffers.
+    """
     upload = Upload(storage=storage, sealer=sealer, session=session, executor=executor,
                     hasher=hasher, parallel=parallel, inflight=inflight, checksum=checksum,
-                    on_commit=on_commit)
+                    on_commit=on_commit, buffers=buffers)
     return await upload.run(_Body(source, max_bytes), declared_length=declared_length)

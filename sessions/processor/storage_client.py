@@ -20,6 +20,12 @@ from sessions.core import WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
+PUT_SLICE = 1 << 20
+
+
+async def _slices(view: memoryview, size: int) -> AsyncIterator[memoryview]:
+    for start in range(0, len(view), size):
+        yield view[start:start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +153,18 @@ class StorageClient:
         body = {"to": to.value, "from": [s.value for s in allowed_from]}
         return SessionRow((await self._call("POST", f"/sessions/{sid}/state", json=body)).json())
 
-    async def put_chunk(self, sid: str, index: int, data: bytes, leaf_hash: bytes) -> None:
-        await self._call("PUT", f"/sessions/{sid}/chunks/{index}", content=data,
+    async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
+                        leaf_hash: bytes) -> None:
+        """Stage a sealed chunk; a memoryview (of a pooled buffer) is sent in slices.
+
+        httpx sends `bytes` as is but would copy a whole view into one new object of
+        the chunk's size; slices of PUT_SLICE keep those copies small and alike.
+        """
+        content: bytes | AsyncIterator[memoryview] = (
+            data if isinstance(data, bytes) else _slices(data, PUT_SLICE))
+        await self._call("PUT", f"/sessions/{sid}/chunks/{index}", content=content,
                          headers={"Content-Type": "application/octet-stream",
+                                  "Content-Length": str(len(data)),
                                   "X-Lucid-Leaf-Hash": leaf_hash.hex()})
 
     async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow]) -> SessionRow:

@@ -1,0 +1,108 @@
+"""Reused chunk buffers: the pool, the chunker's allocate hook and seal_into working together."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sessions.core import Chunker, ChunkSealer, sealed_length_bound
+from sessions.processor.buffers import BufferPool, ChunkBuffers
+
+MIB = 1 << 20
+SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"
+
+
+def test_a_released_buffer_is_handed_out_again() -> None:
+    pool = BufferPool(64, keep=2)
+    first = pool.acquire()
+    assert len(first) == 64 and pool.idle == 0
+    pool.release(first)
+    assert pool.idle == 1
+    assert pool.acquire() is first
+    assert pool.acquire() is not first  # the pool was empty again: a new one
+
+
+def test_the_pool_keeps_at_most_keep_idle_buffers() -> None:
+    pool = BufferPool(16, keep=2)
+    held = [pool.acquire() for _ in range(5)]
+    for buf in held:
+        pool.release(buf)
+    assert pool.idle == 2
+
+
+def test_a_buffer_of_another_length_is_not_kept() -> None:
+    pool = BufferPool(16, keep=4)
+    buf = pool.acquire()
+    del buf[10:]  # a short tail chunk is trimmed in place
+    pool.release(buf)
+    pool.release(bytearray(32))
+    assert pool.idle == 0
+
+
+def test_the_pool_hands_out_only_its_size_and_refuses_nonsense() -> None:
+    pool = BufferPool(16, keep=1)
+    assert len(pool.acquire(16)) == 16
+    with pytest.raises(ValueError, match="16-byte"):
+        pool.acquire(17)
+    with pytest.raises(ValueError):
+        BufferPool(0, keep=1)
+    with pytest.raises(ValueError):
+        BufferPool(16, keep=-1)
+
+
+def test_chunk_buffers_fit_the_worst_sealed_chunk() -> None:
+    buffers = ChunkBuffers(MIB, keep=3)
+    assert (buffers.plain.size, buffers.sealed.size) == (MIB, sealed_length_bound(MIB))
+    assert buffers.plain.keep == buffers.sealed.keep == 3
+
+
+def test_the_chunker_fills_the_buffers_it_is_given() -> None:
+    pool = BufferPool(MIB, keep=4)
+    given: list[bytearray] = []
+
+    def allocate(n: int) -> bytearray:
+        buf = pool.acquire(n)
+        given.append(buf)
+        return buf
+
+    data = os.urandom(2 * MIB + 5)
+    chunker = Chunker(chunk_size=MIB, allocate=allocate)
+    chunks = chunker.feed(data)
+    tail = chunker.flush()
+    assert tail is not None
+    assert [bytes(c) for c in [*chunks, tail]] == [data[:MIB], data[MIB:2 * MIB], data[2 * MIB:]]
+    assert all(c is g for c, g in zip([*chunks, tail], given, strict=True))
+
+
+def test_the_chunker_refuses_a_buffer_of_the_wrong_size() -> None:
+    chunker = Chunker(chunk_size=MIB, allocate=lambda n: bytearray(n - 1))
+    with pytest.raises(ValueError, match="allocate returned"):
+        chunker.feed(b"x")
+
+
+def test_a_stream_sealed_through_reused_buffers_opens_chunk_by_chunk() -> None:
+    """The processor's loop in miniature: a plaintext buffer goes back once sealed."""
+    sealer = ChunkSealer(bytes(range(32)), session_id=SID)
+    buffers = ChunkBuffers(MIB, keep=2)
+    out = buffers.sealed.acquire()
+    data = os.urandom(MIB) + b"screen " * 300_000  # one raw chunk, then compressible ones
+    chunker = Chunker(chunk_size=MIB, allocate=buffers.plain.acquire)
+    stored: list[bytes] = []
+    full: set[int] = set()
+
+    def seal(chunk: bytearray) -> None:
+        sealed = sealer.seal_into(chunk, index=len(stored), out=out)
+        stored.append(bytes(sealed.data))  # storage keeps its own copy
+        buffers.plain.release(chunk)
+
+    for chunk in chunker.iter_feed(data):
+        full.add(id(chunk))
+        seal(chunk)
+    tail = chunker.flush()
+    assert tail is not None and len(tail) < MIB
+    seal(tail)  # trimmed in place, so not kept
+    assert len(stored) == 4 and len(full) == 1  # all three full chunks filled one buffer
+    assert buffers.plain.idle == 0  # the tail took that buffer; trimmed, it was dropped
+    opened = b"".join(sealer.open(blob, index=i) for i, blob in enumerate(stored))
+    assert opened == data

@@ -78,33 +78,8 @@ def _pick(preferred: str, fallback: str) -> str:
     return preferred if importlib.util.find_spec(preferred) is not None else fallback
 
 
-# The processor holds MiB-sized chunk buffers of varying sizes.  glibc's default raises
-# its mmap threshold after the first free, so they end up in the heap, which fragments:
-# the processor's resident set then plateaus near 200 MB for ~50 MB of live chunks.
-# Serving them from mmap (threshold 1 MiB) returns them to the kernel on free, and
-# transparent huge pages keep those mmaps cheap (2 faults per 4 MiB, not 1024).
-# Measured on a 512 MiB ingest: peak RSS 190 -> 143 MB, speed unchanged.  The gateway
-# and storage keep glibc's defaults: their buffers are short-lived and alike, and fresh
-# mmaps for each of them cost the gateway ~40 % more CPU per GB relayed (page faults
-# and zeroing).  glibc reads tunables only at start, hence re-exec.
-ALLOCATOR_TUNABLES = {"processor": "glibc.malloc.mmap_threshold=1048576:glibc.malloc.hugetlb=1"}
-
-
-def _exec_with_allocator_tunables(service: str) -> None:
-    """Re-exec this process once with the service's ALLOCATOR_TUNABLES, if it has any.
-
-    A no-op off Linux, and whenever the operator chose their own GLIBC_TUNABLES.
-    """
-    tunables = ALLOCATOR_TUNABLES.get(service)
-    if tunables is None or not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
-        return
-    env = {**os.environ, "GLIBC_TUNABLES": tunables}
-    os.execve(sys.executable, [sys.executable, "-m", "sessions.cli", *sys.argv[1:]], env)  # noqa: S606 - re-exec self, no shell
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     name: str = args.service
-    _exec_with_allocator_tunables(name)
     try:
         settings = importlib.import_module(f"sessions.{name}.config").load_settings()
         _configure_logging(settings.log_level)

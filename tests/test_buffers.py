@@ -7,14 +7,14 @@ import os
 import pytest
 
 from sessions.core import Chunker, ChunkSealer, sealed_length_bound
-from sessions.processor.buffers import BufferPool, ChunkBuffers
+from sessions.processor.buffers import BufferPool, ChunkBuffers, mapped
 
 MIB = 1 << 20
 SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"
 
 
 def test_a_released_buffer_is_handed_out_again() -> None:
-    pool = BufferPool(64, keep=2)
+    pool = BufferPool(64, keep=2, make=bytearray)
     first = pool.acquire()
     assert len(first) == 64 and pool.idle == 0
     pool.release(first)
@@ -24,7 +24,7 @@ def test_a_released_buffer_is_handed_out_again() -> None:
 
 
 def test_the_pool_keeps_at_most_keep_idle_buffers() -> None:
-    pool = BufferPool(16, keep=2)
+    pool = BufferPool(16, keep=2, make=bytearray)
     held = [pool.acquire() for _ in range(5)]
     for buf in held:
         pool.release(buf)
@@ -32,7 +32,7 @@ def test_the_pool_keeps_at_most_keep_idle_buffers() -> None:
 
 
 def test_a_buffer_of_another_length_is_not_kept() -> None:
-    pool = BufferPool(16, keep=4)
+    pool = BufferPool(16, keep=4, make=bytearray)
     buf = pool.acquire()
     del buf[10:]  # a short tail chunk is trimmed in place
     pool.release(buf)
@@ -41,24 +41,34 @@ def test_a_buffer_of_another_length_is_not_kept() -> None:
 
 
 def test_the_pool_hands_out_only_its_size_and_refuses_nonsense() -> None:
-    pool = BufferPool(16, keep=1)
+    pool = BufferPool(16, keep=1, make=bytearray)
     assert len(pool.acquire(16)) == 16
     with pytest.raises(ValueError, match="16-byte"):
         pool.acquire(17)
     with pytest.raises(ValueError):
-        BufferPool(0, keep=1)
+        BufferPool(0, keep=1, make=bytearray)
     with pytest.raises(ValueError):
-        BufferPool(16, keep=-1)
+        BufferPool(16, keep=-1, make=bytearray)
 
 
 def test_chunk_buffers_fit_the_worst_sealed_chunk() -> None:
     buffers = ChunkBuffers(MIB, keep=3)
     assert (buffers.plain.size, buffers.sealed.size) == (MIB, sealed_length_bound(MIB))
     assert buffers.plain.keep == buffers.sealed.keep == 3
+    plain, sealed = buffers.plain.acquire(), buffers.sealed.acquire()
+    assert isinstance(plain, memoryview) and len(plain) == MIB and not plain.readonly
+    assert isinstance(sealed, memoryview) and len(sealed) == sealed_length_bound(MIB)
+
+
+def test_mapped_memory_is_a_writable_buffer_of_the_size_asked() -> None:
+    view = mapped(3 * 4096 + 5)
+    assert len(view) == 3 * 4096 + 5 and not view.readonly
+    view[-5:] = b"abcde"
+    assert bytes(view[:4]) == b"\0\0\0\0" and bytes(view[-5:]) == b"abcde"
 
 
 def test_the_chunker_fills_the_buffers_it_is_given() -> None:
-    pool = BufferPool(MIB, keep=4)
+    pool = BufferPool(MIB, keep=4, make=bytearray)
     given: list[bytearray] = []
 
     def allocate(n: int) -> bytearray:
@@ -75,10 +85,21 @@ def test_the_chunker_fills_the_buffers_it_is_given() -> None:
     assert all(c is g for c, g in zip([*chunks, tail], given, strict=True))
 
 
-def test_the_chunker_refuses_a_buffer_of_the_wrong_size() -> None:
+def test_the_chunker_refuses_a_buffer_of_the_wrong_size_or_read_only() -> None:
     chunker = Chunker(chunk_size=MIB, allocate=lambda n: bytearray(n - 1))
-    with pytest.raises(ValueError, match="allocate returned"):
+    with pytest.raises(ValueError, match="writable bytes"):
         chunker.feed(b"x")
+    chunker = Chunker(chunk_size=MIB, allocate=lambda n: memoryview(bytes(n)))
+    with pytest.raises(ValueError, match="writable bytes"):
+        chunker.feed(b"x")
+
+
+def test_a_tail_in_a_view_buffer_is_a_view_of_its_first_bytes() -> None:
+    given = mapped(MIB)
+    chunker = Chunker(chunk_size=MIB, allocate=lambda n: given)
+    assert chunker.feed(b"abc") == []
+    tail = chunker.flush()
+    assert isinstance(tail, memoryview) and tail.obj is given.obj and bytes(tail) == b"abc"
 
 
 def test_a_stream_sealed_through_reused_buffers_opens_chunk_by_chunk() -> None:
@@ -101,8 +122,8 @@ def test_a_stream_sealed_through_reused_buffers_opens_chunk_by_chunk() -> None:
         seal(chunk)
     tail = chunker.flush()
     assert tail is not None and len(tail) < MIB
-    seal(tail)  # trimmed in place, so not kept
+    seal(tail)  # a view of the first bytes: not a whole buffer, so not kept
     assert len(stored) == 4 and len(full) == 1  # all three full chunks filled one buffer
-    assert buffers.plain.idle == 0  # the tail took that buffer; trimmed, it was dropped
+    assert buffers.plain.idle == 0  # the tail took that buffer, and a part is not kept
     opened = b"".join(sealer.open(blob, index=i) for i, blob in enumerate(stored))
     assert opened == data

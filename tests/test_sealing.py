@@ -428,3 +428,35 @@ def test_seal_into_refuses_a_buffer_too_small_for_the_worst_case() -> None:
     plaintext = compressible(MiB)  # would compress, but the bound is what counts
     with pytest.raises(ValueError, match="output buffer"):
         sealer.seal_into(plaintext, index=0, out=bytearray(sealed_length_bound(MiB) - 1))
+
+
+# --- open with a scratch buffer: the payload is decrypted into the caller's buffer ----------
+
+
+@pytest.mark.parametrize("plaintext", [b"", b"x", compressible(2 * MiB), incompressible(MiB + 3)],
+                         ids=["empty", "one-byte", "compressible", "incompressible"])
+def test_open_with_scratch_returns_the_same_plaintext_as_bytes(plaintext: bytes) -> None:
+    sealer = ChunkSealer(KEY, session_id=SID)
+    sealed = sealer.seal(plaintext, index=9).data
+    scratch = bytearray(len(sealed) + 10)
+    opened = sealer.open(sealed, index=9, scratch=scratch)
+    assert type(opened) is bytes and opened == plaintext
+    scratch[:] = b"\0" * len(scratch)  # the result does not live in the scratch buffer
+    assert opened == plaintext
+
+
+def test_open_with_scratch_fails_exactly_like_open() -> None:
+    sealer = ChunkSealer(KEY, session_id=SID)
+    sealed = bytearray(sealer.seal(compressible(MiB), index=1).data)
+    sealed[-1] ^= 1
+    with pytest.raises(OpenError, match=OPEN_MESSAGE):
+        sealer.open(sealed, index=1, scratch=bytearray(len(sealed)))
+    with pytest.raises(OpenError, match=OPEN_MESSAGE):
+        sealer.open(sealed[:-1], index=1, scratch=bytearray(len(sealed)))
+
+
+def test_open_refuses_a_scratch_buffer_shorter_than_the_chunk() -> None:
+    sealer = ChunkSealer(KEY, session_id=SID)
+    sealed = sealer.seal(incompressible(1000), index=0).data
+    with pytest.raises(ValueError, match="scratch"):
+        sealer.open(sealed, index=0, scratch=bytearray(len(sealed) - 1))

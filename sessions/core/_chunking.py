@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "MIN_CHUNK_SIZE",
+    "ChunkBuffer",
     "Chunker",
     "check_chunk_size",
     "chunk_stream",
@@ -30,12 +31,14 @@ MAX_CHUNK_SIZE = 16 * MiB
 # the CPU caches between zstd, AES and SHA-256), but end to end (`python -m bench.e2e`,
 # three services, 512 MiB) every chunk also costs an HTTP PUT, a temp file, an fsync
 # and a metadata commit: 4 MiB ingested at 99.8 MB/s with 12.7 CPU s/GB against
-# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  Its core pipeline ratio to the primitives
-# was 0.81-0.84 at zstd level 3 and is 0.78-0.79 at level 2 (zstd got faster, the
-# per-chunk copies did not; README, Performance).  8 MiB falls out of the caches.
+# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  With reused buffers (as the processor
+# runs it) the core pipeline reaches 0.94 of its primitives at 4 MiB (README,
+# Performance).
 DEFAULT_CHUNK_SIZE = 4 * MiB
 
 Piece = bytes | bytearray | memoryview
+ChunkBuffer = bytearray | memoryview
+"""What a chunk is handed over as: a bytearray by default, or the caller's own buffer."""
 
 
 def check_chunk_size(n: int) -> int:
@@ -65,20 +68,24 @@ class Chunker:
     """Cut pieces fed one by one into chunks of exactly `chunk_size` bytes.
 
     Every chunk returned by `feed` is full; `flush` returns the short tail (or
-    None when nothing is buffered). Returned bytearrays belong to the caller:
-    the chunker keeps no reference to them.
+    None when nothing is buffered). Returned buffers belong to the caller: the
+    chunker keeps no reference to them.  By default each chunk is a fresh
+    bytearray (a tail is trimmed in place); with `allocate`, each chunk is the
+    buffer it returned (a writable bytearray or memoryview of exactly chunk_size
+    bytes), and a tail is a memoryview of its first bytes when it is not a bytearray.
     Precondition: MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE.
     """
 
     __slots__ = ("_allocate", "_buf", "_chunk_size", "_fill", "_view")
 
     def __init__(self, *, chunk_size: int,
-                 allocate: Callable[[int], bytearray] | None = None) -> None:
+                 allocate: Callable[[int], ChunkBuffer] | None = None) -> None:
         self._chunk_size = check_chunk_size(chunk_size)
         # `allocate(n)` lets a caller hand in reused buffers (a pool); the default is fresh.
-        self._allocate = allocate if allocate is not None else bytearray
+        self._allocate: Callable[[int], ChunkBuffer] = (
+            allocate if allocate is not None else bytearray)
         # Allocated lazily, so an idle chunker between chunks holds no buffer.
-        self._buf: bytearray | None = None
+        self._buf: ChunkBuffer | None = None
         self._view: memoryview | None = None
         self._fill = 0
 
@@ -92,14 +99,14 @@ class Chunker:
         """Return the number of bytes waiting for the current chunk to fill (< chunk_size)."""
         return self._fill
 
-    def feed(self, piece: Piece) -> list[bytearray]:
+    def feed(self, piece: Piece) -> list[ChunkBuffer]:
         """Return the chunks completed by appending `piece` (possibly none).
 
         Precondition: `piece` is a C-contiguous buffer; len(piece) >= 0.
         """
         return list(self.iter_feed(piece))
 
-    def iter_feed(self, piece: Piece) -> Iterator[bytearray]:
+    def iter_feed(self, piece: Piece) -> Iterator[ChunkBuffer]:
         """Yield the chunks completed by appending `piece`, one at a time.
 
         Lazy variant of `feed`: a consumer that drops each chunk before the next
@@ -116,7 +123,7 @@ class Chunker:
             if self._fill == self._chunk_size:
                 yield self._hand_over()
 
-    def flush(self) -> bytearray | None:
+    def flush(self) -> ChunkBuffer | None:
         """Return the buffered short tail (1 <= len < chunk_size), or None if empty.
 
         The chunker is empty afterwards and may be fed again.
@@ -129,28 +136,31 @@ class Chunker:
         """Return the view of the buffer being filled, allocating it if needed."""
         if self._view is None:
             buf = self._allocate(self._chunk_size)
-            if len(buf) != self._chunk_size:
-                raise ValueError(f"allocate returned {len(buf)} bytes, not {self._chunk_size}")
+            if len(buf) != self._chunk_size or (isinstance(buf, memoryview) and buf.readonly):
+                raise ValueError(f"allocate must return {self._chunk_size} writable bytes")
             self._buf = buf
             self._view = memoryview(buf)
         return self._view
 
-    def _hand_over(self) -> bytearray:
+    def _hand_over(self) -> ChunkBuffer:
         """Return the current buffer trimmed to its fill, detaching it from the chunker."""
         assert self._buf is not None and self._view is not None
         buf, fill = self._buf, self._fill
         # Release the export first: the caller must be free to resize its bytearray.
         self._view.release()
         self._buf, self._view, self._fill = None, None, 0
-        if fill < len(buf):
-            del buf[fill:]  # shrinks in place; the kept bytes are not copied again
+        if fill == len(buf):
+            return buf
+        if isinstance(buf, memoryview):
+            return buf[:fill]  # the caller's buffer, not copied
+        del buf[fill:]  # shrinks in place; the kept bytes are not copied again
         return buf
 
 
 async def chunk_stream(
     pieces: AsyncIterable[Piece], *, chunk_size: int,
-    allocate: Callable[[int], bytearray] | None = None,
-) -> AsyncIterator[bytearray]:
+    allocate: Callable[[int], ChunkBuffer] | None = None,
+) -> AsyncIterator[ChunkBuffer]:
     """Yield full chunks of exactly `chunk_size` bytes, then a short final chunk if any.
 
     An empty stream yields nothing; no chunk is ever empty. Memory is bounded by

@@ -10,39 +10,55 @@ A few buffers reused for every chunk avoid both.
 
 from __future__ import annotations
 
+import mmap
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from sessions.core import sealed_length_bound
 
+B = TypeVar("B", bytearray, memoryview)
 
-class BufferPool:
-    """Same-sized bytearrays, handed out and taken back; at most `keep` are kept idle.
+
+def mapped(size: int) -> memoryview:
+    """Return a writable view of `size` bytes of fresh anonymous memory.
+
+    Unlike `bytearray(size)`, nothing is zero-filled up front: a page becomes
+    resident only once written, so a buffer sized for the worst case (an
+    incompressible chunk) costs only what its chunks actually fill.
+    """
+    return memoryview(mmap.mmap(-1, size))
+
+
+class BufferPool(Generic[B]):
+    """Same-sized buffers, handed out and taken back; at most `keep` are kept idle.
 
     Used from the event loop only (not thread-safe): buffers are acquired before
     work goes to a thread and released after the loop has seen it finish.  A
     buffer of another length (a short tail chunk trimmed in place) is not kept.
     """
 
-    __slots__ = ("_free", "keep", "size")
+    __slots__ = ("_free", "_make", "keep", "size")
 
-    def __init__(self, size: int, *, keep: int) -> None:
+    def __init__(self, size: int, *, keep: int, make: Callable[[int], B]) -> None:
         if size <= 0 or keep < 0:
             raise ValueError("a pool needs a positive buffer size and keep >= 0")
         self.size, self.keep = size, keep
-        self._free: list[bytearray] = []
+        self._make: Callable[[int], B] = make
+        self._free: list[B] = []
 
     @property
     def idle(self) -> int:
         """Return how many buffers wait for reuse."""
         return len(self._free)
 
-    def acquire(self, size: int | None = None) -> bytearray:
+    def acquire(self, size: int | None = None) -> B:
         """Return a buffer of `size` bytes (the pool's size); its content is arbitrary."""
         if size is not None and size != self.size:
             raise ValueError(f"this pool holds {self.size}-byte buffers, not {size}")
-        return self._free.pop() if self._free else bytearray(self.size)
+        return self._free.pop() if self._free else self._make(self.size)
 
-    def release(self, buf: bytearray) -> None:
+    def release(self, buf: B) -> None:
         """Take a buffer back for reuse; the caller must no longer use it."""
         if len(buf) == self.size and len(self._free) < self.keep:
             self._free.append(buf)
@@ -50,13 +66,19 @@ class BufferPool:
 
 @dataclass
 class ChunkBuffers:
-    """The plaintext and sealed buffer pools for one chunk size."""
+    """The buffer pools for one chunk size, both of mapped memory (see `mapped`).
+
+    `plain`: what the chunker fills, `chunk_size` bytes each.
+    `sealed`: sealed chunks and decrypted payloads, sized for the worst case but
+    resident only as far as written (about half a chunk for screen content).
+    """
 
     chunk_size: int
     keep: int
-    plain: BufferPool = field(init=False)
-    sealed: BufferPool = field(init=False)
+    plain: BufferPool[memoryview] = field(init=False)
+    sealed: BufferPool[memoryview] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plain = BufferPool(self.chunk_size, keep=self.keep)
-        self.sealed = BufferPool(sealed_length_bound(self.chunk_size), keep=self.keep)
+        self.plain = BufferPool(self.chunk_size, keep=self.keep, make=mapped)
+        self.sealed = BufferPool(sealed_length_bound(self.chunk_size), keep=self.keep,
+                                 make=mapped)

@@ -323,9 +323,12 @@ class Engine:
                          compressed=c.compressed) for c in manifest.chunks]
         return self._manifests.remember(row.id, (rows, manifest))  # type: ignore[no-any-return]
 
-    def _reader(self, sid: str, rows: list[ChunkRow]) -> ChunkReader:
+    def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int | None = None
+                ) -> ChunkReader:
+        """Return a reader of these rows; with the session's chunk size, it reuses buffers."""
+        pool = self._chunk_buffers(chunk_size).sealed if chunk_size is not None else None
         return ChunkReader(self.storage, sid, rows, executor=self.executor,
-                           prefetch=self.settings.prefetch_chunks)
+                           prefetch=self.settings.prefetch_chunks, buffers=pool)
 
     async def replay(self, sid: str, range_header: str | None) -> Replay:
         """Return the verified plaintext stream; the first chunk is checked before returning."""
@@ -340,7 +343,8 @@ class Engine:
         whole = rng or ByteRange(0, size)
         if size == 0:
             return Replay(rng, 0, _empty())
-        body = plaintext_stream(self._reader(sid, rows), self._sealer(row), rows, whole)
+        reader = self._reader(sid, rows, chunk_size=row.chunk_size)
+        body = plaintext_stream(reader, self._sealer(row), rows, whole)
         first = await body.__anext__()
         return Replay(rng, size, self._count_out(_prepend(first, body)))
 

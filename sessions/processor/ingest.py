@@ -31,7 +31,7 @@ from sessions.common.errors import (
     ServiceError,
     TruncatedBody,
 )
-from sessions.core import ChunkSealer, SealedChunk, chunk_stream
+from sessions.core import ChunkBuffer, ChunkSealer, SealedChunk, chunk_stream
 from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClient
 
@@ -79,7 +79,7 @@ class _Sealed:
     """A sealed chunk and the pooled buffer its bytes live in (None: its own bytes)."""
 
     chunk: SealedChunk
-    buffer: bytearray | None
+    buffer: memoryview | None
 
 
 @dataclass
@@ -108,8 +108,8 @@ class Upload:
 
     async def run(self, body: _Body, *, declared_length: int | None) -> SessionRow:
         """Seal and commit the whole body; return the session as committed afterwards."""
-        plain: asyncio.Queue[bytearray | None] = asyncio.Queue(maxsize=1)
-        sealed: asyncio.Queue[_Sealed | None] = asyncio.Queue(maxsize=2)
+        plain: asyncio.Queue[ChunkBuffer | None] = asyncio.Queue(maxsize=1)
+        sealed: asyncio.Queue[_Sealed | None] = asyncio.Queue(maxsize=1)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(body, plain))
@@ -132,7 +132,7 @@ class Upload:
             return None
         return pools
 
-    async def _read(self, body: _Body, out: asyncio.Queue[bytearray | None]) -> None:
+    async def _read(self, body: _Body, out: asyncio.Queue[ChunkBuffer | None]) -> None:
         pools = self._pools()
         allocate = pools.plain.acquire if pools is not None else None
         async for chunk in chunk_stream(body.pieces(), chunk_size=self.session.chunk_size,
@@ -140,7 +140,7 @@ class Upload:
             await out.put(chunk)
         await out.put(_END)
 
-    async def _seal(self, inq: asyncio.Queue[bytearray | None],
+    async def _seal(self, inq: asyncio.Queue[ChunkBuffer | None],
                     out: asyncio.Queue[_Sealed | None]) -> None:
         """Seal up to `parallel` chunks at once on the worker threads; pass them on in order.
 
@@ -156,6 +156,9 @@ class Upload:
         async def emit() -> None:  # passes each chunk on as soon as it and those before are sealed
             while (sealing := await order.get()) is not None:
                 await out.put(await sealing)
+                # A slot is held until the chunk is handed on, not only until it is sealed:
+                # otherwise sealed chunks pile up here while storage is the slower side.
+                slots.release()
             await out.put(_END)
 
         index = self.session.chunk_count
@@ -168,7 +171,7 @@ class Upload:
                 buffer = pools.sealed.acquire() if pools is not None else None
                 sealing = loop.run_in_executor(self.executor, self._seal_one, chunk, index,
                                                buffer)
-                sealing.add_done_callback(self._sealed_callback(slots, pools, chunk))
+                sealing.add_done_callback(self._sealed_callback(pools, chunk))
                 order.put_nowait(sealing)
                 index += 1
             order.put_nowait(None)
@@ -176,16 +179,18 @@ class Upload:
             await self._hashed
 
     @staticmethod
-    def _sealed_callback(slots: asyncio.Semaphore, pools: ChunkBuffers | None,
-                         chunk: bytearray) -> Callable[[object], None]:
-        """Free a sealing slot and, once sealed, the plaintext buffer (runs on the loop)."""
-        def done(_: object) -> None:
-            slots.release()
-            if pools is not None:
+    def _sealed_callback(pools: ChunkBuffers | None,
+                         chunk: ChunkBuffer) -> Callable[[asyncio.Future[_Sealed]], None]:
+        """Once sealed, give the plaintext buffer back (runs on the loop).
+
+        A cancelled sealing may still be running on its thread: its buffer is dropped.
+        """
+        def done(sealing: asyncio.Future[_Sealed]) -> None:
+            if pools is not None and isinstance(chunk, memoryview) and not sealing.cancelled():
                 pools.plain.release(chunk)
         return done
 
-    def _seal_one(self, chunk: bytearray, index: int, buffer: bytearray | None) -> _Sealed:
+    def _seal_one(self, chunk: ChunkBuffer, index: int, buffer: memoryview | None) -> _Sealed:
         if buffer is None:
             return _Sealed(self.sealer.seal(chunk, index=index), None)
         return _Sealed(self.sealer.seal_into(chunk, index=index, out=buffer), buffer)

@@ -25,7 +25,8 @@ from sessions.common.errors import (
     RangeNotSatisfiable,
 )
 from sessions.core import ChunkSealer, OpenError, leaf_hash
-from sessions.processor.storage_client import ChunkRow, StorageClient
+from sessions.processor.buffers import BufferPool
+from sessions.processor.storage_client import ChunkOverflow, ChunkRow, StorageClient
 
 T = TypeVar("T")
 
@@ -80,9 +81,12 @@ class ChunkReader:
     """Fetches a session's sealed chunks ahead of use and checks each against its leaf hash."""
 
     def __init__(self, storage: StorageClient, sid: str, rows: Sequence[ChunkRow], *,
-                 executor: Executor, prefetch: int) -> None:
+                 executor: Executor, prefetch: int,
+                 buffers: BufferPool[memoryview] | None = None) -> None:
         self._storage, self._sid, self._rows = storage, sid, rows
         self._executor, self._prefetch = executor, max(0, prefetch)
+        # Reused buffers (sized for the largest sealed chunk) for opening; None: allocate.
+        self._buffers = buffers
 
     async def _fetch(self, index: int) -> bytes:
         try:
@@ -125,20 +129,44 @@ class ChunkReader:
         raises BadChunk when its turn comes, before any of its bytes are released.
         """
         loop = asyncio.get_running_loop()
+        pool = self._buffers
 
         async def fetch_and_open(index: int) -> tuple[ChunkRow, bytes]:
-            row, data = self._rows[index], await self._fetch(index)
-            return row, await loop.run_in_executor(self._executor, check_and_open, sealer,
-                                                   row, data)
+            row = self._rows[index]
+            if pool is None:
+                data = await self._fetch(index)
+                return row, await loop.run_in_executor(self._executor, check_and_open, sealer,
+                                                       row, data)
+            # Pooled: the sealed bytes and the decrypted payload live in reused buffers,
+            # taken and given back on the event loop; only the plaintext is new.  They go
+            # back only after a clean finish: if this task is cancelled, the worker thread
+            # may still be using them, so they are left to it and dropped.
+            sealed, scratch = pool.acquire(), pool.acquire()
+            view = await self._fetch_into(index, sealed)
+            plain = await loop.run_in_executor(self._executor, check_and_open, sealer,
+                                               row, view, scratch)
+            view.release()
+            pool.release(scratch)
+            pool.release(sealed)
+            return row, plain
         return self._ahead(indexes, fetch_and_open)
 
+    async def _fetch_into(self, index: int, buf: memoryview) -> memoryview:
+        try:
+            return await self._storage.read_chunk_into(self._sid, index, buf)
+        except ChunkNotFound:
+            raise BadChunk(index, "missing") from None
+        except ChunkOverflow:
+            raise BadChunk(index, "altered") from None
 
-def check_and_open(sealer: ChunkSealer, row: ChunkRow, data: bytes) -> bytes:
+
+def check_and_open(sealer: ChunkSealer, row: ChunkRow, data: bytes | memoryview,
+                   scratch: memoryview | None = None) -> bytes:
     """Return the plaintext of a sealed chunk after checking its leaf hash; raise BadChunk."""
     if leaf_hash(data) != row.leaf_hash:
         raise BadChunk(row.index, "altered")
     try:
-        plain = sealer.open(data, index=row.index)
+        plain = sealer.open(data, index=row.index, scratch=scratch)
     except OpenError:
         raise BadChunk(row.index, "unopenable") from None
     if len(plain) != row.length:

@@ -20,7 +20,15 @@ from sessions.core import WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
-PUT_SLICE = 1 << 20
+PUT_SLICE = (1 << 20) - (64 << 10)  # below the processor's 1 MiB mmap threshold
+
+
+class ChunkOverflow(Exception):
+    """Storage sent more bytes for a chunk than the largest sealed chunk can have."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"chunk {index} is longer than any sealed chunk")
+        self.index = index
 
 
 async def _slices(view: memoryview, size: int) -> AsyncIterator[memoryview]:
@@ -192,6 +200,27 @@ class StorageClient:
 
     async def get_chunk(self, sid: str, index: int) -> bytes:
         return (await self._call("GET", f"/sessions/{sid}/chunks/{index}")).content
+
+    async def read_chunk_into(self, sid: str, index: int, buf: memoryview) -> memoryview:
+        """Read a chunk's sealed bytes into `buf`; return the view of them.
+
+        Saves allocating (and joining) a chunk-sized object per chunk on replay.
+        Raises ChunkOverflow if storage sends more bytes than `buf` holds (a stored
+        chunk longer than any sealed chunk can be), ServiceError as `get_chunk` does.
+        """
+        view = buf
+        n = 0
+        async with self.stream_chunk(sid, index) as resp:
+            try:
+                async for piece in resp.aiter_raw():
+                    end = n + len(piece)
+                    if end > len(view):
+                        raise ChunkOverflow(index)
+                    view[n:end] = piece
+                    n = end
+            except httpx.HTTPError as exc:
+                raise UpstreamUnavailable("session storage broke off a chunk") from exc
+        return view[:n]
 
     @asynccontextmanager
     async def stream_chunk(self, sid: str, index: int) -> AsyncIterator[httpx.Response]:

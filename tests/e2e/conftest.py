@@ -61,8 +61,7 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("LUCID_") and k != "GLIBC_TUNABLES"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
         env.update({
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",

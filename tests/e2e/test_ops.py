@@ -7,7 +7,6 @@ import re
 import httpx
 import pytest
 
-from sessions.cli import ALLOCATOR_TUNABLES
 from tests.e2e.conftest import SERVICES, Cluster
 from tests.e2e.support import MIB, create_session, patch, recorded_session, session_bytes
 
@@ -73,22 +72,3 @@ def test_upload_bytes_are_counted(cluster: Cluster, api: httpx.Client) -> None:
     assert patch(api, sid, 0, session_bytes(2 * MIB, seed=121)).status_code == 200
     after = sum(_samples(_metrics(cluster, "processor"), "lucid_chunks_in_total").values())
     assert after - before == 2
-
-
-@pytest.mark.parametrize("name", SERVICES)
-def test_only_the_processor_runs_with_the_allocator_tunables(cluster: Cluster, name: str) -> None:
-    """`serve processor` re-execs itself once so glibc serves chunk buffers from mmaps.
-
-    That keeps the processor's resident set near its live chunks; the gateway and
-    storage keep glibc's defaults (see ALLOCATOR_TUNABLES in sessions/cli.py).  The
-    pid is the one the harness started, which strips GLIBC_TUNABLES from its own env.
-    """
-    environ = f"/proc/{cluster.procs[name].pid}/environ"
-    with open(environ, "rb") as fh:
-        entries = fh.read().split(b"\0")
-    tunables = [e for e in entries if e.startswith(b"GLIBC_TUNABLES=")]
-    if name == "processor":  # glibc may cut the string in place after the first tunable
-        first = ALLOCATOR_TUNABLES["processor"].split(":")[0]
-        assert len(tunables) == 1 and tunables[0].startswith(b"GLIBC_TUNABLES=" + first.encode())
-    else:
-        assert tunables == [], tunables

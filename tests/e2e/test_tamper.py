@@ -121,3 +121,18 @@ def test_bad_sample(api: httpx.Client, sample: object) -> None:
     sid = recorded_session(api, session_bytes(10, seed=52), piece=10)["id"]
     assert_error(api.post(f"/sessions/{sid}/verify", params={"sample": sample}), 422,
                  "invalid_parameter")
+
+
+def test_a_chunk_grown_past_any_sealed_size_is_altered_not_an_outage(cluster: Cluster,
+                                                                      api: httpx.Client) -> None:
+    """Replay reads chunks into buffers sized for the largest sealed chunk: more is tampering."""
+    data = session_bytes(2 * MIB + 1, seed=52)
+    sid = recorded_session(api, data, piece=len(data))["id"]
+    path = cluster.chunk_file(sid, 1)
+    path.write_bytes(path.read_bytes() + bytes(2 * MIB))  # longer than any 1 MiB chunk seals to
+    body = assert_error(replay(api, sid, f"bytes={MIB}-"), 502, "chunk_corrupt")
+    assert body.get("index", 1) == 1 and body.get("reason", "altered") == "altered"
+    r = replay(api, sid, f"bytes=0-{MIB - 1}")
+    assert r.status_code == 206 and r.content == data[:MIB]
+    report = api.post(f"/sessions/{sid}/verify").json()
+    assert report["ok"] is False and report["bad_chunks"] == [{"index": 1, "reason": "altered"}]

@@ -1,4 +1,7 @@
-"""Dependencies of the processor's routes: the engine, the service token, validated ids."""
+"""Dependencies of the processor's routes: the engine, the service token, validated ids.
+
+All are `async def`: FastAPI would run a plain `def` one on its thread pool.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from sessions.common.ids import check_session_id
 from sessions.processor.engine import Engine
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -21,7 +24,7 @@ async def require_service(request: Request) -> None:
     require_token(request, request.app.state.service_token)
 
 
-def valid_session_id(session_id: str) -> str:
+async def valid_session_id(session_id: str) -> str:
     return check_session_id(session_id)
 
 

@@ -103,7 +103,7 @@ class LocalChunkStore:
             raise BadRequest("a leaf hash is 32 bytes")
         if expected_length is not None and expected_length > max_bytes:
             raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
-        staged = await _io(_StagedFile, final)
+        staged = await _new_staged_file(final)
         try:
             size = await _receive(staged, body, max_bytes)
             _check_received(staged, size, expected_length, expected_leaf_hash)
@@ -146,6 +146,22 @@ class LocalChunkStore:
         Call at start-up only: storage is one process, so no PUT is in flight then.
         """
         return await _io(_sweep, self._chunks)
+
+
+async def _new_staged_file(final: Path) -> _StagedFile:
+    """Create the temp file on a worker thread; if the caller is cancelled meanwhile, the
+    thread still finishes, and its temp file is removed then rather than left behind."""
+    work = asyncio.ensure_future(_io(_StagedFile, final))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        work.add_done_callback(_discard_staged)
+        raise
+
+
+def _discard_staged(work: asyncio.Future[_StagedFile]) -> None:
+    if not work.cancelled() and work.exception() is None:
+        work.result().discard()
 
 
 async def _receive(staged: _StagedFile, body: AsyncIterable[bytes], max_bytes: int) -> int:

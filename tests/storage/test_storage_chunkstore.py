@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -19,11 +20,12 @@ from sessions.common.errors import (
     TruncatedBody,
 )
 from sessions.core import leaf_hash
-from sessions.storage.chunkstore import WRITE_BATCH, LocalChunkStore
+from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.errors import LeafHashMismatch
 
 pytestmark = pytest.mark.anyio
 MAX = 8 * 1024 * 1024
+MIB = 1 << 20
 
 
 async def stream(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -47,7 +49,7 @@ def files_under(root: Path) -> list[str]:
 async def test_put_get_round_trip(chunkstore: LocalChunkStore, tmp_path: Path,
                                   ids: Callable[[], str]) -> None:
     sid = ids()
-    data = os.urandom(WRITE_BATCH * 2 + 12345)
+    data = os.urandom(2 * MIB + 12345)
     pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
     size = await chunkstore.put(sid, 7, stream(pieces), expected_leaf_hash=leaf_hash(data),
                                 max_bytes=MAX, expected_length=len(data))
@@ -104,6 +106,16 @@ async def test_truncated_body(chunkstore: LocalChunkStore, tmp_path: Path,
     assert files_under(tmp_path / "chunkroot") == []
 
 
+async def test_a_body_of_more_pieces_than_one_writev_takes_is_stored_whole(
+        chunkstore: LocalChunkStore, ids: Callable[[], str]) -> None:
+    sid = ids()
+    pieces = [os.urandom(1 + i % 7) for i in range(2500)]  # > 1024 buffers, odd sizes
+    data = b"".join(pieces)
+    size = await chunkstore.put(sid, 0, stream(pieces), expected_leaf_hash=leaf_hash(data),
+                                max_bytes=MAX, expected_length=len(data))
+    assert size == len(data) and await chunkstore.get(sid, 0) == data
+
+
 async def test_empty_body_is_refused(chunkstore: LocalChunkStore,
                                      ids: Callable[[], str]) -> None:
     with pytest.raises(BadRequest):
@@ -114,7 +126,7 @@ async def test_empty_body_is_refused(chunkstore: LocalChunkStore,
 async def test_body_failing_midway_leaves_nothing(chunkstore: LocalChunkStore, tmp_path: Path,
                                                   ids: Callable[[], str]) -> None:
     async def broken() -> AsyncIterator[bytes]:
-        yield b"x" * (WRITE_BATCH + 1)
+        yield b"x" * (MIB + 1)
         raise TruncatedBody()
 
     with pytest.raises(TruncatedBody):
@@ -204,3 +216,31 @@ async def test_start_up_sweep_removes_only_temp_files_left_by_a_crash(
     assert files_under(tmp_path / "chunkroot") == [f"chunks/{sid[:2]}/{sid}/0000000000.lcs"]
     assert await chunkstore.get(sid, 0) == data
     assert await chunkstore.sweep_temp_files() == 0
+
+
+async def test_a_put_cancelled_while_staging_leaves_no_temp_file(
+        chunkstore: LocalChunkStore, tmp_path: Path, ids: Callable[[], str]) -> None:
+    """The staging thread cannot be stopped; its temp file is removed when it finishes."""
+    data = os.urandom(MAX)
+    pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    root = tmp_path / "chunkroot"
+    for _attempt in range(20):  # the thread may finish before the cancel lands; try again
+        task = asyncio.ensure_future(chunkstore.put(ids(), 0, stream(pieces),
+                                                    expected_leaf_hash=leaf_hash(data),
+                                                    max_bytes=MAX))
+        for _ in range(100_000):  # until the staging thread has made its temp file
+            if task.done() or any(p.suffix == ".tmp" for p in root.rglob("*")):
+                break
+            await asyncio.sleep(0)
+        if task.done():
+            continue
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(400):
+            if not [p for p in root.rglob("*") if p.is_file()]:
+                break
+            await asyncio.sleep(0.005)
+        assert [p for p in root.rglob("*") if p.is_file()] == []
+        return
+    pytest.fail("could not cancel a put while it was staging in 20 attempts")

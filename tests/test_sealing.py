@@ -366,11 +366,14 @@ FORGED = {
 }
 
 
+@pytest.mark.parametrize("scratch", [False, True], ids=["own-payload", "scratch-payload"])
 @pytest.mark.parametrize("case", list(FORGED))
-def test_authenticated_but_bad_compressed_payload_fails(sealer: ChunkSealer, case: str) -> None:
+def test_authenticated_but_bad_compressed_payload_fails(sealer: ChunkSealer, case: str,
+                                                        scratch: bool) -> None:
     payload, length = FORGED[case]
     forged = _forge(payload, plaintext_length=length, flags=ChunkFlags.COMPRESSED)
-    assert_open_fails(lambda: sealer.open(forged, index=0))
+    buf = bytearray(len(forged)) if scratch else None
+    assert_open_fails(lambda: sealer.open(forged, index=0, scratch=buf))
 
 
 def test_raw_payload_length_must_match_header(sealer: ChunkSealer) -> None:

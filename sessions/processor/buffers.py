@@ -35,7 +35,7 @@ class BufferPool(Generic[B]):
 
     Used from the event loop only (not thread-safe): buffers are acquired before
     work goes to a thread and released after the loop has seen it finish.  A
-    buffer of another length (a short tail chunk trimmed in place) is not kept.
+    buffer of another length (a short tail chunk: a view of its first bytes) is not kept.
     """
 
     __slots__ = ("_free", "_make", "keep", "size")

@@ -31,7 +31,6 @@ from sessions.core import (
     CIPHER_NAME,
     FORMAT_VERSION,
     Checkpoint,
-    ChunkEntry,
     ChunkSealer,
     CompactRange,
     CoreError,
@@ -288,9 +287,7 @@ class Engine:
             sealed_size=sum(r.sealed_length for r in rows), chunk_count=len(rows),
             chunk_size=row.chunk_size, zstd_level=row.zstd_level, cipher=CIPHER_NAME,
             format_version=int(row.raw["format_version"]),
-            chunks=tuple(ChunkEntry(index=r.index, offset=r.offset, length=r.length,
-                                    sealed_length=r.sealed_length, leaf_hash=r.leaf_hash,
-                                    compressed=r.compressed) for r in rows),
+            chunks=tuple(rows),
             root_hash=root, checkpoint="")
         # The final checkpoint signs the root and, in an extension line, the manifest's
         # contents (labels, times, chunk entries), so neither can be edited unnoticed.
@@ -318,9 +315,7 @@ class Engine:
             return hit  # type: ignore[no-any-return]
         manifest = Manifest.from_json(await self.storage.manifest(row.id))
         manifest.check(verifier=self.keys.verifier, origin=self.keys.origin(row.id))
-        rows = [ChunkRow(index=c.index, offset=c.offset, length=c.length,
-                         sealed_length=c.sealed_length, leaf_hash=c.leaf_hash,
-                         compressed=c.compressed) for c in manifest.chunks]
+        rows = list(manifest.chunks)
         return self._manifests.remember(row.id, (rows, manifest))  # type: ignore[no-any-return]
 
     def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int | None = None

@@ -16,7 +16,7 @@ import httpx
 from sessions.common.errors import ServiceError, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.states import SessionState
-from sessions.core import WrappedKey
+from sessions.core import ChunkEntry, WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
@@ -36,27 +36,20 @@ async def _slices(view: memoryview, size: int) -> AsyncIterator[memoryview]:
         yield view[start:start + size]
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRow:
-    """One committed chunk as storage's metadata records it."""
+ChunkRow = ChunkEntry
+"""One committed chunk as storage's metadata records it: the six facts a manifest entry holds."""
 
-    index: int
-    offset: int
-    length: int
-    sealed_length: int
-    leaf_hash: bytes
-    compressed: bool
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ChunkRow:
-        return cls(index=int(d["index"]), offset=int(d["offset"]), length=int(d["length"]),
-                   sealed_length=int(d["sealed_length"]), leaf_hash=bytes.fromhex(d["leaf_hash"]),
-                   compressed=bool(d["compressed"]))
+def chunk_row_from_json(d: dict[str, Any]) -> ChunkRow:
+    return ChunkEntry(index=int(d["index"]), offset=int(d["offset"]), length=int(d["length"]),
+                      sealed_length=int(d["sealed_length"]),
+                      leaf_hash=bytes.fromhex(d["leaf_hash"]), compressed=bool(d["compressed"]))
 
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "offset": self.offset, "length": self.length,
-                "sealed_length": self.sealed_length, "leaf_hash": self.leaf_hash.hex(),
-                "compressed": self.compressed}
+
+def chunk_row_to_json(row: ChunkRow) -> dict[str, Any]:
+    return {"index": row.index, "offset": row.offset, "length": row.length,
+            "sealed_length": row.sealed_length, "leaf_hash": row.leaf_hash.hex(),
+            "compressed": row.compressed}
 
 
 @dataclass(frozen=True)
@@ -176,7 +169,8 @@ class StorageClient:
                                   "X-Lucid-Leaf-Hash": leaf_hash.hex()})
 
     async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow]) -> SessionRow:
-        body = {"expected_offset": expected_offset, "chunks": [c.to_json() for c in chunks]}
+        body = {"expected_offset": expected_offset,
+                "chunks": [chunk_row_to_json(c) for c in chunks]}
         return SessionRow((await self._call("POST", f"/sessions/{sid}/commit", json=body)).json())
 
     async def chunks(self, sid: str, *, count: int) -> list[ChunkRow]:
@@ -185,7 +179,7 @@ class StorageClient:
         while len(rows) < count:
             params = {"start": len(rows), "limit": min(CHUNK_PAGE, count - len(rows))}
             items = (await self._call("GET", f"/sessions/{sid}/chunks", params=params)).json()
-            page = [ChunkRow.from_json(d) for d in items["items"]]
+            page = [chunk_row_from_json(d) for d in items["items"]]
             if not page:
                 break
             rows.extend(page)

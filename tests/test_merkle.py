@@ -334,19 +334,17 @@ def inclusion_cases(draw: st.DrawFn) -> tuple[Tree, dict[str, Any]]:
     return tree, case
 
 
-def _check_mutated_inclusion(case: dict[str, Any], *, must_fail: bool) -> None:
-    failed = fails(_verifier("inclusion", case))
+def _check_mutated(kind: str, case: dict[str, Any], *, must_fail: bool) -> None:
+    """Assert the verifier fails exactly when told to, and agrees with the RFC reference."""
+    failed = fails(_verifier(kind, case))
     assert failed == must_fail
-    assert _rfc_verdict("inclusion", case) == (not failed)
+    assert _rfc_verdict(kind, case) == (not failed)
 
 
-@PROPERTY
-@given(inclusion_cases(), st.data())
-def test_inclusion_fails_on_any_flipped_hash_bit(
-    tree_case: tuple[Tree, dict[str, Any]], data: st.DataObject
-) -> None:
-    _, case = tree_case
-    targets = ["leaf_hash", "root"] + [i for i in range(len(case["proof"]))]
+def _flip_drawn_hash_bit(case: dict[str, Any], hashes: list[str],
+                         data: st.DataObject) -> dict[str, Any]:
+    """Return case with one drawn bit flipped in one of `hashes` or of the proof's hashes."""
+    targets: list[str | int] = [*hashes, *range(len(case["proof"]))]
     target = data.draw(st.sampled_from(targets), label="target")
     bit = data.draw(st.integers(0, 8 * HASH_SIZE - 1), label="bit")
     mutated = dict(case)
@@ -355,9 +353,19 @@ def test_inclusion_fails_on_any_flipped_hash_bit(
         mutated["proof"][target] = flip_bit(case["proof"][target], bit)
     else:
         mutated[target] = flip_bit(case[target], bit)
+    return mutated
+
+
+@PROPERTY
+@given(inclusion_cases(), st.data())
+def test_inclusion_fails_on_any_flipped_hash_bit(
+    tree_case: tuple[Tree, dict[str, Any]], data: st.DataObject
+) -> None:
+    _, case = tree_case
+    mutated = _flip_drawn_hash_bit(case, ["leaf_hash", "root"], data)
     with pytest.raises(RootMismatchError):
         _verifier("inclusion", mutated)()
-    _check_mutated_inclusion(mutated, must_fail=True)
+    _check_mutated("inclusion", mutated, must_fail=True)
 
 
 @PROPERTY
@@ -366,7 +374,7 @@ def test_inclusion_fails_on_flipped_index_bit(
     tree_case: tuple[Tree, dict[str, Any]], bit: int
 ) -> None:
     _, case = tree_case
-    _check_mutated_inclusion(dict(case, index=case["index"] ^ (1 << bit)), must_fail=True)
+    _check_mutated("inclusion", dict(case, index=case["index"] ^ (1 << bit)), must_fail=True)
 
 
 @PROPERTY
@@ -382,7 +390,7 @@ def test_inclusion_with_flipped_size_bit_fails_unless_path_shape_is_equal(
     _, case = tree_case
     index, size = case["index"], case["size"] ^ (1 << bit)
     same_shape = index < size and ref.path_sides(index, size) == ref.path_sides(index, case["size"])
-    _check_mutated_inclusion(dict(case, size=size), must_fail=not same_shape)
+    _check_mutated("inclusion", dict(case, size=size), must_fail=not same_shape)
 
 
 @st.composite
@@ -409,30 +417,16 @@ def _consistency_shape(old: int, new: int) -> tuple[str, ...] | None:
     return tuple(ref.subproof_roles(old, new))
 
 
-def _check_mutated_consistency(case: dict[str, Any], *, must_fail: bool) -> None:
-    failed = fails(_verifier("consistency", case))
-    assert failed == must_fail
-    assert _rfc_verdict("consistency", case) == (not failed)
-
-
 @PROPERTY
 @given(consistency_cases(), st.data())
 def test_consistency_fails_on_any_flipped_hash_bit(
     tree_case: tuple[Tree, dict[str, Any]], data: st.DataObject
 ) -> None:
     _, case = tree_case
-    targets = ["old_root", "new_root"] + [i for i in range(len(case["proof"]))]
-    target = data.draw(st.sampled_from(targets), label="target")
-    bit = data.draw(st.integers(0, 8 * HASH_SIZE - 1), label="bit")
-    mutated = dict(case)
-    if isinstance(target, int):
-        mutated["proof"] = list(case["proof"])
-        mutated["proof"][target] = flip_bit(case["proof"][target], bit)
-    else:
-        mutated[target] = flip_bit(case[target], bit)
+    mutated = _flip_drawn_hash_bit(case, ["old_root", "new_root"], data)
     with pytest.raises(RootMismatchError):
         _verifier("consistency", mutated)()
-    _check_mutated_consistency(mutated, must_fail=True)
+    _check_mutated("consistency", mutated, must_fail=True)
 
 
 @PROPERTY
@@ -446,7 +440,7 @@ def test_consistency_with_flipped_size_bit_fails_unless_proof_shape_is_equal(
     same_shape = _consistency_shape(mutated["old_size"], mutated["new_size"]) == (
         _consistency_shape(case["old_size"], case["new_size"])
     )
-    _check_mutated_consistency(mutated, must_fail=not same_shape)
+    _check_mutated("consistency", mutated, must_fail=not same_shape)
 
 
 @PROPERTY

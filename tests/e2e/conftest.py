@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME
+from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequest
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("storage", "processor", "api")
@@ -164,6 +164,14 @@ class Cluster:
             headers["Authorization"] = f"Bearer {token or self.admin_token}"
         return httpx.Client(base_url=self.url("api") + base, headers=headers, trust_env=False,
                             timeout=httpx.Timeout(60.0, connect=5.0))
+
+    def open_upload(self, sid: str, *, length: int, offset: int = 0, timeout: float = 30.0,
+                    headers: dict[str, str] | None = None) -> RawRequest:
+        """Open a hand-written PATCH of `length` body bytes at `offset`; nothing sent yet."""
+        return RawRequest(self.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
+            "Authorization": f"Bearer {self.admin_token}", "Content-Type": UPLOAD_TYPE,
+            "Upload-Offset": str(offset), "Content-Length": str(length), **(headers or {})},
+            timeout=timeout)
 
     def storage_internal(self) -> httpx.Client:
         """Return a client of storage's internal API (service token): to look behind the API."""

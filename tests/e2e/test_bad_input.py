@@ -10,7 +10,6 @@ from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     MAX_UPLOAD,
     UPLOAD_TYPE,
-    RawRequest,
     assert_error,
     create_session,
     finalize,
@@ -163,9 +162,7 @@ def test_plain_octet_stream_is_accepted(api: httpx.Client) -> None:
 
 def test_oversized_declared_length(cluster: Cluster, api: httpx.Client) -> None:
     sid = create_session(api)["id"]
-    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": "0", "Content-Length": str(MAX_UPLOAD + 1)}, timeout=15)
+    req = cluster.open_upload(sid, length=MAX_UPLOAD + 1, timeout=15)
     try:
         req.send(b"z" * 4096)  # the rest never comes: the answer must not wait for it
         answer = req.response()

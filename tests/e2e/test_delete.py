@@ -8,8 +8,6 @@ import pytest
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     MIB,
-    UPLOAD_TYPE,
-    RawRequest,
     assert_error,
     create_session,
     patch,
@@ -77,9 +75,7 @@ def test_delete_during_an_upload(cluster: Cluster, api: httpx.Client) -> None:
     """An admin deletes a session that is still being recorded: nothing survives on disk."""
     data = session_bytes(4 * MIB, seed=102)
     sid = create_session(api)["id"]
-    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": "0", "Content-Length": str(len(data))}, timeout=15)
+    req = cluster.open_upload(sid, length=len(data), timeout=15)
     try:
         req.send(data[:MIB + MIB // 2])
         wait_writer_held(api, sid)

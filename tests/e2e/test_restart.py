@@ -13,8 +13,6 @@ from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
     MIB,
-    UPLOAD_TYPE,
-    RawRequest,
     assert_error,
     committed_prefix_ok,
     create_session,
@@ -89,9 +87,7 @@ def test_kill_during_an_upload(restartable: Cluster, api: httpx.Client,
     cluster = restartable
     data = session_bytes(5 * MIB + 77, seed=61)
     sid = create_session(api, {"case": "kill-during"})["id"]
-    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": "0", "Content-Length": str(len(data))}, timeout=20)
+    req = cluster.open_upload(sid, length=len(data), timeout=20)
     try:
         req.send(data[:2 * MIB + MIB // 2])
         wait_writer_held(api, sid)

@@ -16,7 +16,6 @@ from tests.e2e.support import (
     CHUNK,
     MIB,
     UPLOAD_TYPE,
-    RawRequest,
     assert_error,
     checksum_header,
     chunks_for,
@@ -96,9 +95,7 @@ def test_resume_after_dropped_connection(cluster: Cluster, api: httpx.Client, ho
     data = session_bytes(3 * MIB + 12345, seed=2)
     sid = create_session(api)["id"]
     declared = len(data)
-    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": "0", "Content-Length": str(declared)})
+    req = cluster.open_upload(sid, length=declared)
     req.send(data[:MIB + MIB // 2])
     wait_writer_held(api, sid)  # the request is being processed...
     time.sleep(0.5)  # ...and its bytes have crossed loopback
@@ -151,9 +148,7 @@ def test_checksum(api: httpx.Client) -> None:
 def test_one_writer_at_a_time(cluster: Cluster, api: httpx.Client) -> None:
     data = session_bytes(3 * MIB, seed=4)
     sid = create_session(api)["id"]
-    held = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": "0", "Content-Length": str(len(data))})
+    held = cluster.open_upload(sid, length=len(data))
     try:
         held.send(data[:MIB + 1000])
         wait_writer_held(api, sid)
@@ -184,9 +179,7 @@ def test_progress_is_committed_while_a_request_is_open(cluster: Cluster,
     (HEAD moves, a checkpoint covers them) while the request is still open."""
     data = session_bytes(3 * MIB, seed=6)
     sid = create_session(api)["id"]
-    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": "0", "Content-Length": str(len(data))})
+    req = cluster.open_upload(sid, length=len(data))
     try:
         req.send(data[:2 * MIB + 10])  # two whole chunks, then the recorder pauses
         try:
@@ -278,10 +271,8 @@ def test_dropped_connection_with_checksum_commits_nothing(cluster: Cluster,
     sid = create_session(api)["id"]
     assert patch(api, sid, 0, data[:MIB]).status_code == 200
     rest = data[MIB:]
-    req = RawRequest(cluster.ports["api"], "PATCH", f"/v1/sessions/{sid}/upload", {
-        "Authorization": f"Bearer {cluster.admin_token}", "Content-Type": UPLOAD_TYPE,
-        "Upload-Offset": str(MIB), "Content-Length": str(len(rest)),
-        "Upload-Checksum": checksum_header(rest)})
+    req = cluster.open_upload(sid, length=len(rest), offset=MIB,
+                              headers={"Upload-Checksum": checksum_header(rest)})
     req.send(rest[:MIB + 100])
     wait_writer_held(api, sid)
     time.sleep(0.5)

@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,12 +57,13 @@ import httpx
 from bench import core
 from bench.procstats import cpu_seconds, dir_bytes, peak_rss_bytes, rss_bytes
 from bench.rivals import INSTALL_HINT, RIVALS
+from sessions import loopback
 from sessions.common.httpclient import raise_read_size
 from sessions.core import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL
 from sessions.core._sealing import ChunkSealer
+from sessions.loopback import SERVICES
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("storage", "processor", "api")
 MiB = 1 << 20
 MB = 1_000_000
 GB = 1_000_000_000
@@ -141,12 +141,6 @@ def file_pieces(path: Path, offset: int, length: int) -> Iterator[bytes]:
 # --- our three services ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the service if the benchmark dies without stopping it."""
     with contextlib.suppress(Exception):
@@ -162,83 +156,34 @@ class Services:
         self.log_dir = root / "logs"
         self.data_dir.mkdir(parents=True)
         self.log_dir.mkdir(parents=True)
-        self.ports = {name: free_port() for name in SERVICES}
+        self.ports = {name: loopback.free_port() for name in SERVICES}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
-        env.update({
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            "PYTHONUNBUFFERED": "1",
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-            "LUCID_DATA_DIR": str(self.data_dir),
-            "LUCID_HOST": "127.0.0.1",
-            "LUCID_LOG_LEVEL": "warning",
-            "LUCID_NODE_NAME": NODE_NAME,
-            "LUCID_STORAGE_PORT": str(self.ports["storage"]),
-            "LUCID_PROCESSOR_PORT": str(self.ports["processor"]),
-            "LUCID_API_PORT": str(self.ports["api"]),
-            "LUCID_STORAGE_URL": self.url("storage"),
-            "LUCID_PROCESSOR_URL": self.url("processor"),
-        })
-        env.update(extra_env)
-        self.env = env
+        self.env = loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
+            "LUCID_LOG_LEVEL": "warning", "LUCID_NODE_NAME": NODE_NAME, **extra_env})
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
+        return loopback.url(self.ports[name])
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
     def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.log_path(name)
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        return loopback.log_tail(self.log_path(name), lines)
 
     def start(self) -> None:
         """Start storage, then the processor, then the gateway; wait until the chain is ready."""
         for name in SERVICES:
-            self._start_one(name)
-        self._wait_ok("api", "/ready")
-
-    def _start_one(self, name: str) -> None:
-        with open(self.log_path(name), "ab") as log:
-            self.procs[name] = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                [sys.executable, "-m", "sessions.cli", "serve", name], cwd=REPO, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            self.procs[name] = loopback.spawn(
+                name, env=self.env, log=self.log_path(name),
                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads run at this point
-        self._wait_ok(name, "/health")
-
-    def _wait_ok(self, name: str, path: str) -> None:
-        proc = self.procs[name]
-        deadline = time.monotonic() + START_TIMEOUT
-        last: object = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(f"{name} exited with {proc.returncode} while starting:\n"
-                                 + self.log_tail(name))
-            try:
-                last = httpx.get(self.url(name) + path, timeout=2.0, trust_env=False)
-                if last.status_code == 200:
-                    return
-            except httpx.HTTPError as exc:
-                last = exc
-            time.sleep(0.05)
-        raise BenchError(f"{name} {path} not OK within {START_TIMEOUT}s ({last!r}):\n"
-                         + self.log_tail(name))
+            loopback.wait_ok(name, self.procs[name], self.url(name) + "/health",
+                             timeout=START_TIMEOUT, log=self.log_path(name))
+        loopback.wait_ok("api", self.procs["api"], self.url("api") + "/ready",
+                         timeout=START_TIMEOUT, log=self.log_path("api"))
 
     def stop(self) -> None:
         """Terminate every service (gateway first), killing any that does not exit in 10 s."""
-        for name in reversed(SERVICES):
-            proc = self.procs.pop(name, None)
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        loopback.stop_all(self.procs)
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}

@@ -13,11 +13,8 @@ appear (a failing test also gets those lines attached to its report).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,18 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sessions import loopback
+from sessions.loopback import SERVICES
 from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequest
 
-REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("storage", "processor", "api")
 START_TIMEOUT = 30.0
 LOG_TAIL = 120  # lines of each service's log attached to a failing test's report
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -55,60 +46,27 @@ class Cluster:
         self.log_dir = self.root / "logs"
         self.data_dir.mkdir()
         self.log_dir.mkdir()
-        self.ports = {name: free_port() for name in SERVICES}
+        self.ports = {name: loopback.free_port() for name in SERVICES}
 
     # -- processes ------------------------------------------------------------------------------
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
-        env.update({
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            "PYTHONUNBUFFERED": "1",
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-            "LUCID_DATA_DIR": str(self.data_dir),
-            "LUCID_HOST": "127.0.0.1",
-            "LUCID_STORAGE_PORT": str(self.ports["storage"]),
-            "LUCID_PROCESSOR_PORT": str(self.ports["processor"]),
-            "LUCID_API_PORT": str(self.ports["api"]),
-            "LUCID_STORAGE_URL": self.url("storage"),
-            "LUCID_PROCESSOR_URL": self.url("processor"),
-            "LUCID_CHUNK_SIZE": str(CHUNK),
-            "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-            "LUCID_NODE_NAME": NODE_NAME,
-        })
-        return env
+        return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
+            "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "LUCID_NODE_NAME": NODE_NAME})
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
+        return loopback.url(self.ports[name])
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
     def start(self, name: str) -> None:
         """Start one service and wait until its /health answers 200."""
-        log = self.log_path(name).open("ab")
-        try:
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "sessions.cli", "serve", name], cwd=REPO, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
-        self.procs[name] = proc
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n"
-                                   + self.log_tail(name))
-            try:
-                if httpx.get(self.url(name) + "/health", timeout=1.0,
-                             trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{name} did not answer /health within {START_TIMEOUT}s:\n"
-                           + self.log_tail(name))
+        self.procs[name] = loopback.spawn(name, env=self.env, log=self.log_path(name))
+        loopback.wait_ok(name, self.procs[name], self.url(name) + "/health",
+                         timeout=START_TIMEOUT, log=self.log_path(name))
 
     def kill(self, name: str) -> None:
         """SIGKILL one service, as a crash or the OOM killer would."""
@@ -122,30 +80,12 @@ class Cluster:
         self.start(name)
 
     def stop(self) -> None:
-        for name in reversed(SERVICES):
-            proc = self.procs.pop(name, None)
-            if proc is None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        loopback.stop_all(self.procs)
 
     def wait_ready(self, name: str = "api", timeout: float = 20.0) -> None:
         """Wait until `name`'s /ready answers 200 (for the gateway: the whole chain is up)."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = httpx.get(self.url(name) + "/ready", timeout=2.0, trust_env=False)
-                if last.status_code == 200:
-                    return
-            except httpx.HTTPError as exc:
-                last = exc
-            time.sleep(0.05)
-        raise AssertionError(f"{name} not ready after {timeout}s: {last!r}")
+        loopback.wait_ok(name, self.procs[name], self.url(name) + "/ready", timeout=timeout,
+                         log=self.log_path(name))
 
     # -- secrets, clients, files ----------------------------------------------------------------
 

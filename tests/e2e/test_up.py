@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, SERVICES, free_port
+from sessions.loopback import REPO, SERVICES, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,13 +11,9 @@ A few buffers reused for every chunk avoid both.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from sessions.core import sealed_length_bound
-
-B = TypeVar("B", bytearray, memoryview)
 
 
 def mapped(size: int) -> memoryview:
@@ -30,35 +26,34 @@ def mapped(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
-class BufferPool(Generic[B]):
-    """Same-sized buffers, handed out and taken back; at most `keep` are kept idle.
+class BufferPool:
+    """Same-sized `mapped` buffers, handed out and taken back; at most `keep` are kept idle.
 
     Used from the event loop only (not thread-safe): buffers are acquired before
     work goes to a thread and released after the loop has seen it finish.  A
     buffer of another length (a short tail chunk: a view of its first bytes) is not kept.
     """
 
-    __slots__ = ("_free", "_make", "keep", "size")
+    __slots__ = ("_free", "keep", "size")
 
-    def __init__(self, size: int, *, keep: int, make: Callable[[int], B]) -> None:
+    def __init__(self, size: int, *, keep: int) -> None:
         if size <= 0 or keep < 0:
             raise ValueError("a pool needs a positive buffer size and keep >= 0")
         self.size, self.keep = size, keep
-        self._make: Callable[[int], B] = make
-        self._free: list[B] = []
+        self._free: list[memoryview] = []
 
     @property
     def idle(self) -> int:
         """Return how many buffers wait for reuse."""
         return len(self._free)
 
-    def acquire(self, size: int | None = None) -> B:
+    def acquire(self, size: int | None = None) -> memoryview:
         """Return a buffer of `size` bytes (the pool's size); its content is arbitrary."""
         if size is not None and size != self.size:
             raise ValueError(f"this pool holds {self.size}-byte buffers, not {size}")
-        return self._free.pop() if self._free else self._make(self.size)
+        return self._free.pop() if self._free else mapped(self.size)
 
-    def release(self, buf: B) -> None:
+    def release(self, buf: memoryview) -> None:
         """Take a buffer back for reuse; the caller must no longer use it."""
         if len(buf) == self.size and len(self._free) < self.keep:
             self._free.append(buf)
@@ -75,10 +70,9 @@ class ChunkBuffers:
 
     chunk_size: int
     keep: int
-    plain: BufferPool[memoryview] = field(init=False)
-    sealed: BufferPool[memoryview] = field(init=False)
+    plain: BufferPool = field(init=False)
+    sealed: BufferPool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plain = BufferPool(self.chunk_size, keep=self.keep, make=mapped)
-        self.sealed = BufferPool(sealed_length_bound(self.chunk_size), keep=self.keep,
-                                 make=mapped)
+        self.plain = BufferPool(self.chunk_size, keep=self.keep)
+        self.sealed = BufferPool(sealed_length_bound(self.chunk_size), keep=self.keep)

@@ -82,7 +82,7 @@ class ChunkReader:
 
     def __init__(self, storage: StorageClient, sid: str, rows: Sequence[ChunkRow], *,
                  executor: Executor, prefetch: int,
-                 buffers: BufferPool[memoryview] | None = None) -> None:
+                 buffers: BufferPool | None = None) -> None:
         self._storage, self._sid, self._rows = storage, sid, rows
         self._executor, self._prefetch = executor, max(0, prefetch)
         # Reused buffers (sized for the largest sealed chunk) for opening; None: allocate.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from sessions.common.errors import BadRequest, Conflict, OffsetMismatch
 from sessions.common.states import SessionState, require_state
+from sessions.core import ChunkEntry
 
 LEAF_HASH_SIZE = 32
 MAX_CHUNK_INDEX = 9_999_999_999  # chunk file names hold the index in 10 digits
@@ -58,16 +59,9 @@ class SessionRecord:
     wrapped_key: WrappedKey | None
 
 
-@dataclass(frozen=True)
-class ChunkRecord:
-    """One committed chunk: where its plaintext sits and the RFC 9162 leaf hash of its bytes."""
-
-    index: int
-    offset: int
-    length: int
-    sealed_length: int
-    leaf_hash: bytes
-    compressed: bool
+ChunkRecord = ChunkEntry
+"""One committed chunk: where its plaintext sits and the RFC 9162 leaf hash of its bytes
+(the same six facts a manifest entry holds, so one type serves both)."""
 
 
 def check_commit(rec: SessionRecord, *, expected_offset: int,

@@ -356,6 +356,8 @@ def run_round(k: int, args: argparse.Namespace, work: Path, input_path: Path, si
     result: dict[str, Any] = {"round": k, "order": order, "ok": True, "errors": []}
     for system in order:
         print(f"round {k}: {system} ...", flush=True)
+        # What the previous system wrote is flushed now, not while the next one is timed.
+        os.sync()
         t0 = time.perf_counter()
         try:
             if system == "ours":

@@ -67,7 +67,7 @@ def test_processor_defaults(clean_env: Path) -> None:
     assert (s.host, s.log_level, s.port, s.processor_port) == ("127.0.0.1", "info", 8085, 8085)
     assert s.storage_url == "http://127.0.0.1:8086"
     assert (s.chunk_size, s.zstd_level) == (DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL)
-    assert (s.inflight_chunks, s.prefetch_chunks) == (4, 3)
+    assert (s.inflight_chunks, s.prefetch_chunks) == (2, 3)
     assert s.master_key_file is None and s.signing_key_file is None
     assert s.service_token_file is None
     assert re.fullmatch(r"lucid-[a-z0-9.-]*", s.node_name)

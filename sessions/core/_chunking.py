@@ -31,10 +31,11 @@ MAX_CHUNK_SIZE = 16 * MiB
 # the CPU caches between zstd, AES and SHA-256), but end to end (`python -m bench.e2e`,
 # three services, 512 MiB) every chunk also costs an HTTP PUT, a temp file, an fsync
 # and a metadata commit: 4 MiB ingested at 99.8 MB/s with 12.7 CPU s/GB against
-# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  With reused buffers (as the processor
-# runs it) the core pipeline reaches 0.94 of its primitives at 4 MiB (README,
-# Performance).
-DEFAULT_CHUNK_SIZE = 4 * MiB
+# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  Once the copies and page faults were
+# gone, those per-chunk costs weighed again: against 4 MiB, 8 MiB took ~13 % less
+# CPU and ~18 % less time per 1 GiB upload, A/B alternated (README, Performance).  16 MiB saved
+# little more and put the processor's peak RSS at 178 MB.
+DEFAULT_CHUNK_SIZE = 8 * MiB
 
 Piece = bytes | bytearray | memoryview
 ChunkBuffer = bytearray | memoryview

@@ -1,11 +1,11 @@
 """Reused chunk buffers: the processor's memory stays flat whatever the session's size.
 
-Every chunk passes through a 4 MiB plaintext buffer and a sealed buffer of about
-the same size.  Allocating them afresh for each chunk costs twice: glibc either
-serves them from fresh mmaps (page faults and zeroing: ~20 % of the processor's
-CPU, measured with perf) or from its heap, which fragments under MiB-sized
-blocks of varying size until the resident set is several times the live data.
-A few buffers reused for every chunk avoid both.
+Every chunk passes through a plaintext buffer of the chunk size (8 MiB by default)
+and a sealed buffer of about the same size.  Allocating them afresh for each chunk
+costs twice: glibc either serves them from fresh mmaps (page faults and zeroing:
+~20 % of the processor's CPU, measured with perf) or from its heap, which fragments
+under MiB-sized blocks of varying size until the resident set is several times the
+live data.  A few buffers reused for every chunk avoid both.
 """
 
 from __future__ import annotations

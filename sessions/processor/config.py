@@ -42,7 +42,7 @@ class Settings(CommonSettings):
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE,
                             description="plaintext bytes per chunk (chosen by `make bench`)")
     zstd_level: int = Field(DEFAULT_ZSTD_LEVEL, ge=1, le=19)
-    inflight_chunks: int = Field(4, ge=1, le=16, description="sealed chunks being stored at once "
+    inflight_chunks: int = Field(2, ge=1, le=16, description="sealed chunks being stored at once "
                                  "while the next one is sealed")
     seal_workers: int = Field(1, ge=1, le=16, description="chunks sealed (or opened) at once, "
                               "each on its own thread; 2 adds ~12 MB of peak RSS and helps "

@@ -4,9 +4,9 @@
 `LocalChunkStore` lays chunks out as `<root>/chunks/<id[0:2]>/<id>/<index:010d>.lcs`.
 A chunk is written to a unique temp file beside its final name while its
 RFC 9162 leaf hash (SHA-256 of 0x00 || bytes, RFC 9162 section 2.1.1) is
-computed, fsync'd, renamed into place and its directory fsync'd: a file at a
-final name is always whole.  Ids and indexes are validated before any path is
-built from them.
+computed, fsync'd, dropped from the page cache, renamed into place and its
+directory fsync'd: a file at a final name is always whole.  Ids and indexes are
+validated before any path is built from them.
 """
 
 from __future__ import annotations
@@ -214,6 +214,7 @@ class _StagedFile:
     def sync(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
+        _drop_cached(self._file.fileno())
         self._file.close()
 
     def publish(self) -> None:
@@ -253,9 +254,24 @@ def _make_dirs(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _drop_cached(fd: int) -> None:
+    """Let the kernel reuse the page cache a chunk file holds (its pages must be clean).
+
+    A sealed chunk is written once and read rarely, so caching it only pushes out what
+    is used again.  Handing the pages back also means the next chunk is written into
+    recycled memory: on a VM, first-touching fresh memory cost ~6 s/GB of kernel time
+    against ~0.4 when recycled (dd, 512 MiB, 2-core bench VM).
+    """
+    if hasattr(os, "posix_fadvise"):  # Linux, the services' platform; not macOS
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def _read_file(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read()
+            _drop_cached(f.fileno())
+            return data
     except FileNotFoundError:
         return None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -60,6 +62,50 @@ async def test_put_get_round_trip(chunkstore: LocalChunkStore, tmp_path: Path,
     root = tmp_path / "chunkroot"
     assert files_under(root) == [f"chunks/{sid[:2]}/{sid}/0000000007.lcs"]
     assert (root / "chunks" / sid[:2] / sid / "0000000007.lcs").stat().st_mode & 0o077 == 0
+
+
+def _cached_bytes(path: Path) -> int:
+    """Bytes of `path` resident in the page cache, as util-linux's fincore reports them."""
+    fincore = shutil.which("fincore") or "fincore"
+    out = subprocess.run([fincore, "--bytes", "--noheadings", "--output", "RES", str(path)],  # noqa: S603 - our own path
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def _page_cache_can_be_dropped(where: Path) -> bool:
+    """Whether this filesystem gives pages back on POSIX_FADV_DONTNEED (tmpfs does not)."""
+    probe = where / "probe"
+    probe.write_bytes(os.urandom(MIB))
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    dropped = _cached_bytes(probe) == 0
+    probe.unlink()
+    return dropped
+
+
+async def test_chunk_files_do_not_stay_in_the_page_cache(chunkstore: LocalChunkStore,
+                                                          tmp_path: Path,
+                                                          ids: Callable[[], str]) -> None:
+    """A chunk is written once and read rarely: its pages go back once it is durable,
+    and again after a read, so a recorder never fills memory with its own archive."""
+    if shutil.which("fincore") is None:
+        pytest.skip("SKIPPED LOUDLY: util-linux fincore is not installed, so page-cache "
+                    "residency cannot be observed")
+    if not _page_cache_can_be_dropped(tmp_path):
+        pytest.skip(f"SKIPPED LOUDLY: the filesystem under {tmp_path} keeps pages whatever "
+                    "it is told (tmpfs?), so there is nothing to observe")
+    sid = ids()
+    data = os.urandom(3 * MIB)
+    await chunkstore.put(sid, 0, stream([data]), expected_leaf_hash=leaf_hash(data),
+                         max_bytes=MAX, expected_length=len(data))
+    path = chunkstore.chunk_path(sid, 0)
+    assert _cached_bytes(path) == 0
+    assert await chunkstore.get(sid, 0) == data
+    assert _cached_bytes(path) == 0
 
 
 async def test_put_replaces_a_staged_chunk(chunkstore: LocalChunkStore,

@@ -21,7 +21,7 @@ PROTOCOL = """
 **Upload protocol.**  Ask where to continue (`HEAD` or `GET`), then send the bytes from
 there with `PATCH`, each request carrying `Upload-Offset` = the committed offset.
 
-* Send **multiples of `chunk_size`** per request (`GET` tells it; 4 MiB by default).
+* Send **multiples of `chunk_size`** per request (`GET` tells it; 8 MiB by default).
   The tail of *every* request becomes a short chunk, so odd-sized requests waste chunks.
 * Each request is all-or-nothing on a chunk basis: on failure, ask the offset again and
   resume from it.  A `409 offset_mismatch` body carries the committed `"offset"`.

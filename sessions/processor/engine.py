@@ -364,8 +364,8 @@ class Engine:
                 sid, count=row.chunk_count), None, False
         stored = await self.storage.chunks(sid, count=row.chunk_count) if manifest else rows
         indexes = sample_indexes(len(rows), sample)
-        leaves, bad = await check_chunks(self._reader(sid, rows), self._sealer(row), indexes,
-                                         self.executor)
+        reader = self._reader(sid, rows, chunk_size=row.chunk_size)
+        leaves, bad = await check_chunks(reader, self._sealer(row), indexes)
         for r, s in zip(rows, stored, strict=False):  # metadata that disagrees with the manifest
             if s.leaf_hash != r.leaf_hash and not any(b["index"] == r.index for b in bad):
                 bad.append({"index": r.index, "reason": "altered"})

@@ -115,11 +115,8 @@ class ChunkReader:
                 else:
                     task.cancel()
 
-    def sealed(self, indexes: Sequence[int]) -> AsyncIterator[tuple[ChunkRow, bytes]]:
-        """Yield (row, sealed bytes) in order, fetching ahead."""
-        async def fetch(index: int) -> tuple[ChunkRow, bytes]:
-            return self._rows[index], await self._fetch(index)
-        return self._ahead(indexes, fetch)
+    def row(self, index: int) -> ChunkRow:
+        return self._rows[index]
 
     def opened(self, sealer: ChunkSealer,
                indexes: Sequence[int]) -> AsyncIterator[tuple[ChunkRow, bytes]]:
@@ -199,29 +196,26 @@ def sample_indexes(count: int, percent: float, *, rng: random.Random | None = No
     return sorted((rng or random.SystemRandom()).sample(range(count), k))
 
 
-async def check_chunks(reader: ChunkReader, sealer: ChunkSealer | None,
-                       indexes: Sequence[int], executor: Executor
+async def check_chunks(reader: ChunkReader, sealer: ChunkSealer, indexes: Sequence[int]
                        ) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
-    """Return the recomputed leaf hash of each readable chunk, and the bad ones with reasons."""
-    loop = asyncio.get_running_loop()
+    """Check and open each chunk as replay does; return the leaf hashes that held, and the bad.
+
+    A chunk whose sealed bytes hash to its committed leaf hash contributes that hash,
+    even if it then fails to open (the Merkle tree covers the sealed bytes; `unopenable`
+    is reported on its own).  An altered or missing chunk contributes none, so the
+    rebuilt root cannot match.  The reader's reused buffers keep memory flat.
+    """
     leaves: dict[int, bytes] = {}
     bad: list[dict[str, Any]] = []
-    it = reader.sealed(indexes)
     pos = 0
     while pos < len(indexes):
         try:
-            async for row, data in it:
+            async for row, _plain in reader.opened(sealer, indexes[pos:]):
+                leaves[row.index] = row.leaf_hash
                 pos += 1
-                leaves[row.index] = await loop.run_in_executor(executor, leaf_hash, data)
-                if leaves[row.index] != row.leaf_hash:
-                    bad.append({"index": row.index, "reason": "altered"})
-                elif sealer is not None:
-                    try:
-                        await loop.run_in_executor(executor, check_and_open, sealer, row, data)
-                    except BadChunk as exc:
-                        bad.append({"index": row.index, "reason": exc.reason})
-        except BadChunk as exc:  # missing: note it and carry on after it
+        except BadChunk as exc:  # note it and carry on after it
             bad.append({"index": exc.index, "reason": exc.reason})
+            if exc.reason == "unopenable":
+                leaves[exc.index] = reader.row(exc.index).leaf_hash
             pos = indexes.index(exc.index) + 1
-            it = reader.sealed(indexes[pos:])
     return leaves, bad

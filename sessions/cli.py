@@ -87,7 +87,6 @@ def tune_allocator() -> bool:
     return applied == [1, 1]
 
 
-
 def _configure_logging(level: str) -> None:
     """Log to stderr; our loggers never format secrets, and httpx's per-request lines
     (URLs of every internal call) only at debug level."""

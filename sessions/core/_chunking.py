@@ -33,8 +33,8 @@ MAX_CHUNK_SIZE = 16 * MiB
 # and a metadata commit: 4 MiB ingested at 99.8 MB/s with 12.7 CPU s/GB against
 # 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  Once the copies and page faults were
 # gone, those per-chunk costs weighed again: against 4 MiB, 8 MiB took ~13 % less
-# CPU and ~18 % less time per 1 GiB upload, A/B alternated (README, Performance).  16 MiB saved
-# little more and put the processor's peak RSS at 178 MB.
+# CPU and ~18 % less time per 1 GiB upload, A/B alternated (README, Performance).
+# 16 MiB saved little more and put the processor's peak RSS at 178 MB.
 DEFAULT_CHUNK_SIZE = 8 * MiB
 
 Piece = bytes | bytearray | memoryview

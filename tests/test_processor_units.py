@@ -6,27 +6,39 @@ brute-force overlap scan, both written here independently of the code under test
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import random
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
 
+import httpx
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
-from sessions.core import ChunkSealer, leaf_hash
+from sessions.core import ChunkSealer, leaf_hash, sealed_length_bound
+from sessions.processor.buffers import BufferPool
 from sessions.processor.ingest import parse_checksum
 from sessions.processor.readback import (
     BadChunk,
     ByteRange,
+    ChunkReader,
     check_and_open,
+    check_chunks,
     chunk_span,
     parse_range,
     sample_indexes,
 )
-from sessions.processor.storage_client import ChunkRow, chunk_row_from_json, chunk_row_to_json
+from sessions.processor.storage_client import (
+    ChunkRow,
+    StorageClient,
+    chunk_row_from_json,
+    chunk_row_to_json,
+)
 
 SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"
 OTHER_SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M9"
@@ -487,3 +499,63 @@ def test_chunk_rows_round_trip_through_json() -> None:
 def test_parse_range_refuses_huge_numbers_cleanly(header: str) -> None:
     with pytest.raises((BadRequest, RangeNotSatisfiable)):
         parse_range(header, size=10)
+
+
+# --------------------------------------------------------------------------- check_chunks
+
+
+class _Streamed(httpx.AsyncByteStream):
+    """A body httpx hands over as it would from a socket (not pre-read like `content=`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._data
+
+
+def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow], *,
+                       pooled: bool) -> tuple[dict[int, bytes], list[dict[str, object]]]:
+    """Run verify's check over a stand-in for storage's chunk reads (unit level only:
+    the e2e tamper tests run it against real processes)."""
+    def serve(request: httpx.Request) -> httpx.Response:
+        index = int(request.url.path.rsplit("/", 1)[1])
+        if index not in stored:
+            return httpx.Response(404, json={"error": "chunk_not_found", "detail": "no file"})
+        return httpx.Response(200, stream=_Streamed(stored[index]))
+
+    async def run() -> tuple[dict[int, bytes], list[dict[str, object]]]:
+        storage = StorageClient("http://storage.test", "token",
+                                transport=httpx.MockTransport(serve))
+        pool = BufferPool(sealed_length_bound(1 << 20), keep=4) if pooled else None
+        with ThreadPoolExecutor(1) as executor:
+            reader = ChunkReader(storage, SID, rows, executor=executor, prefetch=2,
+                                 buffers=pool)
+            try:
+                return await check_chunks(reader, ChunkSealer(KEY, session_id=SID),
+                                          range(len(rows)))
+            finally:
+                await storage.aclose()
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "fresh"])
+def test_verify_names_each_bad_chunk_and_keeps_only_the_leaf_hashes_that_held(
+        pooled: bool) -> None:
+    plains = [PLAINTEXTS["compressible"], PLAINTEXTS["incompressible"], b"x" * 100,
+              b"y" * 100, b"z" * 100]
+    stranger = ChunkSealer(OTHER_KEY, session_id=SID)
+    rows: list[ChunkRow] = []
+    stored: dict[int, bytes] = {}
+    for i, offset in enumerate(accumulate([0, *map(len, plains[:-1])])):
+        row, data = sealed_row(plains[i], index=i, offset=offset,
+                               sealer=stranger if i == 3 else None)
+        rows.append(row)
+        stored[i] = data
+    stored[1] = stored[1][:-1] + bytes([stored[1][-1] ^ 1])  # altered
+    del stored[2]  # missing
+    leaves, bad = _check_chunks_over(stored, rows, pooled=pooled)
+    assert bad == [{"index": 1, "reason": "altered"}, {"index": 2, "reason": "missing"},
+                   {"index": 3, "reason": "unopenable"}]
+    # Chunk 3's bytes are the ones committed (only the key is wrong): its leaf holds.
+    assert leaves == {i: rows[i].leaf_hash for i in (0, 3, 4)}

@@ -58,6 +58,7 @@ from bench import core
 from bench.procstats import cpu_seconds, dir_bytes, peak_rss_bytes, rss_bytes
 from bench.rivals import INSTALL_HINT, RIVALS
 from sessions import loopback
+from sessions.cli import tune_allocator
 from sessions.common.httpclient import raise_read_size
 from sessions.core import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL
 from sessions.core._sealing import ChunkSealer
@@ -657,6 +658,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables, write the JSON and return the results."""
     args = parse_args(argv)
     info = machine_info()
+    # The bench client stands in for `lucid-sessions upload`/`replay`, so it moves bytes
+    # with the same allocator setting (recorded, as it lowers the client's own CPU).
+    info["client_heap_tuned"] = tune_allocator()
     print("== Lucid Sessions end-to-end benchmark ==")
     for k, v in info.items():
         print(f"{k:>17}: {v}")

@@ -75,7 +75,9 @@ def tune_allocator() -> bool:
     gateway, whether uploading or replaying.  With the threshold at glibc's maximum
     and the heap trimmed only past 64 MiB, memory is reused instead: ~4k faults, and
     ~0.4 CPU s less per GiB in the gateway (A/B alternated, 1 GiB uploads and replays;
-    peak RSS unchanged).  Elsewhere than glibc (no `mallopt`) nothing changes.
+    peak RSS unchanged).  The CLI's `upload` and `replay` move bytes the same way: a
+    1 GiB replay read with httpx took ~100k faults and 1.5-1.7 CPU s, tuned ~2k and
+    1.35.  Elsewhere than glibc (no `mallopt`) nothing changes.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -314,6 +316,7 @@ def _verifier_key(args: argparse.Namespace, client: LucidClient) -> str:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    tune_allocator()  # it moves the file in MiB-sized pieces, as the services do
     path = Path(args.file)
     if not path.is_file():
         raise ClientError("file_not_found", f"{path} is not a regular file")
@@ -389,6 +392,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    tune_allocator()
     byte_range = f"bytes={args.range}" if args.range else None
     with _client(args) as client:
         written = download_replay(client, args.id, Path(args.output), byte_range=byte_range,

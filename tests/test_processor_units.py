@@ -514,8 +514,8 @@ class _Streamed(httpx.AsyncByteStream):
         yield self._data
 
 
-def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow], *,
-                       pooled: bool) -> tuple[dict[int, bytes], list[dict[str, object]]]:
+def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow]
+                       ) -> tuple[dict[int, bytes], list[dict[str, object]]]:
     """Run verify's check over a stand-in for storage's chunk reads (unit level only:
     the e2e tamper tests run it against real processes)."""
     def serve(request: httpx.Request) -> httpx.Response:
@@ -527,7 +527,7 @@ def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow], *,
     async def run() -> tuple[dict[int, bytes], list[dict[str, object]]]:
         storage = StorageClient("http://storage.test", "token",
                                 transport=httpx.MockTransport(serve))
-        pool = BufferPool(sealed_length_bound(1 << 20), keep=4) if pooled else None
+        pool = BufferPool(sealed_length_bound(1 << 20), keep=4)
         with ThreadPoolExecutor(1) as executor:
             reader = ChunkReader(storage, SID, rows, executor=executor, prefetch=2,
                                  buffers=pool)
@@ -539,9 +539,7 @@ def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow], *,
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "fresh"])
-def test_verify_names_each_bad_chunk_and_keeps_only_the_leaf_hashes_that_held(
-        pooled: bool) -> None:
+def test_verify_names_each_bad_chunk_and_keeps_only_the_leaf_hashes_that_held() -> None:
     plains = [PLAINTEXTS["compressible"], PLAINTEXTS["incompressible"], b"x" * 100,
               b"y" * 100, b"z" * 100]
     stranger = ChunkSealer(OTHER_KEY, session_id=SID)
@@ -554,7 +552,7 @@ def test_verify_names_each_bad_chunk_and_keeps_only_the_leaf_hashes_that_held(
         stored[i] = data
     stored[1] = stored[1][:-1] + bytes([stored[1][-1] ^ 1])  # altered
     del stored[2]  # missing
-    leaves, bad = _check_chunks_over(stored, rows, pooled=pooled)
+    leaves, bad = _check_chunks_over(stored, rows)
     assert bad == [{"index": 1, "reason": "altered"}, {"index": 2, "reason": "missing"},
                    {"index": 3, "reason": "unopenable"}]
     # Chunk 3's bytes are the ones committed (only the key is wrong): its leaf holds.

@@ -318,12 +318,11 @@ class Engine:
         rows = list(manifest.chunks)
         return self._manifests.remember(row.id, (rows, manifest))  # type: ignore[no-any-return]
 
-    def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int | None = None
-                ) -> ChunkReader:
-        """Return a reader of these rows; with the session's chunk size, it reuses buffers."""
-        pool = self._chunk_buffers(chunk_size).sealed if chunk_size is not None else None
+    def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int) -> ChunkReader:
+        """Return a reader of these rows, reusing the buffers of the session's chunk size."""
         return ChunkReader(self.storage, sid, rows, executor=self.executor,
-                           prefetch=self.settings.prefetch_chunks, buffers=pool)
+                           prefetch=self.settings.prefetch_chunks,
+                           buffers=self._chunk_buffers(chunk_size).sealed)
 
     async def replay(self, sid: str, range_header: str | None) -> Replay:
         """Return the verified plaintext stream; the first chunk is checked before returning."""

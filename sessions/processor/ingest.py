@@ -103,6 +103,12 @@ class Upload:
         self.offset = self.session.offset
         self.chunk_count = self.session.chunk_count
         self._digest = hashlib.sha256() if self.checksum is not None else None
+        # Reused buffers, or None to allocate every chunk afresh.  A plaintext buffer goes
+        # back to its pool once sealed, so the pools are not used with `Upload-Checksum`,
+        # whose digest thread may still be reading it then.
+        pools = self.buffers
+        self._pools = (pools if pools is not None and self._digest is None
+                       and pools.chunk_size == self.session.chunk_size else None)
         self._staged: list[ChunkRow] = []
         self._hashed: asyncio.Future[None] | None = None
 
@@ -121,19 +127,8 @@ class Upload:
                                           and body.received != declared_length)
         return await self._finish(truncated)
 
-    def _pools(self) -> ChunkBuffers | None:
-        """Return the buffer pools to use, or None to allocate every chunk afresh.
-
-        A plaintext buffer goes back to its pool once sealed, so the pools are not used
-        with `Upload-Checksum`, whose digest thread may still be reading it then.
-        """
-        pools = self.buffers
-        if pools is None or self._digest is not None or pools.chunk_size != self.session.chunk_size:
-            return None
-        return pools
-
     async def _read(self, body: _Body, out: asyncio.Queue[ChunkBuffer | None]) -> None:
-        pools = self._pools()
+        pools = self._pools
         allocate = pools.plain.acquire if pools is not None else None
         async for chunk in chunk_stream(body.pieces(), chunk_size=self.session.chunk_size,
                                         allocate=allocate):
@@ -149,7 +144,7 @@ class Upload:
         cores while the event loop keeps moving bytes.
         """
         loop = asyncio.get_running_loop()
-        pools = self._pools()
+        pools = self._pools
         slots = asyncio.Semaphore(self.parallel)
         order: asyncio.Queue[asyncio.Future[_Sealed] | None] = asyncio.Queue()
 
@@ -207,7 +202,7 @@ class Upload:
         more = asyncio.Event()
         closed = False
 
-        pools = self._pools()
+        pools = self._pools
 
         async def put(sealed: _Sealed) -> None:
             chunk = sealed.chunk

@@ -81,18 +81,11 @@ class ChunkReader:
     """Fetches a session's sealed chunks ahead of use and checks each against its leaf hash."""
 
     def __init__(self, storage: StorageClient, sid: str, rows: Sequence[ChunkRow], *,
-                 executor: Executor, prefetch: int,
-                 buffers: BufferPool | None = None) -> None:
+                 executor: Executor, prefetch: int, buffers: BufferPool) -> None:
         self._storage, self._sid, self._rows = storage, sid, rows
         self._executor, self._prefetch = executor, max(0, prefetch)
-        # Reused buffers (sized for the largest sealed chunk) for opening; None: allocate.
+        # Reused buffers, sized for the largest sealed chunk, for fetching and opening.
         self._buffers = buffers
-
-    async def _fetch(self, index: int) -> bytes:
-        try:
-            return await self._storage.get_chunk(self._sid, index)
-        except ChunkNotFound:
-            raise BadChunk(index, "missing") from None
 
     async def _ahead(self, indexes: Sequence[int],
                      work: Callable[[int], Awaitable[T]]) -> AsyncIterator[T]:
@@ -130,14 +123,10 @@ class ChunkReader:
 
         async def fetch_and_open(index: int) -> tuple[ChunkRow, bytes]:
             row = self._rows[index]
-            if pool is None:
-                data = await self._fetch(index)
-                return row, await loop.run_in_executor(self._executor, check_and_open, sealer,
-                                                       row, data)
-            # Pooled: the sealed bytes and the decrypted payload live in reused buffers,
-            # taken and given back on the event loop; only the plaintext is new.  They go
-            # back only after a clean finish: if this task is cancelled, the worker thread
-            # may still be using them, so they are left to it and dropped.
+            # The sealed bytes and the decrypted payload live in reused buffers, taken and
+            # given back on the event loop; only the plaintext is new.  They go back only
+            # after a clean finish: if this task is cancelled, the worker thread may still
+            # be using them, so they are left to it and dropped.
             sealed, scratch = pool.acquire(), pool.acquire()
             view = await self._fetch_into(index, sealed)
             plain = await loop.run_in_executor(self._executor, check_and_open, sealer,

@@ -20,7 +20,7 @@ from sessions.core import ChunkEntry, WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
-PUT_SLICE = (1 << 20) - (64 << 10)  # below the processor's 1 MiB mmap threshold
+PUT_SLICE = (1 << 20) - (64 << 10)  # httpx copies each slice once: keep the copies small
 
 
 class ChunkOverflow(Exception):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
@@ -12,81 +11,26 @@ from starlette.types import Receive, Scope, Send
 from sessions.common.errors import PayloadTooLarge
 from sessions.common.web import CutOnErrorResponse
 
-FORWARD_AHEAD = 4 << 20
-"""Bytes of a client's upload read ahead while the previous write to the processor is pending."""
-
 
 async def limited_body(request: Request, *, limit: int,
                        count: Callable[[int], None]) -> AsyncIterator[bytes]:
     """Yield the request body as it arrives; raise PayloadTooLarge once it exceeds limit bytes.
 
-    The server hands the body over in socket-read pieces (often 64 KiB), and each
-    piece forwarded costs a trip through the HTTP client.  So a reader task runs
-    ahead (up to FORWARD_AHEAD bytes) while a write to the processor is pending,
-    and each write takes everything that has arrived meanwhile.  Nothing waits for
-    a batch to fill: a live recorder's bytes move on as soon as the processor can
-    take them, so a chunk is committed as soon as its last byte arrives.
+    Each piece goes upstream as it came off the socket: the service transport
+    queues it without copying and only waits once megabytes are pending, so the
+    client's bytes keep being read while earlier ones drain to the processor.
     A client that disconnects mid-body makes Starlette raise ClientDisconnect here,
     which aborts the upstream request: the processor discards the truncated body.
     """
-    ahead = _ReadAhead(request, limit=limit, count=count)
-    reader = asyncio.create_task(ahead.run())
-    try:
-        while (batch := await ahead.take()) is not None:
-            yield batch
-    finally:
-        reader.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(reader, return_exceptions=True)
-
-
-class _ReadAhead:
-    """The body read ahead into a bounded list of pieces; one reader, one taker."""
-
-    def __init__(self, request: Request, *, limit: int, count: Callable[[int], None]) -> None:
-        self._request, self._limit, self._count = request, limit, count
-        self._pieces: list[bytes] = []
-        self._size = 0
-        self._done = False
-        self._error: BaseException | None = None
-        self._arrived = asyncio.Event()
-        self._taken = asyncio.Event()
-
-    async def run(self) -> None:
-        received = 0
-        try:
-            async for piece in self._request.stream():
-                if not piece:
-                    continue
-                received += len(piece)
-                if received > self._limit:
-                    raise PayloadTooLarge(f"one upload request may carry at most "
-                                          f"{self._limit} bytes")
-                self._count(len(piece))
-                self._pieces.append(piece)
-                self._size += len(piece)
-                self._arrived.set()
-                while self._size >= FORWARD_AHEAD:
-                    self._taken.clear()
-                    await self._taken.wait()
-        except Exception as exc:  # handed to the taker, which raises it in the request's task
-            self._error = exc
-        finally:
-            self._done = True
-            self._arrived.set()
-
-    async def take(self) -> bytes | None:
-        """Return all bytes read so far that were not taken yet, None at the end."""
-        while not self._pieces:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return None
-            self._arrived.clear()
-            await self._arrived.wait()
-        pieces, self._pieces, self._size = self._pieces, [], 0
-        self._taken.set()
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    received = 0
+    async for piece in request.stream():
+        if not piece:
+            continue
+        received += len(piece)
+        if received > limit:
+            raise PayloadTooLarge(f"one upload request may carry at most {limit} bytes")
+        count(len(piece))
+        yield piece
 
 
 class RelayResponse(CutOnErrorResponse):

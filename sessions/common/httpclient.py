@@ -1,16 +1,18 @@
-"""The one way services build their HTTP clients to each other.
+"""The one way services build their HTTP clients to each other, and the CLI's read size.
 
-Connections are pooled and reused (one client per upstream for the life of the
-app).  httpcore reads HTTP/1.1 bodies 64 KiB at a time, which makes the pure-
-Python parser run sixteen times per MiB relayed; between our own services the
-bodies are MiB-sized chunks, so reads are raised to 1 MiB.  This is the only
-place that touches httpcore.
+Service clients run over `WireTransport` (sessions/common/wire.py): pooled,
+persistent connections that move bodies without h11's copies.  The CLI's sync
+client stays on httpcore, whose HTTP/1.1 reads are raised from 64 KiB to 1 MiB
+so its pure-Python parser runs once per MiB replayed.  This is the only place
+that touches httpcore.
 """
 
 from __future__ import annotations
 
 import httpcore
 import httpx
+
+from sessions.common.wire import WireTransport
 
 READ_SIZE = 1 << 20
 KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection is never stale
@@ -29,11 +31,13 @@ def raise_read_size() -> None:
 def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,
                    transport: httpx.AsyncBaseTransport | None = None,
                    max_connections: int = 64) -> httpx.AsyncClient:
-    """Return a pooled client that sends the service token to base_url."""
-    raise_read_size()
-    return httpx.AsyncClient(
-        base_url=base_url, transport=transport, timeout=timeout, trust_env=False,
-        headers={"Authorization": f"Bearer {token}"},
-        limits=httpx.Limits(max_connections=max_connections,
-                            max_keepalive_connections=min(32, max_connections),
-                            keepalive_expiry=KEEPALIVE_EXPIRY))
+    """Return a pooled client that sends the service token to base_url.
+
+    `transport` replaces the wire transport (tests: ASGI or mock transports).
+    """
+    if transport is None:
+        transport = WireTransport(max_connections=max_connections,
+                                  max_idle=min(32, max_connections),
+                                  keepalive_expiry=KEEPALIVE_EXPIRY)
+    return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout,
+                             trust_env=False, headers={"Authorization": f"Bearer {token}"})

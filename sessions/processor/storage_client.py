@@ -20,7 +20,6 @@ from sessions.core import ChunkEntry, WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
-PUT_SLICE = (1 << 20) - (64 << 10)  # httpx copies each slice once: keep the copies small
 
 
 class ChunkOverflow(Exception):
@@ -31,9 +30,8 @@ class ChunkOverflow(Exception):
         self.index = index
 
 
-async def _slices(view: memoryview, size: int) -> AsyncIterator[memoryview]:
-    for start in range(0, len(view), size):
-        yield view[start:start + size]
+async def _whole(view: memoryview) -> AsyncIterator[memoryview]:
+    yield view
 
 
 ChunkRow = ChunkEntry
@@ -156,13 +154,13 @@ class StorageClient:
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
                         leaf_hash: bytes) -> None:
-        """Stage a sealed chunk; a memoryview (of a pooled buffer) is sent in slices.
+        """Stage a sealed chunk; a memoryview (of a pooled buffer) is sent without a copy.
 
-        httpx sends `bytes` as is but would copy a whole view into one new object of
-        the chunk's size; slices of PUT_SLICE keep those copies small and alike.
+        httpx takes only `bytes` or an iterable as content, so a view goes as a
+        one-piece stream, which the wire transport writes straight to the socket.
         """
         content: bytes | AsyncIterator[memoryview] = (
-            data if isinstance(data, bytes) else _slices(data, PUT_SLICE))
+            data if isinstance(data, bytes) else _whole(data))
         await self._call("PUT", f"/sessions/{sid}/chunks/{index}", content=content,
                          headers={"Content-Type": "application/octet-stream",
                                   "Content-Length": str(len(data)),

@@ -203,7 +203,7 @@ class _Response(httpx.AsyncByteStream):
         self._pool, self._wire = pool, wire
         self._length, self._chunked = length, chunked
         self._keep_alive, self._timeout = keep_alive, timeout
-        self._done = False
+        self._done = length == 0 and not chunked  # nothing to read: reusable even if unread
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -221,8 +221,6 @@ class _Response(httpx.AsyncByteStream):
                     yield piece
                 self._keep_alive = False
             self._done = True
-        except OSError as exc:
-            raise httpx.ReadError("the connection broke while reading the response") from exc
         finally:
             self._release()
 

@@ -186,7 +186,7 @@ class ProcessorClient:
         declared = resp.headers.get("content-length")
         sent = 0
         with _translated():
-            async for piece in resp.aiter_raw():  # pieces as read (<= 1 MiB): no re-chunking copies
+            async for piece in resp.aiter_raw():  # pieces as the socket gave them: no copies
                 sent += len(piece)
                 count(len(piece))
                 yield piece

@@ -19,13 +19,12 @@ KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection
 
 
 def raise_read_size() -> None:
-    """Make httpcore read HTTP/1.1 bodies READ_SIZE bytes at a time (sync and async clients).
+    """Make httpcore read HTTP/1.1 bodies READ_SIZE bytes at a time (the CLI's sync client).
 
     Process-wide and idempotent; only ever raises the read size.
     """
-    for conn in (httpcore.AsyncHTTP11Connection, httpcore.HTTP11Connection):
-        if getattr(conn, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
-            conn.READ_NUM_BYTES = READ_SIZE
+    if getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
+        httpcore.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
 
 
 def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,

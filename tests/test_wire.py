@@ -304,3 +304,68 @@ async def test_an_early_answer_stops_the_upload_and_retires_the_connection() -> 
         assert resp.status_code == 413 and resp.content == b"nope"
         assert produced < 64, "the transport kept sending after the upstream answered"
         assert not any(transport._idle.values()), "a connection with a half-sent body was kept"
+
+
+def _keep_alive_once(then: bytes, *, linger: float) -> Script:
+    """Answer one request on a persistent connection, send `then`, and hang up after `linger` s."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + then)
+        await writer.drain()
+        await asyncio.sleep(linger)
+    return script
+
+
+@pytest.mark.parametrize(("then", "linger"), [
+    (b"", 0.0),  # hung up while idle
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray", 2.0),  # spoke out of turn
+])
+async def test_a_connection_the_upstream_dropped_or_spoiled_while_idle_is_not_reused(
+        then: bytes, linger: float) -> None:
+    """An upstream restarted (or misbehaving) between two requests costs a new connection,
+    never a failed request or a stray answer read as the next one's."""
+    async with _scripted(_keep_alive_once(then, linger=linger)) as url, \
+            httpx.AsyncClient(transport=WireTransport()) as client:
+        assert (await client.get(url + "/")).content == b"ok"
+        await asyncio.sleep(0.1)  # the hang-up (or stray bytes) arrives while idle
+        assert (await client.get(url + "/")).content == b"ok"
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n",
+                                  b"HTTP/1.0 200 OK\r\n"])
+async def test_an_answer_that_closes_the_connection_is_honoured(head: bytes) -> None:
+    connections: list[int] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head + b"Content-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with _scripted(script) as url, httpx.AsyncClient(transport=WireTransport()) as client:
+        for _ in range(3):
+            assert (await client.get(url + "/")).content == b"ok"
+    assert len(connections) == 3
+
+
+async def test_a_cancelled_upload_frees_its_connection_slot(upstream: str) -> None:
+    """A client gone mid-upload cancels the relay: the slot must come back, the socket go."""
+    started = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            started.set()
+            yield b"x" * 65536
+            await asyncio.sleep(0.001)
+
+    transport = WireTransport(max_connections=1)
+    async with httpx.AsyncClient(transport=transport, base_url=upstream) as client:
+        task = asyncio.create_task(client.put("/", content=endless()))
+        await started.wait()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        resp = await client.post("/", content=b"after", timeout=httpx.Timeout(5.0, pool=1.0))
+    assert resp.json()["size"] == 5

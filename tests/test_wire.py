@@ -168,6 +168,8 @@ async def test_a_request_that_could_split_a_header_is_refused(upstream: str) -> 
             await client.put("/", content=_pieces(b"abc"), headers={"Content-Length": "2"})
         with pytest.raises(httpx.LocalProtocolError):
             await client.put("/", content=_pieces(b"abc"), headers={"Content-Length": "4"})
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.put("/", content=_pieces(b"abc"), headers={"Content-Length": "3x"})
         assert (await client.post("/")).status_code == 201
 
 

@@ -359,8 +359,11 @@ async def _send(wire: _Wire, request: httpx.Request, seconds: float | None) -> b
     A server may refuse a request (too large, wrong offset) without reading its
     body.  Sending stops then, the answer is read, and the connection is not reused.
     """
-    length_header = request.headers.get("content-length")
     chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit():
+        raise httpx.LocalProtocolError("the request's Content-Length is not a number")
+    length = int(declared)
     if not isinstance(request.stream, httpx.AsyncByteStream):
         raise httpx.LocalProtocolError("the service transport sends async bodies only")
     wire.write(_head(request))
@@ -376,7 +379,7 @@ async def _send(wire: _Wire, request: httpx.Request, seconds: float | None) -> b
                 wire.write(b"%x\r\n" % len(piece))
                 wire.write(piece)
                 wire.write(b"\r\n")
-            elif length_header is None or sent > int(length_header):
+            elif sent > length:
                 raise httpx.LocalProtocolError("the request body is longer than its length")
             else:
                 wire.write(piece)
@@ -387,7 +390,7 @@ async def _send(wire: _Wire, request: httpx.Request, seconds: float | None) -> b
         raise
     if chunked:
         wire.write(b"0\r\n\r\n")
-    elif length_header is not None and sent != int(length_header):
+    elif sent != length:
         raise httpx.LocalProtocolError("the request body is shorter than its length")
     await wire.drain(seconds)
     return True

@@ -128,18 +128,25 @@ async def test_a_streamed_response_arrives_in_pieces_and_a_half_read_one_is_not_
     size = 24 * MiB
     async with httpx.AsyncClient(transport=WireTransport(), base_url=upstream) as client:
         async with client.stream("GET", f"/blob/{size}") as resp:
-            got = bytearray()
+            got, held = bytearray(), 0
             async for piece in resp.aiter_raw():
                 assert len(piece) <= READ_AHEAD
                 got += piece
-                await asyncio.sleep(0)  # a slow reader: the transport must pause, not hoard
+                await asyncio.sleep(0.002)  # a slow reader: the transport must pause, not hoard
+                held = max(held, _held_by(resp))
         assert bytes(got) == _pattern(0, size)
+        assert 0 < held <= READ_AHEAD + 256 * 1024, f"{held} bytes held for a slow reader"
         async with client.stream("GET", f"/blob/{size}") as resp:
             async for _ in resp.aiter_raw():
                 break  # abandon mid-body
         a = (await client.post("/")).json()["client_port"]
         b = (await client.post("/")).json()["client_port"]
     assert a == b, "a fully read exchange leaves its connection reusable"
+
+
+def _held_by(resp: httpx.Response) -> int:
+    """Return the received bytes the response's connection holds (httpx wraps our stream)."""
+    return int(resp.stream._stream._wire._buffered)  # type: ignore[attr-defined]
 
 
 async def test_idle_connections_expire_before_the_upstreams_keep_alive(upstream: str) -> None:

@@ -12,10 +12,10 @@ Each round, in an order rotated from round to round:
 * **ours**: storage, processor and gateway as three processes (`python -m sessions.cli
   serve <svc>`) on free loopback ports, a fresh data dir (embedded SQLite + chunk
   files), `LUCID_LOG_LEVEL=warning`, the default chunk size unless `--chunk-size`.
-  - ingest: create a session, PATCH the file in `--request-mib` requests streamed
-    from the file in 4 MiB reads (Content-Length set, no Upload-Checksum), finalize.
-    The wall time runs from the create to the finalize's answer.
-  - replay: GET .../replay streamed into SHA-256 and /dev/null; must equal the input.
+  - ingest: create a session, PATCH the file in `--request-mib` requests, each body
+    sent with sendfile(2) (Content-Length set, no Upload-Checksum; bench/client.py),
+    finalize.  The wall time runs from the create to the finalize's answer.
+  - replay: GET .../replay read into one reused buffer and SHA-256; must equal the input.
   - verify: POST .../verify (100 %) must report ok.
   Per step: CPU seconds (utime + stime, /proc/<pid>/stat) of each service and of this
   client; each service's peak RSS (VmHWM) after ingest; stored bytes (the storage
@@ -55,11 +55,10 @@ from typing import Any
 import httpx
 
 from bench import core
+from bench.client import ClientError, patch_file, replay_sha256
 from bench.procstats import cpu_seconds, dir_bytes, peak_rss_bytes, rss_bytes
 from bench.rivals import INSTALL_HINT, RIVALS
 from sessions import loopback
-from sessions.cli import tune_allocator
-from sessions.common.httpclient import raise_read_size
 from sessions.core import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL
 from sessions.core._sealing import ChunkSealer
 from sessions.loopback import SERVICES
@@ -68,9 +67,9 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 MB = 1_000_000
 GB = 1_000_000_000
-READ_PIECE = 4 * MiB  # the upload body is read from the file in pieces of this size
 START_TIMEOUT = 30.0
-HTTP_TIMEOUT = httpx.Timeout(900.0, connect=10.0)
+HTTP_TIMEOUT_S = 900.0
+HTTP_TIMEOUT = httpx.Timeout(HTTP_TIMEOUT_S, connect=10.0)
 UPLOAD_TYPE = "application/offset+octet-stream"
 NODE_NAME = "lucid-bench"
 
@@ -124,19 +123,6 @@ def write_input(path: Path, total: int) -> str:
     digest = h.hexdigest()
     tag.write_text(f"{key} {digest}\n", encoding="utf-8")
     return digest
-
-
-def file_pieces(path: Path, offset: int, length: int) -> Iterator[bytes]:
-    """Yield `length` bytes of the file from `offset`, in READ_PIECE reads."""
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        left = length
-        while left:
-            piece = f.read(min(READ_PIECE, left))
-            if not piece:
-                raise BenchError(f"{path} ended {left} bytes early")
-            left -= len(piece)
-            yield piece
 
 
 # --- our three services ----------------------------------------------------------------------
@@ -194,11 +180,13 @@ class Services:
             if proc.poll() is not None:
                 raise BenchError(f"{name} died with {proc.returncode}:\n" + self.log_tail(name))
 
+    def token(self) -> str:
+        return (self.data_dir / "secrets" / "admin.token").read_text(encoding="utf-8").strip()
+
     def client(self) -> httpx.Client:
-        token = (self.data_dir / "secrets" / "admin.token").read_text(encoding="utf-8").strip()
-        raise_read_size()  # as the lucid-sessions CLI does
         return httpx.Client(base_url=self.url("api") + "/v1", trust_env=False,
-                            headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT)
+                            headers={"Authorization": f"Bearer {self.token()}"},
+                            timeout=HTTP_TIMEOUT)
 
     def log_tracebacks(self) -> list[str]:
         """Return the services whose log holds a traceback."""
@@ -218,6 +206,14 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, f
     return d
 
 
+def _bulk(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one of bench/client.py's bulk steps; its failures fail the round."""
+    try:
+        return step(*args, **kwargs)
+    except (ClientError, OSError) as exc:
+        raise BenchError(f"{step.__name__}: {exc}") from exc
+
+
 def _expect(r: httpx.Response, status: int, what: str) -> Any:
     if r.status_code != status:
         raise BenchError(f"{what}: HTTP {r.status_code}: {r.text[:500]}")
@@ -232,6 +228,7 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
     try:
         svc.start()
         pids = svc.pids()
+        base, token = svc.url("api") + "/v1", svc.token()
         with svc.client() as api:
             # -- ingest: create, PATCH in big streamed requests, finalize --------------------
             before = _cpu_snapshot(pids)
@@ -244,11 +241,8 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
             offset, requests = 0, 0
             while offset < size:
                 length = min(request_bytes, size - offset)
-                headers = {"Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
-                           "Content-Length": str(length)}
-                body = _expect(api.patch(f"/sessions/{sid}/upload", headers=headers,
-                                         content=file_pieces(input_path, offset, length)),
-                               200, f"PATCH at offset {offset}")
+                body = _bulk(patch_file, base, token, sid, input_path, offset=offset,
+                             length=length, timeout=HTTP_TIMEOUT_S)
                 offset += length
                 requests += 1
                 if body["offset"] != offset:
@@ -267,21 +261,12 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
             out["ingest"] = {"wall_s": t1 - t0, "upload_s": t_up - t0, "finalize_s": t1 - t_up,
                              "cpu_s": _cpu_delta(before, after)}
 
-            # -- replay: stream into SHA-256 and /dev/null -----------------------------------
-            h, got = hashlib.sha256(), 0
+            # -- replay: read into SHA-256 -------------------------------------------------
             before = _cpu_snapshot(pids)
             t0 = time.perf_counter()
-            with open(os.devnull, "wb") as sink, api.stream("GET", f"/sessions/{sid}/replay") as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise BenchError(f"replay: HTTP {r.status_code}: {r.text[:500]}")
-                for piece in r.iter_raw():
-                    h.update(piece)
-                    sink.write(piece)
-                    got += len(piece)
+            got, replay_sha = _bulk(replay_sha256, base, token, sid, timeout=HTTP_TIMEOUT_S)
             t1 = time.perf_counter()
             after = _cpu_snapshot(pids)
-            replay_sha = h.hexdigest()
             out["replay"] = {"wall_s": t1 - t0, "bytes": got, "sha256": replay_sha,
                              "sha256_ok": replay_sha == sha and got == size,
                              "cpu_s": _cpu_delta(before, after)}
@@ -523,7 +508,8 @@ def format_report(result: dict[str, Any]) -> str:
         c = cpu[step]
         L.append(f"{step:<10}" + "".join(f"{_f(c[n], '.2f'):>11}" for n in SERVICES)
                  + f"{_f(c['services'], '.2f'):>11}{_f(c['client'], '.2f'):>10}")
-    L.append("* the benchmark client (httpx), not counted in ours")
+    L.append("* the benchmark client (sendfile up, recv_into down; httpx for the rest),"
+             " not counted in ours")
     for n in rivals:
         L.append(f"{n}: backup {_f(cpu.get(f'{n}_backup'), '.2f')}, restore "
                  f"{_f(cpu.get(f'{n}_restore'), '.2f')} CPU s/GB (whole process tree)")
@@ -658,9 +644,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables, write the JSON and return the results."""
     args = parse_args(argv)
     info = machine_info()
-    # The bench client stands in for `lucid-sessions upload`/`replay`, so it moves bytes
-    # with the same allocator setting (recorded, as it lowers the client's own CPU).
-    info["client_heap_tuned"] = tune_allocator()
+    info["client"] = "sendfile up, recv_into down (bench/client.py); httpx for the rest"
     print("== Lucid Sessions end-to-end benchmark ==")
     for k, v in info.items():
         print(f"{k:>17}: {v}")
@@ -713,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": {"size_mib": args.size_mib, "input_bytes": size, "input_sha256": sha,
                    "rounds": args.rounds, "request_mib": args.request_mib,
                    "chunk_size": args.chunk_bytes, "zstd_level": args.level,
-                   "service_env": args.service_env, "read_piece": READ_PIECE,
+                   "service_env": args.service_env,
                    "ref_mib": args.ref_mib, "units": {
                        "mbps": "10^6 bytes of input per wall second",
                        "cpu_s_per_gb": "CPU seconds per 10^9 bytes of input",

@@ -146,7 +146,7 @@ async def test_a_streamed_response_arrives_in_pieces_and_a_half_read_one_is_not_
 
 def _held_by(resp: httpx.Response) -> int:
     """Return the received bytes the response's connection holds (httpx wraps our stream)."""
-    return int(resp.stream._stream._wire._buffered)  # type: ignore[attr-defined]
+    return int(resp.stream._stream._wire._buffered)  # type: ignore[union-attr]
 
 
 async def test_idle_connections_expire_before_the_upstreams_keep_alive(upstream: str) -> None:

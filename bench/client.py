@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
+from sessions.common.wire import MAX_HEAD, parse_response_head
+
 MiB = 1 << 20
-MAX_HEAD = 64 << 10
 
 
 class ClientError(RuntimeError):
@@ -45,21 +48,17 @@ def _request_head(method: str, target: str, host: str, headers: dict[str, str]) 
 def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Return (status, lower-cased headers, body bytes read past the head)."""
     buf = b""
-    while b"\r\n\r\n" not in buf:
+    while (end := buf.find(b"\r\n\r\n")) < 0:
         piece = sock.recv(65536)
         if not piece or len(buf) > MAX_HEAD:
             raise ClientError("the gateway closed the connection or sent an over-long head")
         buf += piece
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    status_line, *fields = head.decode("latin-1").split("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise ClientError(f"malformed status line {status_line!r}")
-    headers = {}
-    for field in fields:
-        name, _, value = field.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers, rest
+    try:  # the services' own client parses heads the same way
+        status, _, fields, _ = parse_response_head(buf[:end + 4])
+    except httpx.RemoteProtocolError as exc:
+        raise ClientError(str(exc)) from exc
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in fields}
+    return status, headers, buf[end + 4:]
 
 
 def _content_length(headers: dict[str, str]) -> int:

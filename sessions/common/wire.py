@@ -28,7 +28,7 @@ from typing import cast
 
 import httpx
 
-__all__ = ["WireTransport"]
+__all__ = ["MAX_HEAD", "WireTransport", "parse_response_head"]
 
 MAX_HEAD = 64 << 10
 """Longest response head (status line and headers) accepted."""
@@ -346,7 +346,7 @@ async def _exchange(pool: WireTransport, wire: _Wire, request: httpx.Request,
     """Send one request on `wire` and return the response, its body still on the wire."""
     complete = await _send(wire, request, timeouts.get("write"))
     while True:  # skip interim (1xx) responses
-        status, reason, headers, keep_alive = _parse_head(
+        status, reason, headers, keep_alive = parse_response_head(
             await wire.read_until(b"\r\n\r\n", limit=MAX_HEAD, seconds=timeouts.get("read")))
         if status >= 200:
             break
@@ -413,8 +413,11 @@ def _head(request: httpx.Request) -> bytes:
     return b"\r\n".join(lines)
 
 
-def _parse_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
-    """Return (status, reason, headers, keep-alive) of a response head ending in CRLF CRLF."""
+def parse_response_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
+    """Return (status, reason, headers, keep-alive) of a response head ending in CRLF CRLF.
+
+    Raises httpx.RemoteProtocolError on a malformed status line or header field.
+    """
     status_line, *fields = head[:-4].split(b"\r\n")
     match = _STATUS_LINE.fullmatch(status_line)
     if match is None:

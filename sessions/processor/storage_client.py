@@ -200,23 +200,22 @@ class StorageClient:
         Raises ChunkOverflow if storage sends more bytes than `buf` holds (a stored
         chunk longer than any sealed chunk can be), ServiceError as `get_chunk` does.
         """
-        view = buf
         n = 0
-        async with self.stream_chunk(sid, index) as resp:
+        async with self._stream_chunk(sid, index) as resp:
             try:
                 async for piece in resp.aiter_raw():
                     end = n + len(piece)
-                    if end > len(view):
+                    if end > len(buf):
                         raise ChunkOverflow(index)
-                    view[n:end] = piece
+                    buf[n:end] = piece
                     n = end
             except httpx.HTTPError as exc:
                 raise UpstreamUnavailable("session storage broke off a chunk") from exc
-        return view[:n]
+        return buf[:n]
 
     @asynccontextmanager
-    async def stream_chunk(self, sid: str, index: int) -> AsyncIterator[httpx.Response]:
-        """Yield storage's streaming response for a sealed chunk (for the raw-chunk passthrough)."""
+    async def _stream_chunk(self, sid: str, index: int) -> AsyncIterator[httpx.Response]:
+        """Yield storage's streaming 2xx response for a sealed chunk; raise its error otherwise."""
         req = self._http.build_request("GET", f"{_API}/sessions/{sid}/chunks/{index}")
         try:
             resp = await self._http.send(req, stream=True)

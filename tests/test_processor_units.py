@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -26,9 +27,9 @@ from sessions.processor.ingest import parse_checksum
 from sessions.processor.readback import (
     BadChunk,
     ByteRange,
+    ChunkFacts,
     ChunkReader,
     check_and_open,
-    check_chunks,
     chunk_span,
     parse_range,
     sample_indexes,
@@ -501,7 +502,7 @@ def test_parse_range_refuses_huge_numbers_cleanly(header: str) -> None:
         parse_range(header, size=10)
 
 
-# --------------------------------------------------------------------------- check_chunks
+# --------------------------------------------------------------------------- examined
 
 
 class _Streamed(httpx.AsyncByteStream):
@@ -514,8 +515,7 @@ class _Streamed(httpx.AsyncByteStream):
         yield self._data
 
 
-def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow]
-                       ) -> tuple[dict[int, bytes], list[dict[str, object]]]:
+def _examine_over(stored: dict[int, bytes], rows: list[ChunkRow]) -> list[ChunkFacts]:
     """Run verify's check over a stand-in for storage's chunk reads (unit level only:
     the e2e tamper tests run it against real processes)."""
     def serve(request: httpx.Request) -> httpx.Response:
@@ -524,7 +524,7 @@ def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow]
             return httpx.Response(404, json={"error": "chunk_not_found", "detail": "no file"})
         return httpx.Response(200, stream=_Streamed(stored[index]))
 
-    async def run() -> tuple[dict[int, bytes], list[dict[str, object]]]:
+    async def run() -> list[ChunkFacts]:
         storage = StorageClient("http://storage.test", "token",
                                 transport=httpx.MockTransport(serve))
         pool = BufferPool(sealed_length_bound(1 << 20), keep=4)
@@ -532,14 +532,14 @@ def _check_chunks_over(stored: dict[int, bytes], rows: list[ChunkRow]
             reader = ChunkReader(storage, SID, rows, executor=executor, prefetch=2,
                                  buffers=pool)
             try:
-                return await check_chunks(reader, ChunkSealer(KEY, session_id=SID),
-                                          range(len(rows)))
+                sealer = ChunkSealer(KEY, session_id=SID)
+                return [f async for f in reader.examined(sealer, range(len(rows)))]
             finally:
                 await storage.aclose()
     return asyncio.run(run())
 
 
-def test_verify_names_each_bad_chunk_and_keeps_only_the_leaf_hashes_that_held() -> None:
+def test_examined_chunks_report_what_their_bytes_are_whatever_the_rows_say() -> None:
     plains = [PLAINTEXTS["compressible"], PLAINTEXTS["incompressible"], b"x" * 100,
               b"y" * 100, b"z" * 100]
     stranger = ChunkSealer(OTHER_KEY, session_id=SID)
@@ -552,8 +552,15 @@ def test_verify_names_each_bad_chunk_and_keeps_only_the_leaf_hashes_that_held() 
         stored[i] = data
     stored[1] = stored[1][:-1] + bytes([stored[1][-1] ^ 1])  # altered
     del stored[2]  # missing
-    leaves, bad = _check_chunks_over(stored, rows)
-    assert bad == [{"index": 1, "reason": "altered"}, {"index": 2, "reason": "missing"},
-                   {"index": 3, "reason": "unopenable"}]
+    rows[4] = dataclasses.replace(rows[4], leaf_hash=bytes(32), length=7)  # a forged row
+    facts = _examine_over(stored, rows)
+    assert [f.index for f in facts] == [0, 1, 2, 3, 4]
+    assert facts[0].leaf == rows[0].leaf_hash and facts[0].opens
+    assert facts[1].leaf not in (None, rows[1].leaf_hash)  # altered bytes
+    assert facts[2].leaf is None  # missing
     # Chunk 3's bytes are the ones committed (only the key is wrong): its leaf holds.
-    assert leaves == {i: rows[i].leaf_hash for i in (0, 3, 4)}
+    assert facts[3].leaf == rows[3].leaf_hash and not facts[3].opens
+    # Chunk 4's bytes are intact: their own leaf hash and header, not the forged row's.
+    assert facts[4].leaf == leaf_hash(stored[4]) != rows[4].leaf_hash
+    assert (facts[4].length, facts[4].sealed_length, facts[4].opens) == (100, len(stored[4]),
+                                                                          True)

@@ -55,6 +55,11 @@ class Session(BaseModel):
     zstd_level: int
     format_version: int
     root_hash: str | None = Field(description="hex Merkle root, set at finalize")
+    integrity: Literal["ok", "mismatch", "unchecked"] = Field(
+        "unchecked", description="`ok`: the stored record agrees with what the node signed "
+        "(completed: the manifest, whose root and sizes are the ones shown; recording: the "
+        "last signed checkpoint's chunk count and sizes); `mismatch`: it does not, run verify; "
+        "`unchecked`: not checked (lists, deleted sessions)")
 
 
 class SessionPage(BaseModel):
@@ -95,15 +100,32 @@ class BadChunk(BaseModel):
     reason: Literal["missing", "altered", "unopenable"]
 
 
+class MetadataFinding(BaseModel):
+    """A stored record or chunk row that disagrees with what the node signed."""
+
+    what: str = Field(description="the field: root_hash, chunk_count, offset, sealed_bytes, "
+                      "labels, created_at, chunk_size, zstd_level, format_version, state, "
+                      "manifest, checkpoint, or a chunk row's leaf_hash, offset, length, "
+                      "sealed_length, compressed, chunk_row")
+    index: int | None = Field(description="the chunk row's index; null for the session record")
+    detail: str = ""
+
+
 class VerifyReport(BaseModel):
     session_id: str
-    chunk_count: int
+    chunk_count: int = Field(description="signed chunk count (the manifest's once completed)")
     checked: int
     sampled: bool
-    ok: bool
-    root_ok: bool | None = Field(description="null when only a sample was checked")
-    signature_ok: bool | None = Field(description="null when there is no signed manifest yet")
-    bad_chunks: list[BadChunk]
+    ok: bool = Field(description="no bad chunk, no metadata finding, root and signature not false")
+    root_ok: bool | None = Field(description="the chunks' bytes rebuild the signed root; null "
+                                 "when only a sample was checked")
+    signature_ok: bool | None = Field(description="the manifest (or, while recording, the last "
+                                      "signed checkpoint) verifies; null when there is none")
+    bad_chunks: list[BadChunk] = Field(description="chunk files that are missing, altered "
+                                       "or do not open")
+    metadata_findings: list[MetadataFinding] = Field(
+        default_factory=list, description="metadata damage: records and chunk rows that "
+        "disagree with what was signed, apart from the chunks themselves")
 
 
 class NodeInfo(BaseModel):

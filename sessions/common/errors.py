@@ -123,6 +123,12 @@ class ChunkCorrupt(ServiceError):
     detail = "a stored chunk failed verification; no bytes of it were returned"
 
 
+class MetadataCorrupt(ServiceError):
+    status, code = 502, "metadata_corrupt"
+    detail = ("the session's stored metadata disagrees with its signed checkpoint; "
+              "nothing was signed or returned from it")
+
+
 class UpstreamUnavailable(ServiceError):
     status, code = 503, "upstream_unavailable"
     detail = "a dependency of this service is not answering"
@@ -138,7 +144,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
                 Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
                 MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable,
                 Conflict, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
-                UpstreamUnavailable, NotReady)
+                MetadataCorrupt, UpstreamUnavailable, NotReady)
 }
 
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sessions.common.errors import (
-    ChunkCorrupt,
     InvalidParameter,
     KeyUnavailable,
+    MetadataCorrupt,
+    NotFound,
     OffsetMismatch,
     UploadInProgress,
     UpstreamUnavailable,
@@ -47,11 +48,24 @@ from sessions.core import (
 from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.config import Settings
 from sessions.processor.ingest import ingest, parse_checksum
+from sessions.processor.integrity import (
+    Anchor,
+    Finding,
+    anchor_or_finding,
+    extends,
+    manifest_findings,
+    open_anchor,
+    require_extends,
+    resolve_leaves,
+    row_fact_findings,
+    session_findings,
+    sizes_extension,
+)
 from sessions.processor.keys import NodeKeys
 from sessions.processor.readback import (
     ByteRange,
+    ChunkFacts,
     ChunkReader,
-    check_chunks,
     parse_range,
     plaintext_stream,
     sample_indexes,
@@ -144,13 +158,84 @@ class Engine:
         sealer = ChunkSealer(data_key, session_id=row.id, zstd_level=row.zstd_level)
         return self._sealers.remember(row.id, sealer)  # type: ignore[no-any-return]
 
-    async def _tree(self, row: SessionRow) -> CompactRange:
-        """Return the session's compact range at its committed size, rebuilt if stale."""
+    # -- trust: the kept checkpoint (anchor) and the signed manifest ------------------------
+
+    async def _anchor(self, sid: str) -> Anchor | None:
+        """Return the session's last signed checkpoint; MetadataCorrupt if it fails to open."""
+        signed = await self.storage.kept_checkpoint(sid)
+        if signed is None:
+            return None
+        try:
+            return open_anchor(signed, verifier=self.keys.verifier, origin=self.keys.origin(sid))
+        except CoreError:
+            raise MetadataCorrupt("the session's kept checkpoint fails its signature") from None
+
+    async def _keep_anchor(self, sid: str, tree: CompactRange, *, offset: int,
+                           sealed: int) -> None:
+        """Sign the tree with the committed sizes and keep it in storage as the new anchor."""
+        note = self._sign(sid, tree.size, tree.root(), (sizes_extension(offset, sealed),))
+        await self.storage.keep_checkpoint(sid, note)
+
+    async def _recording(self, sid: str) -> tuple[Anchor | None, SessionRow]:
+        """Return the anchor, then the record: in that order, so the anchor is never newer."""
+        anchor = await self._anchor(sid)
+        return anchor, await self.storage.get_session(sid)
+
+    @staticmethod
+    def _check_record(row: SessionRow, anchor: Anchor | None) -> None:
+        """Raise MetadataCorrupt if an open session's record contradicts its anchor."""
+        if anchor is not None and anchor.final:
+            raise MetadataCorrupt("the session's record says it is open, but it was finalized",
+                                  extra={"state": row.state.value})
+        if anchor is not None and anchor.size > row.chunk_count:
+            raise MetadataCorrupt(extra={"chunk_count": row.chunk_count,
+                                         "signed_size": anchor.size})
+        if anchor is not None and anchor.size == row.chunk_count and (
+                anchor.plaintext_size, anchor.sealed_size) != (row.offset, _sealed(row)):
+            raise MetadataCorrupt("the session's committed sizes differ from the signed ones")
+
+    async def _tree(self, row: SessionRow, anchor: Anchor | None) -> CompactRange:
+        """Return the session's compact range at its committed size, rebuilt if stale.
+
+        A rebuilt tree must extend the anchor (MetadataCorrupt otherwise), so leaf
+        rows edited in storage are never signed as a new history.
+        """
+        self._check_record(row, anchor)
         tree: CompactRange | None = self._trees.get(row.id)
         if tree is None or tree.size != row.chunk_count:
             leaves = await self.storage.leaves(row.id, size=row.chunk_count)
+            require_extends(leaves, anchor)
             tree = self._trees.remember(row.id, CompactRange.from_leaf_hashes(leaves))
         return tree
+
+    async def _signed_manifest(self, sid: str, *, cached: bool = True) -> Manifest:
+        """Return the session's manifest once its signed checkpoint holds; CoreError if not.
+
+        With `cached`, a manifest this process already verified is reused (a completed
+        session's manifest never changes), so a player seeking with many Range requests
+        does not re-fetch and re-verify it each time; verify always reads storage anew.
+        """
+        if cached and (hit := self._manifests.get(sid)) is not None:
+            return hit  # type: ignore[no-any-return]
+        manifest = Manifest.from_json(await self.storage.manifest(sid))
+        manifest.check(verifier=self.keys.verifier, origin=self.keys.origin(sid))
+        return self._manifests.remember(sid, manifest)  # type: ignore[no-any-return]
+
+    async def _manifest_or_corrupt(self, sid: str) -> Manifest:
+        try:
+            return await self._signed_manifest(sid)
+        except CoreError:
+            raise MetadataCorrupt("the session's manifest fails its signed checkpoint") from None
+
+    async def _checked_leaves(self, row: SessionRow, anchor: Anchor | None) -> list[bytes]:
+        """Return the session's leaf hashes as signed: the manifest's, or storage's if they
+        extend the anchor (MetadataCorrupt otherwise)."""
+        if row.state is SessionState.COMPLETED:
+            return [c.leaf_hash for c in (await self._manifest_or_corrupt(row.id)).chunks]
+        self._check_record(row, anchor)
+        leaves = await self.storage.leaves(row.id, size=row.chunk_count)
+        require_extends(leaves, anchor)
+        return leaves
 
     def _grow_tree(self, sid: str, rows: list[ChunkRow]) -> None:
         tree: CompactRange | None = self._trees.get(sid)
@@ -175,11 +260,41 @@ class Engine:
             "id": sid, "labels": labels, "retention_days": retention_days,
             "wrapped_key": wrapped.to_json(), "chunk_size": self.settings.chunk_size,
             "zstd_level": self.settings.zstd_level, "format_version": FORMAT_VERSION})
-        self._trees.remember(sid, CompactRange())
-        return row.public()
+        # Anchored at size 0 before the id is returned: any later chunk row must extend it.
+        tree = self._trees.remember(sid, CompactRange())
+        await self._keep_anchor(sid, tree, offset=0, sealed=0)
+        return row.public() | {"integrity": "ok"}
 
     async def get(self, sid: str) -> dict[str, Any]:
-        return (await self.storage.get_session(sid)).public()
+        """Return the session as shown to clients, checked against what was signed.
+
+        Completed: root, sizes, labels and parameters are the signed manifest's, and
+        `integrity` says whether the stored record agrees.  Recording: `integrity`
+        says whether the record agrees with the last signed checkpoint (chunk count,
+        plaintext and sealed sizes).  Deleted: `unchecked`.
+        """
+        anchor_raw = await self.storage.kept_checkpoint(sid)
+        row = await self.storage.get_session(sid)
+        shown = row.public()
+        if row.state is SessionState.DELETED:
+            return shown | {"integrity": "unchecked"}
+        if row.state is SessionState.COMPLETED:
+            try:
+                manifest = await self._signed_manifest(sid)
+            except (CoreError, NotFound):
+                return shown | {"integrity": "mismatch"}
+            found = [f for f in manifest_findings(row, [], manifest) if f.index is None]
+            return shown | _signed_fields(manifest) | {
+                "integrity": "mismatch" if found else "ok"}
+        anchor, problem = anchor_or_finding(anchor_raw, verifier=self.keys.verifier,
+                                            origin=self.keys.origin(sid))
+        try:
+            self._check_record(row, anchor)
+        except MetadataCorrupt:
+            problem = problem or Finding("record")
+        if anchor is None and row.chunk_count:
+            problem = problem or Finding("checkpoint")
+        return shown | {"integrity": "mismatch" if problem else "ok"}
 
     async def list_sessions(self, params: list[tuple[str, str]]) -> dict[str, Any]:
         return await self.storage.list_sessions(params)
@@ -192,12 +307,12 @@ class Engine:
         """Append one request body at `offset`; return the committed offset and chunk count."""
         checksum = parse_checksum(checksum_header)
         with self._writer(sid):
-            row = await self.storage.get_session(sid)
+            anchor, row = await self._recording(sid)
             require_state(row.state, SessionState.RECORDING, action="upload to")
+            await self._tree(row, anchor)
             if offset != row.offset:
                 raise OffsetMismatch(f"Upload-Offset is {offset} but the committed offset is "
                                      f"{row.offset}", extra={"offset": row.offset})
-            await self._tree(row)
             try:
                 done = await ingest(
                     storage=self.storage, sealer=self._sealer(row), session=row, source=source,
@@ -209,6 +324,9 @@ class Engine:
             except BaseException:
                 self._trees.pop(sid, None)
                 raise
+            if done.chunk_count != row.chunk_count:
+                tree = await self._tree(done, anchor)
+                await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done))
         return {"offset": done.offset, "chunk_count": done.chunk_count}
 
     # -- checkpoints and proofs --------------------------------------------------------------
@@ -218,40 +336,47 @@ class Engine:
                                           root_hash=root, extensions=extensions),
                                self.keys.signer)
 
-    async def _root(self, row: SessionRow, size: int) -> bytes:
-        if size == row.chunk_count:
-            return (await self._tree(row)).root()
-        return root_hash(await self.storage.leaves(row.id, size=size))
+    async def _signed_leaves(self, sid: str, action: str) -> list[bytes]:
+        """Return the session's committed leaf hashes, checked against what was signed."""
+        anchor, row = await self._recording(sid)
+        require_state(row.state, *_READABLE, action=action)
+        return await self._checked_leaves(row, anchor)
 
     async def checkpoint(self, sid: str, size: int | None) -> bytes:
-        """Return the signed checkpoint of the session's tree at `size` (default: now)."""
-        row = await self.storage.get_session(sid)
+        """Return the signed checkpoint of the session's tree at `size` (default: now).
+
+        Only a tree that extends the session's last signed checkpoint is signed.
+        """
+        anchor, row = await self._recording(sid)
         require_state(row.state, *_READABLE, action="checkpoint")
+        if row.state is SessionState.COMPLETED:
+            manifest = await self._manifest_or_corrupt(sid)
+            size = _check_size(size, manifest.chunk_count, "size")
+            if size == manifest.chunk_count:
+                # The final checkpoint, as finalize signed it (it also commits to the manifest).
+                return manifest.checkpoint.encode()
+            return self._sign(sid, size, root_hash([c.leaf_hash for c in manifest.chunks][:size]))
         size = _check_size(size, row.chunk_count, "size")
-        if row.state is SessionState.COMPLETED and size == row.chunk_count:
-            # The final checkpoint, as finalize signed it (it also commits to the manifest).
-            return Manifest.from_json(await self.storage.manifest(sid)).checkpoint.encode()
-        return self._sign(sid, size, await self._root(row, size))
+        if size == row.chunk_count:
+            return self._sign(sid, size, (await self._tree(row, anchor)).root())
+        return self._sign(sid, size, root_hash((await self._checked_leaves(row, anchor))[:size]))
 
     async def inclusion(self, sid: str, index: int, size: int | None) -> dict[str, Any]:
-        row = await self.storage.get_session(sid)
-        require_state(row.state, *_READABLE, action="prove")
-        size = _check_size(size, row.chunk_count, "size")
+        leaves = await self._signed_leaves(sid, "prove")
+        size = _check_size(size, len(leaves), "size")
         if not 0 <= index < size:
             raise InvalidParameter(f"index must satisfy 0 <= index < size ({size})")
-        leaves = await self.storage.leaves(sid, size=size)
-        nodes = LeafHashes(leaves)
+        nodes = LeafHashes(leaves[:size])
         return {"index": index, "size": size, "leaf_hash": leaves[index].hex(),
                 "root_hash": nodes.subtree_hash(0, size).hex(),
                 "proof": [h.hex() for h in inclusion_proof(index, size=size, nodes=nodes)]}
 
     async def consistency(self, sid: str, old: int, new: int | None) -> dict[str, Any]:
-        row = await self.storage.get_session(sid)
-        require_state(row.state, *_READABLE, action="prove")
-        new = _check_size(new, row.chunk_count, "to")
+        leaves = await self._signed_leaves(sid, "prove")
+        new = _check_size(new, len(leaves), "to")
         if not 0 <= old <= new:
             raise InvalidParameter(f"from must satisfy 0 <= from <= to ({new})")
-        leaves = await self.storage.leaves(sid, size=new)
+        leaves = leaves[:new]
         nodes = LeafHashes(leaves)
         return {"from_size": old, "to_size": new,
                 "from_root": root_hash(leaves[:old]).hex(), "to_root": root_hash(leaves).hex(),
@@ -262,25 +387,33 @@ class Engine:
     async def finalize(self, sid: str) -> dict[str, Any]:
         """Close the session: manifest + final signed checkpoint. Idempotent."""
         with self._writer(sid):
-            row = await self.storage.get_session(sid)
+            anchor, row = await self._recording(sid)
             if row.state is SessionState.COMPLETED:
-                return row.public()
+                return await self.get(sid)
             require_state(row.state, SessionState.RECORDING, SessionState.FINALIZING,
                           action="finalize")
             row = await self.storage.transition(
                 sid, to=SessionState.FINALIZING,
                 allowed_from=(SessionState.RECORDING, SessionState.FINALIZING))
-            manifest = await self._manifest(row)
+            manifest = await self._manifest(row, anchor)
             done = await self.storage.finalize(sid, root_hash=manifest.root_hash,
                                                checkpoint=manifest.checkpoint,
                                                manifest=manifest.to_json())
-            return done.public()
+            return done.public() | {"integrity": "ok"}
 
-    async def _manifest(self, row: SessionRow) -> Manifest:
+    async def _manifest(self, row: SessionRow, anchor: Anchor | None) -> Manifest:
+        """Return the signed manifest of the stored rows, once they agree with the anchor."""
         rows = await self.storage.chunks(row.id, count=row.chunk_count)
         if len(rows) != row.chunk_count:
             raise UpstreamUnavailable("session storage returned an incomplete chunk list")
+        self._check_record(row, anchor)
+        require_extends([r.leaf_hash for r in rows], anchor)
+        if session_findings(row, rows, anchor):
+            raise MetadataCorrupt("the session's chunk rows do not add up to its record")
+        cached: CompactRange | None = self._trees.get(row.id)
         root = root_hash([r.leaf_hash for r in rows])
+        if cached is not None and cached.size == len(rows) and cached.root() != root:
+            raise MetadataCorrupt("the session's leaf rows changed since they were committed")
         unsigned = Manifest(
             session_id=row.id, labels=dict(row.raw.get("labels") or {}),
             created_at=str(row.raw["created_at"]), plaintext_size=row.offset,
@@ -301,22 +434,19 @@ class Engine:
 
     # -- read back ---------------------------------------------------------------------------
 
-    async def _trusted_rows(self, row: SessionRow, *, cached: bool = False,
-                            ) -> tuple[list[ChunkRow], Manifest | None]:
-        """Return the chunk rows to check against: the signed manifest's once completed.
-
-        With `cached`, a manifest this process already verified is reused (a completed
-        session's manifest never changes), so a player seeking with many Range requests
-        does not re-fetch and re-verify it each time; verify always reads storage anew.
-        """
-        if row.state is not SessionState.COMPLETED:
-            return await self.storage.chunks(row.id, count=row.chunk_count), None
-        if cached and (hit := self._manifests.get(row.id)) is not None:
-            return hit  # type: ignore[no-any-return]
-        manifest = Manifest.from_json(await self.storage.manifest(row.id))
-        manifest.check(verifier=self.keys.verifier, origin=self.keys.origin(row.id))
-        rows = list(manifest.chunks)
-        return self._manifests.remember(row.id, (rows, manifest))  # type: ignore[no-any-return]
+    async def _trusted_rows(self, sid: str) -> tuple[SessionRow, list[ChunkRow]]:
+        """Return the record and the chunk rows to read by: the signed manifest's once
+        completed, else storage's once they agree with the anchor (MetadataCorrupt if not)."""
+        anchor, row = await self._recording(sid)
+        require_state(row.state, *_READABLE, action="replay")
+        if row.state is SessionState.COMPLETED:
+            return row, list((await self._manifest_or_corrupt(sid)).chunks)
+        self._check_record(row, anchor)
+        rows = await self.storage.chunks(sid, count=row.chunk_count)
+        require_extends([r.leaf_hash for r in rows], anchor)
+        if session_findings(row, rows, anchor):
+            raise MetadataCorrupt("the session's chunk rows do not add up to its record")
+        return row, rows
 
     def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int) -> ChunkReader:
         """Return a reader of these rows, reusing the buffers of the session's chunk size."""
@@ -326,12 +456,7 @@ class Engine:
 
     async def replay(self, sid: str, range_header: str | None) -> Replay:
         """Return the verified plaintext stream; the first chunk is checked before returning."""
-        row = await self.storage.get_session(sid)
-        require_state(row.state, *_READABLE, action="replay")
-        try:
-            rows, _ = await self._trusted_rows(row, cached=True)
-        except CoreError:
-            raise ChunkCorrupt("the session's manifest fails its signed checkpoint") from None
+        row, rows = await self._trusted_rows(sid)
         size = sum(r.length for r in rows)
         rng = parse_range(range_header, size=size)
         whole = rng or ByteRange(0, size)
@@ -348,36 +473,96 @@ class Engine:
             counter.inc(len(piece))
             yield piece
 
+    async def _examine(self, row: SessionRow, rows: list[ChunkRow],
+                       indexes: list[int]) -> dict[int, ChunkFacts]:
+        reader = self._reader(row.id, rows, chunk_size=row.chunk_size)
+        return {f.index: f async for f in reader.examined(self._sealer(row), indexes)}
+
     async def verify(self, sid: str, sample: float) -> dict[str, Any]:
-        """Re-hash stored chunks, rebuild the root and compare with the signed checkpoint."""
+        """Return the verify report: chunk damage and metadata damage, each pinpointed.
+
+        Chunk files are checked against the signed tree (the manifest's leaves once
+        completed; while recording, the stored leaves once they extend the anchor, or
+        else the leaves the chunks' own bytes prove).  Records and chunk rows are
+        checked against the manifest or the anchor and the chunks' signed bytes.
+        """
         if not 0 < sample <= 100:
             raise InvalidParameter("sample must satisfy 0 < sample <= 100")
+        anchor_raw = await self.storage.kept_checkpoint(sid)
         row = await self.storage.get_session(sid)
         require_state(row.state, *_READABLE, action="verify")
-        signature_ok: bool | None = None
-        try:
-            rows, manifest = await self._trusted_rows(row)
-            signature_ok = True if manifest is not None else None
-        except CoreError:
-            rows, manifest, signature_ok = await self.storage.chunks(
-                sid, count=row.chunk_count), None, False
-        stored = await self.storage.chunks(sid, count=row.chunk_count) if manifest else rows
+        rows = await self.storage.chunks(sid, count=row.chunk_count)
+        raw = await self.storage.manifest_or_none(sid)
+        findings: list[Finding] = []
+        manifest: Manifest | None = None
+        if raw is not None:
+            try:
+                manifest = await self._signed_manifest(sid, cached=False)
+            except CoreError:
+                findings.append(Finding("manifest", None, "fails its signed checkpoint"))
+        if row.state is SessionState.COMPLETED and raw is None:
+            findings.append(Finding("state", None, "completed, but no manifest is stored"))
+        if manifest is not None and row.state is not SessionState.COMPLETED:
+            findings.append(Finding("state", None, "a signed manifest exists: it was completed"))
+        if manifest is not None:
+            report = await self._verify_manifest(row, rows, manifest, sample, findings)
+        else:
+            report = await self._verify_open(row, rows, anchor_raw, sample, findings)
+        if raw is not None and manifest is None:
+            report["signature_ok"] = False
+        report["ok"] = (not report["bad_chunks"] and not report["metadata_findings"]
+                        and report["root_ok"] is not False
+                        and report["signature_ok"] is not False)
+        return report
+
+    async def _verify_manifest(self, row: SessionRow, rows: list[ChunkRow], manifest: Manifest,
+                               sample: float, findings: list[Finding]) -> dict[str, Any]:
+        """Verify a completed session against its signed manifest."""
+        findings += manifest_findings(row, rows, manifest)
+        trusted = [c.leaf_hash for c in manifest.chunks]
+        readable = min(manifest.chunk_count, row.chunk_count)  # storage serves no more
+        indexes = sample_indexes(readable, sample)
+        facts = await self._examine(row, list(manifest.chunks), indexes)
+        bad = _chunk_verdicts(facts, trusted)
+        root_ok: bool | None = None
+        if len(indexes) == manifest.chunk_count:
+            rebuilt = [facts[i].leaf for i in indexes]
+            root_ok = all(h is not None and len(h) == 32 for h in rebuilt) and root_hash(
+                [h or b"" for h in rebuilt]) == manifest.root_hash
+        return _report(row, manifest.chunk_count, indexes, root_ok, True, bad, findings)
+
+    async def _verify_open(self, row: SessionRow, rows: list[ChunkRow], anchor_raw: bytes | None,
+                           sample: float, findings: list[Finding]) -> dict[str, Any]:
+        """Verify a session without a manifest against its anchor and its chunks' bytes."""
+        anchor, problem = anchor_or_finding(anchor_raw, verifier=self.keys.verifier,
+                                            origin=self.keys.origin(row.id))
+        findings += [problem] if problem else []
+        if anchor is None and problem is None and rows:
+            findings.append(Finding("checkpoint", None, "no signed checkpoint is kept"))
+        if anchor is not None and anchor.final:
+            findings.append(Finding("state", None, "its kept checkpoint is a final one"))
+        findings += session_findings(row, rows, anchor)
+        leaves = [r.leaf_hash for r in rows]
         indexes = sample_indexes(len(rows), sample)
-        reader = self._reader(sid, rows, chunk_size=row.chunk_size)
-        leaves, bad = await check_chunks(reader, self._sealer(row), indexes)
-        for r, s in zip(rows, stored, strict=False):  # metadata that disagrees with the manifest
-            if s.leaf_hash != r.leaf_hash and not any(b["index"] == r.index for b in bad):
-                bad.append({"index": r.index, "reason": "altered"})
+        facts = await self._examine(row, rows, indexes)
+        trusted, anchored = leaves, anchor is None or extends(leaves, anchor)
+        if anchor is not None and not anchored:
+            resolved = resolve_leaves(leaves, anchor, facts)
+            if resolved is not None:
+                (trusted, named), anchored = resolved, True
+                findings += named
+            else:
+                findings.append(Finding("leaf_hash", None, "the stored leaf hashes do not extend "
+                                        "the signed checkpoint" + (
+                                            "; verify every chunk to name the rows"
+                                            if len(indexes) < len(rows) else "")))
+        findings += row_fact_findings(rows, facts, trusted)
+        bad = _chunk_verdicts(facts, trusted)
         root_ok: bool | None = None
         if len(indexes) == len(rows):
-            rebuilt = [leaves.get(i, b"") for i in range(len(rows))]
-            expected = manifest.root_hash if manifest else root_hash([r.leaf_hash for r in rows])
-            root_ok = all(len(h) == 32 for h in rebuilt) and root_hash(rebuilt) == expected
-        bad.sort(key=lambda b: b["index"])
-        return {"session_id": sid, "state": row.state.value, "chunk_count": len(rows),
-                "checked": len(indexes), "sampled": len(indexes) != len(rows),
-                "ok": not bad and root_ok is not False and signature_ok is not False,
-                "root_ok": root_ok, "signature_ok": signature_ok, "bad_chunks": bad}
+            root_ok = anchored and not any(b["reason"] != "unopenable" for b in bad)
+        signature_ok = None if anchor is None and problem is None else problem is None
+        return _report(row, len(rows), indexes, root_ok, signature_ok, bad, findings)
 
     # -- delete ------------------------------------------------------------------------------
 
@@ -421,6 +606,51 @@ class Engine:
         return {"key_name": self.keys.signer.name,
                 "verifier_key": self.keys.verifier.key_text(),
                 "origin_prefix": f"{self.keys.signer.name}/sessions/"}
+
+
+def _sealed(row: SessionRow) -> int:
+    return int(row.raw.get("sealed_bytes", 0))
+
+
+def _signed_fields(manifest: Manifest) -> dict[str, Any]:
+    """Return the Session fields a completed session shows from its signed manifest."""
+    return {"root_hash": manifest.root_hash.hex(), "chunk_count": manifest.chunk_count,
+            "offset": manifest.plaintext_size, "sealed_bytes": manifest.sealed_size,
+            "labels": dict(manifest.labels), "created_at": manifest.created_at,
+            "chunk_size": manifest.chunk_size, "zstd_level": manifest.zstd_level,
+            "format_version": manifest.format_version}
+
+
+def _chunk_verdicts(facts: dict[int, ChunkFacts], trusted: list[bytes]) -> list[dict[str, Any]]:
+    """Return the bad chunks: missing, altered (bytes are not the signed leaf), unopenable."""
+    bad: list[dict[str, Any]] = []
+    for i, f in sorted(facts.items()):
+        if f.leaf is None:
+            bad.append({"index": i, "reason": "missing"})
+        elif f.overflow or i >= len(trusted) or f.leaf != trusted[i]:
+            bad.append({"index": i, "reason": "altered"})
+        elif not f.opens:
+            bad.append({"index": i, "reason": "unopenable"})
+    return bad
+
+
+def _report(row: SessionRow, count: int, indexes: list[int], root_ok: bool | None,
+            signature_ok: bool | None, bad: list[dict[str, Any]],
+            findings: list[Finding]) -> dict[str, Any]:
+    return {"session_id": row.id, "state": row.state.value, "chunk_count": count,
+            "checked": len(indexes), "sampled": len(indexes) != count, "ok": False,
+            "root_ok": root_ok, "signature_ok": signature_ok, "bad_chunks": bad,
+            "metadata_findings": [f.to_json() for f in _unique(findings)]}
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, int | None]] = set()
+    out = []
+    for f in findings:
+        if (f.what, f.index) not in seen:
+            seen.add((f.what, f.index))
+            out.append(f)
+    return sorted(out, key=lambda f: (f.index is not None, f.index or 0, f.what))
 
 
 def _check_size(size: int | None, committed: int, name: str) -> int:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sessions.common.errors import (
     BadRequest,
@@ -24,7 +24,7 @@ from sessions.common.errors import (
     ChunkNotFound,
     RangeNotSatisfiable,
 )
-from sessions.core import ChunkSealer, OpenError, leaf_hash
+from sessions.core import ChunkSealer, HeaderError, OpenError, leaf_hash, parse_header
 from sessions.processor.buffers import BufferPool
 from sessions.processor.storage_client import ChunkOverflow, ChunkRow, StorageClient
 
@@ -137,6 +137,34 @@ class ChunkReader:
             return row, plain
         return self._ahead(indexes, fetch_and_open)
 
+    def examined(self, sealer: ChunkSealer, indexes: Sequence[int]) -> AsyncIterator[ChunkFacts]:
+        """Yield what each chunk's stored bytes are, in order, whatever its row says.
+
+        Unlike `opened`, nothing is trusted: the facts (the bytes' leaf hash, sealed
+        length, header fields, whether they open at their index) are compared with
+        the signed tree by the caller, so chunk damage and row damage can be told apart.
+        """
+        loop = asyncio.get_running_loop()
+        pool = self._buffers
+
+        async def fetch_and_examine(index: int) -> ChunkFacts:
+            sealed, scratch = pool.acquire(), pool.acquire()
+            try:
+                view = await self._fetch_into(index, sealed)
+            except BadChunk as exc:
+                pool.release(scratch)
+                pool.release(sealed)
+                if exc.reason == "missing":
+                    return ChunkFacts(index, None)
+                return ChunkFacts(index, b"", overflow=True)
+            facts = await loop.run_in_executor(self._executor, examine, sealer, index, view,
+                                               scratch)
+            view.release()
+            pool.release(scratch)
+            pool.release(sealed)
+            return facts
+        return self._ahead(indexes, fetch_and_examine)
+
     async def _fetch_into(self, index: int, buf: memoryview) -> memoryview:
         try:
             return await self._storage.read_chunk_into(self._sid, index, buf)
@@ -144,6 +172,40 @@ class ChunkReader:
             raise BadChunk(index, "missing") from None
         except ChunkOverflow:
             raise BadChunk(index, "altered") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFacts:
+    """What a stored chunk's bytes are: `leaf` is None if the file is missing.
+
+    `length` and `compressed` come from the sealed header (covered by the leaf hash
+    and authenticated by the AEAD), so they are facts once the leaf hash is trusted.
+    """
+
+    index: int
+    leaf: bytes | None
+    sealed_length: int = 0
+    length: int | None = None
+    compressed: bool | None = None
+    opens: bool = False
+    overflow: bool = False
+
+
+def examine(sealer: ChunkSealer, index: int, data: bytes | memoryview,
+            scratch: memoryview | None = None) -> ChunkFacts:
+    """Return the facts of one chunk's stored bytes: leaf hash, header, whether it opens."""
+    digest = leaf_hash(data)
+    try:
+        header = parse_header(data)
+    except HeaderError:
+        return ChunkFacts(index, digest, len(data))
+    try:
+        plain = sealer.open(data, index=index, scratch=scratch)
+        opens = len(plain) == header.plaintext_length
+    except OpenError:
+        opens = False
+    return ChunkFacts(index, digest, len(data), header.plaintext_length, header.compressed,
+                      opens)
 
 
 def check_and_open(sealer: ChunkSealer, row: ChunkRow, data: bytes | memoryview,
@@ -183,28 +245,3 @@ def sample_indexes(count: int, percent: float, *, rng: random.Random | None = No
         return list(range(count))
     k = max(1, round(count * percent / 100))
     return sorted((rng or random.SystemRandom()).sample(range(count), k))
-
-
-async def check_chunks(reader: ChunkReader, sealer: ChunkSealer, indexes: Sequence[int]
-                       ) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
-    """Check and open each chunk as replay does; return the leaf hashes that held, and the bad.
-
-    A chunk whose sealed bytes hash to its committed leaf hash contributes that hash,
-    even if it then fails to open (the Merkle tree covers the sealed bytes; `unopenable`
-    is reported on its own).  An altered or missing chunk contributes none, so the
-    rebuilt root cannot match.  The reader's reused buffers keep memory flat.
-    """
-    leaves: dict[int, bytes] = {}
-    bad: list[dict[str, Any]] = []
-    pos = 0
-    while pos < len(indexes):
-        try:
-            async for row, _plain in reader.opened(sealer, indexes[pos:]):
-                leaves[row.index] = row.leaf_hash
-                pos += 1
-        except BadChunk as exc:  # note it and carry on after it
-            bad.append({"index": exc.index, "reason": exc.reason})
-            if exc.reason == "unopenable":
-                leaves[exc.index] = reader.row(exc.index).leaf_hash
-            pos = indexes.index(exc.index) + 1
-    return leaves, bad

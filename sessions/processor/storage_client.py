@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from sessions.common.errors import ServiceError, UpstreamUnavailable, error_from_body
+from sessions.common.errors import NotFound, ServiceError, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.states import SessionState
 from sessions.core import ChunkEntry, WrappedKey
@@ -237,6 +237,25 @@ class StorageClient:
 
     async def manifest(self, sid: str) -> bytes:
         return (await self._call("GET", f"/sessions/{sid}/manifest")).content
+
+    async def manifest_or_none(self, sid: str) -> bytes | None:
+        """Return the stored manifest bytes, or None if the session has none."""
+        try:
+            return await self.manifest(sid)
+        except NotFound:
+            return None
+
+    async def keep_checkpoint(self, sid: str, checkpoint: bytes) -> None:
+        """Store the processor's last signed checkpoint of a recording session (its anchor)."""
+        await self._call("PUT", f"/sessions/{sid}/checkpoint",
+                         json={"checkpoint": checkpoint.decode("utf-8")})
+
+    async def kept_checkpoint(self, sid: str) -> bytes | None:
+        """Return the last signed checkpoint storage keeps for the session, or None."""
+        try:
+            return (await self._call("GET", f"/sessions/{sid}/checkpoint")).content
+        except NotFound:
+            return None
 
     async def delete(self, sid: str) -> None:
         await self._call("DELETE", f"/sessions/{sid}")

@@ -113,6 +113,11 @@ SELECT_LEAVES = "SELECT leaf_hash FROM chunks WHERE session_id = ? AND idx < ? O
 FINALIZE = ("UPDATE sessions SET state = 'completed', root_hash = ?, checkpoint = ?, "
             "manifest = ?, updated_at = ? WHERE id = ?")
 SELECT_MANIFEST = "SELECT manifest FROM sessions WHERE id = ?"
+# The processor's last signed checkpoint of a session (the `checkpoint` column; finalize
+# overwrites it with the final one).
+SET_CHECKPOINT = ("UPDATE sessions SET checkpoint = ? WHERE id = ? "
+                  "AND state IN ('recording', 'finalizing')")
+SELECT_CHECKPOINT = "SELECT state, checkpoint FROM sessions WHERE id = ?"
 COUNT_BY_STATE = "SELECT state, count(*) FROM sessions GROUP BY state"
 
 _LABEL_FILTER = ("EXISTS (SELECT 1 FROM session_labels AS l "

@@ -19,7 +19,7 @@ from sessions.common.web import Metrics, install_common
 from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.config import Settings, load_settings
 from sessions.storage.metastore import SqliteMetadataStore
-from sessions.storage.routes import chunks, sessions
+from sessions.storage.routes import checkpoints, chunks, sessions
 from sessions.storage.service import StorageService
 
 INTERNAL_PREFIX = "/internal/"
@@ -93,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_common(app, metrics=metrics, ready=ready, before_scrape=before_scrape)
     app.include_router(sessions.router)
     app.include_router(chunks.router)
+    app.include_router(checkpoints.router)
     return app

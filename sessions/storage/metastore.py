@@ -67,6 +67,8 @@ class MetadataStore(Protocol):
     async def replace_wrapped_key(self, session_id: str, *, expected_key_id: str,
                                   wrapped: WrappedKey) -> SessionRecord: ...
     async def count_by_state(self) -> dict[str, int]: ...
+    async def set_checkpoint(self, session_id: str, checkpoint: str) -> None: ...
+    async def get_checkpoint(self, session_id: str) -> str | None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -174,6 +176,14 @@ class SqliteMetadataStore:
 
     async def count_by_state(self) -> dict[str, int]:
         return await self._call(self._count_by_state)
+
+    async def set_checkpoint(self, session_id: str, checkpoint: str) -> None:
+        """Keep the processor's last signed checkpoint of a recording or finalizing session."""
+        await self._call(self._set_checkpoint, session_id, checkpoint)
+
+    async def get_checkpoint(self, session_id: str) -> str | None:
+        """Return the last signed checkpoint kept for the session (the final one once completed)."""
+        return await self._call(self._get_checkpoint, session_id)
 
     async def ping(self) -> None:
         await self._call(lambda: self._conn().execute("SELECT 1").fetchone())
@@ -353,6 +363,19 @@ class SqliteMetadataStore:
             rec = self._load(db, session_id)
         _sql.truncate_wal(db)  # the old wrapped key must not linger in the write-ahead log
         return rec
+
+    def _set_checkpoint(self, session_id: str, checkpoint: str) -> None:
+        with self._tx() as db:
+            rec = self._load(db, session_id)
+            require_state(rec.state, SessionState.RECORDING, SessionState.FINALIZING,
+                          action="keep a checkpoint of")
+            db.execute(_sql.SET_CHECKPOINT, (checkpoint, session_id))
+
+    def _get_checkpoint(self, session_id: str) -> str | None:
+        row = self._conn().execute(_sql.SELECT_CHECKPOINT, (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFound()
+        return None if row[1] is None else str(row[1])
 
     def _count_by_state(self) -> dict[str, int]:
         counts = {state.value: 0 for state in SessionState}

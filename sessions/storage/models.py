@@ -167,6 +167,14 @@ class FinalizeIn(BaseModel):
     manifest: str = Field(min_length=1, max_length=64 * 1024 * 1024)
 
 
+class CheckpointIn(BaseModel):
+    """Body of `PUT /sessions/{id}/checkpoint`: the processor's last signed checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(min_length=1, max_length=64 * 1024)
+
+
 class StatsOut(BaseModel):
     sessions_by_state: dict[str, int]
 

@@ -1,0 +1,34 @@
+"""The processor's last signed checkpoint of each session: kept here, checked there.
+
+Storage does not interpret it; the processor verifies its own signature on it and
+refuses to sign a tree that is not consistent with it (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from sessions.common.errors import NotFound
+from sessions.storage.deps import Meta, ServiceToken, SessionId
+from sessions.storage.models import CheckpointIn
+
+router = APIRouter(prefix="/internal/v1", tags=["checkpoints"], dependencies=[ServiceToken])
+
+
+@router.put("/sessions/{session_id}/checkpoint", status_code=204, response_class=Response,
+            summary="Keep the last signed checkpoint of a recording session")
+async def put_checkpoint(session_id: SessionId, body: CheckpointIn, meta: Meta) -> Response:
+    """Store it; 409 `invalid_state` unless the session is recording or finalizing."""
+    await meta.set_checkpoint(session_id, body.checkpoint)
+    return Response(status_code=204)
+
+
+@router.get("/sessions/{session_id}/checkpoint", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}},
+            summary="The last signed checkpoint kept for a session")
+async def get_checkpoint(session_id: SessionId, meta: Meta) -> Response:
+    """Return it as stored; 404 `not_found` if none was kept."""
+    text = await meta.get_checkpoint(session_id)
+    if text is None:
+        raise NotFound("no checkpoint was kept for this session")
+    return Response(text, media_type="text/plain; charset=utf-8")

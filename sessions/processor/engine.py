@@ -23,7 +23,6 @@ from sessions.common.errors import (
     NotFound,
     OffsetMismatch,
     UploadInProgress,
-    UpstreamUnavailable,
 )
 from sessions.common.ids import new_session_id
 from sessions.common.states import SessionState, require_state
@@ -392,28 +391,36 @@ class Engine:
                 return await self.get(sid)
             require_state(row.state, SessionState.RECORDING, SessionState.FINALIZING,
                           action="finalize")
-            row = await self.storage.transition(
+            rows = await self._checked_rows(row, anchor)  # before anything changes
+            await self.storage.transition(
                 sid, to=SessionState.FINALIZING,
                 allowed_from=(SessionState.RECORDING, SessionState.FINALIZING))
-            manifest = await self._manifest(row, anchor)
+            manifest = self._manifest(row, rows)
             done = await self.storage.finalize(sid, root_hash=manifest.root_hash,
                                                checkpoint=manifest.checkpoint,
                                                manifest=manifest.to_json())
             return done.public() | {"integrity": "ok"}
 
-    async def _manifest(self, row: SessionRow, anchor: Anchor | None) -> Manifest:
-        """Return the signed manifest of the stored rows, once they agree with the anchor."""
-        rows = await self.storage.chunks(row.id, count=row.chunk_count)
-        if len(rows) != row.chunk_count:
-            raise UpstreamUnavailable("session storage returned an incomplete chunk list")
+    async def _checked_rows(self, row: SessionRow, anchor: Anchor | None) -> list[ChunkRow]:
+        """Return an open session's chunk rows once they agree with its record and anchor.
+
+        The leaf hashes must extend the anchor and the rows add up to the record;
+        a tree this process holds must have the same root (MetadataCorrupt otherwise).
+        """
         self._check_record(row, anchor)
-        require_extends([r.leaf_hash for r in rows], anchor)
+        rows = await self.storage.chunks(row.id, count=row.chunk_count)
+        leaves = [r.leaf_hash for r in rows]
+        require_extends(leaves, anchor)
         if session_findings(row, rows, anchor):
             raise MetadataCorrupt("the session's chunk rows do not add up to its record")
         cached: CompactRange | None = self._trees.get(row.id)
-        root = root_hash([r.leaf_hash for r in rows])
-        if cached is not None and cached.size == len(rows) and cached.root() != root:
+        if cached is not None and cached.size == len(rows) and cached.root() != root_hash(leaves):
             raise MetadataCorrupt("the session's leaf rows changed since they were committed")
+        return rows
+
+    def _manifest(self, row: SessionRow, rows: list[ChunkRow]) -> Manifest:
+        """Return the signed manifest of these checked rows."""
+        root = root_hash([r.leaf_hash for r in rows])
         unsigned = Manifest(
             session_id=row.id, labels=dict(row.raw.get("labels") or {}),
             created_at=str(row.raw["created_at"]), plaintext_size=row.offset,
@@ -441,12 +448,7 @@ class Engine:
         require_state(row.state, *_READABLE, action="replay")
         if row.state is SessionState.COMPLETED:
             return row, list((await self._manifest_or_corrupt(sid)).chunks)
-        self._check_record(row, anchor)
-        rows = await self.storage.chunks(sid, count=row.chunk_count)
-        require_extends([r.leaf_hash for r in rows], anchor)
-        if session_findings(row, rows, anchor):
-            raise MetadataCorrupt("the session's chunk rows do not add up to its record")
-        return row, rows
+        return row, await self._checked_rows(row, anchor)
 
     def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int) -> ChunkReader:
         """Return a reader of these rows, reusing the buffers of the session's chunk size."""

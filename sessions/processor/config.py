@@ -48,6 +48,17 @@ class Settings(CommonSettings):
                               "each on its own thread; 2 adds ~12 MB of peak RSS and helps "
                               "only where cores are idle")
     prefetch_chunks: int = Field(3, ge=0, le=16, description="chunks fetched ahead on replay")
+    scrub_interval: float = Field(3600.0, ge=0, le=30 * 86400, description="seconds between "
+                                  "background scrub passes (a sampled verify of stored "
+                                  "sessions); 0 turns the scrub off")
+    scrub_sessions_per_pass: int = Field(20, ge=1, le=10_000,
+                                         description="sessions verified per scrub pass")
+    scrub_sample_percent: float = Field(10.0, gt=0, le=100,
+                                        description="percent of each session's chunks a "
+                                        "scrub pass reads (all leaf rows are always checked)")
+    scrub_max_bytes_per_second: int = Field(
+        16 << 20, ge=0, description="average sealed bytes per second a scrub pass reads at "
+        "most (0: no limit)")
 
     @field_validator("storage_url")
     @classmethod

@@ -6,6 +6,8 @@ the service before it binds a port; HTTP clients live in the lifespan.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +20,7 @@ from sessions.processor.deps import require_service
 from sessions.processor.engine import Engine
 from sessions.processor.keys import load_node_keys
 from sessions.processor.routes import node, replay, sessions, uploads
+from sessions.processor.scrub import Scrubber
 from sessions.processor.storage_client import StorageClient
 
 
@@ -34,15 +37,24 @@ def create_app(settings: Settings | None = None, *,
         storage = StorageClient(settings.storage_url, token, transport=storage_transport)
         engine = Engine(storage, keys, settings, metrics)
         app.state.engine = engine
+        scrub = None
+        if settings.scrub_interval > 0:
+            app.state.scrubber = Scrubber(engine, settings, metrics)
+            scrub = asyncio.create_task(app.state.scrubber.run(), name="lucid-scrub")
         try:
             yield
         finally:
+            if scrub is not None:
+                scrub.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scrub
             engine.close()
             await storage.aclose()
 
     app = FastAPI(title="Lucid chunk processor (internal)", lifespan=lifespan,
                   version="0.1.0")
     app.state.service_token = token
+    app.state.scrubber = None
     app.state.settings = settings
 
     async def ready() -> None:

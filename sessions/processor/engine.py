@@ -52,6 +52,8 @@ from sessions.processor.integrity import (
     Finding,
     anchor_or_finding,
     extends,
+    labels_differ,
+    labels_extension,
     manifest_findings,
     open_anchor,
     require_extends,
@@ -169,10 +171,11 @@ class Engine:
         except CoreError:
             raise MetadataCorrupt("the session's kept checkpoint fails its signature") from None
 
-    async def _keep_anchor(self, sid: str, tree: CompactRange, *, offset: int,
-                           sealed: int) -> None:
-        """Sign the tree with the committed sizes and keep it in storage as the new anchor."""
-        note = self._sign(sid, tree.size, tree.root(), (sizes_extension(offset, sealed),))
+    async def _keep_anchor(self, sid: str, tree: CompactRange, *, offset: int, sealed: int,
+                           labels_line: str) -> None:
+        """Sign the tree with the committed sizes and labels; keep it as the new anchor."""
+        note = self._sign(sid, tree.size, tree.root(),
+                          (sizes_extension(offset, sealed), labels_line))
         await self.storage.keep_checkpoint(sid, note)
 
     async def _recording(self, sid: str) -> tuple[Anchor | None, SessionRow]:
@@ -192,6 +195,8 @@ class Engine:
         if anchor is not None and anchor.size == row.chunk_count and (
                 anchor.plaintext_size, anchor.sealed_size) != (row.offset, _sealed(row)):
             raise MetadataCorrupt("the session's committed sizes differ from the signed ones")
+        if labels_differ(row, anchor):
+            raise MetadataCorrupt("the session's labels differ from the signed ones")
 
     async def _tree(self, row: SessionRow, anchor: Anchor | None) -> CompactRange:
         """Return the session's compact range at its committed size, rebuilt if stale.
@@ -261,7 +266,8 @@ class Engine:
             "zstd_level": self.settings.zstd_level, "format_version": FORMAT_VERSION})
         # Anchored at size 0 before the id is returned: any later chunk row must extend it.
         tree = self._trees.remember(sid, CompactRange())
-        await self._keep_anchor(sid, tree, offset=0, sealed=0)
+        await self._keep_anchor(sid, tree, offset=0, sealed=0,
+                                labels_line=labels_extension(labels))
         return row.public() | {"integrity": "ok"}
 
     async def get(self, sid: str) -> dict[str, Any]:
@@ -325,7 +331,11 @@ class Engine:
                 raise
             if done.chunk_count != row.chunk_count:
                 tree = await self._tree(done, anchor)
-                await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done))
+                # The labels line is carried over: labels never change after creation.
+                line = (anchor.labels_line if anchor is not None and anchor.labels_line
+                        else labels_extension(row.raw.get("labels") or {}))
+                await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done),
+                                        labels_line=line)
         return {"offset": done.offset, "chunk_count": done.chunk_count}
 
     # -- checkpoints and proofs --------------------------------------------------------------

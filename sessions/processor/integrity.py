@@ -15,6 +15,8 @@ when a chunk row is wrong); damaged chunk files are reported apart from it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +40,10 @@ from sessions.processor.storage_client import ChunkRow, SessionRow
 
 SIZES_EXTENSION = "lucid-recorded"
 """Names the anchor's extension line `lucid-recorded <plaintext bytes> <sealed bytes>`."""
+LABELS_EXTENSION = "lucid-labels-sha256"
+"""Names the anchor's extension line with SHA-256 of the labels' canonical JSON."""
 _SIZES = re.compile(SIZES_EXTENSION + r" (0|[1-9][0-9]{0,19}) (0|[1-9][0-9]{0,19})")
+_LABELS = re.compile(LABELS_EXTENSION + r" ([0-9a-f]{64})")
 _ROW_FIELDS = ("leaf_hash", "offset", "length", "sealed_length", "compressed")
 MAX_GUESSES = 64  # assignments tried to tell row damage from chunk damage (see resolve_leaves)
 
@@ -62,6 +67,7 @@ class Anchor:
     checkpoint: Checkpoint
     plaintext_size: int | None
     sealed_size: int | None
+    labels_line: str | None = None
 
     @property
     def size(self) -> int:
@@ -78,13 +84,25 @@ def sizes_extension(plaintext: int, sealed: int) -> str:
     return f"{SIZES_EXTENSION} {plaintext} {sealed}"
 
 
+def labels_extension(labels: Mapping[str, str]) -> str:
+    """Return the anchor's extension line for these labels (canonical JSON, as the manifest's)."""
+    text = json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{LABELS_EXTENSION} {hashlib.sha256(text.encode('utf-8')).hexdigest()}"
+
+
+def labels_differ(row: SessionRow, anchor: Anchor | None) -> bool:
+    """Return whether the record's labels differ from those the anchor signed."""
+    return anchor is not None and anchor.labels_line is not None and (
+        labels_extension(row.raw.get("labels") or {}) != anchor.labels_line)
+
+
 def open_anchor(signed: bytes, *, verifier: NoteVerifier, origin: str) -> Anchor:
     """Return the anchor in `signed` after its signature and origin check (CoreError if not)."""
     cp = open_checkpoint(signed, verifier=verifier, origin=origin)
-    for line in cp.extensions:
-        if m := _SIZES.fullmatch(line):
-            return Anchor(cp, int(m.group(1)), int(m.group(2)))
-    return Anchor(cp, None, None)
+    sizes = next((m for e in cp.extensions if (m := _SIZES.fullmatch(e))), None)
+    labels = next((e for e in cp.extensions if _LABELS.fullmatch(e)), None)
+    return Anchor(cp, int(sizes.group(1)) if sizes else None,
+                  int(sizes.group(2)) if sizes else None, labels)
 
 
 def extends(leaves: Sequence[bytes], anchor: Anchor) -> bool:
@@ -95,7 +113,7 @@ def extends(leaves: Sequence[bytes], anchor: Anchor) -> bool:
     nodes = LeafHashes(leaves)
     proof = consistency_proof(old, new_size=new, nodes=nodes)
     try:
-        verify_consistency(anchor.checkpoint.root_hash, nodes.subtree_hash(0, new),
+        verify_consistency(anchor.checkpoint.root_hash, root_hash(leaves),
                            old_size=old, new_size=new, proof=proof)
     except ProofError:
         return False
@@ -143,6 +161,8 @@ def session_findings(row: SessionRow, rows: Sequence[ChunkRow],
     if row.offset != offset or (signed_offset is not None and row.offset != signed_offset):
         found.append(Finding("offset", None, "the record's committed offset disagrees with its "
                              "chunk rows or signed checkpoint"))
+    if labels_differ(row, anchor):
+        found.append(Finding("labels", None, "differ from the labels the checkpoint signed"))
     sealed_bytes = int(row.raw.get("sealed_bytes", 0))
     if sealed_bytes != sealed or (signed_sealed is not None and sealed_bytes != signed_sealed):
         found.append(Finding("sealed_bytes", None, "the record's sealed bytes disagree with its "

@@ -184,7 +184,8 @@ async def test_verify_forwards_the_sample(gateway: httpx.AsyncClient,
                                           fake: FakeProcessor) -> None:
     report = {"session_id": SESSION_ID, "chunk_count": 4, "checked": 2, "sampled": True,
               "ok": False, "root_ok": True, "signature_ok": True,
-              "bad_chunks": [{"index": 1, "reason": "altered"}]}
+              "bad_chunks": [{"index": 1, "reason": "altered"}],
+              "metadata_findings": [{"what": "leaf_hash", "index": 3, "detail": "forged"}]}
     fake.reply("POST", f"{INTERNAL}/{SESSION_ID}/verify", body=report)
     resp = await gateway.post(f"/v1/sessions/{SESSION_ID}/verify?sample=50", headers=auth())
     assert resp.json() == report

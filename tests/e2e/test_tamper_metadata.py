@@ -357,3 +357,19 @@ def test_a_clean_recording_session_verifies_and_is_anchored(api: httpx.Client) -
     upload(api, sid, data + b"tail", start=SIZE)
     assert api.post(f"/sessions/{sid}/finalize").status_code == 200
     assert verify(api, sid)["ok"] is True
+
+
+def test_edited_labels_while_recording_are_found_and_never_sealed(cluster: Cluster,
+                                                                  api: httpx.Client) -> None:
+    sid = create_session(api, {"user": "alice", "host": "ws-1"})["id"]
+    upload(api, sid, session_bytes(MIB + 1, seed=86), piece=MIB + 1)
+    assert api.get(f"/sessions/{sid}").json()["integrity"] == "ok"
+    assert sql(cluster, "UPDATE session_labels SET value = 'mallory' WHERE session_id = ? "
+                        "AND key = 'user'", sid) == 1
+    assert api.get(f"/sessions/{sid}").json()["integrity"] == "mismatch"
+    report = verify(api, sid)
+    assert report["ok"] is False and named(report) == {("labels", None)}
+    assert report["bad_chunks"] == []
+    # The forged labels are not signed into a manifest, nor anchored by another upload.
+    assert_error(api.post(f"/sessions/{sid}/finalize"), 502, "metadata_corrupt")
+    assert_error(patch(api, sid, MIB + 1, b"more"), 502, "metadata_corrupt")

@@ -51,6 +51,7 @@ from sessions.processor.integrity import (
     Anchor,
     Finding,
     anchor_or_finding,
+    chunk_verdicts,
     extends,
     labels_differ,
     labels_extension,
@@ -61,6 +62,7 @@ from sessions.processor.integrity import (
     row_fact_findings,
     session_findings,
     sizes_extension,
+    verify_report,
 )
 from sessions.processor.keys import NodeKeys
 from sessions.processor.readback import (
@@ -179,9 +181,19 @@ class Engine:
         await self.storage.keep_checkpoint(sid, note)
 
     async def _recording(self, sid: str) -> tuple[Anchor | None, SessionRow]:
-        """Return the anchor, then the record: in that order, so the anchor is never newer."""
+        """Return an open session's anchor and its record (no anchor once completed or deleted:
+        the manifest rules then).
+
+        If an upload moved the anchor on after the record was read, the record is read
+        again, so the anchor is never newer than the record it is compared with.
+        """
+        row = await self.storage.get_session(sid)
+        if row.state in (SessionState.COMPLETED, SessionState.DELETED):
+            return None, row
         anchor = await self._anchor(sid)
-        return anchor, await self.storage.get_session(sid)
+        if anchor is not None and anchor.size > row.chunk_count:
+            row = await self.storage.get_session(sid)
+        return anchor, row
 
     @staticmethod
     def _check_record(row: SessionRow, anchor: Anchor | None) -> None:
@@ -230,6 +242,9 @@ class Engine:
             return await self._signed_manifest(sid)
         except CoreError:
             raise MetadataCorrupt("the session's manifest fails its signed checkpoint") from None
+        except NotFound:
+            raise MetadataCorrupt("the session is recorded as completed but has no manifest",
+                                  extra={"state": "completed"}) from None
 
     async def _checked_leaves(self, row: SessionRow, anchor: Anchor | None) -> list[bytes]:
         """Return the session's leaf hashes as signed: the manifest's, or storage's if they
@@ -278,7 +293,6 @@ class Engine:
         says whether the record agrees with the last signed checkpoint (chunk count,
         plaintext and sealed sizes).  Deleted: `unchecked`.
         """
-        anchor_raw = await self.storage.kept_checkpoint(sid)
         row = await self.storage.get_session(sid)
         shown = row.public()
         if row.state is SessionState.DELETED:
@@ -291,8 +305,12 @@ class Engine:
             found = [f for f in manifest_findings(row, [], manifest) if f.index is None]
             return shown | _signed_fields(manifest) | {
                 "integrity": "mismatch" if found else "ok"}
-        anchor, problem = anchor_or_finding(anchor_raw, verifier=self.keys.verifier,
+        anchor, problem = anchor_or_finding(await self.storage.kept_checkpoint(sid),
+                                            verifier=self.keys.verifier,
                                             origin=self.keys.origin(sid))
+        if anchor is not None and anchor.size > row.chunk_count:  # an upload moved it on
+            row = await self.storage.get_session(sid)
+            shown = row.public()
         try:
             self._check_record(row, anchor)
         except MetadataCorrupt:
@@ -535,13 +553,13 @@ class Engine:
         readable = min(manifest.chunk_count, row.chunk_count)  # storage serves no more
         indexes = sample_indexes(readable, sample)
         facts = await self._examine(row, list(manifest.chunks), indexes)
-        bad = _chunk_verdicts(facts, trusted)
+        bad = chunk_verdicts(facts, trusted)
         root_ok: bool | None = None
         if len(indexes) == manifest.chunk_count:
             rebuilt = [facts[i].leaf for i in indexes]
             root_ok = all(h is not None and len(h) == 32 for h in rebuilt) and root_hash(
                 [h or b"" for h in rebuilt]) == manifest.root_hash
-        return _report(row, manifest.chunk_count, indexes, root_ok, True, bad, findings)
+        return verify_report(row, manifest.chunk_count, indexes, root_ok, True, bad, findings)
 
     async def _verify_open(self, row: SessionRow, rows: list[ChunkRow], anchor_raw: bytes | None,
                            sample: float, findings: list[Finding]) -> dict[str, Any]:
@@ -569,12 +587,12 @@ class Engine:
                                             "; verify every chunk to name the rows"
                                             if len(indexes) < len(rows) else "")))
         findings += row_fact_findings(rows, facts, trusted)
-        bad = _chunk_verdicts(facts, trusted)
+        bad = chunk_verdicts(facts, trusted)
         root_ok: bool | None = None
         if len(indexes) == len(rows):
             root_ok = anchored and not any(b["reason"] != "unopenable" for b in bad)
         signature_ok = None if anchor is None and problem is None else problem is None
-        return _report(row, len(rows), indexes, root_ok, signature_ok, bad, findings)
+        return verify_report(row, len(rows), indexes, root_ok, signature_ok, bad, findings)
 
     # -- delete ------------------------------------------------------------------------------
 
@@ -631,38 +649,6 @@ def _signed_fields(manifest: Manifest) -> dict[str, Any]:
             "labels": dict(manifest.labels), "created_at": manifest.created_at,
             "chunk_size": manifest.chunk_size, "zstd_level": manifest.zstd_level,
             "format_version": manifest.format_version}
-
-
-def _chunk_verdicts(facts: dict[int, ChunkFacts], trusted: list[bytes]) -> list[dict[str, Any]]:
-    """Return the bad chunks: missing, altered (bytes are not the signed leaf), unopenable."""
-    bad: list[dict[str, Any]] = []
-    for i, f in sorted(facts.items()):
-        if f.leaf is None:
-            bad.append({"index": i, "reason": "missing"})
-        elif f.overflow or i >= len(trusted) or f.leaf != trusted[i]:
-            bad.append({"index": i, "reason": "altered"})
-        elif not f.opens:
-            bad.append({"index": i, "reason": "unopenable"})
-    return bad
-
-
-def _report(row: SessionRow, count: int, indexes: list[int], root_ok: bool | None,
-            signature_ok: bool | None, bad: list[dict[str, Any]],
-            findings: list[Finding]) -> dict[str, Any]:
-    return {"session_id": row.id, "state": row.state.value, "chunk_count": count,
-            "checked": len(indexes), "sampled": len(indexes) != count, "ok": False,
-            "root_ok": root_ok, "signature_ok": signature_ok, "bad_chunks": bad,
-            "metadata_findings": [f.to_json() for f in _unique(findings)]}
-
-
-def _unique(findings: list[Finding]) -> list[Finding]:
-    seen: set[tuple[str, int | None]] = set()
-    out = []
-    for f in findings:
-        if (f.what, f.index) not in seen:
-            seen.add((f.what, f.index))
-            out.append(f)
-    return sorted(out, key=lambda f: (f.index is not None, f.index or 0, f.what))
 
 
 def _check_size(size: int | None, committed: int, name: str) -> int:

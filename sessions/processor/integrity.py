@@ -259,3 +259,37 @@ def anchor_or_finding(signed: bytes | None, *, verifier: NoteVerifier, origin: s
         return open_anchor(signed, verifier=verifier, origin=origin), None
     except CoreError:
         return None, Finding("checkpoint", None, "the kept checkpoint fails its signature")
+
+
+def chunk_verdicts(facts: dict[int, ChunkFacts], trusted: list[bytes]) -> list[dict[str, Any]]:
+    """Return the bad chunks: missing, altered (bytes are not the signed leaf), unopenable."""
+    bad: list[dict[str, Any]] = []
+    for i, f in sorted(facts.items()):
+        if f.leaf is None:
+            bad.append({"index": i, "reason": "missing"})
+        elif f.overflow or i >= len(trusted) or f.leaf != trusted[i]:
+            bad.append({"index": i, "reason": "altered"})
+        elif not f.opens:
+            bad.append({"index": i, "reason": "unopenable"})
+    return bad
+
+
+def verify_report(row: SessionRow, count: int, indexes: list[int], root_ok: bool | None,
+                  signature_ok: bool | None, bad: list[dict[str, Any]],
+                  findings: list[Finding]) -> dict[str, Any]:
+    """Return the verify report (docs/architecture.md); the caller sets `ok` last."""
+    return {"session_id": row.id, "state": row.state.value, "chunk_count": count,
+            "checked": len(indexes), "sampled": len(indexes) != count, "ok": False,
+            "root_ok": root_ok, "signature_ok": signature_ok, "bad_chunks": bad,
+            "metadata_findings": [f.to_json() for f in unique(findings)]}
+
+
+def unique(findings: list[Finding]) -> list[Finding]:
+    """Return the findings once per (what, index): the record's first, then by row index."""
+    seen: set[tuple[str, int | None]] = set()
+    out = []
+    for f in findings:
+        if (f.what, f.index) not in seen:
+            seen.add((f.what, f.index))
+            out.append(f)
+    return sorted(out, key=lambda f: (f.index is not None, f.index or 0, f.what))

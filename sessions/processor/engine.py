@@ -576,7 +576,8 @@ class Engine:
         indexes = sample_indexes(len(rows), sample)
         facts = await self._examine(row, rows, indexes)
         trusted, anchored = leaves, anchor is None or extends(leaves, anchor)
-        if anchor is not None and not anchored:
+        hidden = anchor is not None and anchor.size > len(leaves)  # a chunk_count finding
+        if anchor is not None and not anchored and not hidden:
             resolved = resolve_leaves(leaves, anchor, facts)
             if resolved is not None:
                 (trusted, named), anchored = resolved, True
@@ -589,7 +590,7 @@ class Engine:
         findings += row_fact_findings(rows, facts, trusted)
         bad = chunk_verdicts(facts, trusted)
         root_ok: bool | None = None
-        if len(indexes) == len(rows):
+        if len(indexes) == len(rows) and not hidden:
             root_ok = anchored and not any(b["reason"] != "unopenable" for b in bad)
         signature_ok = None if anchor is None and problem is None else problem is None
         return verify_report(row, len(rows), indexes, root_ok, signature_ok, bad, findings)

@@ -373,3 +373,16 @@ def test_edited_labels_while_recording_are_found_and_never_sealed(cluster: Clust
     # The forged labels are not signed into a manifest, nor anchored by another upload.
     assert_error(api.post(f"/sessions/{sid}/finalize"), 502, "metadata_corrupt")
     assert_error(patch(api, sid, MIB + 1, b"more"), 502, "metadata_corrupt")
+
+
+def test_a_lowered_chunk_count_while_recording_is_found_and_refused(cluster: Cluster,
+                                                                    api: httpx.Client) -> None:
+    sid, _ = recording(api, seed=87)
+    assert sql(cluster, "UPDATE sessions SET chunk_count = 3 WHERE id = ?", sid) == 1
+    assert api.get(f"/sessions/{sid}").json()["integrity"] == "mismatch"
+    report = verify(api, sid)
+    assert report["ok"] is False and report["bad_chunks"] == []
+    assert ("chunk_count", None) in named(report)
+    assert all(f["what"] != "leaf_hash" for f in report["metadata_findings"]), report
+    assert report["root_ok"] is None  # storage hides the last chunk: no root to rebuild
+    assert_error(patch(api, sid, SIZE, b"more"), 502, "metadata_corrupt")

@@ -240,7 +240,7 @@ def send_some(req: RawRequest, body: bytes, n: int) -> None:
 
 
 def new_session(lab: Lab, api: httpx.Client, rng: random.Random, tag: str, *,
-                low: int = 2 * MIB, high: int = 5 * MIB) -> tuple[str, Record]:
+                low: int = 3 * MIB // 2, high: int = 4 * MIB) -> tuple[str, Record]:
     data = session_bytes(rng.randint(low, high), seed=rng.randrange(1 << 30))
     sid = create_session(api, {"suite": "crash", "trial": tag})["id"]
     rec = lab.sessions[sid] = Record(data)
@@ -317,7 +317,7 @@ def trial_between(lab: Lab, service: str, rng: random.Random, tag: str) -> str:
 
 def trial_finalize(lab: Lab, service: str, rng: random.Random, tag: str) -> str:
     with lab.client() as api:
-        sid, rec = new_session(lab, api, rng, tag, low=3 * MIB, high=6 * MIB)
+        sid, rec = new_session(lab, api, rng, tag, low=2 * MIB, high=9 * MIB // 2)
         upload_acked(api, rec, sid, len(rec.data))
     answer = kill_during(lab, service, rng, 0.15,
                          lambda api: api.post(f"/sessions/{sid}/finalize"))
@@ -337,7 +337,7 @@ def trial_finalize(lab: Lab, service: str, rng: random.Random, tag: str) -> str:
 
 def trial_delete(lab: Lab, service: str, rng: random.Random, tag: str) -> str:
     with lab.client() as api:
-        sid, rec = new_session(lab, api, rng, tag, low=3 * MIB, high=6 * MIB)
+        sid, rec = new_session(lab, api, rng, tag, low=2 * MIB, high=9 * MIB // 2)
         upload_acked(api, rec, sid, len(rec.data))
         if rng.random() < 0.5:
             finalize(api, sid)
@@ -378,11 +378,12 @@ def trial_rotate(lab: Lab, service: str, rng: random.Random, tag: str) -> None:
         assert counts["unknown_key_ids"] == [], counts
         r = api.post("/keys/rotate")  # a second run finds nothing left to do
         assert r.json()["rotated"] == 0 and r.json()["unknown_key_ids"] == [], r.json()
-        # Every live session's key still opens its chunks (the first chunk of each).
-        for sid, rec in lab.sessions.items():
-            if rec.state != "deleted" and rec.acked:
-                got = replay(api, sid, "bytes=0-99")
-                assert got.status_code == 206 and got.content == rec.data[:100], sid
+        # Rewrapped keys still open their chunks: the first chunk of a sample of sessions
+        # (the last test of this module replays every session in full).
+        live = [sid for sid, rec in lab.sessions.items() if rec.state != "deleted" and rec.acked]
+        for sid in rng.sample(live, min(8, len(live))):
+            got = replay(api, sid, "bytes=0-99")
+            assert got.status_code == 206 and got.content == lab.sessions[sid].data[:100], sid
     db = sqlite3.connect(f"file:{lab.db}?mode=ro", uri=True)
     try:
         key_ids = {k for (k,) in db.execute("SELECT DISTINCT key_id FROM sessions "

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench bench-core bench-e2e bench-deps lint typecheck clean
+.PHONY: run test test-quick bench bench-core bench-e2e bench-deps lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check sessions tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
+
+# The same without the tests marked heavy (crash loops, fuzzing, long runs): for a developer's loop.
+test-quick: $(STAMP)
+	$(VENV)/bin/ruff check sessions tests bench
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -m "not heavy"
 
 bench-core: $(STAMP)
 	$(PY) -m bench.core

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+import pytest
+
 from bench.core import make_input
 from bench.e2e import SERVICES, iter_input, main
 
@@ -14,6 +16,7 @@ def test_e2e_input_is_bench_core_input() -> None:
         assert b"".join(iter_input(size)) == make_input(size), size
 
 
+@pytest.mark.e2e  # starts the three services as real processes
 def test_e2e_benchmark_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "e2e.json"
     result = main(["--size-mib", "4", "--rounds", "1", "--no-rivals", "--request-mib", "2",

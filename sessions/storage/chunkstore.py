@@ -219,7 +219,14 @@ class _StagedFile:
 
     def publish(self) -> None:
         os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
+        try:
+            _fsync_dir(self.final.parent)
+        except OSError:
+            # The rename is not durable, and the PUT fails: take the name back, so a chunk
+            # never sits at its final name unless it was published.  Callers hold the
+            # session's guard here, so no commit can have seen the file meanwhile.
+            self.final.unlink(missing_ok=True)
+            raise
 
     def discard(self) -> None:
         try:

@@ -29,6 +29,14 @@ from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequ
 
 START_TIMEOUT = 30.0
 LOG_TAIL = 120  # lines of each service's log attached to a failing test's report
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e `e2e`: each one runs against real processes."""
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass
@@ -40,6 +48,8 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # (service, start, end) byte windows of a log where a traceback is expected: see broken_stream
     allowed: list[tuple[str, int, int]] = field(default_factory=list)
+    # LUCID_* settings on top of the suite's, per service name ("*": all of them)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = self.root / "data"
@@ -52,9 +62,14 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
+        return self.env_of("*")
+
+    def env_of(self, name: str) -> dict[str, str]:
+        """Return the environment service `name` starts with."""
         return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
             "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-            "LUCID_NODE_NAME": NODE_NAME})
+            "LUCID_NODE_NAME": NODE_NAME, **self.extra_env.get("*", {}),
+            **self.extra_env.get(name, {})})
 
     def url(self, name: str) -> str:
         return loopback.url(self.ports[name])
@@ -64,7 +79,7 @@ class Cluster:
 
     def start(self, name: str) -> None:
         """Start one service and wait until its /health answers 200."""
-        self.procs[name] = loopback.spawn(name, env=self.env, log=self.log_path(name))
+        self.procs[name] = loopback.spawn(name, env=self.env_of(name), log=self.log_path(name))
         loopback.wait_ok(name, self.procs[name], self.url(name) + "/health",
                          timeout=START_TIMEOUT, log=self.log_path(name))
 

@@ -1,0 +1,10 @@
+"""Settings for the whole suite."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+
+# No per-example deadline: on a loaded machine a property test's timing says nothing about
+# the code (the machine runs many suites at once), and a test must not depend on speed.
+settings.register_profile("lucid", deadline=None)
+settings.load_profile("lucid")

@@ -55,6 +55,9 @@ class Session(BaseModel):
     zstd_level: int
     format_version: int
     root_hash: str | None = Field(description="hex Merkle root, set at finalize")
+    upload_length: int | None = Field(None, description="declared total bytes (tus "
+                                      "Upload-Length); the session is finalized when its "
+                                      "offset reaches it; null: not declared")
 
 
 class SessionPage(BaseModel):
@@ -110,6 +113,8 @@ class NodeInfo(BaseModel):
     key_name: str
     verifier_key: str = Field(description="C2SP signed-note verifier key of this node")
     origin_prefix: str = Field(description="checkpoint origins are `<origin_prefix><id>`")
+    chunk_size: int | None = Field(None, description="plaintext bytes per chunk of new "
+                                   "sessions: send multiples of it per upload request")
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -238,7 +238,8 @@ def test_uppy_default_metadata_becomes_labels_and_comes_back_on_head(
 
 
 @pytest.mark.parametrize("value", [
-    "bad key " + b64(b"x"), "Ünicode " + b64(b"x"), "na:me " + b64(b"x"), "name !!notbase64", "name " + b64(b"\xff"),
+    "bad key " + b64(b"x"), "Ünicode " + b64(b"x"), "na:me " + b64(b"x"), "name !!notbase64",
+    "name " + b64(b"\xff"),
     "name " + b64(b"a" * 257), "name " + b64(b"a\nb"), "name " + b64(b"a") + ",name " + b64(b"b"),
 ], ids=["space-in-key", "non-ascii-key", "colon-in-key", "not-base64", "not-utf8", "long-value",
         "control-char", "repeated-key"])

@@ -33,7 +33,7 @@ UPPY_LABELS = {"relative_path": "null", "name": "desk.rec", "type": "video/x-luc
 
 def run(cluster: Cluster, *argv: str) -> dict[str, Any]:
     """Run one client process to its end; return the JSON line it printed."""
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False,
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False,  # noqa: S603 - our own scripts
                           env={**os.environ, "LUCID_TOKEN": cluster.admin_token})
     assert proc.returncode == 0, f"{argv[:2]} failed:\n{proc.stdout}\n{proc.stderr}"
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,7 +25,13 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sessions.common.errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from sessions.common.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
 from sessions.common.models import LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 
 VERSION = "1.0.0"
@@ -245,6 +251,9 @@ class TusDispatch:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"].startswith(TUS_PREFIX):  # reached only through the dispatch below
+            await _refuse(send, NotFound())
+            return
         headers = Headers(scope=scope)
         version = headers.get("tus-resumable")
         if scope["method"] == "OPTIONS":
@@ -269,20 +278,20 @@ class TusDispatch:
 
 def _routed(scope: Scope, override: str | None) -> Scope:
     method = override.strip().upper() if override else scope["method"]
-    path = scope["path"]
-    if tus_target(method, path):
-        path = TUS_PREFIX + path
-    if method == scope["method"] and path == scope["path"]:
-        return scope
-    return {**scope, "method": method, "path": path,
-            "raw_path": path.encode("ascii", errors="replace")}
+    if not tus_target(method, scope["path"]):
+        return scope if method == scope["method"] else {**scope, "method": method}
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+    return {**scope, "method": method, "path": TUS_PREFIX + scope["path"],
+            "raw_path": TUS_PREFIX.encode("ascii") + raw}
 
 
 async def _refuse(send: Send, err: ServiceError) -> None:
     body = json.dumps(err.body()).encode("utf-8")
-    await send({"type": "http.response.start", "status": err.status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"tus-resumable", VERSION.encode()), (b"tus-version", VERSION.encode())]})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if isinstance(err, UnsupportedVersion):
+        headers += [(b"tus-resumable", VERSION.encode()), (b"tus-version", VERSION.encode())]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -143,6 +143,24 @@ async def test_a_wrong_version_is_412_and_reaches_nothing(gateway: httpx.AsyncCl
     assert fake.requests == []
 
 
+async def test_the_hidden_tus_routes_cannot_be_reached_directly(
+        gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
+    resp = await gateway.post(f"{tus.TUS_PREFIX}/v1/sessions",
+                              headers=auth(**{"Upload-Length": "5"}))
+    assert resp.status_code == 404 and error_of(resp) == "not_found"
+    assert fake.requests == []
+
+
+async def test_an_empty_creation_body_of_any_type_is_plain_creation(
+        gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
+    fake.reply("POST", "/internal/v1/sessions", 201, session_json())
+    resp = await gateway.post("/v1/sessions", content=b"", headers=auth(**{
+        "Tus-Resumable": "1.0.0", "Upload-Length": "5",
+        "Content-Type": "application/x-www-form-urlencoded"}))
+    assert resp.status_code == 201 and "upload-offset" not in resp.headers
+    assert [r.method for r in fake.requests] == ["POST"]
+
+
 async def test_a_tus_request_without_a_token_is_401_and_still_tagged(
         gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
     resp = await gateway.head(UPLOAD, headers={"Tus-Resumable": "1.0.0"})

@@ -95,7 +95,8 @@ async def create(request: Request, processor: Processor, settings: SettingsDep,
     length = tus.creation_length(request.headers, max_size=settings.max_session_bytes)
     labels = tus.metadata_labels(request.headers.get("upload-metadata"))
     data = None
-    if request.headers.get("content-type") is not None:  # creation-with-upload
+    if request.headers.get("content-type") is not None and request.headers.get(
+            "content-length") != "0":  # creation-with-upload; an empty body is no data
         data = _forwarded(request, settings, "0")
     created = await processor.create_session({"labels": labels, "upload_length": length})
     session_id = str(created["id"])
@@ -127,7 +128,8 @@ async def offset(session_id: SessionId, processor: Processor, settings: Settings
     session = await processor.get_session(session_id)
     if session["state"] == "deleted":
         raise tus.Gone()
-    if session["state"] == "recording" and session.get("upload_length") == session["offset"]:
+    if (session["state"] in ("recording", "finalizing")
+            and session.get("upload_length") == session["offset"]):
         session = await processor.finalize(session_id)  # completes a finalize that was cut off
     return Response(status_code=200, headers=_head_headers(session, settings))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -48,7 +49,7 @@ def sid_of(location: str) -> str:
     return location.split("/")[3]
 
 
-def patch(cluster: Cluster, location: str, offset: int, data: bytes,
+def patch(cluster: Cluster, location: str, offset: int, data: bytes | Iterator[bytes],
           **headers: str) -> httpx.Response:
     with cluster.client(base="") as c:
         return c.patch(location, content=data, headers={**TUS, **STREAM,
@@ -361,7 +362,8 @@ def test_termination_crypto_erases_and_answers_204_then_the_url_is_gone(
         assert storage.get(f"sessions/{sid}").json()["wrapped_key"] is None
     assert not cluster.chunk_file(sid, 0).exists()
     assert head(cluster, location).status_code == 410
-    assert patch(cluster, location, CHUNK, b"more").status_code == 409
+    r = patch(cluster, location, CHUNK, b"more")
+    assert r.status_code == 410 and r.json()["error"] == "session_deleted"
 
 
 def test_termination_needs_the_token(cluster: Cluster, api: httpx.Client) -> None:
@@ -415,6 +417,24 @@ def test_a_patch_past_the_declared_length_is_413_and_stores_nothing(cluster: Clu
     assert r.status_code == 413
     assert state(api, sid_of(location))["offset"] == 0
     assert patch(cluster, location, 0, b"0123456789").status_code == 204
+
+
+def test_a_chunked_body_past_the_declared_length_is_stopped_at_the_length(
+        cluster: Cluster, api: httpx.Client) -> None:
+    data = session_bytes(2 * CHUNK, 9)
+
+    def body() -> Iterator[bytes]:  # no Content-Length: the server cannot refuse it up front
+        for start in range(0, len(data), 64 * 1024):
+            yield data[start:start + 64 * 1024]
+
+    location = create(api, CHUNK + 10)
+    r = patch(cluster, location, 0, body())
+    assert r.status_code == 413
+    offset = state(api, sid_of(location))["offset"]
+    assert isinstance(offset, int) and offset <= CHUNK + 10
+    r = patch(cluster, location, offset, data[offset:CHUNK + 10])
+    assert r.status_code == 204 and state(api, sid_of(location))["state"] == "completed"
+    assert api.get(f"sessions/{sid_of(location)}/replay").content == data[:CHUNK + 10]
 
 
 def test_the_json_api_and_tus_share_one_session(cluster: Cluster, api: httpx.Client) -> None:

@@ -17,6 +17,7 @@ from sessions.api import tus
 from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
 from sessions.api.streams import limited_body
 from sessions.common.errors import (
+    InvalidState,
     PayloadTooLarge,
     ServiceError,
     TruncatedBody,
@@ -85,6 +86,10 @@ async def _append(request: Request, processor: Processor, metrics: MetricsDep,
         result, new_offset = await processor.upload(session_id, body, headers)
     except ClientDisconnect:
         raise TruncatedBody() from None  # nobody reads this answer; the upstream was aborted
+    except InvalidState as exc:
+        if exc.extra.get("state") == "deleted":
+            raise tus.Gone() from None  # tus termination: the URL is gone for good
+        raise
     return new_offset if new_offset is not None else str(result.get("offset", ""))
 
 

@@ -28,10 +28,20 @@ router = APIRouter(tags=["upload"])
 hidden = APIRouter(prefix=tus.TUS_PREFIX + "/v1/sessions", include_in_schema=False,
                    dependencies=[Depends(authenticate)])
 
-_DISCOVERY = ("tus discovery: `Tus-Version`, `Tus-Extension`, `Tus-Max-Size`, "
-              "`Tus-Checksum-Algorithm` and `Lucid-Chunk-Size` (send multiples of it per "
-              "request). No token needed; also answers CORS preflights when "
-              "`LUCID_CORS_ORIGINS` is set. See docs/tus.md.")
+_DISCOVERY = """tus 1.0.0 discovery: `Tus-Version`, `Tus-Extension`, `Tus-Max-Size`,
+`Tus-Checksum-Algorithm`, and `Lucid-Chunk-Size` (use it as the client's chunk size: the
+tail of every request becomes a short chunk). Needs no token; with `LUCID_CORS_ORIGINS`
+set, a CORS preflight is answered here too.
+
+**tus on the session URLs.** A request carrying `Tus-Resumable: 1.0.0` gets tus
+semantics: `POST /v1/sessions` with `Upload-Length` or `Upload-Defer-Length: 1` (and
+`Upload-Metadata`, mapped to labels) answers 201 with `Location: /v1/sessions/{id}/upload`;
+`HEAD` on it gives `Upload-Offset`, `Upload-Length` or `Upload-Defer-Length`;
+`PATCH` answers 204 with the new `Upload-Offset`; `DELETE` crypto-erases (204).
+Reaching `Upload-Length` finalizes the session. Errors keep the `{"error", "detail"}`
+body: 412 `tus_version_unsupported` (another `Tus-Resumable`), 410 `session_deleted`,
+413 `payload_too_large` (past `Upload-Length` or `Tus-Max-Size`), 460
+`checksum_mismatch`, 409 `offset_mismatch`, 415. See docs/tus.md."""
 
 
 async def _discovery(settings: SettingsDep, processor: Processor) -> Response:

@@ -55,8 +55,8 @@ _LABEL_KEY = re.compile(LABEL_KEY)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _CONTROL = frozenset({"Cc", "Cf"})
 _CHECKSUM_SIZES = {"sha256": 32, "sha1": 20, "md5": 16}
-_CREATE = re.compile(r"^/v1/sessions/?$")
-_UPLOAD = re.compile(r"^/v1/sessions/[^/]+/upload/?$")
+_CREATE = re.compile(r"^/v1/sessions$")
+_UPLOAD = re.compile(r"^/v1/sessions/[^/]+/upload$")
 _TUS_METHODS = {"POST": _CREATE, "HEAD": _UPLOAD, "PATCH": _UPLOAD, "DELETE": _UPLOAD}
 
 

@@ -437,6 +437,17 @@ def test_a_chunked_body_past_the_declared_length_is_stopped_at_the_length(
     assert api.get(f"sessions/{sid_of(location)}/replay").content == data[:CHUNK + 10]
 
 
+def test_a_json_api_session_with_a_declared_length_completes_at_it(api: httpx.Client) -> None:
+    r = api.post("sessions", json={"labels": {"user": "bob"}, "upload_length": 8})
+    assert r.status_code == 201 and r.json()["upload_length"] == 8
+    sid = r.json()["id"]
+    r = api.patch(f"sessions/{sid}/upload", content=b"12345678",
+                  headers={**STREAM, "Upload-Offset": "0"})
+    assert r.status_code == 200 and r.json() == {"offset": 8, "chunk_count": 1}
+    assert state(api, sid)["state"] == "completed"
+    assert api.post(f"sessions/{sid}/verify").json()["ok"]
+
+
 def test_the_json_api_and_tus_share_one_session(cluster: Cluster, api: httpx.Client) -> None:
     data = session_bytes(2 * CHUNK + 9, 8)
     location = create(api, len(data), **{"Upload-Metadata": metadata({"user": "alice"})})

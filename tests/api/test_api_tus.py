@@ -188,6 +188,16 @@ async def test_head_completes_a_finalize_that_was_cut_off(gateway: httpx.AsyncCl
     assert "upload-expires" not in resp.headers  # a completed upload no longer expires
 
 
+async def test_head_of_a_session_finalized_without_a_length_gives_its_offset_as_length(
+        gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
+    fake.reply("GET", f"/internal/v1/sessions/{SESSION_ID}", 200,
+               session_json(offset=9, state="completed"))
+    resp = await gateway.head(UPLOAD, headers=auth(**{"Tus-Resumable": "1.0.0"}))
+    assert resp.status_code == 200 and resp.headers["upload-length"] == "9"
+    assert "upload-defer-length" not in resp.headers
+    assert [r.method for r in fake.requests] == ["GET"]
+
+
 async def test_creation_with_upload_answers_201_even_if_the_body_fails(
         gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
     fake.reply("POST", "/internal/v1/sessions", 201, session_json())

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.requests import ClientDisconnect
 
 from sessions.api import tus
+from sessions.api.config import Settings
 from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
 from sessions.api.streams import limited_body
 from sessions.common.errors import (
@@ -66,7 +67,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _expiry(settings: SettingsDep, last: datetime) -> dict[str, str]:
+def _expiry(settings: Settings, last: datetime) -> dict[str, str]:
     value = tus.expires(last, settings.idle_deadline)
     return {} if value is None else {"Upload-Expires": value}
 
@@ -75,7 +76,7 @@ def _location(session_id: str) -> str:
     return f"/v1/sessions/{session_id}/upload"
 
 
-def _forwarded(request: Request, settings: SettingsDep,
+def _forwarded(request: Request, settings: Settings,
                offset_header: str | None) -> tuple[dict[str, str], int]:
     """Return the checked headers of a request with data, and the most bytes it may carry.
 
@@ -149,10 +150,13 @@ async def offset(session_id: SessionId, processor: Processor, settings: Settings
     return Response(status_code=200, headers=_head_headers(session, settings))
 
 
-def _head_headers(session: dict[str, Any], settings: SettingsDep) -> dict[str, str]:
+def _head_headers(session: dict[str, Any], settings: Settings) -> dict[str, str]:
+    """Return a tus HEAD's headers; a completed session's length is its offset."""
     headers = {"Upload-Offset": str(session["offset"]), "Cache-Control": "no-store",
                tus.CHUNK_SIZE_HEADER: str(session["chunk_size"])}
     length = session.get("upload_length")
+    if length is None and session["state"] == "completed":
+        length = session["offset"]  # finalized through the JSON API: nothing more can come
     if length is None:
         headers["Upload-Defer-Length"] = "1"
     else:
@@ -180,8 +184,8 @@ async def append(session_id: SessionId, request: Request, processor: Processor,
             raise PayloadTooLarge("Upload-Length exceeds Tus-Max-Size")
         await processor.set_upload_length(session_id, length)
     new_offset = await _append(request, processor, metrics, session_id, headers, room)
-    headers = {"Upload-Offset": new_offset, **_expiry(settings, _now())}
-    return Response(status_code=204, headers=headers)
+    return Response(status_code=204,
+                    headers={"Upload-Offset": new_offset, **_expiry(settings, _now())})
 
 
 @hidden.delete("/{session_id}/upload", status_code=204, response_class=Response)

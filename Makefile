@@ -14,10 +14,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# tus-js-client for the tus end-to-end tests: `npm ci` from the lock file, again only when it
+# changes. Without npm the JS tests skip and say so (tests/e2e/test_tus_clients.py).
+TUS_JS := tests/tus/node_modules/.installed-stamp
+$(TUS_JS): tests/tus/package.json tests/tus/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/tus --no-audit --no-fund && touch $@; \
+	else \
+		echo "tus-js: npm NOT FOUND: the tus-js-client tests will be SKIPPED (install Node.js >= 18)"; \
+	fi
+
 run: $(STAMP)
 	$(VENV)/bin/lucid-sessions up
 
-test: $(STAMP)
+test: $(STAMP) $(TUS_JS)
 	$(VENV)/bin/ruff check sessions tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
 from sessions.core import ChunkSealer, leaf_hash, sealed_length_bound
 from sessions.processor.buffers import BufferPool
-from sessions.processor.ingest import parse_checksum
+from sessions.processor.ingest import Checksum, parse_checksum
 from sessions.processor.readback import (
     BadChunk,
     ByteRange,
@@ -67,7 +67,19 @@ SLASHY = b"\xfb\xff\xbf" * 10 + b"\xfb\xff"  # standard base64 of this is full o
     ("sha256 " + b64(ZERO_HASH), ZERO_HASH),
 ], ids=["lower", "upper", "mixed-case", "extra-spaces", "plus-and-slash", "zero"])
 def test_a_valid_checksum_gives_its_32_bytes(header: str, digest: bytes) -> None:
-    assert parse_checksum(header) == digest
+    assert parse_checksum(header) == Checksum("sha256", digest)
+
+
+SHA1 = hashlib.sha1(b"hello").digest()  # noqa: S324 - the tus checksum extension's MUST
+MD5 = hashlib.md5(b"hello").digest()  # noqa: S324 - test input
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("sha1 " + b64(SHA1), Checksum("sha1", SHA1)),
+    ("md5 " + b64(MD5), Checksum("md5", MD5)),
+], ids=["sha1", "md5"])
+def test_the_tus_algorithms_sha1_and_md5_are_accepted(header: str, expected: Checksum) -> None:
+    assert parse_checksum(header) == expected
 
 
 def test_no_header_means_no_checksum() -> None:
@@ -75,7 +87,8 @@ def test_no_header_means_no_checksum() -> None:
 
 
 BAD_CHECKSUMS = {
-    "md5": "md5 " + b64(hashlib.md5(b"hello").digest()),  # noqa: S324 - test input
+    "md5-32-bytes": "md5 " + b64(DIGEST),
+    "sha1-16-bytes": "sha1 " + b64(MD5),
     "sha-256": "sha-256 " + b64(DIGEST),
     "sha512": "sha512 " + b64(hashlib.sha512(b"hello").digest()),
     "colon-form": "sha256:" + b64(DIGEST),
@@ -106,18 +119,19 @@ def test_a_bad_checksum_is_a_bad_request(header: str) -> None:
 
 
 @given(st.text(max_size=80))
-def test_any_header_gives_32_bytes_or_a_bad_request(header: str) -> None:
+def test_any_header_gives_a_digest_of_its_size_or_a_bad_request(header: str) -> None:
     try:
-        digest = parse_checksum(header)
+        checksum = parse_checksum(header)
     except BadRequest:
         return
-    assert isinstance(digest, bytes) and len(digest) == 32
-    assert parse_checksum("sha256 " + b64(digest)) == digest
+    assert checksum is not None
+    assert len(checksum.digest) == {"sha256": 32, "sha1": 20, "md5": 16}[checksum.algorithm]
+    assert parse_checksum(f"{checksum.algorithm} {b64(checksum.digest)}") == checksum
 
 
 @given(st.binary(min_size=32, max_size=32))
 def test_every_digest_round_trips(digest: bytes) -> None:
-    assert parse_checksum(f"sha256 {b64(digest)}") == digest
+    assert parse_checksum(f"sha256 {b64(digest)}") == Checksum("sha256", digest)
 
 
 # ------------------------------------------------------------------------------ parse_range

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -15,6 +16,7 @@ log = logging.getLogger("lucid.config")
 
 KIB = 1024
 GIB = 1024 * 1024 * 1024
+TIB = 1024 * GIB
 
 
 class Settings(CommonSettings):
@@ -28,11 +30,30 @@ class Settings(CommonSettings):
                                           "token (local default <data_dir>/secrets/admin.token)")
     max_upload_bytes: int = Field(8 * GIB, ge=1, description="largest body of one PATCH upload")
     max_json_bytes: int = Field(64 * KIB, ge=1024, description="largest JSON request body")
+    max_session_bytes: int = Field(TIB, ge=1, le=2**53 - 1, description="largest tus upload "
+                                   "(Tus-Max-Size); JSON API uploads are not bounded by it")
+    idle_deadline: int = Field(86400, ge=0, description="seconds a recording may stay idle "
+                               "before it is closed (tus Upload-Expires); 0: never")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS "
+                              "(e.g. https://rec.example.com); empty: CORS off")
 
     @field_validator("processor_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        for origin in filter(None, (o.strip() for o in v.split(","))):
+            if origin != "*" and not re.fullmatch(r"https?://[^\s/,]+", origin):
+                raise ValueError(f"{origin[:80]!r} is not an origin (scheme://host[:port])")
+        return v
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """Return the CORS origins, none when CORS is off."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def port(self) -> int:

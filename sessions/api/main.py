@@ -14,7 +14,8 @@ from sessions.api import package_version
 from sessions.api.config import Settings, load_settings
 from sessions.api.limits import JsonBodyLimit
 from sessions.api.processor_client import ProcessorClient
-from sessions.api.routes import node, replay, sessions, uploads
+from sessions.api.routes import node, replay, sessions, tus, uploads
+from sessions.api.tus import TUS_PREFIX, install_tus
 from sessions.common.web import Metrics, install_common
 
 DESCRIPTION = """
@@ -43,6 +44,8 @@ _UPLOAD_PATH = re.compile(r"^/v1/sessions/[^/]+/upload$")
 
 def _is_upload(scope: Scope) -> bool:
     """Return whether the request is an upload PATCH, whose body is streamed, not limited."""
+    if scope["path"].startswith(TUS_PREFIX):  # tus PATCH, and POST with data
+        return True
     return scope["method"] == "PATCH" and _UPLOAD_PATH.match(scope["path"]) is not None
 
 
@@ -72,6 +75,8 @@ def create_app(settings: Settings | None = None, *,
     app.state.metrics = metrics
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
     install_common(app, metrics=metrics, ready=ready)
-    for module in (sessions, uploads, replay, node):
+    for module in (sessions, uploads, replay, node, tus):
         app.include_router(module.router)
+    app.include_router(tus.hidden)
+    install_tus(app, settings.allowed_origins)
     return app

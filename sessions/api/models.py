@@ -60,6 +60,9 @@ class Session(BaseModel):
         "(completed: the manifest, whose root and sizes are the ones shown; recording: the "
         "last signed checkpoint's chunk count and sizes); `mismatch`: it does not, run verify; "
         "`unchecked`: not checked (lists, deleted sessions)")
+    upload_length: int | None = Field(None, description="declared total bytes (tus "
+                                      "Upload-Length); the session is finalized when its "
+                                      "offset reaches it; null: not declared")
 
 
 class SessionPage(BaseModel):
@@ -132,6 +135,8 @@ class NodeInfo(BaseModel):
     key_name: str
     verifier_key: str = Field(description="C2SP signed-note verifier key of this node")
     origin_prefix: str = Field(description="checkpoint origins are `<origin_prefix><id>`")
+    chunk_size: int | None = Field(None, description="plaintext bytes per chunk of new "
+                                   "sessions: send multiples of it per upload request")
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -99,6 +99,10 @@ class ProcessorClient:
     async def get_session(self, session_id: str) -> Any:
         return await self._json("GET", f"/sessions/{session_id}")
 
+    async def set_upload_length(self, session_id: str, length: int) -> Any:
+        return await self._json("PUT", f"/sessions/{session_id}/upload-length",
+                                json_body={"upload_length": length})
+
     async def finalize(self, session_id: str) -> Any:
         return await self._json("POST", f"/sessions/{session_id}/finalize")
 

@@ -24,6 +24,14 @@ MAX_PAGE = 500
 _CONTROL = frozenset({"Cc", "Cf"})
 
 
+class UploadLength(BaseModel):
+    """Body of `PUT .../upload-length`: a length declared once, after creation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload_length: int = Field(ge=0)
+
+
 class CreateSession(BaseModel):
     """Body of `POST /sessions`."""
 
@@ -33,6 +41,9 @@ class CreateSession(BaseModel):
                                    description="free-form labels: user, host, protocol ...")
     retention_days: int | None = Field(None, ge=1, le=36500,
                                        description="keep the recording this many days")
+    upload_length: int | None = Field(None, ge=0, description="total bytes the recording "
+                                      "will have, if known (tus Upload-Length): the session "
+                                      "is finalized when its offset reaches it")
 
     @field_validator("labels")
     @classmethod

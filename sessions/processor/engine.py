@@ -22,6 +22,7 @@ from sessions.common.errors import (
     MetadataCorrupt,
     NotFound,
     OffsetMismatch,
+    PayloadTooLarge,
     UploadInProgress,
 )
 from sessions.common.ids import new_session_id
@@ -272,18 +273,27 @@ class Engine:
 
     # -- create, read, list ------------------------------------------------------------------
 
-    async def create(self, labels: dict[str, str], retention_days: int | None) -> dict[str, Any]:
+    async def create(self, labels: dict[str, str], retention_days: int | None,
+                     upload_length: int | None = None) -> dict[str, Any]:
+        """Create a recording session; one declared empty (upload_length 0) is finalized at once."""
         sid = new_session_id()
         wrapped = self.keys.master.wrap(new_data_key(), session_id=sid)
         row = await self.storage.create_session({
             "id": sid, "labels": labels, "retention_days": retention_days,
             "wrapped_key": wrapped.to_json(), "chunk_size": self.settings.chunk_size,
-            "zstd_level": self.settings.zstd_level, "format_version": FORMAT_VERSION})
+            "zstd_level": self.settings.zstd_level, "format_version": FORMAT_VERSION,
+            "upload_length": upload_length})
         # Anchored at size 0 before the id is returned: any later chunk row must extend it.
         tree = self._trees.remember(sid, CompactRange())
         await self._keep_anchor(sid, tree, offset=0, sealed=0,
                                 labels_line=labels_extension(labels))
+        if upload_length == 0:
+            return await self.finalize(sid)
         return row.public() | {"integrity": "ok"}
+
+    async def set_upload_length(self, sid: str, length: int) -> dict[str, Any]:
+        """Declare the session's total length once (the upload that reaches it finalizes)."""
+        return (await self.storage.set_upload_length(sid, length)).public()
 
     async def get(self, sid: str) -> dict[str, Any]:
         """Return the session as shown to clients, checked against what was signed.
@@ -336,6 +346,7 @@ class Engine:
             if offset != row.offset:
                 raise OffsetMismatch(f"Upload-Offset is {offset} but the committed offset is "
                                      f"{row.offset}", extra={"offset": row.offset})
+            max_bytes = _within_length(row, content_length, max_bytes)
             try:
                 done = await ingest(
                     storage=self.storage, sealer=self._sealer(row), session=row, source=source,
@@ -354,6 +365,8 @@ class Engine:
                         else labels_extension(row.raw.get("labels") or {}))
                 await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done),
                                         labels_line=line)
+        if done.upload_length is not None and done.offset == done.upload_length:
+            await self.finalize(sid)  # the declared length is reached: the upload is complete
         return {"offset": done.offset, "chunk_count": done.chunk_count}
 
     # -- checkpoints and proofs --------------------------------------------------------------
@@ -633,10 +646,26 @@ class Engine:
         return {"master_key_id": current.key_id, **counts,
                 "unknown_key_ids": sorted(unknown)}
 
-    def node(self) -> dict[str, str]:
+    def node(self) -> dict[str, Any]:
         return {"key_name": self.keys.signer.name,
                 "verifier_key": self.keys.verifier.key_text(),
-                "origin_prefix": f"{self.keys.signer.name}/sessions/"}
+                "origin_prefix": f"{self.keys.signer.name}/sessions/",
+                "chunk_size": self.settings.chunk_size}
+
+
+def _within_length(row: SessionRow, content_length: int | None, max_bytes: int) -> int:
+    """Return the most bytes this request may carry; raise PayloadTooLarge past the length.
+
+    Precondition: row.offset + content_length <= row.upload_length when both are known.
+    """
+    if row.upload_length is None:
+        return max_bytes
+    room = row.upload_length - row.offset
+    if content_length is not None and content_length > room:
+        raise PayloadTooLarge(f"the session's declared length is {row.upload_length} bytes; "
+                              f"{room} remain", extra={"offset": row.offset,
+                                                       "upload_length": row.upload_length})
+    return min(max_bytes, room)
 
 
 def _sealed(row: SessionRow) -> int:

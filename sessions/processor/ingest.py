@@ -38,20 +38,38 @@ from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClien
 _END = None
 
 
-def parse_checksum(header: str | None) -> bytes | None:
-    """Return the 32-byte digest of an `Upload-Checksum: sha256 <base64>` header, or None."""
+CHECKSUM_SIZES = {"sha256": 32, "sha1": 20, "md5": 16}
+"""The `Upload-Checksum` algorithms (tus checksum extension) and their digest sizes."""
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An `Upload-Checksum`: the algorithm's name and the digest the body must have."""
+
+    algorithm: str
+    digest: bytes
+
+
+def parse_checksum(header: str | None) -> Checksum | None:
+    """Return the checksum of an `Upload-Checksum: <algorithm> <base64>` header, or None.
+
+    The algorithm is one of CHECKSUM_SIZES, the digest exactly its size (BadRequest otherwise).
+    """
     if header is None:
         return None
-    algo, _, value = header.strip().partition(" ")
-    if algo.lower() != "sha256":
-        raise BadRequest("Upload-Checksum must be 'sha256 <base64 digest>'")
+    name, _, value = header.strip().partition(" ")
+    algo = name.lower()
+    size = CHECKSUM_SIZES.get(algo)
+    if size is None:
+        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>' with an "
+                         "algorithm of " + ", ".join(CHECKSUM_SIZES))
     try:
         digest = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("Upload-Checksum digest is not valid base64") from None
-    if len(digest) != 32:
-        raise BadRequest("Upload-Checksum digest must be 32 bytes")
-    return digest
+    if len(digest) != size:
+        raise BadRequest(f"Upload-Checksum {algo} digest must be {size} bytes")
+    return Checksum(algo, digest)
 
 
 @dataclass
@@ -93,7 +111,7 @@ class Upload:
     hasher: Executor
     parallel: int
     inflight: int
-    checksum: bytes | None
+    checksum: Checksum | None
     on_commit: Callable[[list[ChunkRow]], None]
     buffers: ChunkBuffers | None = None
     offset: int = field(init=False)
@@ -102,7 +120,8 @@ class Upload:
     def __post_init__(self) -> None:
         self.offset = self.session.offset
         self.chunk_count = self.session.chunk_count
-        self._digest = hashlib.sha256() if self.checksum is not None else None
+        self._digest = (None if self.checksum is None else
+                        hashlib.new(self.checksum.algorithm, usedforsecurity=False))
         # Reused buffers, or None to allocate every chunk afresh.  A plaintext buffer goes
         # back to its pool once sealed, so the pools are not used with `Upload-Checksum`,
         # whose digest thread may still be reading it then.
@@ -263,7 +282,7 @@ class Upload:
             if truncated:
                 raise TruncatedBody("the body ended early; nothing was committed",
                                     extra={"offset": self.offset})
-            if self._digest.digest() != self.checksum:
+            if self.checksum is None or self._digest.digest() != self.checksum.digest:
                 raise ChecksumMismatch(extra={"offset": self.offset})
             if self._staged:
                 await self._commit(self._staged)
@@ -292,7 +311,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: SessionRow,
-                 source: AsyncIterable[bytes], checksum: bytes | None,
+                 source: AsyncIterable[bytes], checksum: Checksum | None,
                  declared_length: int | None, max_bytes: int, executor: Executor,
                  hasher: Executor, parallel: int, inflight: int,
                  on_commit: Callable[[list[ChunkRow]], None],

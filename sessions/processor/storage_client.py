@@ -81,6 +81,11 @@ class SessionRow:
         return int(self.raw["zstd_level"])
 
     @property
+    def upload_length(self) -> int | None:
+        value = self.raw.get("upload_length")
+        return None if value is None else int(value)
+
+    @property
     def wrapped_key(self) -> WrappedKey | None:
         wk = self.raw.get("wrapped_key")
         return WrappedKey.from_json(wk) if wk else None
@@ -145,6 +150,11 @@ class StorageClient:
                                   wrapped: WrappedKey) -> SessionRow:
         body = {"expected_key_id": expected_key_id, "wrapped_key": wrapped.to_json()}
         return SessionRow((await self._call("PUT", f"/sessions/{sid}/wrapped-key",
+                                            json=body)).json())
+
+    async def set_upload_length(self, sid: str, length: int) -> SessionRow:
+        body = {"upload_length": length}
+        return SessionRow((await self._call("PUT", f"/sessions/{sid}/upload-length",
                                             json=body)).json())
 
     async def transition(self, sid: str, *, to: SessionState,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -61,8 +61,14 @@ _V1 = (
     "CREATE INDEX session_labels_by_value ON session_labels (key, value, session_id)",
 )
 
+# v2: the total length a client declared (tus `Upload-Length`); NULL while unknown.
+_V2 = (
+    "ALTER TABLE sessions ADD COLUMN upload_length INTEGER "
+    "CHECK (upload_length IS NULL OR upload_length >= 0)",
+)
+
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -91,12 +97,13 @@ def truncate_wal(db: sqlite3.Connection) -> None:
 
 _SESSION_COLUMNS = ("SELECT id, state, created_at, updated_at, retention_days, plain_offset, "
                     "chunk_count, sealed_bytes, chunk_size, zstd_level, format_version, "
-                    "root_hash, key_id, key_blob FROM sessions")
+                    "root_hash, key_id, key_blob, upload_length FROM sessions")
 SELECT_SESSION_BY_ID = _SESSION_COLUMNS + " WHERE id = ?"
 SESSION_EXISTS = "SELECT 1 FROM sessions WHERE id = ?"
 INSERT_SESSION = ("INSERT INTO sessions (id, state, created_at, updated_at, retention_days, "
-                  "chunk_size, zstd_level, format_version, key_id, key_blob) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "chunk_size, zstd_level, format_version, key_id, key_blob, upload_length) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+SET_UPLOAD_LENGTH = "UPDATE sessions SET upload_length = ?, updated_at = ? WHERE id = ?"
 INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)"
 SET_STATE = "UPDATE sessions SET state = ?, updated_at = ? WHERE id = ?"
 REWRAP = ("UPDATE sessions SET key_id = ?, key_blob = ?, updated_at = ? "

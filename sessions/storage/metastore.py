@@ -38,6 +38,7 @@ from sessions.storage.records import (
     SessionRecord,
     WrappedKey,
     check_commit,
+    check_upload_length,
 )
 
 T = TypeVar("T")
@@ -66,6 +67,7 @@ class MetadataStore(Protocol):
     async def erase(self, session_id: str) -> SessionRecord: ...
     async def replace_wrapped_key(self, session_id: str, *, expected_key_id: str,
                                   wrapped: WrappedKey) -> SessionRecord: ...
+    async def set_upload_length(self, session_id: str, length: int) -> SessionRecord: ...
     async def count_by_state(self) -> dict[str, int]: ...
     async def set_checkpoint(self, session_id: str, checkpoint: str) -> None: ...
     async def get_checkpoint(self, session_id: str) -> str | None: ...
@@ -174,6 +176,12 @@ class SqliteMetadataStore:
         """
         return await self._call(self._replace_wrapped_key, session_id, expected_key_id, wrapped)
 
+    async def set_upload_length(self, session_id: str, length: int) -> SessionRecord:
+        """Declare a session's total length once (`check_upload_length`); return the record."""
+        if length < 0:
+            raise InvalidParameter("upload_length must be >= 0")
+        return await self._call(self._set_upload_length, session_id, length)
+
     async def count_by_state(self) -> dict[str, int]:
         return await self._call(self._count_by_state)
 
@@ -256,7 +264,8 @@ class SqliteMetadataStore:
             key = new.wrapped_key
             db.execute(_sql.INSERT_SESSION, (
                 new.id, SessionState.RECORDING.value, now, now, new.retention_days,
-                new.chunk_size, new.zstd_level, new.format_version, key.key_id, key.blob))
+                new.chunk_size, new.zstd_level, new.format_version, key.key_id, key.blob,
+                new.upload_length))
             db.executemany(_sql.INSERT_LABEL, [(new.id, k, v) for k, v in new.labels.items()])
             return self._load(db, new.id)
 
@@ -377,6 +386,14 @@ class SqliteMetadataStore:
             raise SessionNotFound()
         return None if row[1] is None else str(row[1])
 
+    def _set_upload_length(self, session_id: str, length: int) -> SessionRecord:
+        with self._tx() as db:
+            rec = self._load(db, session_id)
+            if check_upload_length(rec, length):
+                db.execute(_sql.SET_UPLOAD_LENGTH, (length, self._now(), session_id))
+                rec = self._load(db, session_id)
+            return rec
+
     def _count_by_state(self) -> dict[str, int]:
         counts = {state.value: 0 for state in SessionState}
         for state, n in self._conn().execute(_sql.COUNT_BY_STATE):
@@ -396,10 +413,11 @@ def _labels_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, dict[str
 
 def _record(row: Sequence[Any], labels: dict[str, str]) -> SessionRecord:
     (sid, state, created, updated, retention, offset, count, sealed, chunk_size, level,
-     version, root, key_id, key_blob) = row
+     version, root, key_id, key_blob, upload_length) = row
     key = None if key_id is None else WrappedKey(key_id=key_id, blob=bytes(key_blob))
     return SessionRecord(
         id=sid, state=SessionState(state), labels=labels, created_at=created, updated_at=updated,
         retention_days=retention, offset=offset, chunk_count=count, sealed_bytes=sealed,
         chunk_size=chunk_size, zstd_level=level, format_version=version,
-        root_hash=None if root is None else bytes(root), wrapped_key=key)
+        root_hash=None if root is None else bytes(root), wrapped_key=key,
+        upload_length=upload_length)

@@ -68,6 +68,8 @@ class CreateSessionIn(BaseModel):
     chunk_size: int = Field(ge=1, le=1 << 30)
     zstd_level: int = Field(ge=-(1 << 17), le=22)
     format_version: int = Field(ge=1, le=255)
+    upload_length: int | None = Field(None, ge=0, description="declared total plaintext "
+                                      "bytes (tus Upload-Length); null: not known yet")
 
     @field_validator("labels")
     @classmethod
@@ -78,7 +80,8 @@ class CreateSessionIn(BaseModel):
         return NewSession(id=self.id, labels=dict(self.labels),
                           retention_days=self.retention_days,
                           wrapped_key=self.wrapped_key.to_record(), chunk_size=self.chunk_size,
-                          zstd_level=self.zstd_level, format_version=self.format_version)
+                          zstd_level=self.zstd_level, format_version=self.format_version,
+                          upload_length=self.upload_length)
 
 
 class SessionOut(BaseModel):
@@ -96,6 +99,7 @@ class SessionOut(BaseModel):
     format_version: int
     root_hash: str | None
     wrapped_key: WrappedKeyModel | None
+    upload_length: int | None
 
     @classmethod
     def of(cls, rec: SessionRecord) -> SessionOut:
@@ -106,7 +110,8 @@ class SessionOut(BaseModel):
             chunk_size=rec.chunk_size, zstd_level=rec.zstd_level,
             format_version=rec.format_version,
             root_hash=None if rec.root_hash is None else rec.root_hash.hex(),
-            wrapped_key=None if rec.wrapped_key is None else WrappedKeyModel.of(rec.wrapped_key))
+            wrapped_key=None if rec.wrapped_key is None else WrappedKeyModel.of(rec.wrapped_key),
+            upload_length=rec.upload_length)
 
 
 class SessionList(BaseModel):
@@ -173,6 +178,14 @@ class CheckpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(min_length=1, max_length=64 * 1024)
+
+
+class UploadLengthIn(BaseModel):
+    """Body of `PUT /sessions/{id}/upload-length`: the total a deferred-length client declares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload_length: int = Field(ge=0)
 
 
 class StatsOut(BaseModel):

@@ -22,7 +22,8 @@ async def test_create_forwards_the_validated_body(gateway: httpx.AsyncClient,
                               json={"labels": {"host": "pc-1"}, "retention_days": 30})
     assert resp.status_code == 201
     assert resp.json() == created, "fields outside the public Session must be dropped"
-    assert json.loads(fake.last_body()) == {"labels": {"host": "pc-1"}, "retention_days": 30}
+    assert json.loads(fake.last_body()) == {"labels": {"host": "pc-1"}, "retention_days": 30,
+                                            "upload_length": None}
 
 
 async def test_create_without_body_uses_defaults(gateway: httpx.AsyncClient,
@@ -30,7 +31,8 @@ async def test_create_without_body_uses_defaults(gateway: httpx.AsyncClient,
     fake.reply("POST", INTERNAL, 201, session_json())
     resp = await gateway.post("/v1/sessions", headers=auth())
     assert resp.status_code == 201
-    assert json.loads(fake.last_body()) == {"labels": {}, "retention_days": None}
+    assert json.loads(fake.last_body()) == {"labels": {}, "retention_days": None,
+                                            "upload_length": None}
 
 
 @pytest.mark.parametrize("body", [

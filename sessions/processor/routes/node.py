@@ -12,7 +12,7 @@ router = APIRouter(prefix="/internal/v1", tags=["node"])
 
 
 @router.get("/node")
-async def node(engine: EngineDep) -> dict[str, str]:
+async def node(engine: EngineDep) -> dict[str, Any]:
     return engine.node()
 
 

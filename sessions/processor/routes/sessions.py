@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from sessions.common.models import CreateSession, list_params
+from sessions.common.models import CreateSession, UploadLength, list_params
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
 
 @router.post("", status_code=201)
 async def create_session(body: CreateSession, engine: EngineDep) -> dict[str, Any]:
-    return await engine.create(body.labels, body.retention_days)
+    return await engine.create(body.labels, body.retention_days, body.upload_length)
 
 
 @router.get("")
@@ -30,6 +30,12 @@ async def show_session(session_id: SessionId, engine: EngineDep) -> dict[str, An
 @router.post("/{session_id}/finalize")
 async def finalize_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
     return await engine.finalize(session_id)
+
+
+@router.put("/{session_id}/upload-length")
+async def set_upload_length(session_id: SessionId, body: UploadLength,
+                            engine: EngineDep) -> dict[str, Any]:
+    return await engine.set_upload_length(session_id, body.upload_length)
 
 
 @router.delete("/{session_id}", status_code=204)

@@ -17,6 +17,7 @@ from sessions.storage.models import (
     SessionOut,
     StatsOut,
     TransitionIn,
+    UploadLengthIn,
     parse_label_filters,
 )
 
@@ -76,6 +77,14 @@ async def replace_wrapped_key(session_id: SessionId, body: RewrapIn, meta: Meta)
     """Return the session with its key rewrapped; 409 unless it had `expected_key_id`."""
     return SessionOut.of(await meta.replace_wrapped_key(
         session_id, expected_key_id=body.expected_key_id, wrapped=body.wrapped_key.to_record()))
+
+
+@router.put("/sessions/{session_id}/upload-length", summary="Declare the total length once")
+async def set_upload_length(session_id: SessionId, body: UploadLengthIn,
+                            meta: Meta) -> SessionOut:
+    """Return the session with `upload_length` set; 409 `conflict` if another was declared
+    or more bytes are committed, 409 `invalid_state` unless recording."""
+    return SessionOut.of(await meta.set_upload_length(session_id, body.upload_length))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,

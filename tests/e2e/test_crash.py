@@ -273,7 +273,8 @@ def trial_patch(lab: Lab, service: str, rng: random.Random, tag: str, *,
                 checksum: bool) -> str:
     with lab.client() as api:
         sid, rec = new_session(lab, api, rng, tag)
-        upload_acked(api, rec, sid, rng.choice([0, CHUNK, 2 * CHUNK, CHUNK + 4321]))
+        prefixes = [n for n in (0, CHUNK, 2 * CHUNK, CHUNK + 4321) if n < len(rec.data) - CHUNK]
+        upload_acked(api, rec, sid, rng.choice(prefixes))
     body = rec.data[rec.acked:]
     headers = {"Upload-Checksum": checksum_header(body)} if checksum else {}
     req = lab.cluster.open_upload(sid, length=len(body), offset=rec.acked, timeout=20,

@@ -14,7 +14,7 @@ from sessions.api import package_version
 from sessions.api.config import Settings, load_settings
 from sessions.api.limits import JsonBodyLimit
 from sessions.api.processor_client import ProcessorClient
-from sessions.api.routes import node, replay, sessions, uploads
+from sessions.api.routes import node, replay, sessions, upload_prefix, uploads
 from sessions.common.web import Metrics, install_common
 
 DESCRIPTION = """
@@ -72,6 +72,6 @@ def create_app(settings: Settings | None = None, *,
     app.state.metrics = metrics
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
     install_common(app, metrics=metrics, ready=ready)
-    for module in (sessions, uploads, replay, node):
+    for module in (sessions, uploads, upload_prefix, replay, node):
         app.include_router(module.router)
     return app

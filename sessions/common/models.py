@@ -78,7 +78,7 @@ SHA256_BASE64 = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 class PrefixCheck(BaseModel):
     """Body of `POST /sessions/{id}/upload/prefix-check`: the digest of a local file's prefix."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     offset: int = Field(ge=0, le=(1 << 63) - 1,
                         description="length of the prefix; must equal the committed offset")

@@ -231,6 +231,9 @@ def _file_range(fh: IO[bytes], offset: int, length: int) -> Iterator[bytes]:
 class Progress:
     """A one-line text progress bar on stderr: bytes, percent, MB/s."""
 
+    _line_open = False
+    """Whether some bar's line is on stderr without its newline yet (one stderr, one flag)."""
+
     def __init__(self, total: int | None, *, enabled: bool, start: int = 0) -> None:
         self.total = total
         self.enabled = enabled
@@ -253,12 +256,23 @@ class Progress:
                     f"{self.total / 1e6:,.1f} MB  {rate:,.1f} MB/s")
         else:
             line = f"{done / 1e6:,.1f} MB  {rate:,.1f} MB/s"
+        sys.stdout.flush()  # what was printed before the bar stays before it
         sys.stderr.write("\r" + line + "   ")
         sys.stderr.flush()
+        Progress._line_open = True
 
     def finish(self) -> None:
+        """Draw the final figures and end the bar's line (once; later calls do nothing)."""
         if self.enabled:
             self.update(self._done, force=True)
+            self.enabled = False
+        Progress.end_line()
+
+    @staticmethod
+    def end_line() -> None:
+        """End a bar's open line, so whatever is written next starts a line of its own."""
+        if Progress._line_open:
+            Progress._line_open = False
             sys.stderr.write("\n")
             sys.stderr.flush()
 

@@ -7,7 +7,6 @@ its committed chunks.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
-    MIB,
     assert_error,
     checksum_header,
     create_session,
@@ -129,11 +127,9 @@ def test_a_crash_leaves_no_orphan(restartable: Cluster, api: httpx.Client) -> No
     cluster.restart("storage")
     cluster.wait_ready("api")
     assert chunk_files(cluster, restarted) == committed_names(1)
-    time.sleep(0.1)
     assert head_offset(api, restarted) == len(first)
     assert patch(api, restarted, len(first), data).status_code == 200
     finalize(api, restarted)
     assert chunk_files(cluster, restarted) == committed_names(5)
     assert replay(api, restarted).content == first + data
     assert replay(api, finalized).content == first
-    assert MIB == CHUNK  # the counts above assume the e2e cluster's 1 MiB chunks

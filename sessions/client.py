@@ -388,7 +388,7 @@ def upload_file(client: LucidClient, path: Path, plan: UploadPlan, *, store: Res
     if status["state"] != "recording" and status["offset"] != key.size:
         raise ClientError("invalid_state", f"session {session_id} is {status['state']} at "
                           f"byte {status['offset']} but the file has {key.size} bytes")
-    _check_prefix(client, session_id, path, key.size, int(status["offset"]))
+    _check_prefix(client, session_id, path, key.size, int(status["offset"]), say)
     if status["state"] == "recording":
         _send(client, session_id, path, key.size, status, plan, progress_enabled, sleep)
     else:
@@ -399,8 +399,8 @@ def upload_file(client: LucidClient, path: Path, plan: UploadPlan, *, store: Res
     return session_id
 
 
-def _check_prefix(client: LucidClient, session_id: str, path: Path, size: int,
-                  offset: int) -> None:
+def _check_prefix(client: LucidClient, session_id: str, path: Path, size: int, offset: int,
+                  say: Callable[[str], None]) -> None:
     """Refuse (ClientError prefix_mismatch) unless the session's committed bytes open the file.
 
     The size alone proves nothing: another file of the same size, or one that differs
@@ -412,6 +412,7 @@ def _check_prefix(client: LucidClient, session_id: str, path: Path, size: int,
     if offset > size:
         raise ClientError("prefix_mismatch", f"session {session_id} holds {offset:,} bytes but "
                           f"{path} has only {size:,}: it is not this file's upload")
+    say(f"checking that session {session_id} holds the first {offset:,} bytes of {path}")
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for piece in _file_range(fh, 0, offset):

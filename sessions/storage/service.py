@@ -82,9 +82,9 @@ class StorageService:
     async def _still_writable(self, gate: _Gate, discards: int, session_id: str,
                               index: int) -> AsyncIterator[None]:
         async with gate.lock:
+            _check_writable(await self.meta.get_session(session_id), index)
             if gate.discards != discards:
                 raise StagingDiscarded(extra={"index": index})
-            _check_writable(await self.meta.get_session(session_id), index)
             yield
 
     async def commit(self, session_id: str, *, expected_offset: int,
@@ -127,9 +127,8 @@ class StorageService:
 
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""
-        gate = self._gate(session_id)
+        gate = self._gate(session_id)  # held: the weak map keeps a gate only while it is used
         async with gate.lock:
-            gate.discards += 1
             # The erase is committed before any file goes: once the wrapped key is gone
             # the chunks are unreadable, whatever happens to the files afterwards.
             await self.meta.erase(session_id)

@@ -80,8 +80,8 @@ class PrefixCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    offset: int = Field(ge=0, le=(1 << 63) - 1,
-                        description="length of the prefix; must equal the committed offset")
+    offset: int = Field(ge=0, description="length of the prefix; must equal the committed "
+                        "offset")
     sha256: str = Field(pattern=SHA256_BASE64,
                         description="standard base64 of the SHA-256 of the first `offset` bytes")
 

@@ -70,6 +70,7 @@ def test_prefix_check_compares_the_committed_plaintext(api: httpx.Client) -> Non
     body = assert_error(check(api, sid, len(data) - 1, b64sha(data[:-1])), 409,
                         "offset_mismatch")
     assert body["offset"] == len(data)
+    assert_error(check(api, sid, 1 << 70, b64sha(data)), 409, "offset_mismatch")
     done = api.post(f"/sessions/{sid}/finalize")
     assert done.status_code == 200
     assert check(api, sid, len(data), b64sha(data)).json()["match"] is True

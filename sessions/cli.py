@@ -48,6 +48,15 @@ HEALTH_TIMEOUT = 60.0
 
 
 def _say(message: str) -> None:
+    """Write one line to stderr after everything printed before it.
+
+    stdout is block-buffered when it is not a terminal, so without the flush a
+    message written later could land before earlier stdout lines, or inside one,
+    where both streams go to one file (`2>&1`).  A progress bar's open line is
+    ended first, so the message starts a line of its own.
+    """
+    Progress.end_line()
+    sys.stdout.flush()
     print(message, file=sys.stderr, flush=True)
 
 
@@ -373,8 +382,8 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
         report = client.rotate_keys()
     print(json.dumps(report, indent=2))
     if report.get("unknown_key_ids"):
-        print("error: some session keys are wrapped under a master key the processor does not "
-              "hold; add it to LUCID_PREVIOUS_MASTER_KEY_FILES and run again", file=sys.stderr)
+        _say("error: some session keys are wrapped under a master key the processor does not "
+             "hold; add it to LUCID_PREVIOUS_MASTER_KEY_FILES and run again")
         return 1
     return 0
 
@@ -415,9 +424,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             progress.update(fetched)
             return sealed
 
-        report = verify_offline(args.id, verifier_key=key, manifest=manifest,
-                                checkpoint=checkpoint, fetch_chunk=fetch, sample=args.sample)
-    progress.finish()
+        try:
+            report = verify_offline(args.id, verifier_key=key, manifest=manifest,
+                                    checkpoint=checkpoint, fetch_chunk=fetch,
+                                    sample=args.sample)
+        finally:
+            progress.finish()
     for problem in report.problems:
         print(f"FAIL: {problem}")
     for index, reason in report.bad_chunks:
@@ -538,22 +550,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ClientError as exc:
-        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        _say(f"error: {exc.code}: {exc.detail}")
         if exc.code == "unauthorized":
             _say("hint: pass --token-file (the local token is <data dir>/secrets/admin.token)")
         return 1
     except VerificationError as exc:
-        print(f"error: verification_failed: {exc}", file=sys.stderr)
+        _say(f"error: verification_failed: {exc}")
         return 1
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {type(exc).__name__}: {exc.strerror or exc}{where}", file=sys.stderr)
+        _say(f"error: {type(exc).__name__}: {exc.strerror or exc}{where}")
         return 1
 
 

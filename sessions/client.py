@@ -134,6 +134,13 @@ class LucidClient:
     def upload_status(self, session_id: str) -> Any:
         return self.json("GET", f"/v1/sessions/{session_id}/upload")
 
+    def prefix_check(self, session_id: str, offset: int, digest: bytes) -> bool:
+        """Return whether the session's first `offset` committed bytes have SHA-256 `digest`."""
+        body = {"offset": offset, "sha256": base64.b64encode(digest).decode("ascii")}
+        answer = self.json("POST", f"/v1/sessions/{session_id}/upload/prefix-check", json=body,
+                           timeout=httpx.Timeout(None, connect=10.0))
+        return answer.get("match") is True
+
     def manifest(self, session_id: str) -> bytes:
         return self.request("GET", f"/v1/sessions/{session_id}/manifest").content
 
@@ -224,6 +231,9 @@ def _file_range(fh: IO[bytes], offset: int, length: int) -> Iterator[bytes]:
 class Progress:
     """A one-line text progress bar on stderr: bytes, percent, MB/s."""
 
+    _line_open = False
+    """Whether some bar's line is on stderr without its newline yet (one stderr, one flag)."""
+
     def __init__(self, total: int | None, *, enabled: bool, start: int = 0) -> None:
         self.total = total
         self.enabled = enabled
@@ -246,12 +256,23 @@ class Progress:
                     f"{self.total / 1e6:,.1f} MB  {rate:,.1f} MB/s")
         else:
             line = f"{done / 1e6:,.1f} MB  {rate:,.1f} MB/s"
+        sys.stdout.flush()  # what was printed before the bar stays before it
         sys.stderr.write("\r" + line + "   ")
         sys.stderr.flush()
+        Progress._line_open = True
 
     def finish(self) -> None:
+        """Draw the final figures and end the bar's line (once; later calls do nothing)."""
         if self.enabled:
             self.update(self._done, force=True)
+            self.enabled = False
+        Progress.end_line()
+
+    @staticmethod
+    def end_line() -> None:
+        """End a bar's open line, so whatever is written next starts a line of its own."""
+        if Progress._line_open:
+            Progress._line_open = False
             sys.stderr.write("\n")
             sys.stderr.flush()
 
@@ -364,15 +385,42 @@ def upload_file(client: LucidClient, path: Path, plan: UploadPlan, *, store: Res
     if plan.session_id is None:
         store.remember(key, session_id)
     status = client.upload_status(session_id)
-    if status["state"] == "recording":
-        _send(client, session_id, path, key.size, status, plan, progress_enabled, sleep)
-    elif status["offset"] != key.size:
+    if status["state"] != "recording" and status["offset"] != key.size:
         raise ClientError("invalid_state", f"session {session_id} is {status['state']} at "
                           f"byte {status['offset']} but the file has {key.size} bytes")
+    _check_prefix(client, session_id, path, key.size, int(status["offset"]), say)
+    if status["state"] == "recording":
+        _send(client, session_id, path, key.size, status, plan, progress_enabled, sleep)
+    else:
+        say(f"session {session_id} already holds all {key.size:,} bytes of {path}")
     if plan.finalize:
         client.finalize(session_id)
         store.forget(key)
     return session_id
+
+
+def _check_prefix(client: LucidClient, session_id: str, path: Path, size: int, offset: int,
+                  say: Callable[[str], None]) -> None:
+    """Refuse (ClientError prefix_mismatch) unless the session's committed bytes open the file.
+
+    The size alone proves nothing: another file of the same size, or one that differs
+    early on, would otherwise be resumed into (or taken as uploaded).  The node hashes
+    its committed plaintext as it reads it back; nothing is checked when it holds none.
+    """
+    if offset == 0:
+        return
+    if offset > size:
+        raise ClientError("prefix_mismatch", f"session {session_id} holds {offset:,} bytes but "
+                          f"{path} has only {size:,}: it is not this file's upload")
+    say(f"checking that session {session_id} holds the first {offset:,} bytes of {path}")
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for piece in _file_range(fh, 0, offset):
+            digest.update(piece)
+    if not client.prefix_check(session_id, offset, digest.digest()):
+        raise ClientError("prefix_mismatch", f"the first {offset:,} bytes session {session_id} "
+                          f"holds are not the first {offset:,} bytes of {path}: refusing to "
+                          "continue another file's upload")
 
 
 def _send(client: LucidClient, session_id: str, path: Path, size: int, status: dict[str, Any],

@@ -37,6 +37,7 @@ class FakeGateway:
     patches: list[tuple[int, int]] = field(default_factory=list)
     created: int = 0
     replay_cut: int | None = None
+    checks: list[int] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
@@ -48,6 +49,8 @@ class FakeGateway:
                                              "chunk_count": 0, "state": self.state})
         if path == f"/v1/sessions/{SID}/upload" and method == "PATCH":
             return self.patch(request)
+        if path == f"/v1/sessions/{SID}/upload/prefix-check" and method == "POST":
+            return self.prefix_check(request)
         if path == f"/v1/sessions/{SID}/finalize":
             self.state = "completed"
             return httpx.Response(200, json={"id": SID, "state": "completed"})
@@ -57,6 +60,16 @@ class FakeGateway:
             return httpx.Response(200, stream=httpx.ByteStream(body[:self.replay_cut]),
                                   headers=headers)
         return httpx.Response(404, json={"error": "not_found", "detail": "no route"})
+
+    def prefix_check(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.read())
+        self.checks.append(body["offset"])
+        if body["offset"] != len(self.data):
+            return httpx.Response(409, json={"error": "offset_mismatch", "detail": "no",
+                                             "offset": len(self.data)})
+        digest = base64.b64encode(hashlib.sha256(self.data).digest()).decode()
+        return httpx.Response(200, json={"match": body["sha256"] == digest,
+                                         "offset": len(self.data)})
 
     def patch(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
@@ -121,6 +134,45 @@ def test_upload_follows_offset_mismatch(sample: Path, tmp_path: Path) -> None:
     assert gw.patches[0] == (CHUNK, 2 * CHUNK)  # GET .../upload said where to start
     assert gw.data == sample.read_bytes()
     assert gw.created == 0
+
+
+def test_upload_checks_the_prefix_before_resuming(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    gw.data += sample.read_bytes()[:CHUNK]
+    run_upload(gw, sample, tmp_path, session_id=SID)
+    assert gw.checks == [CHUNK]
+    assert gw.data == sample.read_bytes()
+
+
+def test_upload_refuses_another_files_prefix(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    gw.data += b"\xff" + sample.read_bytes()[1:CHUNK]
+    with pytest.raises(ClientError) as info:
+        run_upload(gw, sample, tmp_path, session_id=SID)
+    assert info.value.code == "prefix_mismatch" and str(sample) in info.value.detail
+    assert gw.patches == [] and gw.state == "recording"
+
+
+def test_upload_refuses_a_session_longer_than_the_file(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    gw.data += sample.read_bytes() + b"more"
+    with pytest.raises(ClientError, match="prefix_mismatch"):
+        run_upload(gw, sample, tmp_path, session_id=SID)
+    assert gw.checks == [] and gw.patches == []
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_completed_session_of_the_same_size_must_hold_the_file(sample: Path, tmp_path: Path,
+                                                                  same: bool) -> None:
+    gw = FakeGateway(state="completed")
+    data = sample.read_bytes()
+    gw.data += data if same else data[:-1] + b"?"
+    if same:
+        assert run_upload(gw, sample, tmp_path, session_id=SID) == SID
+    else:
+        with pytest.raises(ClientError, match="prefix_mismatch"):
+            run_upload(gw, sample, tmp_path, session_id=SID)
+    assert gw.checks == [len(data)] and gw.patches == []
 
 
 def test_upload_gives_up_after_bounded_retries(sample: Path, tmp_path: Path) -> None:

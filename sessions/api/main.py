@@ -14,7 +14,7 @@ from sessions.api import package_version
 from sessions.api.config import Settings, load_settings
 from sessions.api.limits import JsonBodyLimit
 from sessions.api.processor_client import ProcessorClient
-from sessions.api.routes import node, replay, sessions, tus, uploads
+from sessions.api.routes import node, replay, sessions, tus, upload_prefix, uploads
 from sessions.api.tus import TUS_PREFIX, install_tus
 from sessions.common.web import Metrics, install_common
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *,
     app.state.metrics = metrics
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
     install_common(app, metrics=metrics, ready=ready)
-    for module in (sessions, uploads, replay, node, tus):
+    for module in (sessions, uploads, upload_prefix, replay, node, tus):
         app.include_router(module.router)
     app.include_router(tus.hidden)
     install_tus(app, settings.allowed_origins)

@@ -17,6 +17,7 @@ import httpx
 
 from sessions.common.errors import NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
+from sessions.common.models import PrefixCheck
 
 log = logging.getLogger("lucid.api.processor")
 
@@ -157,6 +158,11 @@ class ProcessorClient:
             resp = await self._http.send(request)
         await _raise_for_error(resp)
         return _json_of(resp), resp.headers.get("upload-offset")
+
+    async def prefix_check(self, session_id: str, body: PrefixCheck) -> Any:
+        # The processor reads the whole committed session back: no read timeout.
+        return await self._json("POST", f"/sessions/{session_id}/upload/prefix-check",
+                                json_body=body.model_dump(), timeouts=STREAM_TIMEOUT)
 
     # -- streamed reads ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ because it trusts no caller's validation.
 
 from __future__ import annotations
 
+import base64
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -79,3 +80,29 @@ def list_params(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
             raise InvalidParameter(f"unknown query parameter {name[:32]!r}")
         out.append((name, value))
     return out
+
+
+SHA256_BASE64 = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+"""Standard padded base64 of a 32-byte digest, in its one canonical spelling."""
+
+
+class PrefixCheck(BaseModel):
+    """Body of `POST /sessions/{id}/upload/prefix-check`: the digest of a local file's prefix."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    offset: int = Field(ge=0, description="length of the prefix; must equal the committed "
+                        "offset")
+    sha256: str = Field(pattern=SHA256_BASE64,
+                        description="standard base64 of the SHA-256 of the first `offset` bytes")
+
+    def digest(self) -> bytes:
+        """Return the 32 digest bytes (the pattern admits nothing else)."""
+        return base64.b64decode(self.sha256, validate=True)
+
+
+class PrefixCheckResult(BaseModel):
+    """Whether the session's committed plaintext is exactly the prefix the client hashed."""
+
+    match: bool
+    offset: int = Field(description="the committed offset the check covered")

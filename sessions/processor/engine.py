@@ -7,7 +7,10 @@ no other state, so the process can be killed at any moment.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
+import hmac
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -23,9 +26,11 @@ from sessions.common.errors import (
     NotFound,
     OffsetMismatch,
     PayloadTooLarge,
+    ServiceError,
     UploadInProgress,
 )
 from sessions.common.ids import new_session_id
+from sessions.common.models import PrefixCheckResult
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
 from sessions.core import (
@@ -357,6 +362,8 @@ class Engine:
                     buffers=self._chunk_buffers(row.chunk_size))
             except BaseException:
                 self._trees.pop(sid, None)
+                # Still holding the writer slot: no other request of ours is staging now.
+                await asyncio.shield(self._discard_staged(sid))
                 raise
             if done.chunk_count != row.chunk_count:
                 tree = await self._tree(done, anchor)
@@ -368,6 +375,40 @@ class Engine:
         if done.upload_length is not None and done.offset == done.upload_length:
             await self.finalize(sid)  # the declared length is reached: the upload is complete
         return {"offset": done.offset, "chunk_count": done.chunk_count}
+
+    async def _discard_staged(self, sid: str) -> None:
+        """Drop what a failed request staged but never committed (its sealed bytes are useless)."""
+        try:
+            discarded = await self.storage.discard_staged(sid)
+        except ServiceError as exc:
+            # Storage discards them anyway when the session leaves recording or restarts.
+            log.warning("could not discard the staged chunks of session %s: %s", sid, exc.code)
+            return
+        if discarded:
+            log.info("discarded %d staged chunk(s) of session %s after a failed request",
+                     len(discarded), sid)
+
+    async def prefix_check(self, sid: str, *, offset: int, digest: bytes) -> PrefixCheckResult:
+        """Return whether SHA-256 of the committed plaintext equals `digest`.
+
+        Requires offset == the committed offset (else 409 offset_mismatch with it).  The
+        committed chunks are read back as replay reads them (rows checked against the signed
+        manifest or the last signed checkpoint, leaf hash checked, opened) and hashed here: no
+        digest of plaintext is kept anywhere, so a check costs one read-back of the session.
+        """
+        row, rows = await self._trusted_rows(sid)  # MetadataCorrupt unless signed rows agree
+        committed = sum(r.length for r in rows)
+        if offset != committed:
+            raise OffsetMismatch(f"offset is {offset} but the committed offset is {committed}",
+                                 extra={"offset": committed})
+        hasher = hashlib.sha256()
+        if rows:
+            loop = asyncio.get_running_loop()
+            reader = self._reader(sid, rows, chunk_size=row.chunk_size)
+            async for _, plain in reader.opened(self._sealer(row), range(len(rows))):
+                await loop.run_in_executor(self.hasher, hasher.update, plain)
+        return PrefixCheckResult(match=hmac.compare_digest(hasher.digest(), digest),
+                                 offset=committed)
 
     # -- checkpoints and proofs --------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from sessions.processor.config import Settings, load_settings
 from sessions.processor.deps import require_service
 from sessions.processor.engine import Engine
 from sessions.processor.keys import load_node_keys
-from sessions.processor.routes import node, replay, sessions, uploads
+from sessions.processor.routes import node, replay, sessions, upload_prefix, uploads
 from sessions.processor.scrub import Scrubber
 from sessions.processor.storage_client import StorageClient
 
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None, *,
             metrics.sessions.labels("processor", state).set(n)
 
     install_common(app, metrics=metrics, ready=ready, before_scrape=refresh_gauges)
-    for module in (sessions, uploads, replay, node):
+    for module in (sessions, uploads, upload_prefix, replay, node):
         app.include_router(module.router, dependencies=[Depends(require_service)])
     return app

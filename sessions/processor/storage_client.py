@@ -181,6 +181,11 @@ class StorageClient:
                 "chunks": [chunk_row_to_json(c) for c in chunks]}
         return SessionRow((await self._call("POST", f"/sessions/{sid}/commit", json=body)).json())
 
+    async def discard_staged(self, sid: str) -> list[int]:
+        """Remove the session's staged, uncommitted chunks; return their indexes."""
+        body = (await self._call("DELETE", f"/sessions/{sid}/staged")).json()
+        return [int(i) for i in body["discarded"]]
+
     async def chunks(self, sid: str, *, count: int) -> list[ChunkRow]:
         """Return the first `count` committed chunk rows, paging through storage."""
         rows: list[ChunkRow] = []

@@ -29,7 +29,7 @@ from sessions.common.errors import (
     PayloadTooLarge,
     TruncatedBody,
 )
-from sessions.common.ids import check_session_id
+from sessions.common.ids import check_session_id, is_session_id
 from sessions.core import LEAF_PREFIX
 from sessions.storage.errors import LeafHashMismatch, StorageFull, StorageUnavailable
 from sessions.storage.records import LEAF_HASH_SIZE, MAX_CHUNK_INDEX
@@ -52,6 +52,8 @@ class ChunkStore(Protocol):
     async def size(self, session_id: str, index: int) -> int | None: ...
     async def exists(self, session_id: str, index: int) -> bool: ...
     async def delete_session(self, session_id: str) -> None: ...
+    async def discard_from(self, session_id: str, first: int) -> list[int]: ...
+    async def session_ids(self) -> list[str]: ...
     async def ping(self) -> None: ...
 
 
@@ -135,6 +137,19 @@ class LocalChunkStore:
     async def delete_session(self, session_id: str) -> None:
         """Remove every chunk file of a session, staged or committed; absent is fine."""
         await _io(_remove_tree, self.session_dir(session_id))
+
+    async def discard_from(self, session_id: str, first: int) -> list[int]:
+        """Remove the chunk files of index >= first (staged, never committed); return their indexes.
+
+        Temp files are left alone: each belongs to a PUT in flight, which removes its own.
+        """
+        if first < 0:
+            raise InvalidParameter("the first index to discard must not be negative")
+        return await _io(_remove_from, self.session_dir(session_id), first)
+
+    async def session_ids(self) -> list[str]:
+        """Return the ids of the sessions that have a chunk directory, sorted."""
+        return await _io(_session_ids, self._chunks)
 
     async def ping(self) -> None:
         """Check that the chunk directory exists and is writable."""
@@ -303,6 +318,37 @@ def _remove_tree(path: Path) -> None:
         break
     if path.parent.is_dir():
         _fsync_dir(path.parent)
+
+
+def _chunk_index(name: str) -> int | None:
+    """Return the index a final chunk file name holds, or None for any other name."""
+    stem, dot, suffix = name.partition(".")
+    if dot and "." + suffix == CHUNK_SUFFIX and len(stem) == 10 and stem.isdigit():
+        return int(stem)
+    return None
+
+
+def _remove_from(session_dir: Path, first: int) -> list[int]:
+    try:
+        names = os.listdir(session_dir)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        index = _chunk_index(name)
+        if index is not None and index >= first:
+            (session_dir / name).unlink(missing_ok=True)
+            removed.append(index)
+    if removed:
+        _fsync_dir(session_dir)
+    return sorted(removed)
+
+
+def _session_ids(chunks_dir: Path) -> list[str]:
+    if not chunks_dir.is_dir():
+        return []
+    return sorted(path.name for path in chunks_dir.glob("*/*") if path.is_dir()
+                  and is_session_id(path.name) and path.parent.name == path.name[:2])
 
 
 def _probe(chunks_dir: Path) -> None:

@@ -29,6 +29,14 @@ class ChunkNotStaged(ServiceError):
     detail = "a chunk to commit was not staged with the stated sealed_length"
 
 
+class StagingDiscarded(ServiceError):
+    """A PUT began before its session's staged chunks were discarded; it may not publish."""
+
+    status = 409
+    code = "staging_discarded"
+    detail = "the session's staged chunks were discarded while this chunk was sent; not stored"
+
+
 class StorageUnavailable(ServiceError):
     """The metadata database or the chunk directory failed; the detail never says how."""
 

@@ -36,16 +36,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(root.mkdir, mode=0o700, parents=True, exist_ok=True)
     meta = await SqliteMetadataStore.open(root / METADATA_FILE)
     store = LocalChunkStore(root)
-    if swept := await store.sweep_temp_files():
-        log.warning("removed %d temp chunk file(s) left by an interrupted upload", swept)
+    service = StorageService(meta, store, max_chunk_bytes=settings.max_chunk_bytes,
+                             metrics=app.state.metrics)
+    await _sweep(store, service)
     app.state.metastore = meta
     app.state.chunkstore = store
-    app.state.service = StorageService(meta, store, max_chunk_bytes=settings.max_chunk_bytes,
-                                       metrics=app.state.metrics)
+    app.state.service = service
     try:
         yield
     finally:
         await meta.close()
+
+
+async def _sweep(store: LocalChunkStore, service: StorageService) -> None:
+    """Remove what a crash left (before serving, so no upload is in flight), and say so."""
+    if temps := await store.sweep_temp_files():
+        log.warning("removed %d temp chunk file(s) left by an interrupted upload", temps)
+    swept, unknown = await service.sweep()
+    if swept:
+        log.warning("removed uncommitted or deleted chunk files of %d session(s)", swept)
+    if unknown:
+        log.warning("%d chunk director(y/ies) belong to no known session; left alone "
+                    "(first: %s)", len(unknown), unknown[0])
 
 
 class ServiceTokenGate:

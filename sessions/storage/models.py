@@ -166,6 +166,12 @@ class PutChunkOut(BaseModel):
     sealed_length: int
 
 
+class DiscardOut(BaseModel):
+    """The indexes of the staged, uncommitted chunk files a discard removed."""
+
+    discarded: list[int]
+
+
 class FinalizeIn(BaseModel):
     root_hash: str = Field(pattern=HEX32)
     checkpoint: str = Field(min_length=1, max_length=64 * 1024)

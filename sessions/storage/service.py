@@ -5,12 +5,18 @@ that its index is still uncommitted right before the rename, and a commit holds
 the same lock from checking the staged files to its metadata transaction, so a
 PUT can never replace a chunk that a commit just made visible.  The locks live
 in this process: storage is one process with one metadata writer.
+
+Staged chunks that are never committed do not stay: the processor discards them
+when the request that staged them fails, a session leaving `recording` discards
+them, and `sweep` at start-up removes what a crash left.  A discard also fences
+off every PUT already in flight for the session (it may no longer publish), so a
+PUT that outlives its failed request cannot bring a staged file back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from weakref import WeakValueDictionary
 
@@ -18,9 +24,21 @@ from sessions.common.errors import ChunkNotFound, InvalidState
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
 from sessions.storage.chunkstore import ChunkStore
-from sessions.storage.errors import ChunkCommitted, ChunkNotStaged
+from sessions.storage.errors import ChunkCommitted, ChunkNotStaged, StagingDiscarded
 from sessions.storage.metastore import MetadataStore
 from sessions.storage.records import ChunkRecord, SessionRecord, check_commit
+
+SWEEP_PAGE = 500
+
+
+class _Gate:
+    """A session's lock, and how many discards it has seen (a PUT notes it when it starts)."""
+
+    __slots__ = ("__weakref__", "discards", "lock")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.discards = 0
 
 
 class StorageService:
@@ -32,14 +50,14 @@ class StorageService:
         self.chunks = chunks
         self.max_chunk_bytes = max_chunk_bytes
         self._metrics = metrics
-        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self._gates: WeakValueDictionary[str, _Gate] = WeakValueDictionary()
 
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[session_id] = lock
-        return lock
+    def _gate(self, session_id: str) -> _Gate:
+        """Return the session's gate; callers keep a reference while they use its lock."""
+        gate = self._gates.get(session_id)
+        if gate is None:
+            gate = self._gates[session_id] = _Gate()
+        return gate
 
     async def put_chunk(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                         leaf_hash: bytes, content_length: int | None) -> int:
@@ -48,20 +66,25 @@ class StorageService:
         Preconditions: state == recording; index >= chunk_count (else 409 chunk_committed);
         the body hashes to leaf_hash and is at most max_chunk_bytes long.
         """
+        gate = self._gate(session_id)
+        discards = gate.discards
         _check_writable(await self.meta.get_session(session_id), index)
         size = await self.chunks.put(
             session_id, index, body, expected_leaf_hash=leaf_hash,
             max_bytes=self.max_chunk_bytes, expected_length=content_length,
-            guard=lambda: self._still_writable(session_id, index))
+            guard=lambda: self._still_writable(gate, discards, session_id, index))
         if self._metrics is not None:
             self._metrics.bytes_in.labels(self._metrics.service, "sealed").inc(size)
             self._metrics.chunks_in.labels(self._metrics.service).inc()
         return size
 
     @asynccontextmanager
-    async def _still_writable(self, session_id: str, index: int) -> AsyncIterator[None]:
-        async with self._lock(session_id):
+    async def _still_writable(self, gate: _Gate, discards: int, session_id: str,
+                              index: int) -> AsyncIterator[None]:
+        async with gate.lock:
             _check_writable(await self.meta.get_session(session_id), index)
+            if gate.discards != discards:
+                raise StagingDiscarded(extra={"index": index})
             yield
 
     async def commit(self, session_id: str, *, expected_offset: int,
@@ -71,7 +94,8 @@ class StorageService:
         Preconditions: those of `check_commit`, and a staged file of exactly
         sealed_length bytes for every chunk.
         """
-        async with self._lock(session_id):
+        gate = self._gate(session_id)
+        async with gate.lock:
             rec = await self.meta.get_session(session_id)
             check_commit(rec, expected_offset=expected_offset, chunks=chunks)
             for chunk in chunks:
@@ -103,11 +127,64 @@ class StorageService:
 
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""
-        async with self._lock(session_id):
+        gate = self._gate(session_id)  # held: the weak map keeps a gate only while it is used
+        async with gate.lock:
             # The erase is committed before any file goes: once the wrapped key is gone
             # the chunks are unreadable, whatever happens to the files afterwards.
             await self.meta.erase(session_id)
             await self.chunks.delete_session(session_id)
+
+    async def discard_staged(self, session_id: str) -> list[int]:
+        """Remove the session's staged, uncommitted chunk files; return their indexes.
+
+        Every PUT of the session already in flight is fenced off: it fails with 409
+        `staging_discarded` instead of publishing.  The processor calls this, while it
+        holds the session's one writer slot, when a request that staged chunks fails.
+        """
+        gate = self._gate(session_id)
+        async with gate.lock:
+            return await self._discard(gate, await self.meta.get_session(session_id))
+
+    async def transition(self, session_id: str, *, to: SessionState,
+                         allowed_from: Collection[SessionState] | None) -> SessionRecord:
+        """Change the session's state (compare-and-set); leaving recording discards staged files."""
+        gate = self._gate(session_id)
+        async with gate.lock:
+            rec = await self.meta.transition(session_id, to=to, allowed_from=allowed_from)
+            if rec.state is not SessionState.RECORDING:
+                await self._discard(gate, rec)
+            return rec
+
+    async def _discard(self, gate: _Gate, rec: SessionRecord) -> list[int]:
+        gate.discards += 1
+        if rec.state is SessionState.DELETED:
+            return []  # its files went with the erase
+        return await self.chunks.discard_from(rec.id, rec.chunk_count)
+
+    async def sweep(self) -> tuple[int, list[str]]:
+        """Remove what a crash left: staged files past chunk_count, files of deleted sessions.
+
+        Return how many sessions lost files, and the ids of chunk directories no record
+        names (left alone: storage does not remove bytes whose meaning it does not know).
+        Call at start-up, before serving: no upload is in flight then.
+        """
+        on_disk = set(await self.chunks.session_ids())
+        swept = 0
+        cursor: str | None = None
+        while on_disk:
+            records, cursor = await self.meta.list_sessions(cursor=cursor, limit=SWEEP_PAGE)
+            for rec in records:
+                if rec.id not in on_disk:
+                    continue
+                on_disk.discard(rec.id)
+                if rec.state is SessionState.DELETED:
+                    await self.chunks.delete_session(rec.id)
+                    swept += 1
+                elif await self.chunks.discard_from(rec.id, rec.chunk_count):
+                    swept += 1
+            if cursor is None:
+                break
+        return swept, sorted(on_disk)
 
 
 def _check_writable(rec: SessionRecord, index: int) -> None:

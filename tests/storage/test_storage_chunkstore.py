@@ -290,3 +290,45 @@ async def test_a_put_cancelled_while_staging_leaves_no_temp_file(
         assert [p for p in root.rglob("*") if p.is_file()] == []
         return
     pytest.fail("could not cancel a put while it was staging in 20 attempts")
+
+
+async def test_discard_from_removes_only_chunk_files_at_or_past_the_index(
+        chunkstore: LocalChunkStore, ids: Callable[[], str]) -> None:
+    sid = ids()
+    for i in (0, 1, 2, 5):
+        await chunkstore.put(sid, i, stream([b"c%d" % i]),
+                             expected_leaf_hash=leaf_hash(b"c%d" % i), max_bytes=MAX)
+    session_dir = chunkstore.session_dir(sid)
+    _write(session_dir / ".0000000003.abc123.tmp", b"a PUT in flight owns this")
+    _write(session_dir / "notes.txt", b"not a chunk")
+    assert await chunkstore.discard_from(sid, 2) == [2, 5]
+    assert _names(session_dir) == [".0000000003.abc123.tmp", "0000000000.lcs",
+                                   "0000000001.lcs", "notes.txt"]
+    assert await chunkstore.discard_from(sid, 2) == []
+    assert await chunkstore.discard_from(ids(), 0) == []  # no directory: nothing to do
+    with pytest.raises(InvalidParameter):
+        await chunkstore.discard_from(sid, -1)
+    with pytest.raises(InvalidId):
+        await chunkstore.discard_from("../../etc", 0)
+
+
+async def test_session_ids_lists_well_formed_session_directories(
+        chunkstore: LocalChunkStore, tmp_path: Path, ids: Callable[[], str]) -> None:
+    assert await chunkstore.session_ids() == []
+    sids = sorted([ids(), ids()])
+    for sid in sids:
+        await chunkstore.put(sid, 0, stream([b"x"]), expected_leaf_hash=leaf_hash(b"x"),
+                             max_bytes=MAX)
+    chunks = tmp_path / "chunkroot" / "chunks"
+    _write(chunks / "zz" / "not-an-id" / "0000000000.lcs", b"x")
+    _write(chunks / "7Z" / ("00" + "0" * 24) / "0000000000.lcs", b"misplaced: wrong prefix")
+    assert await chunkstore.session_ids() == sids
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())

@@ -11,7 +11,14 @@ from starlette.requests import ClientDisconnect
 
 from sessions.common.errors import BadRequest, PayloadTooLarge, TruncatedBody, UnsupportedMediaType
 from sessions.storage.deps import ChunkIndex, Meta, Service, ServiceToken, SessionId
-from sessions.storage.models import ChunkList, ChunkModel, CommitIn, CommitOut, PutChunkOut
+from sessions.storage.models import (
+    ChunkList,
+    ChunkModel,
+    CommitIn,
+    CommitOut,
+    DiscardOut,
+    PutChunkOut,
+)
 
 router = APIRouter(prefix="/internal/v1", tags=["chunks"], dependencies=[ServiceToken])
 
@@ -65,6 +72,19 @@ async def leaves(session_id: SessionId, meta: Meta,
 async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) -> Response:
     """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost)."""
     return Response(await service.read_chunk(session_id, index), media_type=OCTET_STREAM)
+
+
+@router.delete("/sessions/{session_id}/staged",
+               summary="Discard staged chunks that were never committed",
+               responses={400: {"description": "`invalid_id`"},
+                          404: {"description": "`session_not_found`"}})
+async def discard_staged(session_id: SessionId, service: Service) -> DiscardOut:
+    """Remove every staged, uncommitted chunk file and fence off PUTs in flight.
+
+    A PUT of this session that started before the discard fails with 409
+    `staging_discarded` instead of publishing its file.
+    """
+    return DiscardOut(discarded=await service.discard_staged(session_id))
 
 
 def _require_octet_stream(request: Request) -> None:

@@ -48,11 +48,12 @@ async def get_session(session_id: SessionId, meta: Meta) -> SessionOut:
 
 
 @router.post("/sessions/{session_id}/state", summary="Change state (compare-and-set)")
-async def change_state(session_id: SessionId, body: TransitionIn, meta: Meta) -> SessionOut:
+async def change_state(session_id: SessionId, body: TransitionIn, service: Service) -> SessionOut:
     """Return the session in state `to`; 409 `invalid_state` unless it was in `from`."""
     if body.to is SessionState.DELETED:
         raise BadRequest("delete a session with DELETE /internal/v1/sessions/{id}")
-    return SessionOut.of(await meta.transition(session_id, to=body.to, allowed_from=body.from_))
+    return SessionOut.of(await service.transition(session_id, to=body.to,
+                                                  allowed_from=body.from_))
 
 
 @router.post("/sessions/{session_id}/finalize", summary="Complete a finalizing session")

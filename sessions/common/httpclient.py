@@ -9,6 +9,8 @@ that touches httpcore.
 
 from __future__ import annotations
 
+import os
+
 import httpcore
 import httpx
 
@@ -34,6 +36,15 @@ def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,
 
     `transport` replaces the wire transport (tests: ASGI or mock transports).
     """
+    kind = os.environ.get("LUCID_HTTP_TRANSPORT", "wire")
+    if transport is None and kind == "httpx":
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=min(32, max_connections),
+            keepalive_expiry=KEEPALIVE_EXPIRY))
+    if transport is None and kind == "aiohttp":
+        from sessions.common._aiohttp import AiohttpTransport
+        transport = AiohttpTransport(max_connections=max_connections,
+                                     keepalive_expiry=KEEPALIVE_EXPIRY)
     if transport is None:
         transport = WireTransport(max_connections=max_connections,
                                   max_idle=min(32, max_connections),

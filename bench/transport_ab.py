@@ -10,7 +10,9 @@ round.  Reported per transport: medians over the rounds of CPU s/GB (each
 service, and their sum) and MB/s, and the median of the per-round ratios of the
 services' CPU s/GB to the first transport's (both measured in the same round).
 CPU per GB is the figure to decide on when the machine is shared; MB/s moves
-with whatever else runs.
+with whatever else runs.  README, "Service transport decision", has the figures
+(the aiohttp adapter measured there lived at commit f55ba98 and went with the
+decision).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import GB, MB, MiB, run_ours, write_input
+from sessions.core import DEFAULT_CHUNK_SIZE
 from sessions.loopback import SERVICES
 
 STEPS = ("ingest", "replay", "verify")
@@ -40,7 +43,7 @@ def _round(k: int, transports: list[str], work: Path, input_path: Path, size: in
         root = work / f"round-{k}-{name}"
         try:
             out[name] = run_ours(root, input_path, size, sha, request_bytes=256 * MiB,
-                                 chunk_size=_chunk_size(), extra_env={
+                                 chunk_size=DEFAULT_CHUNK_SIZE, extra_env={
                                      "LUCID_HTTP_TRANSPORT": name})
         finally:
             shutil.rmtree(root, ignore_errors=True)
@@ -48,11 +51,6 @@ def _round(k: int, transports: list[str], work: Path, input_path: Path, size: in
                          f"{size / MB / out[name][s]['wall_s']:.0f} MB/s" for s in STEPS)
         print(f"round {k} {name:8} {line}", flush=True)
     return out
-
-
-def _chunk_size() -> int:
-    from sessions.core import DEFAULT_CHUNK_SIZE
-    return DEFAULT_CHUNK_SIZE
 
 
 def summarize(rounds: list[dict[str, Any]], transports: list[str], size: int) -> dict[str, Any]:

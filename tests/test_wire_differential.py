@@ -187,8 +187,8 @@ def responses(draw: st.DrawFn) -> bytes:
     mode = draw(st.sampled_from(["length", "length", "chunked", "chunked", "close", "wild"]))
     if mode == "chunked":
         body = draw(chunked_bodies())
-        framing = [b"Transfer-Encoding: " + draw(_mostly(st.just(b"chunked"),
-                                                         st.sampled_from(TE_VALUES)))]
+        framing = [b"Transfer-Encoding: " + draw(st.one_of(st.just(b"chunked"),
+                                                           st.sampled_from(TE_VALUES)))]
         framing += draw(_mostly(st.just([]), st.sampled_from([
             [b"Content-Length: %d" % len(body)], [b"Content-Length: 0"],
             [b"Transfer-Encoding: chunked"], [b"Transfer-Encoding: identity"]])))
@@ -197,7 +197,12 @@ def responses(draw: st.DrawFn) -> bytes:
         framing = draw(st.lists(fields(framing=True), max_size=2))
     else:
         body = draw(PAYLOAD)
-        framing = [b"Content-Length: %d" % len(body)] if mode == "length" else []
+        n = len(body)
+        framing = [] if mode == "close" else draw(_mostly(
+            st.just([b"Content-Length: %d" % n]),
+            st.sampled_from([[b"Content-Length: %d" % n] * 2, [b"Content-Length: %d, %d" % (n, n)],
+                             [b"Content-Length: %d" % n, b"Content-Length: %d" % (n + 1)],
+                             [b"Content-Length: %d, %d" % (n, n + 1)]])))
     extra = draw(st.lists(fields(), max_size=4))
     lines = draw(st.permutations(framing + extra))
     head = draw(status_lines()) + b"".join(b"\r\n" + line for line in lines)

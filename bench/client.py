@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sessions.common.wire import MAX_HEAD, parse_response_head
+from sessions.common.httpclient import MAX_HEAD, parse_response_head
 
 MiB = 1 << 20
 

@@ -91,13 +91,13 @@ def test_the_default_data_dir_is_relative(monkeypatch: pytest.MonkeyPatch) -> No
 def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"LUCID_PROCESSOR_PORT": "9001", "LUCID_CHUNK_SIZE": str(2 * 1024**2),
                         "LUCID_ZSTD_LEVEL": "19", "LUCID_MODE": "production",
-                        "LUCID_STORAGE_URL": "https://store.internal:8443/base///",
+                        "LUCID_STORAGE_URL": "http://store.internal:8443/base///",
                         "LUCID_NODE_NAME": "node-7.eu_west", "LUCID_LOG_LEVEL": "debug"}.items():
         monkeypatch.setenv(name, value)
     s = processor_config.load_settings()
     assert (s.port, s.chunk_size, s.zstd_level) == (9001, 2 * 1024**2, 19)
     assert s.production and s.log_level == "debug" and s.node_name == "node-7.eu_west"
-    assert s.storage_url == "https://store.internal:8443/base"  # trailing slashes stripped
+    assert s.storage_url == "http://store.internal:8443/base"  # trailing slashes stripped
 
 
 def test_settings_are_frozen() -> None:

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from sessions.common.wire import READ_AHEAD, WireTransport
+from sessions.common._wire import READ_AHEAD, WireTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -171,6 +171,8 @@ async def test_a_request_that_could_split_a_header_is_refused(upstream: str) -> 
     async with httpx.AsyncClient(transport=WireTransport(), base_url=upstream) as client:
         with pytest.raises(httpx.LocalProtocolError):
             await client.get("/", headers={"X-Evil": "a\r\nX-Injected: 1"})
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get("/", headers={"X-Evil": "a\x1b[2Jb"})
         with pytest.raises(httpx.LocalProtocolError):
             await client.put("/", content=_pieces(b"abc"), headers={"Content-Length": "2"})
         with pytest.raises(httpx.LocalProtocolError):

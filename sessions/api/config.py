@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from sessions.common.secrets import check_token, load_or_create, new_token
-from sessions.common.settings import CommonSettings, load
+from sessions.common.settings import CommonSettings, load, plain_http_url
 
 log = logging.getLogger("lucid.config")
 
@@ -40,7 +40,7 @@ class Settings(CommonSettings):
     @field_validator("processor_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
+        return plain_http_url(v)
 
     @field_validator("cors_origins")
     @classmethod

@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.admin_token = settings.admin_token()
         client = ProcessorClient(settings.processor_url, settings.service_token(),
-                                 transport=processor_transport)
+                                 transport=processor_transport, kind=settings.http_transport)
         app.state.processor = client
         try:
             yield

@@ -18,6 +18,7 @@ import httpx
 from sessions.common.errors import NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.models import PrefixCheck
+from sessions.common.settings import Transport
 
 log = logging.getLogger("lucid.api.processor")
 
@@ -69,10 +70,11 @@ class ProcessorClient:
     """Calls the processor's `/internal/v1`; one method per public operation."""
 
     def __init__(self, base_url: str, token: str, *,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 kind: Transport = Transport.WIRE) -> None:
         self._ready_url = f"{base_url}/ready"
         self._http = service_client(f"{base_url}/internal/v1", token, timeout=JSON_TIMEOUT,
-                                    transport=transport, max_connections=256)
+                                    transport=transport, kind=kind, max_connections=256)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -193,7 +195,8 @@ class ProcessorClient:
         A body shorter than its Content-Length also raises, so the caller can cut
         the client's connection instead of ending a short response cleanly.
         """
-        declared = resp.headers.get("content-length")
+        chunked = "transfer-encoding" in resp.headers  # its length, if any, is not the body's
+        declared = None if chunked else resp.headers.get("content-length")
         sent = 0
         with _translated():
             async for piece in resp.aiter_raw():  # pieces as the socket gave them: no copies

@@ -1,10 +1,12 @@
 """The one way services build their HTTP clients to each other, and the CLI's read size.
 
-Service clients run over `WireTransport` (sessions/common/wire.py): pooled,
-persistent connections that move bodies without h11's copies.  The CLI's sync
-client stays on httpcore, whose HTTP/1.1 reads are raised from 64 KiB to 1 MiB
-so its pure-Python parser runs once per MiB replayed.  This is the only place
-that touches httpcore.
+Service clients run over `WireTransport` (sessions/common/_wire.py): pooled,
+persistent connections that move bodies without h11's copies.  The setting
+`LUCID_HTTP_TRANSPORT=httpx` puts httpx's own transport in its place (the
+fallback, should the wire transport ever misbehave).  The CLI's sync client
+stays on httpcore, whose HTTP/1.1 reads are raised from 64 KiB to 1 MiB so its
+pure-Python parser runs once per MiB replayed.  This is the only place that
+touches httpcore.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from __future__ import annotations
 import httpcore
 import httpx
 
-from sessions.common.wire import WireTransport
+from sessions.common._wire import MAX_HEAD, WireTransport, parse_response_head
+from sessions.common.settings import Transport
+
+__all__ = ["KEEPALIVE_EXPIRY", "MAX_HEAD", "READ_SIZE", "parse_response_head",
+           "raise_read_size", "service_client", "service_transport"]
 
 READ_SIZE = 1 << 20
 KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection is never stale
@@ -27,16 +33,27 @@ def raise_read_size() -> None:
         httpcore.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
 
 
+def service_transport(kind: Transport, *, max_connections: int) -> httpx.AsyncBaseTransport:
+    """Return a pooled plain-HTTP transport of the given kind, at most max_connections open."""
+    max_idle = min(32, max_connections)
+    if kind is Transport.HTTPX:
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_idle,
+            keepalive_expiry=KEEPALIVE_EXPIRY))
+    return WireTransport(max_connections=max_connections, max_idle=max_idle,
+                         keepalive_expiry=KEEPALIVE_EXPIRY)
+
+
 def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,
                    transport: httpx.AsyncBaseTransport | None = None,
+                   kind: Transport = Transport.WIRE,
                    max_connections: int = 64) -> httpx.AsyncClient:
     """Return a pooled client that sends the service token to base_url.
 
-    `transport` replaces the wire transport (tests: ASGI or mock transports).
+    It runs over a `kind` transport (the `http_transport` setting), unless
+    `transport` replaces it (tests: ASGI or mock transports).
     """
     if transport is None:
-        transport = WireTransport(max_connections=max_connections,
-                                  max_idle=min(32, max_connections),
-                                  keepalive_expiry=KEEPALIVE_EXPIRY)
+        transport = service_transport(kind, max_connections=max_connections)
     return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout,
                              trust_env=False, headers={"Authorization": f"Bearer {token}"})

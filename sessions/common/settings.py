@@ -27,6 +27,21 @@ class Mode(StrEnum):
     PRODUCTION = "production"
 
 
+class Transport(StrEnum):
+    """Which HTTP client transport carries the calls between services."""
+
+    WIRE = "wire"  # sessions/common/_wire.py: the default (README, "Service transport decision")
+    HTTPX = "httpx"  # httpx's own transport (httpcore and h11): the fallback
+
+
+def plain_http_url(url: str) -> str:
+    """Return a service URL without its trailing slash; refuse https (no TLS between services)."""
+    if url.lower().startswith("https://"):
+        raise ValueError("https is not supported between services yet: use http:// to a "
+                         "service on this host or a private network")
+    return url.rstrip("/")
+
+
 class CommonSettings(BaseSettings):
     """Settings every service reads."""
 
@@ -40,6 +55,8 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
     service_token_file: Path | None = Field(None, description="file holding the internal "
                                             "service token")
+    http_transport: Transport = Field(Transport.WIRE, description="client transport for calls "
+                                      "to the other services: wire, or httpx (the fallback)")
 
     @property
     def production(self) -> bool:

@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        storage = StorageClient(settings.storage_url, token, transport=storage_transport)
+        storage = StorageClient(settings.storage_url, token, transport=storage_transport,
+                                kind=settings.http_transport)
         engine = Engine(storage, keys, settings, metrics)
         app.state.engine = engine
         scrub = None

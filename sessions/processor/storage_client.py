@@ -15,6 +15,7 @@ import httpx
 
 from sessions.common.errors import NotFound, ServiceError, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
+from sessions.common.settings import Transport
 from sessions.common.states import SessionState
 from sessions.core import ChunkEntry, WrappedKey
 
@@ -99,8 +100,9 @@ class StorageClient:
     """Typed calls to storage's `/internal/v1` API over one reused connection pool."""
 
     def __init__(self, base_url: str, token: str, *,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = service_client(base_url, token, transport=transport,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 kind: Transport = Transport.WIRE) -> None:
+        self._http = service_client(base_url, token, transport=transport, kind=kind,
                                     timeout=httpx.Timeout(60.0, connect=5.0))
 
     async def aclose(self) -> None:

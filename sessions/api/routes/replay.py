@@ -24,6 +24,8 @@ _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
 def _relay(processor: ProcessorClient, upstream: httpx.Response,
            count: Callable[[float], None]) -> Response:
     headers = {name: upstream.headers[name] for name in _RELAYED if name in upstream.headers}
+    if "transfer-encoding" in upstream.headers:  # framed twice: the length is not the body's
+        headers.pop("content-length", None)  # (RFC 9112 6.3; h11, the fallback, accepts it)
     headers["Cache-Control"] = "no-store"
     body = processor.relay(upstream, count=count)
     return RelayResponse(body, status_code=upstream.status_code, headers=headers,

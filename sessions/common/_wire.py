@@ -5,11 +5,18 @@ object, each piece received is copied two or three times through h11's receive
 buffer, and a pure-Python state machine runs per piece.  Between our services
 nearly every byte is bulk (uploads relayed, sealed chunks stored and read back),
 so `WireTransport` writes body pieces straight to the socket and hands received
-pieces up as the event loop delivered them.  Measured on a 1 GiB upload relayed
-by a bare uvicorn app: 1.4-1.7 CPU s through httpcore, 1.0 through raw writes.
+pieces up as the event loop delivered them.  It is kept (rather than httpx's own
+transport or aiohttp's) because it costs the services measurably less CPU per GB:
+README, "Service transport decision".  `LUCID_HTTP_TRANSPORT=httpx` falls back to
+httpx's own transport (sessions/common/httpclient.py).
 
 It speaks only what the services need: plain HTTP/1.1 to our own upstreams,
-persistent connections, Content-Length or chunked bodies both ways.  It fails
+persistent connections, Content-Length or chunked bodies both ways.  It reads
+responses as h11 does (tests/test_wire_differential.py holds it to h11's verdicts)
+and is stricter where h11 is lenient: it refuses Content-Length together with
+Transfer-Encoding (RFC 9112 section 6.3), any transfer coding but chunked, control
+characters in field values and reason phrases, HTTP major versions other than 1,
+and bare LF line ends.  It fails
 the way httpx's own transport does (`httpx.ConnectError`, `ReadError`,
 `RemoteProtocolError`, the timeouts...), so callers keep translating errors in
 one place.  The public client API stays httpx's; tests still inject
@@ -35,17 +42,20 @@ MAX_HEAD = 64 << 10
 READ_AHEAD = 2 << 20
 """Received bytes buffered before the socket stops being read (a slow consumer).
 
-With WRITE_AHEAD, this bounds what one exchange holds in memory.  A/B against
-4 MiB each (1 GiB uploads and replays, alternated): the same CPU and time;
-1 MiB of read-ahead made replay ~5 % slower (more pauses and resumes)."""
+With WRITE_AHEAD, this bounds what one exchange holds in memory; less read-ahead
+means more pauses and resumes of the socket."""
 WRITE_AHEAD = 1 << 20
 """Bytes queued in the socket's transport before a body write waits for it to drain."""
 _CHUNK_LINE = 4096
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: ([^\r\n]*))?")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([\t \x21-\x7e\x80-\xff]*))?")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[^\r\n]*)?")
-_FORBIDDEN_IN_HEADERS = re.compile(rb"[\r\n\0]")
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+"""A field value without its surrounding whitespace: VCHAR and obs-text (RFC 9110 5.5)."""
+_DIGITS = re.compile(rb"[0-9]{1,20}")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
+"""A chunk-size line without its CRLF; extensions are skipped unread, as h11 does."""
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Wire(asyncio.Protocol):
@@ -245,14 +255,23 @@ class _Response(httpx.AsyncByteStream):
                 raise httpx.RemoteProtocolError("the upstream sent a malformed chunk size")
             size = int(match.group(1), 16)
             if size == 0:
-                while await self._wire.read_until(b"\r\n", limit=_CHUNK_LINE,
-                                                  seconds=self._timeout) != b"\r\n":
-                    pass  # a trailer field
+                await self._trailers()
                 return
             async for piece in self._exactly(size):
                 yield piece
             if await self._wire.read_until(b"\r\n", limit=2, seconds=self._timeout) != b"\r\n":
                 raise httpx.RemoteProtocolError("the upstream's chunk overran its size")
+
+    async def _trailers(self) -> None:
+        """Read the trailer section to its blank line; check it like a head, then drop it."""
+        section = bytearray()
+        while (line := await self._wire.read_until(b"\r\n", limit=MAX_HEAD,
+                                                   seconds=self._timeout)) != b"\r\n":
+            section += line
+            if len(section) > MAX_HEAD:
+                raise httpx.RemoteProtocolError("the upstream sent over-long trailers")
+        if section:
+            _checked_framing(_fields(bytes(section[:-2]).split(b"\r\n")))
 
     async def aclose(self) -> None:
         self._release()
@@ -345,14 +364,24 @@ async def _exchange(pool: WireTransport, wire: _Wire, request: httpx.Request,
                     timeouts: dict[str, float | None]) -> httpx.Response:
     """Send one request on `wire` and return the response, its body still on the wire."""
     complete = await _send(wire, request, timeouts.get("write"))
-    while True:  # skip interim (1xx) responses
+    return await _receive(pool, wire, request.method, seconds=timeouts.get("read"),
+                          complete=complete)
+
+
+async def _receive(pool: WireTransport, wire: _Wire, method: str, *, seconds: float | None,
+                   complete: bool) -> httpx.Response:
+    """Return the response read off `wire` (interim ones skipped), its body still on the wire.
+
+    Raises httpx.RemoteProtocolError on a malformed head; the body raises it when read.
+    """
+    while True:
         status, reason, headers, keep_alive = parse_response_head(
-            await wire.read_until(b"\r\n\r\n", limit=MAX_HEAD, seconds=timeouts.get("read")))
+            await wire.read_until(b"\r\n\r\n", limit=MAX_HEAD, seconds=seconds))
+        length, chunked = _framing(method, status, headers)
         if status >= 200:
             break
-    length, chunked = _framing(request.method, status, headers)
     body = _Response(pool, wire, length=length, chunked=chunked,
-                     keep_alive=keep_alive and complete, timeout=timeouts.get("read"))
+                     keep_alive=keep_alive and complete, timeout=seconds)
     return httpx.Response(status, headers=headers, stream=body,
                           extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason})
 
@@ -404,10 +433,10 @@ def _head(request: httpx.Request) -> bytes:
     """Return the request line and headers; raise LocalProtocolError on one that could split."""
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
     for name, value in request.headers.raw:
-        if _TOKEN.fullmatch(name) is None or _FORBIDDEN_IN_HEADERS.search(value):
+        if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value.strip(b" \t")) is None:
             raise httpx.LocalProtocolError("a request header has an illegal name or value")
         lines.append(b"%s: %s" % (name, value))
-    if _FORBIDDEN_IN_HEADERS.search(lines[0]):
+    if _CONTROL.search(lines[0]):
         raise httpx.LocalProtocolError("the request target has an illegal character")
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
@@ -418,34 +447,78 @@ def parse_response_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, byte
 
     Raises httpx.RemoteProtocolError on a malformed status line or header field.
     """
-    status_line, *fields = head[:-4].split(b"\r\n")
+    status_line, *lines = head[:-4].split(b"\r\n")
     match = _STATUS_LINE.fullmatch(status_line)
     if match is None:
         raise httpx.RemoteProtocolError("the upstream sent a malformed status line")
-    headers: list[tuple[bytes, bytes]] = []
-    for field in fields:
-        name, sep, value = field.partition(b":")
-        if not sep or _TOKEN.fullmatch(name) is None:
-            raise httpx.RemoteProtocolError("the upstream sent a malformed header")
-        headers.append((name, value.strip(b" \t")))
+    headers = _checked_framing(_fields(lines))
     connection = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
-    keep_alive = match.group(1) == b"1" and b"close" not in connection
+    keep_alive = match.group(1) != b"0" and b"close" not in connection
     return int(match.group(2)), match.group(3) or b"", headers, keep_alive
+
+
+def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Return the (name, value) pairs of a head's or a trailer's field lines.
+
+    A line starting with whitespace continues the previous one (obs-fold, joined
+    with a space as RFC 9112 section 5.2 asks of a recipient).  Raises
+    httpx.RemoteProtocolError on a name that is not a token or a value with a
+    control character.
+    """
+    unfolded: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not unfolded:
+                raise httpx.RemoteProtocolError("the upstream sent a malformed header")
+            unfolded[-1] += b" " + line.lstrip(b" \t")
+        else:
+            unfolded.append(line)
+    headers: list[tuple[bytes, bytes]] = []
+    for field in unfolded:
+        name, sep, value = field.partition(b":")
+        value = value.strip(b" \t")
+        if not sep or _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+            raise httpx.RemoteProtocolError("the upstream sent a malformed header")
+        headers.append((name, value))
+    return headers
+
+
+def _checked_framing(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Return a field section with one Content-Length and a lower-case coding, as h11 keeps them.
+
+    Raises httpx.RemoteProtocolError on any transfer coding but a lone `chunked`, on
+    Content-Length together with Transfer-Encoding (RFC 9112 section 6.3: a
+    message that could be framed two ways), and on conflicting or invalid lengths.
+    """
+    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
+    lengths = [v for n, v in headers if n.lower() == b"content-length"]
+    if codings and lengths:
+        raise httpx.RemoteProtocolError("the upstream sent both Content-Length and "
+                                        "Transfer-Encoding")
+    if codings and (len(codings) != 1 or codings[0].lower() != b"chunked"):
+        raise httpx.RemoteProtocolError("the upstream sent an unsupported transfer coding")
+    if not lengths:
+        return [(n, v.lower() if codings and n.lower() == b"transfer-encoding" else v)
+                for n, v in headers]
+    values = {v.strip(b" \t") for field in lengths for v in field.split(b",")}
+    if len(values) != 1 or _DIGITS.fullmatch(length := values.pop()) is None:
+        raise httpx.RemoteProtocolError("the upstream sent an invalid Content-Length")
+    first = next(i for i, (n, _) in enumerate(headers) if n.lower() == b"content-length")
+    return [(n, length if i == first else v) for i, (n, v) in enumerate(headers)
+            if i == first or n.lower() != b"content-length"]
 
 
 def _framing(method: str, status: int,
              headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
-    """Return (Content-Length or None, chunked) for a response body (RFC 9112 section 6.3)."""
-    if method == "HEAD" or status in (204, 304):
+    """Return (Content-Length or None, chunked) for a response body (RFC 9112 section 6.3).
+
+    `headers` went through _checked_framing: one length at most, or `chunked` alone.
+    """
+    if method == "HEAD" or status in (204, 304) or status < 200:
         return 0, False
-    codings = b",".join(v for n, v in headers if n.lower() == b"transfer-encoding").lower()
-    if codings:
-        if codings.split(b",")[-1].strip() != b"chunked":
-            raise httpx.RemoteProtocolError("the upstream sent an unsupported transfer coding")
-        return None, True
-    lengths = {v for n, v in headers if n.lower() == b"content-length"}
-    if not lengths:
-        return None, False
-    if len(lengths) != 1 or not (value := lengths.pop()).isdigit() or len(value) > 18:
-        raise httpx.RemoteProtocolError("the upstream sent an invalid Content-Length")
-    return int(value), False
+    for name, value in headers:
+        if name.lower() == b"transfer-encoding":
+            return None, True
+        if name.lower() == b"content-length":
+            return int(value), False
+    return None, False

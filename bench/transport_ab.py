@@ -1,0 +1,110 @@
+"""The service-to-service transports side by side: ingest, replay and verify, alternated.
+
+    python -m bench.transport_ab [--size-mib N] [--rounds R] [--transports wire,httpx]
+                                 [--json PATH]
+
+Each round runs bench.e2e's `run_ours` (three fresh service processes, the same
+input file, sendfile uploads, SHA-256-checked replay, full verify) once per
+transport, selected with LUCID_HTTP_TRANSPORT, in an order rotated from round to
+round.  Reported per transport: medians over the rounds of CPU s/GB (each
+service, and their sum) and MB/s, and the median of the per-round ratios of the
+services' CPU s/GB to the first transport's (both measured in the same round).
+CPU per GB is the figure to decide on when the machine is shared; MB/s moves
+with whatever else runs.  README, "Service transport decision", has the figures
+(the aiohttp adapter measured there lived at commit f55ba98 and went with the
+decision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.e2e import GB, MB, MiB, run_ours, write_input
+from sessions.core import DEFAULT_CHUNK_SIZE
+from sessions.loopback import SERVICES
+
+STEPS = ("ingest", "replay", "verify")
+
+
+def _round(k: int, transports: list[str], work: Path, input_path: Path, size: int,
+           sha: str) -> dict[str, Any]:
+    shift = (k - 1) % len(transports)
+    order = transports[shift:] + transports[:shift]
+    out: dict[str, Any] = {"round": k, "order": order}
+    for name in order:
+        os.sync()
+        root = work / f"round-{k}-{name}"
+        try:
+            out[name] = run_ours(root, input_path, size, sha, request_bytes=256 * MiB,
+                                 chunk_size=DEFAULT_CHUNK_SIZE, extra_env={
+                                     "LUCID_HTTP_TRANSPORT": name})
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        line = "  ".join(f"{s} {out[name][s]['cpu_s']['services'] / (size / GB):.2f} CPU s/GB "
+                         f"{size / MB / out[name][s]['wall_s']:.0f} MB/s" for s in STEPS)
+        print(f"round {k} {name:8} {line}", flush=True)
+    return out
+
+
+def summarize(rounds: list[dict[str, Any]], transports: list[str], size: int) -> dict[str, Any]:
+    """Return per transport and step the medians and the paired ratios to the first transport."""
+    gb, base = size / GB, transports[0]
+    summary: dict[str, Any] = {}
+    for name in transports:
+        per: dict[str, Any] = {}
+        for step in STEPS:
+            runs = [r[name][step] for r in rounds]
+            per[step] = {
+                "mbps": statistics.median(size / MB / x["wall_s"] for x in runs),
+                "cpu_s_per_gb": {k: statistics.median(x["cpu_s"][k] / gb for x in runs)
+                                 for k in (*SERVICES, "services", "client")},
+                "services_cpu_per_round": [round(x["cpu_s"]["services"] / gb, 3)
+                                           for x in runs],
+                f"services_cpu_vs_{base}": statistics.median(
+                    r[name][step]["cpu_s"]["services"] / r[base][step]["cpu_s"]["services"]
+                    for r in rounds),
+            }
+        summary[name] = per
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=384)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--transports", default="wire,httpx")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    transports = args.transports.split(",")
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="lucid-transport-ab-"))
+    try:
+        input_path = work / "input.bin"
+        sha = write_input(input_path, size)
+        rounds = [_round(k, transports, work, input_path, size, sha)
+                  for k in range(1, args.rounds + 1)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = summarize(rounds, transports, size)
+    for name in transports:
+        for step in STEPS:
+            s = summary[name][step]
+            cpu = s["cpu_s_per_gb"]
+            print(f"{name:8} {step:7} {s['mbps']:6.0f} MB/s  services {cpu['services']:.2f} "
+                  f"CPU s/GB (api {cpu['api']:.2f}, processor {cpu['processor']:.2f}, storage "
+                  f"{cpu['storage']:.2f})  x{s[f'services_cpu_vs_{transports[0]}']:.3f} "
+                  f"rounds {s['services_cpu_per_round']}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"size": size, "rounds": rounds, "summary": summary},
+                                        indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -77,6 +77,7 @@ class Lab:
     sessions: dict[str, Record] = field(default_factory=dict)
     master_keys: list[Path] = field(default_factory=list)
     kills: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
     def client(self) -> httpx.Client:
         return self.cluster.client()
@@ -116,7 +117,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         c.stop()
-    print(f"\ncrash suite: SIGKILLs per service {lab.kills}, {len(lab.sessions)} sessions")
 
 
 @pytest.fixture
@@ -248,6 +248,7 @@ def new_session(lab: Lab, api: httpx.Client, rng: random.Random, tag: str, *,
 
 
 def upload_acked(api: httpx.Client, rec: Record, sid: str, upto: int) -> None:
+    assert rec.acked <= upto <= len(rec.data), (rec.acked, upto, len(rec.data))
     upload(api, sid, rec.data[:upto], start=rec.acked, piece=2 * MIB)
     rec.acked = upto
 
@@ -427,9 +428,13 @@ def test_kill_9(lab: Lab, clean_logs: None, phase: str, service: str, seed: int)
     finish_checks(lab, sid)
 
 
-def test_every_acknowledged_byte_after_all_trials(lab: Lab, clean_logs: None) -> None:
+def test_every_acknowledged_byte_after_all_trials(lab: Lab, clean_logs: None,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """After every trial and restart: each session replays what was acknowledged, and verifies."""
     assert lab.sessions, "no trial ran"
+    with capsys.disabled():
+        print(f"\ncrash suite: {sum(lab.kills.values())} SIGKILLs {lab.kills}, "
+              f"{len(lab.sessions)} sessions, {time.monotonic() - lab.started:.0f}s")
     with lab.client() as api:
         for sid, rec in lab.sessions.items():
             session = api.get(f"/sessions/{sid}").json()

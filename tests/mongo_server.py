@@ -27,7 +27,7 @@ from sessions.loopback import free_port, log_tail
 EXTERNAL_ENV = "LUCID_TEST_MONGODB_URL"
 START_TIMEOUT = 30.0
 # Short, so the failure tests see a lost server within seconds.
-OPTIONS = "serverSelectionTimeoutMS=2000&connectTimeoutMS=2000"
+OPTIONS = "serverSelectionTimeoutMS=2000&connectTimeoutMS=2000&heartbeatFrequencyMS=1000"
 
 
 class MongoServer:
@@ -84,6 +84,11 @@ class MongoServer:
                 time.sleep(0.1)
         raise RuntimeError("SecantusDB did not answer in time:\n" + log_tail(self.log))
 
+    def create_user(self, database: str, user: str, password: str) -> None:
+        """Create a user of a database (SecantusDB then checks SCRAM credentials; no --auth)."""
+        with MongoClient(self.url(database), directConnection=True) as c:
+            c[database].command("createUser", user, pwd=password, roles=["readWrite"])
+
     def kill(self) -> None:
         """SIGKILL the server, as a crash would; its data stays for a restart."""
         if self.proc is not None:
@@ -102,7 +107,8 @@ class MongoServer:
             self.proc = None
 
     def remove(self) -> None:
-        self.stop()
+        """Kill the server (its data is thrown away, so no clean shutdown is owed) and its data."""
+        self.kill()
         shutil.rmtree(self.data, ignore_errors=True)
 
 

@@ -67,8 +67,8 @@ class MetadataReadiness:
                 return
             except Exception as exc:  # any failure to reach it: report, wait, retry
                 cause = exc.__cause__ if exc.__cause__ is not None else exc
-                self.reason = f"unreachable ({type(cause).__name__}); retrying"
-                log.warning("metadata store %s unreachable (%s); retrying in %.1f s",
+                self.reason = f"unreachable or refused ({type(cause).__name__}); retrying"
+                log.warning("metadata store %s unreachable or refused (%s); retrying in %.1f s",
                             self.url.redacted, type(cause).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY)

@@ -65,6 +65,7 @@ class MongoServer:
                 [sys.executable, "-m", "secantus", "--config", str(config),
                  "--host", "127.0.0.1", "--port", str(self.port),
                  "--storage-path", str(self.data), "--log-level", "WARNING",
+                 "--cache-size", "64M",
                  "--sync-on-commit"],  # j: true means fsync'd, as with mongod
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)

@@ -5,6 +5,10 @@ costs seconds, and every test makes its own sessions, so they do not interfere).
 Storage starts first and must answer /health before the processor starts, and the
 processor before the gateway, so no two processes race to generate the same secret.
 
+The cluster is parametrised over the metadata store: every test runs on SQLite, and
+the modules in `BOTH_STORES` (upload, finalize, replay, verify, delete, list) run
+on MongoDB too (storage on `LUCID_METADATA_URL`, the test server of `tests.mongo_server`).
+
 Every process writes stdout and stderr to `<tmp>/logs/<service>.log`.  After each
 test the new log lines are checked: no secret value and no "Traceback" may
 appear (a failing test also gets those lines attached to its report).
@@ -26,9 +30,12 @@ import pytest
 from sessions import loopback
 from sessions.loopback import SERVICES
 from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequest
+from tests.mongo_server import MongoServer, mongo_server  # noqa: F401 - a fixture
 
 START_TIMEOUT = 30.0
 LOG_TAIL = 120  # lines of each service's log attached to a failing test's report
+BOTH_STORES = frozenset({"test_cli", "test_upload", "test_delete", "test_list"})
+"""Test modules that also run with storage on MongoDB (the rest run on SQLite only)."""
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # (service, start, end) byte windows of a log where a traceback is expected: see broken_stream
     allowed: list[tuple[str, int, int]] = field(default_factory=list)
+    metadata_url: str | None = None  # LUCID_METADATA_URL of storage; None: SQLite in data_dir
 
     def __post_init__(self) -> None:
         self.data_dir = self.root / "data"
@@ -52,9 +60,11 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
-            "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-            "LUCID_NODE_NAME": NODE_NAME})
+        extra = {"LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+                 "LUCID_NODE_NAME": NODE_NAME}
+        if self.metadata_url is not None:
+            extra["LUCID_METADATA_URL"] = self.metadata_url
+        return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra=extra)
 
     def url(self, name: str) -> str:
         return loopback.url(self.ports[name])
@@ -201,10 +211,29 @@ _CLUSTER: Cluster | None = None
 _STARTS = pytest.StashKey[dict[str, int]]()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every cluster test on SQLite, and those of BOTH_STORES on MongoDB as well."""
+    if "store" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        stores = ["sqlite", "mongodb"] if module in BOTH_STORES else ["sqlite"]
+        metafunc.parametrize("store", stores, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def store(request: pytest.FixtureRequest) -> str:
+    """The metadata store the cluster's storage runs on: "sqlite" or "mongodb"."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, store: str,
+            request: pytest.FixtureRequest) -> Iterator[Cluster]:
     global _CLUSTER
-    c = Cluster(tmp_path_factory.mktemp("e2e"))
+    c = Cluster(tmp_path_factory.mktemp(f"e2e-{store}"))
+    if store == "mongodb":
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        c.metadata_url = server.url()
     try:
         for name in SERVICES:
             c.start(name)

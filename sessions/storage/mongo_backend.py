@@ -70,7 +70,11 @@ class MongoBackend:
                         "journal": True, "appname": "lucid-storage"}
         if "serverselectiontimeoutms" not in url.url.lower():
             options["serverSelectionTimeoutMS"] = SELECTION_TIMEOUT_MS
-        self._client: AsyncMongoClient[Doc] = AsyncMongoClient(url.url, **options)
+        try:
+            self._client: AsyncMongoClient[Doc] = AsyncMongoClient(url.url, **options)
+        except (PyMongoError, ValueError) as exc:  # its message may quote the URL: name the type
+            raise ConfigError(f"LUCID_METADATA_URL {url.redacted} is not usable "
+                              f"({type(exc).__name__})") from None
         db = self._client.get_database(url.database, write_concern=DURABLE,
                                        read_concern=ReadConcern("majority"))
         self._sessions: AsyncCollection[Doc] = db["sessions"]

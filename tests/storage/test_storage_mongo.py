@@ -196,3 +196,11 @@ async def test_lost_mid_upload_fails_503_and_resumes_by_itself(
     assert resp.json() == {"offset": 200, "chunk_count": 2}, resp.text
     chunk = await mongo_client.get(f"{API}/sessions/{sid}/chunks/1")
     assert chunk.content == blobs[1]
+
+
+def test_a_url_the_driver_refuses_is_a_config_error_without_the_password() -> None:
+    from sessions.storage.mongo_backend import MongoBackend
+
+    with pytest.raises(ConfigError) as info:
+        MongoBackend(parse(f"mongodb://lucid:{PASSWORD}@db:99999/lucid"))
+    assert PASSWORD not in str(info.value) and "mongodb://***@db:99999" in str(info.value)

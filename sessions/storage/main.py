@@ -21,6 +21,7 @@ from sessions.common.web import Metrics, install_common
 from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.config import Settings, load_settings
 from sessions.storage.dburl import MetadataUrl
+from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import MetadataStore, open_metastore
 from sessions.storage.routes import chunks, sessions
 from sessions.storage.service import StorageService
@@ -55,6 +56,11 @@ class MetadataReadiness:
         """Raise NotReady naming the (redacted) database while it is not prepared."""
         if self.reason is not None:
             raise NotReady(f"metadata store {self.url.redacted}: {self.reason}")
+
+    def require(self) -> None:
+        """Raise StorageUnavailable (503) while not prepared: no request runs before migrations."""
+        if self.reason is not None:
+            raise StorageUnavailable("the metadata store is not ready yet; retry later")
 
     async def _run(self) -> None:
         delay = FIRST_RETRY

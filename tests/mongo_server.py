@@ -8,6 +8,8 @@ that instead, and the tests that stop and restart the server skip, saying so.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +30,12 @@ EXTERNAL_ENV = "LUCID_TEST_MONGODB_URL"
 START_TIMEOUT = 30.0
 # Short, so the failure tests see a lost server within seconds.
 OPTIONS = "serverSelectionTimeoutMS=2000&connectTimeoutMS=2000&heartbeatFrequencyMS=1000"
+
+
+def _die_with_parent() -> None:
+    """In the child: be SIGKILLed when the test process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class MongoServer:
@@ -54,7 +62,11 @@ class MongoServer:
         return f"mongodb://127.0.0.1:{self.port}/{name}?{OPTIONS}"
 
     def start(self) -> None:
-        """Start SecantusDB on self.port (its data survives restarts) and wait until it answers."""
+        """Start SecantusDB on self.port (its data survives restarts) and wait until it answers.
+
+        Call it from the thread that owns the test (not a worker thread): the server is
+        killed when the thread that started it exits, so a killed test run leaks none.
+        """
         if self.external is not None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
@@ -68,7 +80,7 @@ class MongoServer:
                  "--cache-size", "64M",
                  "--sync-on-commit"],  # j: true means fsync'd, as with mongod
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_parent)
         self.wait_answering()
 
     def wait_answering(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -61,15 +61,20 @@ _V1 = (
     "CREATE INDEX session_labels_by_value ON session_labels (key, value, session_id)",
 )
 
-# v2: a revision per record for the rules layer's compare-and-set, and the tus upload length.
+# v2: the total length a client declared (tus `Upload-Length`); NULL while unknown.
 _V2 = (
+    "ALTER TABLE sessions ADD COLUMN upload_length INTEGER "
+    "CHECK (upload_length IS NULL OR upload_length >= 0)",
+)
+
+# v3: a revision per record for the rules layer's compare-and-set; created time for retention.
+_V3 = (
     "ALTER TABLE sessions ADD COLUMN revision INTEGER NOT NULL DEFAULT 1",
-    "ALTER TABLE sessions ADD COLUMN upload_length INTEGER CHECK (upload_length >= 0)",
     "CREATE INDEX sessions_by_created ON sessions (created_at)",
 )
 
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -109,6 +114,10 @@ UPDATE_SESSION = ("UPDATE sessions SET state = ?, updated_at = ?, plain_offset =
                   "chunk_count = ?, sealed_bytes = ?, root_hash = ?, key_id = ?, key_blob = ?, "
                   "upload_length = ?, revision = ? WHERE id = ? AND revision = ?")
 SET_FINALIZED = "UPDATE sessions SET checkpoint = ?, manifest = ? WHERE id = ?"
+# The processor's last signed checkpoint of a session (the `checkpoint` column; finalize
+# overwrites it with the final one).
+SET_CHECKPOINT = "UPDATE sessions SET checkpoint = ? WHERE id = ?"
+SELECT_CHECKPOINT = "SELECT checkpoint FROM sessions WHERE id = ?"
 INSERT_CHUNK = ("INSERT INTO chunks (session_id, idx, plain_offset, length, sealed_length, "
                 "leaf_hash, compressed) VALUES (?, ?, ?, ?, ?, ?, ?)")
 SELECT_CHUNKS = ("SELECT idx, plain_offset, length, sealed_length, leaf_hash, compressed "

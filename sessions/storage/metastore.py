@@ -41,6 +41,7 @@ from sessions.storage.records import (
     Update,
     WrappedKey,
     check_commit,
+    check_upload_length,
 )
 
 Label = tuple[str, str]
@@ -70,6 +71,7 @@ class MetadataBackend(Protocol):
     async def leaf_hashes(self, session_id: str, *, count: int) -> bytes:
         """Return the leaf hashes of chunks 0 .. count-1, concatenated."""
     async def load_finalized(self, session_id: str) -> Finalized | None: ...
+    async def load_checkpoint(self, session_id: str) -> str | None: ...
     async def count_by_state(self) -> dict[str, int]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
@@ -150,6 +152,11 @@ class MetadataStore:
         if done is None:
             raise NotFound("the manifest exists once the session is completed")
         return done.manifest
+
+    async def get_checkpoint(self, session_id: str) -> str | None:
+        """Return the last signed checkpoint kept for the session (the final one once completed)."""
+        await self.get_session(session_id)
+        return await self.backend.load_checkpoint(session_id)
 
     async def count_by_state(self) -> dict[str, int]:
         counts = {state.value: 0 for state in SessionState}
@@ -251,23 +258,28 @@ class MetadataStore:
             return Update(self._next(rec, wrapped_key=wrapped), forget_key=True)
         return await self._cas(session_id, decide)
 
-    async def set_upload_length(self, session_id: str, upload_length: int) -> SessionRecord:
-        """Set the total upload length once (tus Upload-Defer-Length); a repeat must agree.
+    async def set_upload_length(self, session_id: str, length: int) -> SessionRecord:
+        """Declare a session's total length once (`check_upload_length`); return the record."""
+        if length < 0:
+            raise InvalidParameter("upload_length must be >= 0")
 
-        Preconditions: upload_length >= offset; state == recording; unset or equal before.
-        """
         def decide(rec: SessionRecord) -> Update | None:
-            if rec.upload_length == upload_length:
+            if not check_upload_length(rec, length):
                 return None
-            require_state(rec.state, SessionState.RECORDING, action="set the length of")
-            if rec.upload_length is not None:
-                raise Conflict("the upload length is already set",
-                               extra={"upload_length": rec.upload_length})
-            if upload_length < rec.offset:
-                raise InvalidParameter("the upload length is below the committed offset",
-                                       extra={"offset": rec.offset})
-            return Update(self._next(rec, upload_length=upload_length))
+            return Update(self._next(rec, upload_length=length))
         return await self._cas(session_id, decide)
+
+    async def set_checkpoint(self, session_id: str, checkpoint: str) -> None:
+        """Keep the processor's last signed checkpoint of a recording or finalizing session.
+
+        The record itself (updated_at included) is unchanged; only its revision moves.
+        """
+        def decide(rec: SessionRecord) -> Update:
+            require_state(rec.state, SessionState.RECORDING, SessionState.FINALIZING,
+                          action="keep a checkpoint of")
+            return Update(dataclasses.replace(rec, revision=rec.revision + 1),
+                          checkpoint=checkpoint)
+        await self._cas(session_id, decide)
 
     # -- helpers -------------------------------------------------------------------------------
 

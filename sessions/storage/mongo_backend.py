@@ -126,6 +126,8 @@ class MongoBackend:
         if update.finalized is not None:
             changes.update(checkpoint=update.finalized.checkpoint,
                            manifest=update.finalized.manifest)
+        if update.checkpoint is not None:
+            changes["checkpoint"] = update.checkpoint
         match = {"_id": rec.id, "revision": rec.revision - 1}
         async with self._guard():
             if not update.chunks:
@@ -182,6 +184,12 @@ class MongoBackend:
         if doc is None or doc.get("manifest") is None:
             return None
         return Finalized(checkpoint=doc["checkpoint"], manifest=bytes(doc["manifest"]))
+
+    async def load_checkpoint(self, session_id: str) -> str | None:
+        async with self._guard():
+            doc = await self._sessions.find_one({"_id": session_id},
+                                                projection={"checkpoint": 1})
+        return None if doc is None or doc.get("checkpoint") is None else str(doc["checkpoint"])
 
     async def count_by_state(self) -> dict[str, int]:
         async with self._guard():

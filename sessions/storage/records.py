@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sessions.common.errors import BadRequest, Conflict, OffsetMismatch
+from sessions.common.errors import BadRequest, Conflict, OffsetMismatch, PayloadTooLarge
 from sessions.common.states import SessionState, require_state
 from sessions.core import ChunkEntry
 
@@ -63,6 +63,7 @@ class SessionRecord:
     root_hash: bytes | None
     wrapped_key: WrappedKey | None
     upload_length: int | None = None
+    """The total plaintext length the client declared (tus `Upload-Length`); None: not yet."""
     revision: int = 0
 
 
@@ -79,7 +80,8 @@ class Update:
     """One compare-and-set: the record as it must be afterwards, and what is written with it.
 
     A backend applies it only if the stored revision is still `session.revision - 1`,
-    and then inserts `chunks` and stores `finalized` in the same atomic step.
+    and then inserts `chunks` and stores `finalized` (or the processor's last signed
+    `checkpoint`) in the same atomic step.
     `forget_key` says an old wrapped key was dropped or replaced, so a backend that
     can (SQLite's WAL) should not keep an old copy of it.
     """
@@ -87,6 +89,7 @@ class Update:
     session: SessionRecord
     chunks: tuple[ChunkRecord, ...] = ()
     finalized: Finalized | None = None
+    checkpoint: str | None = None
     forget_key: bool = False
 
 
@@ -100,6 +103,7 @@ def check_commit(rec: SessionRecord, *, expected_offset: int,
     """Check that chunks may be appended to rec; raise the error a commit must fail with.
 
     Preconditions: rec.state == recording; expected_offset == rec.offset;
+    rec.offset + sum(lengths) <= rec.upload_length when that is declared;
     chunks[i].index == rec.chunk_count + i; chunks[0].offset == rec.offset and
     chunks[i+1].offset == chunks[i].offset + chunks[i].length; length, sealed_length >= 1;
     len(leaf_hash) == 32.
@@ -118,3 +122,24 @@ def check_commit(rec: SessionRecord, *, expected_offset: int,
         if index > MAX_CHUNK_INDEX:
             raise BadRequest("a session holds at most 10^10 chunks")
         index, offset = index + 1, offset + chunk.length
+    if rec.upload_length is not None and offset > rec.upload_length:
+        raise PayloadTooLarge(f"the session's declared length is {rec.upload_length} bytes",
+                              extra={"offset": rec.offset, "upload_length": rec.upload_length})
+
+
+def check_upload_length(rec: SessionRecord, length: int) -> bool:
+    """Check that rec may take `length` as its declared total; return whether it is new.
+
+    Preconditions: state == recording; length >= rec.offset; a length once declared
+    never changes (declaring the same one again is a no-op: returns False).
+    """
+    if rec.upload_length is not None:
+        if rec.upload_length != length:
+            raise Conflict(f"the session's length is already {rec.upload_length} bytes",
+                           extra={"upload_length": rec.upload_length})
+        return False
+    require_state(rec.state, SessionState.RECORDING, action="declare the length of")
+    if length < rec.offset:
+        raise Conflict(f"{rec.offset} bytes are already committed",
+                       extra={"offset": rec.offset})
+    return True

@@ -79,6 +79,10 @@ class SqliteBackend:
             return None
         return Finalized(checkpoint=rows[0][0], manifest=bytes(rows[0][1]))
 
+    async def load_checkpoint(self, session_id: str) -> str | None:
+        rows = await self._call(self._rows, _sql.SELECT_CHECKPOINT, (session_id,))
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
+
     async def count_by_state(self) -> dict[str, int]:
         return dict(await self._call(self._rows, _sql.COUNT_BY_STATE, ()))
 
@@ -171,6 +175,8 @@ class SqliteBackend:
             if update.finalized is not None:
                 db.execute(_sql.SET_FINALIZED, (update.finalized.checkpoint,
                                                 update.finalized.manifest, rec.id))
+            if update.checkpoint is not None:
+                db.execute(_sql.SET_CHECKPOINT, (update.checkpoint, rec.id))
         if update.forget_key:
             _sql.truncate_wal(db)  # an old wrapped key must not linger in the write-ahead log
         return True

@@ -47,7 +47,8 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # (service, start, end) byte windows of a log where a traceback is expected: see broken_stream
     allowed: list[tuple[str, int, int]] = field(default_factory=list)
-    metadata_url: str | None = None  # LUCID_METADATA_URL of storage; None: SQLite in data_dir
+    # LUCID_* settings on top of the suite's, per service name ("*": all of them)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = self.root / "data"
@@ -60,11 +61,14 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        extra = {"LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-                 "LUCID_NODE_NAME": NODE_NAME}
-        if self.metadata_url is not None:
-            extra["LUCID_METADATA_URL"] = self.metadata_url
-        return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra=extra)
+        return self.env_of("*")
+
+    def env_of(self, name: str) -> dict[str, str]:
+        """Return the environment service `name` starts with."""
+        return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
+            "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "LUCID_NODE_NAME": NODE_NAME, **self.extra_env.get("*", {}),
+            **self.extra_env.get(name, {})})
 
     def url(self, name: str) -> str:
         return loopback.url(self.ports[name])
@@ -74,7 +78,7 @@ class Cluster:
 
     def start(self, name: str) -> None:
         """Start one service and wait until its /health answers 200."""
-        self.procs[name] = loopback.spawn(name, env=self.env, log=self.log_path(name))
+        self.procs[name] = loopback.spawn(name, env=self.env_of(name), log=self.log_path(name))
         loopback.wait_ok(name, self.procs[name], self.url(name) + "/health",
                          timeout=START_TIMEOUT, log=self.log_path(name))
 
@@ -233,7 +237,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, store: str,
     c = Cluster(tmp_path_factory.mktemp(f"e2e-{store}"))
     if store == "mongodb":
         server: MongoServer = request.getfixturevalue("mongo_server")
-        c.metadata_url = server.url()
+        c.extra_env["storage"] = {"LUCID_METADATA_URL": server.url()}
     try:
         for name in SERVICES:
             c.start(name)

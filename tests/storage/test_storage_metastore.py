@@ -21,6 +21,7 @@ from sessions.common.errors import (
     InvalidState,
     NotFound,
     OffsetMismatch,
+    PayloadTooLarge,
     SessionNotFound,
 )
 from sessions.common.states import TRANSITIONS, SessionState
@@ -491,15 +492,41 @@ async def test_concurrent_rewraps_have_one_winner(open_store: OpenStore,
 
 
 async def test_upload_length_is_set_once(meta: MetadataStore, new_session: MakeSession) -> None:
-    fixed = await meta.create_session(new_session(upload_length=100))
-    assert fixed.upload_length == 100 == (await meta.get_session(fixed.id)).upload_length
+    fixed = await meta.create_session(new_session(upload_length=15))
+    assert fixed.upload_length == 15 == (await meta.get_session(fixed.id)).upload_length
+    with pytest.raises(PayloadTooLarge):  # a commit past the declared length
+        await meta.commit_chunks(fixed.id, expected_offset=0, chunks=chunks(0, 0, 10, 10))
     deferred = await meta.create_session(new_session())
     assert deferred.upload_length is None
     await meta.commit_chunks(deferred.id, expected_offset=0, chunks=chunks(0, 0, 10))
+    with pytest.raises(Conflict):
+        await meta.set_upload_length(deferred.id, 5)  # less than is committed
     with pytest.raises(InvalidParameter):
-        await meta.set_upload_length(deferred.id, 5)
+        await meta.set_upload_length(deferred.id, -1)
     assert (await meta.set_upload_length(deferred.id, 50)).upload_length == 50
     assert (await meta.set_upload_length(deferred.id, 50)).upload_length == 50
     with pytest.raises(Conflict):
         await meta.set_upload_length(deferred.id, 60)
     assert (await meta.get_session(deferred.id)).upload_length == 50
+    failed = await meta.create_session(new_session())
+    await meta.transition(failed.id, to=SessionState.FAILED)
+    with pytest.raises(InvalidState):
+        await meta.set_upload_length(failed.id, 10)
+
+
+async def test_a_kept_checkpoint_until_finalize_replaces_it(meta: MetadataStore,
+                                                            new_session: MakeSession) -> None:
+    rec = await meta.create_session(new_session())
+    assert await meta.get_checkpoint(rec.id) is None
+    await meta.set_checkpoint(rec.id, "cp-1\n")
+    await meta.set_checkpoint(rec.id, "cp-2\n")
+    assert await meta.get_checkpoint(rec.id) == "cp-2\n"
+    after = await meta.get_session(rec.id)
+    assert after.updated_at == rec.updated_at and after.state is RECORDING
+    await meta.transition(rec.id, to=FINALIZING)
+    await meta.finalize(rec.id, root_hash=b"\x02" * 32, checkpoint="final\n", manifest=b"{}")
+    assert await meta.get_checkpoint(rec.id) == "final\n"
+    with pytest.raises(InvalidState):
+        await meta.set_checkpoint(rec.id, "late\n")
+    with pytest.raises(SessionNotFound):
+        await meta.get_checkpoint(new_session().id)

@@ -150,8 +150,8 @@ async def test_down_at_start_then_ready_without_a_restart(
     resp = await mongo_client.post(f"{API}/sessions", json=session_body())
     assert resp.status_code == 503 and resp.json()["error"] == "storage_unavailable"
     assert PASSWORD not in resp.text
-    await asyncio.to_thread(own_mongo.start)  # the database comes up; storage was never restarted
-    await asyncio.to_thread(own_mongo.create_user, "lucid", "lucid", PASSWORD)
+    own_mongo.start()  # the database comes up; storage was never restarted
+    own_mongo.create_user("lucid", "lucid", PASSWORD)
     await _wait_ready(mongo_client)
     resp = await mongo_client.post(f"{API}/sessions", json=session_body())
     assert resp.status_code == 201, resp.text
@@ -161,8 +161,8 @@ async def test_down_at_start_then_ready_without_a_restart(
 async def test_lost_mid_upload_fails_503_and_resumes_by_itself(
         own_mongo: MongoServer, mongo_client: httpx.AsyncClient,
         session_body: Callable[..., dict[str, Any]]) -> None:
-    await asyncio.to_thread(own_mongo.start)
-    await asyncio.to_thread(own_mongo.create_user, "lucid", "lucid", PASSWORD)
+    own_mongo.start()
+    own_mongo.create_user("lucid", "lucid", PASSWORD)
     await _wait_ready(mongo_client)
     sid = (await mongo_client.post(f"{API}/sessions", json=session_body())).json()["id"]
     blobs = [b"chunk-zero", b"chunk-one"]
@@ -180,14 +180,14 @@ async def test_lost_mid_upload_fails_503_and_resumes_by_itself(
                                    json={"expected_offset": 0, "chunks": records[:1]})
     assert resp.json() == {"offset": 100, "chunk_count": 1}
 
-    await asyncio.to_thread(own_mongo.kill)  # the database dies between two commits
+    own_mongo.kill()  # the database dies between two commits
     resp = await mongo_client.post(f"{API}/sessions/{sid}/commit",
                                    json={"expected_offset": 100, "chunks": records[1:]})
     assert resp.status_code == 503 and resp.json()["error"] == "storage_unavailable"
     assert PASSWORD not in resp.text
     assert (await mongo_client.get("/ready")).status_code == 503
 
-    await asyncio.to_thread(own_mongo.start)  # it comes back; storage carries on by itself
+    own_mongo.start()  # it comes back; storage carries on by itself
     await _wait_ready(mongo_client)
     got = (await mongo_client.get(f"{API}/sessions/{sid}")).json()
     assert (got["offset"], got["chunk_count"]) == (100, 1)  # acknowledged: kept; failed: not

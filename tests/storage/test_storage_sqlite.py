@@ -73,7 +73,7 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
     await store.close()
     assert path.stat().st_mode & 0o077 == 0
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 3
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     reopened = await _open(path)
     assert (await reopened.get_session(rec.id)).id == rec.id
@@ -84,13 +84,15 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
         await _open(path)
 
 
-async def test_opens_a_database_of_the_previous_schema(tmp_path: Path) -> None:
-    """A v1 database (as the previous release wrote it) is migrated and reads back whole."""
+@pytest.mark.parametrize("old", [1, 2])
+async def test_opens_a_database_of_a_previous_schema(tmp_path: Path, old: int) -> None:
+    """A v1 or v2 database (as earlier releases wrote it) is migrated and reads back whole."""
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
-        for statement in _sql.MIGRATIONS[1]:
-            db.execute(statement)
-        db.execute("PRAGMA user_version = 1")
+        for step in range(1, old + 1):
+            for statement in _sql.MIGRATIONS[step]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {old}")
         db.execute("INSERT INTO sessions (id, state, created_at, updated_at, retention_days, "
                    "plain_offset, chunk_count, sealed_bytes, chunk_size, zstd_level, "
                    "format_version, key_id, key_blob) VALUES (?, 'recording', ?, ?, 7, 10, 1, "

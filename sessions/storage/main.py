@@ -149,8 +149,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
 
     async def ready() -> None:
-        app.state.readiness.check()
-        await app.state.metastore.ping()
+        readiness: MetadataReadiness = app.state.readiness
+        readiness.check()
+        try:
+            await app.state.metastore.ping()
+        except StorageUnavailable as exc:
+            cause = type(exc.__cause__ or exc).__name__
+            raise NotReady(f"metadata store {readiness.url.redacted}: unreachable ({cause})"
+                           ) from exc
         await app.state.chunkstore.ping()
 
     async def before_scrape() -> None:

@@ -185,7 +185,9 @@ async def test_lost_mid_upload_fails_503_and_resumes_by_itself(
                                    json={"expected_offset": 100, "chunks": records[1:]})
     assert resp.status_code == 503 and resp.json()["error"] == "storage_unavailable"
     assert PASSWORD not in resp.text
-    assert (await mongo_client.get("/ready")).status_code == 503
+    ready = await mongo_client.get("/ready")
+    assert ready.status_code == 503 and PASSWORD not in ready.text
+    assert "metadata store mongodb://***@127.0.0.1" in ready.json()["detail"]
 
     own_mongo.start()  # it comes back; storage carries on by itself
     await _wait_ready(mongo_client)

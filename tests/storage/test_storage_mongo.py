@@ -150,6 +150,10 @@ async def test_down_at_start_then_ready_without_a_restart(
     resp = await mongo_client.post(f"{API}/sessions", json=session_body())
     assert resp.status_code == 503 and resp.json()["error"] == "storage_unavailable"
     assert PASSWORD not in resp.text
+    for _ in range(300):  # a first attempt has failed, and storage said why
+        if "unreachable" in (await mongo_client.get("/ready")).text:
+            break
+        await asyncio.sleep(0.1)
     own_mongo.start()  # the database comes up; storage was never restarted
     own_mongo.create_user("lucid", "lucid", PASSWORD)
     await _wait_ready(mongo_client)

@@ -113,6 +113,8 @@ def _preflight(settings: Any) -> None:
     settings.service_token()
     if hasattr(settings, "admin_token"):
         settings.admin_token()
+    if hasattr(settings, "metadata"):
+        settings.metadata()  # storage: a bad LUCID_METADATA_URL exits 2, redacted
 
 
 def _pick(preferred: str, fallback: str) -> str:

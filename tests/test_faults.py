@@ -38,7 +38,7 @@ from sessions.api.config import Settings as ApiSettings
 from sessions.api.main import create_app as api_app
 from sessions.processor.config import Settings as ProcessorSettings
 from sessions.processor.main import create_app as processor_app
-from sessions.storage import chunkstore, metastore
+from sessions.storage import chunkstore, sqlite_backend
 from sessions.storage.config import Settings as StorageSettings
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.main import create_app as storage_app
@@ -101,7 +101,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
     f = Faults()
     real_fsync = os.fsync
     real_write = chunkstore._StagedFile.write
-    real_conn = metastore.SqliteMetadataStore._conn
+    real_conn = sqlite_backend.SqliteBackend._conn
 
     def fsync(fd: int) -> None:
         is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
@@ -116,12 +116,12 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
             raise OSError(errno.EIO, "injected torn write")
         real_write(self, data)
 
-    def conn(self: metastore.SqliteMetadataStore) -> Any:
+    def conn(self: sqlite_backend.SqliteBackend) -> Any:
         return _FaultyConnection(real_conn(self), f)
 
     monkeypatch.setattr(chunkstore.os, "fsync", fsync)
     monkeypatch.setattr(chunkstore._StagedFile, "write", write)
-    monkeypatch.setattr(metastore.SqliteMetadataStore, "_conn", conn)
+    monkeypatch.setattr(sqlite_backend.SqliteBackend, "_conn", conn)
     yield f
 
 

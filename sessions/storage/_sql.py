@@ -1,4 +1,4 @@
-"""The SQLite schema, its migrations and every statement `SqliteMetadataStore` runs.
+"""The SQLite schema, its migrations and every statement `SqliteBackend` runs.
 
 Statements are constants; the only SQL built at run time joins constant
 fragments, and every value is a bound parameter.
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -67,8 +67,14 @@ _V2 = (
     "CHECK (upload_length IS NULL OR upload_length >= 0)",
 )
 
+# v3: a revision per record for the rules layer's compare-and-set; created time for retention.
+_V3 = (
+    "ALTER TABLE sessions ADD COLUMN revision INTEGER NOT NULL DEFAULT 1",
+    "CREATE INDEX sessions_by_created ON sessions (created_at)",
+)
+
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -97,34 +103,27 @@ def truncate_wal(db: sqlite3.Connection) -> None:
 
 _SESSION_COLUMNS = ("SELECT id, state, created_at, updated_at, retention_days, plain_offset, "
                     "chunk_count, sealed_bytes, chunk_size, zstd_level, format_version, "
-                    "root_hash, key_id, key_blob, upload_length FROM sessions")
+                    "root_hash, key_id, key_blob, upload_length, revision FROM sessions")
 SELECT_SESSION_BY_ID = _SESSION_COLUMNS + " WHERE id = ?"
-SESSION_EXISTS = "SELECT 1 FROM sessions WHERE id = ?"
-INSERT_SESSION = ("INSERT INTO sessions (id, state, created_at, updated_at, retention_days, "
-                  "chunk_size, zstd_level, format_version, key_id, key_blob, upload_length) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-SET_UPLOAD_LENGTH = "UPDATE sessions SET upload_length = ?, updated_at = ? WHERE id = ?"
+INSERT_SESSION = ("INSERT OR IGNORE INTO sessions (id, state, created_at, updated_at, "
+                  "retention_days, chunk_size, zstd_level, format_version, key_id, key_blob, "
+                  "upload_length, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)"
-SET_STATE = "UPDATE sessions SET state = ?, updated_at = ? WHERE id = ?"
-REWRAP = ("UPDATE sessions SET key_id = ?, key_blob = ?, updated_at = ? "
-          "WHERE id = ? AND key_id = ?")
-ERASE = ("UPDATE sessions SET state = ?, updated_at = ?, key_id = NULL, key_blob = NULL "
-         "WHERE id = ?")
-INSERT_CHUNK = ("INSERT INTO chunks (session_id, idx, plain_offset, length, sealed_length, "
-                "leaf_hash, compressed) VALUES (?, ?, ?, ?, ?, ?, ?)")
-ADVANCE = ("UPDATE sessions SET plain_offset = plain_offset + ?, chunk_count = chunk_count + ?, "
-           "sealed_bytes = sealed_bytes + ?, updated_at = ? WHERE id = ?")
-SELECT_CHUNKS = ("SELECT idx, plain_offset, length, sealed_length, leaf_hash, compressed "
-                 "FROM chunks WHERE session_id = ? AND idx >= ? ORDER BY idx LIMIT ?")
-SELECT_LEAVES = "SELECT leaf_hash FROM chunks WHERE session_id = ? AND idx < ? ORDER BY idx"
-FINALIZE = ("UPDATE sessions SET state = 'completed', root_hash = ?, checkpoint = ?, "
-            "manifest = ?, updated_at = ? WHERE id = ?")
-SELECT_MANIFEST = "SELECT manifest FROM sessions WHERE id = ?"
+# The one compare-and-set: every field the rules may change, if the revision is the one read.
+UPDATE_SESSION = ("UPDATE sessions SET state = ?, updated_at = ?, plain_offset = ?, "
+                  "chunk_count = ?, sealed_bytes = ?, root_hash = ?, key_id = ?, key_blob = ?, "
+                  "upload_length = ?, revision = ? WHERE id = ? AND revision = ?")
+SET_FINALIZED = "UPDATE sessions SET checkpoint = ?, manifest = ? WHERE id = ?"
 # The processor's last signed checkpoint of a session (the `checkpoint` column; finalize
 # overwrites it with the final one).
-SET_CHECKPOINT = ("UPDATE sessions SET checkpoint = ? WHERE id = ? "
-                  "AND state IN ('recording', 'finalizing')")
-SELECT_CHECKPOINT = "SELECT state, checkpoint FROM sessions WHERE id = ?"
+SET_CHECKPOINT = "UPDATE sessions SET checkpoint = ? WHERE id = ?"
+SELECT_CHECKPOINT = "SELECT checkpoint FROM sessions WHERE id = ?"
+INSERT_CHUNK = ("INSERT INTO chunks (session_id, idx, plain_offset, length, sealed_length, "
+                "leaf_hash, compressed) VALUES (?, ?, ?, ?, ?, ?, ?)")
+SELECT_CHUNKS = ("SELECT idx, plain_offset, length, sealed_length, leaf_hash, compressed "
+                 "FROM chunks WHERE session_id = ? AND idx >= ? AND idx < ? ORDER BY idx LIMIT ?")
+SELECT_LEAVES = "SELECT leaf_hash FROM chunks WHERE session_id = ? AND idx < ? ORDER BY idx"
+SELECT_FINALIZED = "SELECT checkpoint, manifest FROM sessions WHERE id = ?"
 COUNT_BY_STATE = "SELECT state, count(*) FROM sessions GROUP BY state"
 
 _LABEL_FILTER = ("EXISTS (SELECT 1 FROM session_labels AS l "

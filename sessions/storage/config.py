@@ -1,4 +1,4 @@
-"""Storage settings: the common `LUCID_` settings plus the port and the chunk size cap."""
+"""Storage settings: the common `LUCID_` settings, port, chunk size cap and metadata URL."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from pathlib import Path
 
 from pydantic import Field
 
+from sessions.common.secrets import ConfigError, read_secret_file
 from sessions.common.settings import CommonSettings, load
+from sessions.storage.dburl import MetadataUrl, parse, redact
 
 DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024 + 4096
+METADATA_FILE = "metadata.sqlite3"
 
 
 class Settings(CommonSettings):
@@ -17,6 +20,13 @@ class Settings(CommonSettings):
     storage_port: int = Field(8086, ge=1, le=65535, description="port to listen on")
     max_chunk_bytes: int = Field(DEFAULT_MAX_CHUNK_BYTES, ge=1, le=1 << 30,
                                  description="largest sealed chunk accepted, in bytes")
+    metadata_url: str | None = Field(None, description="sqlite:///path (default: under the "
+                                     "data dir), mongodb://host/db or mongodb+srv://host/db; "
+                                     "no password here")
+    metadata_url_file: Path | None = Field(None, description="file holding the metadata URL "
+                                           "(use it when the URL carries credentials)")
+    metadata_password_file: Path | None = Field(None, description="file holding the password "
+                                                "of the user the metadata URL names")
 
     @property
     def port(self) -> int:
@@ -26,6 +36,28 @@ class Settings(CommonSettings):
     def storage_dir(self) -> Path:
         """Return the directory holding chunk files and the metadata database."""
         return self.data_dir / "storage"
+
+    def metadata(self) -> MetadataUrl:
+        """Return the metadata URL (from the file if set); raise ConfigError if it is bad.
+
+        A password may come only from a file: the URL file or the password file.
+        """
+        if self.metadata_url is not None and self.metadata_url_file is not None:
+            raise ConfigError("set LUCID_METADATA_URL or LUCID_METADATA_URL_FILE, not both")
+        if self.metadata_url_file is not None:
+            text = read_secret_file(self.metadata_url_file, what="metadata URL")
+        elif self.metadata_url is not None:
+            text = self.metadata_url
+            if redact(text) != text and ":" in text.split("://", 1)[1].split("@", 1)[0]:
+                raise ConfigError("LUCID_METADATA_URL must not hold a password; put the URL in "
+                                  "LUCID_METADATA_URL_FILE or the password in "
+                                  "LUCID_METADATA_PASSWORD_FILE")
+        else:
+            return parse("sqlite:///" + str(self.storage_dir / METADATA_FILE))
+        password = None
+        if self.metadata_password_file is not None:
+            password = read_secret_file(self.metadata_password_file, what="metadata password")
+        return parse(text, password=password)
 
 
 def load_settings() -> Settings:

@@ -25,6 +25,8 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_metastore(request: Request) -> MetadataStore:
+    """Return the metadata store; raise StorageUnavailable until its migrations have run."""
+    request.app.state.readiness.require()
     store: MetadataStore = request.app.state.metastore
     return store
 
@@ -35,6 +37,8 @@ async def get_chunkstore(request: Request) -> ChunkStore:
 
 
 async def get_service(request: Request) -> StorageService:
+    """Return the storage service; raise StorageUnavailable until metadata migrations ran."""
+    request.app.state.readiness.require()
     service: StorageService = request.app.state.service
     return service
 

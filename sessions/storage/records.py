@@ -1,8 +1,8 @@
 """The plain records storage keeps, and the one rule for appending chunks to a session.
 
-Both metadata store implementations (SQLite now, MongoDB next) speak these
-dataclasses and call `check_commit`, so they cannot disagree on what a valid
-commit is.
+The rules layer (`metastore.MetadataStore`) and both backends (SQLite, MongoDB)
+speak these dataclasses; only the rules layer calls `check_commit`, so the
+backends cannot disagree on what a valid commit is.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ class NewSession:
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """One session's metadata as stored; `offset` counts committed plaintext bytes."""
+    """One session's metadata as stored; `offset` counts committed plaintext bytes.
+
+    `revision` counts the record's writes: every compare-and-set names the
+    revision it read, so two writers can never both win from the same state.
+    """
 
     id: str
     state: SessionState
@@ -60,6 +64,33 @@ class SessionRecord:
     wrapped_key: WrappedKey | None
     upload_length: int | None = None
     """The total plaintext length the client declared (tus `Upload-Length`); None: not yet."""
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class Finalized:
+    """What finalize stores beside the root hash: the signed checkpoint and the manifest."""
+
+    checkpoint: str
+    manifest: bytes
+
+
+@dataclass(frozen=True)
+class Update:
+    """One compare-and-set: the record as it must be afterwards, and what is written with it.
+
+    A backend applies it only if the stored revision is still `session.revision - 1`,
+    and then inserts `chunks` and stores `finalized` (or the processor's last signed
+    `checkpoint`) in the same atomic step.
+    `forget_key` says an old wrapped key was dropped or replaced, so a backend that
+    can (SQLite's WAL) should not keep an old copy of it.
+    """
+
+    session: SessionRecord
+    chunks: tuple[ChunkRecord, ...] = ()
+    finalized: Finalized | None = None
+    checkpoint: str | None = None
+    forget_key: bool = False
 
 
 ChunkRecord = ChunkEntry

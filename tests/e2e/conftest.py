@@ -5,6 +5,10 @@ costs seconds, and every test makes its own sessions, so they do not interfere).
 Storage starts first and must answer /health before the processor starts, and the
 processor before the gateway, so no two processes race to generate the same secret.
 
+The cluster is parametrised over the metadata store: every test runs on SQLite, and
+the modules in `BOTH_STORES` (upload, finalize, replay, verify, delete, list) run
+on MongoDB too (storage on `LUCID_METADATA_URL`, the test server of `tests.mongo_server`).
+
 Every process writes stdout and stderr to `<tmp>/logs/<service>.log`.  After each
 test the new log lines are checked: no secret value and no "Traceback" may
 appear (a failing test also gets those lines attached to its report).
@@ -26,6 +30,7 @@ import pytest
 from sessions import loopback
 from sessions.loopback import SERVICES
 from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequest
+from tests.mongo_server import MongoServer, mongo_server  # noqa: F401 - a fixture
 
 START_TIMEOUT = 30.0
 LOG_TAIL = 120  # lines of each service's log attached to a failing test's report
@@ -37,6 +42,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E_DIR in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.e2e)
+
+BOTH_STORES = frozenset({"test_cli", "test_upload", "test_delete", "test_list"})
+"""Test modules that also run with storage on MongoDB (the rest run on SQLite only)."""
 
 
 @dataclass
@@ -216,10 +224,29 @@ _CLUSTER: Cluster | None = None
 _STARTS = pytest.StashKey[dict[str, int]]()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every cluster test on SQLite, and those of BOTH_STORES on MongoDB as well."""
+    if "store" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        stores = ["sqlite", "mongodb"] if module in BOTH_STORES else ["sqlite"]
+        metafunc.parametrize("store", stores, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def store(request: pytest.FixtureRequest) -> str:
+    """The metadata store the cluster's storage runs on: "sqlite" or "mongodb"."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, store: str,
+            request: pytest.FixtureRequest) -> Iterator[Cluster]:
     global _CLUSTER
-    c = Cluster(tmp_path_factory.mktemp("e2e"))
+    c = Cluster(tmp_path_factory.mktemp(f"e2e-{store}"))
+    if store == "mongodb":
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        c.extra_env["storage"] = {"LUCID_METADATA_URL": server.url()}
     try:
         for name in SERVICES:
             c.start(name)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pymongo import MongoClient
 
 from sessions.loopback import REPO, SERVICES, free_port
+from tests.mongo_server import MongoServer
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +71,44 @@ def test_up_stops_all_three_on_a_burst_of_signals(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def test_up_on_a_mongodb_metadata_url(tmp_path: Path, mongo_server: MongoServer) -> None:
+    """`lucid-sessions up` with LUCID_METADATA_URL: sessions are kept in MongoDB, not SQLite."""
+    ports = {name: free_port() for name in SERVICES}
+    url = mongo_server.url()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
+    env.update({f"LUCID_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(PYTHONPATH=str(REPO), LUCID_METADATA_URL=url)
+    data = tmp_path / "data"
+    up = subprocess.Popen([sys.executable, "-m", "sessions.cli", "up", "--data-dir",  # noqa: S603
+                           str(data)], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        api = f"http://127.0.0.1:{ports['api']}"
+        deadline = time.monotonic() + 60
+        while not _ok(api + "/ready"):
+            assert up.poll() is None and time.monotonic() < deadline, (
+                up.stdout.read() if up.stdout else "")
+            time.sleep(0.2)
+        token = (data / "secrets" / "admin.token").read_text().strip()
+        made = httpx.post(api + "/v1/sessions", json={"labels": {"via": "up"}},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert made.status_code == 201, made.text
+        with MongoClient(url) as client:
+            doc = client.get_default_database().sessions.find_one({"_id": made.json()["id"]})
+        assert doc is not None and doc["labels"] == ["via=up"]
+        assert not (data / "storage" / "metadata.sqlite3").exists()
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

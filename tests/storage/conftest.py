@@ -1,4 +1,8 @@
-"""Fixtures of the storage tests: stores on tmp_path, and the app behind an in-process client."""
+"""Fixtures of the storage tests: stores on tmp_path, and the app behind an in-process client.
+
+`meta` is parametrised over both metadata backends (SQLite, MongoDB on the test
+server of `tests.mongo_server`), so every metadata test is a contract test.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from fastapi import FastAPI
 from sessions.common.ids import new_session_id
 from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.config import Settings
+from sessions.storage.dburl import MetadataUrl, parse
 from sessions.storage.main import create_app
-from sessions.storage.metastore import SqliteMetadataStore
+from sessions.storage.metastore import MetadataStore, open_metastore
 from sessions.storage.records import NewSession, WrappedKey
+from tests.mongo_server import MongoServer, mongo_server  # noqa: F401 - a fixture
 
 SERVICE_TOKEN = "storage-test-token-" + "k" * 32
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
@@ -52,11 +58,42 @@ def new_session(ids: Callable[[], str]) -> Callable[..., NewSession]:
     return make
 
 
+BACKENDS = ("sqlite", "mongodb")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-async def meta(tmp_path: Path) -> AsyncIterator[SqliteMetadataStore]:
-    store = await SqliteMetadataStore.open(tmp_path / "meta" / "metadata.sqlite3")
-    yield store
-    await store.close()
+def meta_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> MetadataUrl:
+    """Return the URL of an empty metadata database of the backend under test."""
+    if backend == "sqlite":
+        return parse(f"sqlite:///{tmp_path}/meta/metadata.sqlite3")
+    server: MongoServer = request.getfixturevalue("mongo_server")
+    return parse(server.url())
+
+
+@pytest.fixture
+async def open_store(meta_url: MetadataUrl) -> AsyncIterator[Callable[[], Any]]:
+    """Return a factory of store instances on one database, all closed afterwards."""
+    opened: list[MetadataStore] = []
+
+    async def make() -> MetadataStore:
+        store = await open_metastore(meta_url)
+        opened.append(store)
+        return store
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def meta(open_store: Callable[[], Any]) -> MetadataStore:
+    store: MetadataStore = await open_store()
+    return store
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 
 from sessions.common.secrets import ConfigError
 from sessions.storage.config import DEFAULT_MAX_CHUNK_BYTES, load_settings
+from sessions.storage.dburl import parse
 
 
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -39,3 +40,60 @@ def test_production_needs_a_token_file(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("LUCID_SERVICE_TOKEN_FILE", raising=False)
     with pytest.raises(ConfigError):
         load_settings().service_token()
+
+
+def test_metadata_url_defaults_to_sqlite_under_the_data_dir(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))
+    for name in ("URL", "URL_FILE", "PASSWORD_FILE"):
+        monkeypatch.delenv(f"LUCID_METADATA_{name}", raising=False)
+    url = load_settings().metadata()
+    assert (url.scheme, url.path) == ("sqlite", tmp_path / "storage" / "metadata.sqlite3")
+    monkeypatch.setenv("LUCID_METADATA_URL", "sqlite:///relative/m.sqlite3")
+    assert load_settings().metadata().path == Path("relative/m.sqlite3")
+
+
+@pytest.mark.parametrize(("url", "database"), [
+    ("mongodb://db.internal:27017/lucid", "lucid"),
+    ("mongodb://a:27017,b:27017,c:27017/lucid_prod?replicaSet=rs0&tls=true", "lucid_prod"),
+    ("mongodb+srv://cluster0.example.net/lucid?retryWrites=true", "lucid"),
+])
+def test_mongodb_urls_name_their_database(url: str, database: str) -> None:
+    parsed = parse(url)
+    assert parsed.database == database and parsed.url == url
+    assert parsed.scheme == url.split("://")[0]
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://x/y", "mongodb://host", "mongodb://host/", "mongodb://host/a.b",
+    "sqlite://relative", "sqlite:///", "mongodb:///lucid",
+])
+def test_bad_metadata_urls_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse(url)
+
+
+def test_credentials_come_from_files_and_never_show(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    secret = "s3cr3t-" + "p" * 20
+    monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))
+    url_file = tmp_path / "url"
+    url_file.write_text(f"mongodb://lucid:{secret}@db:27017/lucid?replicaSet=rs0\n")
+    monkeypatch.setenv("LUCID_METADATA_URL_FILE", str(url_file))
+    url = load_settings().metadata()
+    assert secret in url.url
+    assert secret not in url.redacted and secret not in str(url) and secret not in repr(url)
+    assert url.redacted == "mongodb://***@db:27017/lucid?replicaSet=rs0"
+    monkeypatch.delenv("LUCID_METADATA_URL_FILE")
+    password_file = tmp_path / "password"
+    password_file.write_text("p@ss/w:rd\n")
+    monkeypatch.setenv("LUCID_METADATA_URL", "mongodb://lucid@db:27017/lucid")
+    monkeypatch.setenv("LUCID_METADATA_PASSWORD_FILE", str(password_file))
+    url = load_settings().metadata()
+    assert url.url == "mongodb://lucid:p%40ss%2Fw%3Ard@db:27017/lucid"
+    assert "ss" not in url.redacted.split("@")[0]
+    monkeypatch.setenv("LUCID_METADATA_URL", f"mongodb://lucid:{secret}@db/lucid")
+    monkeypatch.delenv("LUCID_METADATA_PASSWORD_FILE")
+    with pytest.raises(ConfigError) as info:
+        load_settings().metadata()
+    assert secret not in str(info.value)

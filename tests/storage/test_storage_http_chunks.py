@@ -149,10 +149,20 @@ async def test_put_ids_and_indexes(client: httpx.AsyncClient, sid: str, leaf_of:
 async def test_commit_offset_mismatch(client: httpx.AsyncClient, sid: str, leaf_of: Leaf,
                                       error_body: ErrorBody) -> None:
     records = await stage_and_commit(client, sid, leaf_of, [b"zero"])
+    late = [record(1, 0, b"one", leaf_of(b"one"), 10)]
     resp = await client.post(f"{API}/sessions/{sid}/commit",
-                             json={"expected_offset": 0, "chunks": records})
+                             json={"expected_offset": 0, "chunks": late})
     body = error_body(resp, 409, "offset_mismatch")
     assert body["offset"] == 100
+    # A repeat of the commit that went through (its answer lost) succeeds, changing nothing;
+    # the same index with other content is refused.
+    resp = await client.post(f"{API}/sessions/{sid}/commit",
+                             json={"expected_offset": 0, "chunks": records})
+    assert resp.status_code == 200 and resp.json() == {"offset": 100, "chunk_count": 1}
+    other = [dict(records[0], leaf_hash=leaf_of(b"other").hex())]
+    resp = await client.post(f"{API}/sessions/{sid}/commit",
+                             json={"expected_offset": 0, "chunks": other})
+    error_body(resp, 409, "chunk_committed")
 
 
 async def test_commit_needs_staged_files(client: httpx.AsyncClient, sid: str, leaf_of: Leaf,

@@ -14,7 +14,8 @@ import pytest
 from sessions.common.errors import Conflict, InvalidParameter, InvalidState, PayloadTooLarge
 from sessions.common.states import SessionState
 from sessions.storage import _sql
-from sessions.storage.metastore import SqliteMetadataStore
+from sessions.storage.dburl import parse
+from sessions.storage.metastore import MetadataStore, open_metastore
 from sessions.storage.records import ChunkRecord, NewSession
 from tests.storage.conftest import assert_error_body
 
@@ -28,14 +29,14 @@ def chunk(index: int, offset: int, length: int) -> ChunkRecord:
 
 
 async def test_upload_length_is_set_at_creation_and_null_by_default(
-        meta: SqliteMetadataStore, new_session: MakeSession) -> None:
+        meta: MetadataStore, new_session: MakeSession) -> None:
     declared = await meta.create_session(new_session(upload_length=100))
     assert (await meta.get_session(declared.id)).upload_length == 100
     plain = await meta.create_session(new_session())
     assert (await meta.get_session(plain.id)).upload_length is None
 
 
-async def test_a_deferred_length_is_declared_once(meta: SqliteMetadataStore,
+async def test_a_deferred_length_is_declared_once(meta: MetadataStore,
                                                   new_session: MakeSession) -> None:
     rec = await meta.create_session(new_session())
     await meta.commit_chunks(rec.id, expected_offset=0, chunks=[chunk(0, 0, 10)])
@@ -50,7 +51,7 @@ async def test_a_deferred_length_is_declared_once(meta: SqliteMetadataStore,
         await meta.set_upload_length(rec.id, -1)
 
 
-async def test_only_a_recording_session_takes_a_length(meta: SqliteMetadataStore,
+async def test_only_a_recording_session_takes_a_length(meta: MetadataStore,
                                                        new_session: MakeSession) -> None:
     rec = await meta.create_session(new_session())
     await meta.transition(rec.id, to=SessionState.FAILED)
@@ -59,7 +60,7 @@ async def test_only_a_recording_session_takes_a_length(meta: SqliteMetadataStore
 
 
 async def test_a_commit_past_the_length_is_refused_and_changes_nothing(
-        meta: SqliteMetadataStore, new_session: MakeSession) -> None:
+        meta: MetadataStore, new_session: MakeSession) -> None:
     rec = await meta.create_session(new_session(upload_length=15))
     await meta.commit_chunks(rec.id, expected_offset=0, chunks=[chunk(0, 0, 10)])
     with pytest.raises(PayloadTooLarge):
@@ -83,7 +84,7 @@ async def test_a_schema_1_database_is_migrated_and_its_sessions_stay_readable(
                "'2025-01-01T00:00:00Z', NULL, 0, 1024, 3, 1, 'master-1', x'0102')")
     db.execute("INSERT INTO session_labels VALUES ('01JDZ0Q3W6Y8E2V7K4N5P9R1ST', 'user', 'al')")
     db.close()
-    store = await SqliteMetadataStore.open(path)
+    store = await open_metastore(parse(f"sqlite:///{path}"))
     try:
         old = await store.get_session("01JDZ0Q3W6Y8E2V7K4N5P9R1ST")
         assert old.upload_length is None and old.labels == {"user": "al"}
@@ -92,7 +93,7 @@ async def test_a_schema_1_database_is_migrated_and_its_sessions_stay_readable(
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 3
     db.close()
 
 

@@ -1,0 +1,241 @@
+"""The MongoDB metadata backend, on PyMongo's native asyncio API (`AsyncMongoClient`).
+
+Not Motor: Motor is deprecated in favour of this API.  Documents:
+
+    sessions  {_id: session id, state, created_at, ..., labels: ["key=value", ...],
+               key_id, key_blob, revision, checkpoint, manifest}
+    chunks    {s: session id, i: index, offset, length, sealed_length, leaf_hash, compressed}
+    meta      {_id: "schema", version}
+
+Every write is `w: majority, j: true`; retryable writes and reads are on.  The
+compare-and-set is an `update_one` filtered on (_id, revision); a commit inserts
+its chunks in the same transaction as that update, so MongoDB must run as a
+replica set (one node is enough).  Paging matches SQLite's: `_id` descending
+(binary string order, as SQLite's BINARY collation), next page `_id < cursor`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from sessions.common.secrets import ConfigError
+from sessions.common.states import SessionState
+from sessions.storage.dburl import MetadataUrl
+from sessions.storage.errors import StorageUnavailable
+from sessions.storage.records import ChunkRecord, Finalized, SessionRecord, Update, WrappedKey
+
+log = logging.getLogger("lucid.storage.mongo")
+Doc = dict[str, Any]
+Label = tuple[str, str]
+SCHEMA_VERSION = 1
+DURABLE = WriteConcern(w="majority", j=True)
+SELECTION_TIMEOUT_MS = 5000
+
+
+def _v1_indexes() -> dict[str, list[IndexModel]]:
+    return {
+        "sessions": [
+            IndexModel([("state", ASCENDING), ("_id", DESCENDING)], name="by_state"),
+            IndexModel([("labels", ASCENDING), ("_id", DESCENDING)], name="by_label"),
+            IndexModel([("created_at", ASCENDING)], name="by_created"),
+            # what a retention sweep asks: sessions of a state created before a time
+            IndexModel([("state", ASCENDING), ("created_at", ASCENDING)],
+                       name="by_state_created"),
+        ],
+        "chunks": [IndexModel([("s", ASCENDING), ("i", ASCENDING)], unique=True,
+                              name="session_index")],
+    }
+
+
+# MIGRATIONS[v] takes a database from schema v - 1 to v; each step is idempotent.
+MIGRATIONS = {1: _v1_indexes}
+
+
+class MongoBackend:
+    """`MetadataBackend` on one MongoDB database (the URL's path)."""
+
+    def __init__(self, url: MetadataUrl) -> None:
+        self.url = url
+        options: Doc = {"retryWrites": True, "retryReads": True, "w": "majority",
+                        "journal": True, "appname": "lucid-storage"}
+        if "serverselectiontimeoutms" not in url.url.lower():
+            options["serverSelectionTimeoutMS"] = SELECTION_TIMEOUT_MS
+        try:
+            self._client: AsyncMongoClient[Doc] = AsyncMongoClient(url.url, **options)
+        except (PyMongoError, ValueError) as exc:  # its message may quote the URL: name the type
+            raise ConfigError(f"LUCID_METADATA_URL {url.redacted} is not usable "
+                              f"({type(exc).__name__})") from None
+        db = self._client.get_database(url.database, write_concern=DURABLE,
+                                       read_concern=ReadConcern("majority"))
+        self._sessions: AsyncCollection[Doc] = db["sessions"]
+        self._chunks: AsyncCollection[Doc] = db["chunks"]
+        self._meta: AsyncCollection[Doc] = db["meta"]
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """The one place driver errors become StorageUnavailable (type logged, never the URL)."""
+        try:
+            yield
+        except PyMongoError as exc:
+            log.warning("metadata database error: %s", type(exc).__name__)
+            raise StorageUnavailable() from exc
+
+    async def prepare(self) -> None:
+        """Bring the database to SCHEMA_VERSION (indexes included); refuse a newer schema."""
+        async with self._guard():
+            doc = await self._meta.find_one({"_id": "schema"})
+            version = 0 if doc is None else int(doc["version"])
+            if version > SCHEMA_VERSION:
+                raise ConfigError(f"the metadata database has schema {version}; this version "
+                                  f"of lucid-sessions understands up to {SCHEMA_VERSION}")
+            for step in range(1, SCHEMA_VERSION + 1):  # index creation is idempotent: rerun all
+                for name, indexes in MIGRATIONS[step]().items():
+                    await self._meta.database[name].create_indexes(indexes)
+            if version < SCHEMA_VERSION:
+                await self._meta.update_one({"_id": "schema"},
+                                            {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
+
+    async def insert_session(self, rec: SessionRecord) -> bool:
+        async with self._guard():
+            try:
+                await self._sessions.insert_one({"_id": rec.id, **_session_fields(rec)})
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def load_session(self, session_id: str) -> SessionRecord | None:
+        async with self._guard():
+            doc = await self._sessions.find_one({"_id": session_id},
+                                                projection={"checkpoint": 0, "manifest": 0})
+        return None if doc is None else _record(doc)
+
+    async def apply(self, update: Update) -> bool:
+        rec = update.session
+        changes = _session_fields(rec)
+        del changes["labels"], changes["created_at"]  # never change after creation
+        if update.finalized is not None:
+            changes.update(checkpoint=update.finalized.checkpoint,
+                           manifest=update.finalized.manifest)
+        if update.checkpoint is not None:
+            changes["checkpoint"] = update.checkpoint
+        match = {"_id": rec.id, "revision": rec.revision - 1}
+        async with self._guard():
+            if not update.chunks:
+                done = await self._sessions.update_one(match, {"$set": changes})
+                return done.matched_count == 1
+
+            async def commit(s: AsyncClientSession) -> bool:
+                done = await self._sessions.update_one(match, {"$set": changes}, session=s)
+                if done.matched_count != 1:
+                    return False
+                await self._chunks.insert_many(
+                    [_chunk_doc(rec.id, c) for c in update.chunks], session=s)
+                return True
+
+            async with self._client.start_session() as session:
+                return await session.with_transaction(commit, write_concern=DURABLE)
+
+    async def list_sessions(self, *, state: SessionState | None, labels: Sequence[Label],
+                            cursor: str | None, limit: int) -> list[SessionRecord]:
+        query: Doc = {}
+        if state is not None:
+            query["state"] = state.value
+        if cursor is not None:
+            query["_id"] = {"$lt": cursor}
+        if labels:
+            query["labels"] = {"$all": [f"{k}={v}" for k, v in labels]}
+        async with self._guard():
+            found = self._sessions.find(query, projection={"checkpoint": 0, "manifest": 0})
+            docs = await found.sort("_id", DESCENDING).limit(limit).to_list()
+        return [_record(d) for d in docs]
+
+    async def list_chunks(self, session_id: str, *, start: int, stop: int,
+                          limit: int) -> list[ChunkRecord]:
+        async with self._guard():
+            found = self._chunks.find({"s": session_id, "i": {"$gte": start, "$lt": stop}})
+            docs = await found.sort("i", ASCENDING).limit(limit).to_list()
+        return [ChunkRecord(index=d["i"], offset=d["offset"], length=d["length"],
+                            sealed_length=d["sealed_length"], leaf_hash=bytes(d["leaf_hash"]),
+                            compressed=bool(d["compressed"])) for d in docs]
+
+    async def leaf_hashes(self, session_id: str, *, count: int) -> bytes:
+        out = bytearray()
+        async with self._guard():
+            found = self._chunks.find({"s": session_id, "i": {"$lt": count}},
+                                      projection={"_id": 0, "leaf_hash": 1})
+            async for doc in found.sort("i", ASCENDING):
+                out += doc["leaf_hash"]
+        return bytes(out)
+
+    async def load_finalized(self, session_id: str) -> Finalized | None:
+        async with self._guard():
+            doc = await self._sessions.find_one({"_id": session_id},
+                                                projection={"checkpoint": 1, "manifest": 1})
+        if doc is None or doc.get("manifest") is None:
+            return None
+        return Finalized(checkpoint=doc["checkpoint"], manifest=bytes(doc["manifest"]))
+
+    async def load_checkpoint(self, session_id: str) -> str | None:
+        async with self._guard():
+            doc = await self._sessions.find_one({"_id": session_id},
+                                                projection={"checkpoint": 1})
+        return None if doc is None or doc.get("checkpoint") is None else str(doc["checkpoint"])
+
+    async def count_by_state(self) -> dict[str, int]:
+        async with self._guard():
+            found = await self._sessions.aggregate(
+                [{"$group": {"_id": "$state", "n": {"$sum": 1}}}])
+            return {d["_id"]: int(d["n"]) async for d in found}
+
+    async def ping(self) -> None:
+        async with self._guard():
+            await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _session_fields(rec: SessionRecord) -> Doc:
+    key = rec.wrapped_key
+    return {
+        "state": rec.state.value, "created_at": rec.created_at, "updated_at": rec.updated_at,
+        "retention_days": rec.retention_days, "offset": rec.offset,
+        "chunk_count": rec.chunk_count, "sealed_bytes": rec.sealed_bytes,
+        "chunk_size": rec.chunk_size, "zstd_level": rec.zstd_level,
+        "format_version": rec.format_version, "root_hash": rec.root_hash,
+        "key_id": None if key is None else key.key_id,
+        "key_blob": None if key is None else key.blob,
+        "upload_length": rec.upload_length, "revision": rec.revision,
+        "labels": [f"{k}={v}" for k, v in rec.labels.items()],
+    }
+
+
+def _chunk_doc(session_id: str, c: ChunkRecord) -> Doc:
+    return {"s": session_id, "i": c.index, "offset": c.offset, "length": c.length,
+            "sealed_length": c.sealed_length, "leaf_hash": c.leaf_hash,
+            "compressed": c.compressed}
+
+
+def _record(doc: Doc) -> SessionRecord:
+    key = (None if doc["key_id"] is None
+           else WrappedKey(key_id=doc["key_id"], blob=bytes(doc["key_blob"])))
+    return SessionRecord(
+        id=doc["_id"], state=SessionState(doc["state"]),
+        labels=dict(pair.split("=", 1) for pair in doc["labels"]),
+        created_at=doc["created_at"], updated_at=doc["updated_at"],
+        retention_days=doc["retention_days"], offset=doc["offset"],
+        chunk_count=doc["chunk_count"], sealed_bytes=doc["sealed_bytes"],
+        chunk_size=doc["chunk_size"], zstd_level=doc["zstd_level"],
+        format_version=doc["format_version"],
+        root_hash=None if doc["root_hash"] is None else bytes(doc["root_hash"]),
+        wrapped_key=key, upload_length=doc["upload_length"], revision=doc["revision"])

@@ -213,6 +213,38 @@ def test_each_image_holds_only_its_own_service(stack: Stack) -> None:
         assert result.stdout.strip() == f"sessions.{service}", service
 
 
+def test_backup_and_restore_of_the_chunk_volume(stack: Stack, tmp_path: Path) -> None:
+    """The README's backup: stop, tar the chunk volume (chunks and, here, the SQLite
+    metadata), and restore it into a fresh volume; sessions then replay byte-identical, and a
+    session erased after the backup comes back (the README says to erase it again)."""
+    kept, erased = tmp_path / "kept.bin", tmp_path / "erased.bin"
+    kept.write_bytes(os.urandom(PAYLOAD // 2))
+    erased.write_bytes(os.urandom(1000))
+    kept_id = stack.cli("upload", str(kept)).stdout.split()[-1]
+    erased_id = stack.cli("upload", str(erased)).stdout.split()[-1]
+    builder = run(["bash", str(HERE / "bases.sh"), ARCH]).stdout.split()[0]
+    volume = f"{stack.project}_chunks"
+    backup = tmp_path / "backup"
+    backup.mkdir()
+
+    def helper(*cmd: str, mode: str) -> None:
+        run([DOCKER, "run", "--rm", "--network", "none", "-v", f"{volume}:/data:{mode}",
+             "-v", f"{backup}:/backup", builder, *cmd])
+
+    stack.compose("stop")
+    helper("tar", "--numeric-owner", "-C", "/data", "-cf", "/backup/chunks.tar", ".", mode="ro")
+    stack.compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT))
+    stack.cli("rm", erased_id)
+    stack.compose("down", "--volumes")  # the disk is lost
+    stack.compose("up", "--no-start")
+    helper("tar", "--numeric-owner", "-C", "/data", "-xpf", "/backup/chunks.tar", mode="rw")
+    stack.compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT))
+    for session, original in ((kept_id, kept), (erased_id, erased)):
+        out = tmp_path / f"{session}.replayed"
+        stack.cli("replay", session, "-o", str(out))
+        assert out.read_bytes() == original.read_bytes()
+
+
 def test_teardown_leaves_nothing(stack: Stack) -> None:
     stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
     deadline = time.monotonic() + 30

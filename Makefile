@@ -68,6 +68,7 @@ BUILDX_ARGS ?=
 DEBIAN_DOCKER ?= /usr/bin/docker
 LOCAL_ARCH ?= amd64
 LOCAL_PREFIX ?= lucid-local/
+LOCAL_IMAGES ?= $(IMAGES)
 PIP_CA ?= $(firstword $(wildcard $(PIP_CERT) /etc/ssl/certs/ca-certificates.crt))
 SECRETS_DIR ?= secrets
 comma := ,
@@ -104,7 +105,7 @@ secrets: $(STAMP)
 images-local:
 	@bash tests/containers/engine.sh
 	@set -e; bases=$$(bash tests/containers/bases.sh $(LOCAL_ARCH)); \
-	for pair in $(IMAGES); do svc=$${pair%%:*}; name=$${pair#*:}; \
+	for pair in $(LOCAL_IMAGES); do svc=$${pair%%:*}; name=$${pair#*:}; \
 		echo "images-local: $(LOCAL_PREFIX)$$name:$(LOCAL_ARCH)"; \
 		DOCKER_BUILDKIT=1 $(DEBIAN_DOCKER) build --network host --progress plain \
 			--build-arg BUILDER_IMAGE=$${bases% *} --build-arg RUNTIME_IMAGE=$${bases#* } \

@@ -22,16 +22,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from sessions import loopback
 from sessions.core import NoteSigner
+from tests.containers.support import DOCKER, HERE, ROOT, run, start_engine
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-DOCKER = "/usr/bin/docker"
 COMPOSE_BIN = str(Path(sys.executable).parent / "docker-compose")
 PREFIX = "lucid-test/"
 ARCH = "amd64"
@@ -42,31 +39,10 @@ UP_TIMEOUT = 240
 pytestmark = pytest.mark.containers
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip loudly, or fail where LUCID_REQUIRE_CONTAINERS=1 says the engine must be there."""
-    message = f"CONTAINER TESTS NOT RUN: {reason}"
-    print(f"\n*** {message} ***", file=sys.stderr)
-    if os.environ.get("LUCID_REQUIRE_CONTAINERS") == "1":
-        pytest.fail(message + " (LUCID_REQUIRE_CONTAINERS=1)", pytrace=False)
-    pytest.skip(message)
-
-
-def run(cmd: list[str], *, check: bool = True, env: dict[str, str] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False,  # noqa: S603
-                            env=env, timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"{cmd}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Start the engine and build the three images for amd64; return their tag prefix."""
-    engine = subprocess.run(["bash", str(HERE / "engine.sh")], capture_output=True,  # noqa: S603, S607
-                            text=True, check=False, timeout=900)
-    if engine.returncode != 0:
-        unavailable(engine.stderr.strip().splitlines()[-1] if engine.stderr else "engine.sh")
+    start_engine()
     log = tmp_path_factory.mktemp("build") / "images-local.log"
     with log.open("w") as out:
         build = subprocess.run(["make", "-C", str(ROOT), "images-local",  # noqa: S603, S607

@@ -68,3 +68,64 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
+
+# -- Containers and the Pi 5 (README section of that name) --------------------------------
+# make images      build linux/arm64 with buildx and push $(IMAGE_PREFIX)<name>:$(TAG)
+# make lock        rewrite sessions/<service>/requirements.txt from pyproject.toml (PyPI)
+# make pin-bases   pin the Dockerfiles' default bases to their current digests (a registry)
+# make secrets     first run: create ./secrets/ for docker-compose.pi.yml
+# make images-local  build the three images here on local stand-in bases (the tests' build)
+IMAGE_PREFIX ?= pickme/lucid-
+TAG ?= latest-arm64
+PLATFORMS ?= linux/arm64
+# service:image-name
+IMAGES := processor:chunk-processor storage:session-storage api:session-api
+BUILDX_ARGS ?=
+DEBIAN_DOCKER ?= /usr/bin/docker
+LOCAL_ARCH ?= amd64
+LOCAL_PREFIX ?= lucid-local/
+LOCAL_IMAGES ?= $(IMAGES)
+PIP_CA ?= $(firstword $(wildcard $(PIP_CERT) /etc/ssl/certs/ca-certificates.crt))
+SECRETS_DIR ?= secrets
+comma := ,
+
+.PHONY: images images-multiarch images-local lock pin-bases secrets
+
+images:
+	@set -e; for pair in $(IMAGES); do svc=$${pair%%:*}; name=$${pair#*:}; \
+		echo "images: $(IMAGE_PREFIX)$$name:$(TAG) ($(PLATFORMS))"; \
+		docker buildx build --platform $(PLATFORMS) $(BUILDX_ARGS) \
+			--build-arg REVISION=$$(git rev-parse --short HEAD) \
+			-f sessions/Dockerfile.$$svc -t $(IMAGE_PREFIX)$$name:$(TAG) --push . ; \
+	done
+
+images-multiarch:
+	$(MAKE) images PLATFORMS=linux/amd64,linux/arm64 TAG=$(if $(filter latest-arm64,$(TAG)),latest,$(TAG))
+
+lock: $(STAMP)
+	$(PY) containers/lock.py
+
+pin-bases:
+	@set -e; for ref in python:3.13-slim-trixie gcr.io/distroless/python3-debian13:nonroot; do \
+		digest=$$(docker buildx imagetools inspect "$$ref" --format '{{json .Manifest.Digest}}' | tr -d '"'); \
+		case "$$digest" in sha256:*) ;; *) echo "pin-bases: cannot resolve $$ref"; exit 1;; esac; \
+		echo "pin-bases: $$ref@$$digest"; \
+		sed -i -E "s|^(ARG [A-Z_]+_IMAGE=)$$ref(@sha256:[0-9a-f]+)?\$$|\1$$ref@$$digest|" sessions/Dockerfile.*; \
+	done
+
+secrets: $(STAMP)
+	$(PY) containers/init_secrets.py $(SECRETS_DIR)
+
+# The tests' build: the engine of tests/containers/engine.sh, BuildKit through Debian's
+# client, the stand-in bases of tests/containers/bases.sh, the proxy's CA as a build secret.
+images-local:
+	@bash tests/containers/engine.sh
+	@set -e; bases=$$(bash tests/containers/bases.sh $(LOCAL_ARCH)); \
+	for pair in $(LOCAL_IMAGES); do svc=$${pair%%:*}; name=$${pair#*:}; \
+		echo "images-local: $(LOCAL_PREFIX)$$name:$(LOCAL_ARCH)"; \
+		DOCKER_BUILDKIT=1 $(DEBIAN_DOCKER) build --network host --progress plain \
+			--build-arg BUILDER_IMAGE=$${bases% *} --build-arg RUNTIME_IMAGE=$${bases#* } \
+			$(if $(PIP_CA),--secret id=pip_ca$(comma)src=$(PIP_CA)) \
+			-f sessions/Dockerfile.$$svc -t $(LOCAL_PREFIX)$$name:$(LOCAL_ARCH) . ; \
+	done
+

@@ -129,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = importlib.import_module(f"sessions.{name}.config").load_settings()
         _configure_logging(settings.log_level)
         _preflight(settings)
+        cert, key = settings.tls_files() if hasattr(settings, "tls_files") else (None, None)
         app = importlib.import_module(f"sessions.{name}.main").create_app(settings)
     except ConfigError as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
@@ -141,7 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
                 http=_pick("httptools", "h11"), access_log=False, lifespan="on",
-                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False)
+                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
+                ssl_certfile=cert, ssl_keyfile=key)
     return 0
 
 

@@ -9,7 +9,13 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from sessions.common.secrets import check_token, load_or_create, new_token
+from sessions.common.secrets import (
+    ConfigError,
+    check_token,
+    load_or_create,
+    new_token,
+    read_secret_file,
+)
 from sessions.common.settings import CommonSettings, load, plain_http_url
 
 log = logging.getLogger("lucid.config")
@@ -36,6 +42,9 @@ class Settings(CommonSettings):
                                "before it is closed (tus Upload-Expires); 0: never")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS "
                               "(e.g. https://rec.example.com); empty: CORS off")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve "
+                                       "HTTPS with; set with LUCID_TLS_KEY_FILE")
+    tls_key_file: Path | None = Field(None, description="PEM private key of LUCID_TLS_CERT_FILE")
 
     @field_validator("processor_url")
     @classmethod
@@ -58,6 +67,19 @@ class Settings(CommonSettings):
     @property
     def port(self) -> int:
         return self.api_port
+
+    def tls_files(self) -> tuple[Path | None, Path | None]:
+        """Return the (certificate, key) files to serve HTTPS with, (None, None) for HTTP.
+
+        Raises ConfigError unless both or neither are set, and both readable and non-empty.
+        """
+        if self.tls_cert_file is None and self.tls_key_file is None:
+            return None, None
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            raise ConfigError("set both LUCID_TLS_CERT_FILE and LUCID_TLS_KEY_FILE, or neither")
+        read_secret_file(self.tls_cert_file, what="TLS certificate")
+        read_secret_file(self.tls_key_file, what="TLS key")
+        return self.tls_cert_file, self.tls_key_file
 
     def admin_token(self) -> str:
         """Return the clients' bearer token, generating it in local mode if missing."""

@@ -139,7 +139,7 @@ async def test_finalize_and_manifest(client: httpx.AsyncClient, session_body: Bo
     final = {"root_hash": "ab" * 32, "checkpoint": "origin\n0\nhash\n", "manifest": '{"v":1}'}
     error_body(await client.post(f"{API}/sessions/{sid}/finalize", json=final), 409,
                "invalid_state")
-    error_body(await client.get(f"{API}/sessions/{sid}/manifest"), 404, "not_found")
+    error_body(await client.get(f"{API}/sessions/{sid}/manifest"), 409, "invalid_state")
     await client.post(f"{API}/sessions/{sid}/state", json={"to": "finalizing"})
     done = await client.post(f"{API}/sessions/{sid}/finalize", json=final)
     assert done.status_code == 200

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from sessions.common.errors import ErrorBody
+from sessions.common.ids import SESSION_ID_PATTERN
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 _FASTAPI_ONLY = ("HTTPValidationError", "ValidationError")
@@ -42,6 +43,12 @@ def _takes_input(op: dict[str, Any]) -> bool:
     return bool(names - {"session_id"}) or "requestBody" in op
 
 
+def _takes_an_id(op: dict[str, Any]) -> bool:
+    """Return whether op has a parameter checked as a session id (400 `invalid_id`)."""
+    return any(p.get("schema", {}).get("pattern") == SESSION_ID_PATTERN
+               for p in op.get("parameters", ()))
+
+
 def _document_operation(path: str, method: str, op: dict[str, Any], *,
                         upstream: bool, protected: Callable[[str], bool]) -> None:
     responses: dict[str, Any] = op.setdefault("responses", {})
@@ -67,7 +74,7 @@ def _document_operation(path: str, method: str, op: dict[str, Any], *,
         op.setdefault("security", [{"bearer": []}])
     wanted = [500]
     wanted += [401] if op.get("security") else []
-    wanted += [400] if "{session_id}" in path else []
+    wanted += [400] if "{session_id}" in path or _takes_an_id(op) else []
     wanted += [422] if _takes_input(op) else []
     wanted += [400] if "application/json" in op.get("requestBody", {}).get("content", {}) else []
     wanted += [503] if upstream else []

@@ -28,6 +28,7 @@ from tests.e2e.conftest import Cluster
 pytestmark = pytest.mark.e2e
 
 MAX_EXAMPLES = int(os.environ.get("LUCID_SCHEMATHESIS_EXAMPLES", "10"))
+MAX_SECONDS = int(os.environ.get("LUCID_SCHEMATHESIS_SECONDS", "30"))  # per service
 SEED = os.environ.get("LUCID_SCHEMATHESIS_SEED", "20261201")
 RUN_TIMEOUT = 600  # a hung run fails the test instead of hanging CI
 
@@ -92,7 +93,8 @@ def run_schemathesis(cluster: Cluster, service: str,
            "run", cluster.url(service) + "/openapi.json",
            "--header", f"Authorization: Bearer {token}",
            "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-           "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "1",
+           "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_SECONDS),
+           "--seed", SEED, "--workers", "1",
            "--request-timeout", "30", "--generation-database", "none",
            "--suppress-health-check", "too_slow"]
     env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",

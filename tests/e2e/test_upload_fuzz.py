@@ -40,7 +40,7 @@ BODIES = st.one_of(
     st.binary(max_size=2048),
     st.binary(min_size=CHUNK - 2, max_size=CHUNK + 2),  # across the first chunk boundary
 )
-OFFSETS = st.one_of(st.just("ok"), st.just("ok"), st.sampled_from(["+1", "-1", "+4096"]),
+OFFSETS = st.one_of(st.just("ok"), st.just("ok"), st.sampled_from(["+1", "+4096"]),
                     st.sampled_from(["", "-1", "abc", "1.5", "0x10", "1" * 20, "99999999999"]))
 CHECKSUMS = st.one_of(st.sampled_from(["none", "ok", "ok", "wrong"]),
                       st.sampled_from(["sha256", "sha256 !!!", "md5 AAAA", "sha256 AAAA",
@@ -62,7 +62,7 @@ def headers_of(attempt: Attempt, committed: int) -> tuple[dict[str, str], bool]:
     ok = True
     if attempt.offset == "ok":
         headers["Upload-Offset"] = str(committed)
-    elif attempt.offset[0] in "+-" and attempt.offset[1:].isdigit():
+    elif attempt.offset[:1] == "+":
         value = committed + int(attempt.offset)
         headers["Upload-Offset"] = str(value)
         ok = False

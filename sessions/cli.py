@@ -389,6 +389,10 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
         _say("error: some session keys are wrapped under a master key the processor does not "
              "hold; add it to LUCID_PREVIOUS_MASTER_KEY_FILES and run again")
         return 1
+    if report.get("unreadable_session_ids"):
+        _say("error: some session keys are malformed or do not open under their master key "
+             "(damaged metadata); they were left as they are: run verify on those sessions")
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ built with other key files, as an operator would restart it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -109,7 +110,7 @@ async def test_rotation_rewraps_every_key_and_touches_no_chunk(node: Node) -> No
         report = (await rotating.post("/keys/rotate")).json()
         assert report == {"master_key_id": MasterKey.from_file(node.keys["k2"]).key_id,
                           "rotated": 2, "already_current": 0, "erased": 1,
-                          "unknown_key_ids": []}
+                          "unknown_key_ids": [], "unreadable_session_ids": []}
         again = (await rotating.post("/keys/rotate")).json()
         assert (again["rotated"], again["already_current"]) == (0, 2)
 
@@ -139,3 +140,32 @@ async def test_a_key_of_an_unknown_master_is_reported_not_rotated(node: Node) ->
         report = (await k2.post("/keys/rotate")).json()
     assert report["rotated"] == 0
     assert report["unknown_key_ids"] == [MasterKey.from_file(node.keys["k1"]).key_id]
+
+
+@pytest.mark.anyio
+async def test_a_damaged_wrapped_key_is_reported_not_a_500(node: Node) -> None:
+    """Storage rows with a malformed wrapped key, or one that does not open under the key
+    it names, are listed and left alone; the other sessions are still rotated."""
+    k1_id = MasterKey.from_file(node.keys["k1"]).key_id
+    async with node.processor("k1") as k1:
+        good = await record(k1, b"y" * 1000)
+    damaged = {"01JDZ0Q3W6Y8E2V7K4N5P9R1ST": {"key_id": "not-a-key-id", "blob": "AAAA"},
+               "01JDZ0Q3W6Y8E2V7K4N5P9R1SV": {"key_id": k1_id,
+                                              "blob": base64.b64encode(os.urandom(60)).decode()}}
+    assert node.storage is not None
+    async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=node.storage),
+            base_url="http://storage/internal/v1",
+            headers={"Authorization": f"Bearer {node.token.read_text().strip()}"}) as storage:
+        for sid, wrapped in damaged.items():
+            r = await storage.post("/sessions", json={
+                "id": sid, "labels": {}, "retention_days": None, "wrapped_key": wrapped,
+                "chunk_size": MIB, "zstd_level": 3, "format_version": 1})
+            assert r.status_code == 201, r.text
+    async with node.processor("k2", "k1") as k2:
+        r = await k2.post("/keys/rotate")
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert report["rotated"] == 1
+        assert sorted(report["unreadable_session_ids"]) == sorted(damaged)
+        assert (await k2.get(f"/sessions/{good}/replay")).content == b"y" * 1000

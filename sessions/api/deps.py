@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sessions.api.config import Settings
 from sessions.api.processor_client import ProcessorClient
 from sessions.common.auth import require_token
-from sessions.common.ids import check_session_id
+from sessions.common.ids import SESSION_ID_DOC, check_session_id
 from sessions.common.web import Metrics
 
 
@@ -63,7 +63,8 @@ async def authenticate(
 
 async def session_id_param(
     session_id: Annotated[str, Path(description="26-character Crockford base32 session id",
-                                    examples=["01JDZ0Q3W6Y8E2V7K4N5P9R1ST"])],
+                                    examples=["01JDZ0Q3W6Y8E2V7K4N5P9R1ST"],
+                                    json_schema_extra=SESSION_ID_DOC)],
 ) -> str:
     """Return the path's session id if well-formed; raise InvalidId (400) otherwise."""
     return check_session_id(session_id)

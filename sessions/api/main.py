@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
 from sessions.api import package_version
@@ -69,8 +70,8 @@ def create_app(settings: Settings | None = None, *,
     async def ready() -> None:
         await app.state.processor.ready()
 
-    app = FastAPI(title="Lucid Sessions API", version=package_version(),
-                  description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    app = FastAPIOffline(title="Lucid Sessions API", version=package_version(),
+                         description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)

@@ -8,17 +8,18 @@ field such as a wrapped key can never leak.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field
 
+from sessions.common.errors import ErrorBody as ErrorBody
+from sessions.common.errors import error_responses
 from sessions.common.ids import is_session_id
-from sessions.common.models import LABEL_KEY, MAX_LABEL_VALUE
 from sessions.common.models import CreateSession as CreateSession
+from sessions.common.models import LabelFilter as _LabelFilter
 from sessions.common.states import SessionState
 
-LabelFilter = Annotated[str, StringConstraints(
-    pattern="^" + LABEL_KEY + ":.{0," + str(MAX_LABEL_VALUE) + "}$")]
+LabelFilter = _LabelFilter
 """A list filter `key:value`: the session has label key with exactly that value."""
 
 
@@ -29,14 +30,6 @@ def _session_id(value: str) -> str:
 
 
 SessionIdText = Annotated[str, AfterValidator(_session_id)]
-
-
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx body: a stable code, a human detail, sometimes more fields."""
-
-    model_config = ConfigDict(extra="allow")
-    error: str = Field(examples=["offset_mismatch"])
-    detail: str
 
 
 class Session(BaseModel):
@@ -139,6 +132,4 @@ class NodeInfo(BaseModel):
                                    "sessions: send multiples of it per upload request")
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Return an OpenAPI `responses` entry documenting the error body for each status."""
-    return {status: {"model": ErrorBody} for status in statuses}
+errors = error_responses

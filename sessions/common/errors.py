@@ -14,9 +14,28 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("lucid.errors")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body of every service: a stable code, a human detail, sometimes more fields.
+
+    Extra fields are per code: `offset` on 409 `offset_mismatch`, `size` on 416,
+    `state` on 409 `invalid_state`, `index` and `reason` on 502 `chunk_corrupt`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(examples=["offset_mismatch"], description="stable machine-readable code")
+    detail: str = Field(description="human-readable; never exception text or secrets")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Return an OpenAPI `responses` entry documenting the ErrorBody of each status."""
+    return {status: {"model": ErrorBody} for status in statuses}
 
 
 class ServiceError(Exception):
@@ -171,6 +190,21 @@ def _render(err: ServiceError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Return the Allow value of request's path: every method of every route serving it.
+
+    Starlette's own 405 names only the first route matching the path, and GET and
+    DELETE of one resource are two routes (RFC 9110 §10.2.1 wants them all), so each
+    method is tried against the routing table.
+    """
+    methods = {method for method in _METHODS for route in request.app.router.routes
+               if route.matches({**request.scope, "method": method})[0] == Match.FULL}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to {"error", "detail"} responses."""
 
@@ -186,13 +220,15 @@ def install_error_handlers(app: FastAPI) -> None:
             where.append(f"{loc}: {e.get('msg', 'invalid')}")
         return _render(InvalidParameter("invalid request: " + "; ".join(where)))
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         mapping = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
                    415: UnsupportedMediaType, 401: Unauthorized, 403: Forbidden}
         cls = mapping.get(exc.status_code)
         if cls is not None:
             err = cls(headers=dict(exc.headers or {}))  # keeps e.g. Allow on a 405
+            if exc.status_code == 405:
+                err.headers["Allow"] = _allowed_methods(request)
         elif exc.status_code >= 500:
             err = ServiceError()
         else:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
 from sessions.common.errors import InvalidId
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ID_RE = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
+SESSION_ID_PATTERN = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
+"""The id rule as an OpenAPI (ECMA-262) pattern; the services answer 400 `invalid_id` otherwise."""
+SESSION_ID_DOC: dict[str, Any] = {"pattern": SESSION_ID_PATTERN, "minLength": 26, "maxLength": 26}
 
 
 def new_session_id(*, now_ms: int | None = None) -> str:

@@ -10,8 +10,16 @@ import base64
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from sessions.common.errors import InvalidParameter
 from sessions.common.ids import check_session_id
@@ -21,8 +29,52 @@ LABEL_KEY = r"[a-z0-9][a-z0-9_.-]{0,63}"
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
 MAX_PAGE = 500
+MAX_CHUNK_INDEX = 9_999_999_999
+"""The largest chunk index any service accepts (storage names chunk files with 10 digits).
+
+Every integer query or path parameter counting chunks (index, size, from, to, start)
+is bounded by it, so no out-of-range number reaches SQLite (an OverflowError, a 500)."""
+MAX_TREE_SIZE = MAX_CHUNK_INDEX + 1
+LABEL_FILTER_PATTERN = "^" + LABEL_KEY + r":[\s\S]{0," + str(MAX_LABEL_VALUE) + "}$"
+"""A list filter `key:value` (any value of at most MAX_LABEL_VALUE characters)."""
+LabelFilter = Annotated[str, StringConstraints(pattern=LABEL_FILTER_PATTERN)]
+CHECKSUM_PATTERN = r"^[sS][hH][aA]256 [ \t]*[A-Za-z0-9+/]{43}=[ \t]*$"
+"""`Upload-Checksum`: `sha256 <base64 of the 32-byte SHA-256 of the body>`."""
+RANGE_DOC = (  # the replay's Range, parsed by sessions/processor/ranges.py
+    "one byte range `bytes=first-last`, `bytes=first-` or `bytes=-suffix` (206); "
+    "an invalid Range, another unit or several ranges are ignored (200, the whole "
+    "stream); a single range past the end is 416 (RFC 9110 §14.2)")
+
+
+def _json_integer(value: object) -> object:
+    """Pass a JSON number on to int validation; refuse what pydantic's lax mode would coerce.
+
+    Lax mode takes `true` and `"12"` as integers, which the OpenAPI document (type
+    integer) says are invalid; 12.0 stays valid, as JSON Schema counts it an integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+"""An int field of a request body: a JSON integer, never a boolean or a string."""
+RetentionDays = Annotated[int, Field(ge=1, le=36500), BeforeValidator(_json_integer)]
+
 # Control (C0, DEL, C1) and format characters (bidi overrides, zero-width): never in a label.
 _CONTROL = frozenset({"Cc", "Cf"})
+# The characters `_CONTROL` names (Unicode 14, Python 3.11), as a regex class for the OpenAPI
+# document; tests/test_openapi_contract.py checks the two agree on every code point.
+_CONTROL_CLASS = (
+    r"\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
+    r"\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    r"\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    r"\U000e0001\U000e0020-\U000e007f")
+LABEL_VALUE_DOC: dict[str, Any] = {"type": "string", "maxLength": MAX_LABEL_VALUE,
+                                   "pattern": "^[^" + _CONTROL_CLASS + "]*$"}
+LABELS_DOC: dict[str, Any] = {
+    "maxProperties": MAX_LABELS, "propertyNames": {"pattern": "^" + LABEL_KEY + "$"},
+    "additionalProperties": LABEL_VALUE_DOC}
 
 
 class UploadLength(BaseModel):
@@ -39,9 +91,10 @@ class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS,
-                                   description="free-form labels: user, host, protocol ...")
-    retention_days: int | None = Field(None, ge=1, le=36500,
-                                       description="keep the recording this many days")
+                                   description="free-form labels: user, host, protocol ...",
+                                   json_schema_extra=LABELS_DOC)
+    retention_days: RetentionDays | None = Field(None, description="keep the recording this "
+                                                 "many days")
     upload_length: int | None = Field(None, ge=0, description="total bytes the recording "
                                       "will have, if known (tus Upload-Length): the session "
                                       "is finalized when its offset reaches it")

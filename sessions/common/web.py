@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
@@ -22,7 +23,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sessions.common.errors import NotReady, ServiceError, install_error_handlers
+from sessions.common.errors import NotReady, ServiceError, error_responses, install_error_handlers
+from sessions.common.openapi import install_openapi
 
 ReadyCheck = Callable[[], Awaitable[None]]
 
@@ -99,17 +101,33 @@ class _MetricsMiddleware:
                 m.errors.labels(m.service, name, str(status)).inc()
 
 
+_PROMETHEUS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "Prometheus text exposition format",
+    "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+def _internal(path: str) -> bool:
+    return path.startswith("/internal/")
+
+
 def install_common(app: FastAPI, *, metrics: Metrics, ready: ReadyCheck,
-                   before_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Add error handlers, request metrics, /health, /ready and /metrics to app."""
+                   before_scrape: Callable[[], Awaitable[None]] | None = None,
+                   upstream: bool = True) -> None:
+    """Add error handlers, request metrics, /health, /ready, /metrics and the OpenAPI rewrite.
+
+    `upstream`: the app's routes call another service (documented 503s).  Paths under
+    `/internal/` are documented as needing the service token.
+    """
     install_error_handlers(app)
+    install_openapi(app, upstream=upstream, protected=_internal)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     @app.get("/health", tags=["health"], summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok", "service": metrics.service}
 
-    @app.get("/ready", tags=["health"], summary="Readiness: the service's dependencies answer")
+    @app.get("/ready", tags=["health"], summary="Readiness: the service's dependencies answer",
+             responses=error_responses(503))
     async def ready_route() -> dict[str, str]:
         try:
             await ready()
@@ -120,7 +138,8 @@ def install_common(app: FastAPI, *, metrics: Metrics, ready: ReadyCheck,
                            f"{type(exc).__name__}") from exc
         return {"status": "ready", "service": metrics.service}
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=True)
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
+             responses=_PROMETHEUS)
     async def metrics_route(_: Request) -> Response:
         if before_scrape is not None:
             try:

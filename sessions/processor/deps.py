@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from sessions.common.auth import require_token
-from sessions.common.ids import check_session_id
+from sessions.common.ids import SESSION_ID_DOC, check_session_id
 from sessions.processor.engine import Engine
 
 
@@ -24,7 +24,10 @@ async def require_service(request: Request) -> None:
     require_token(request, request.app.state.service_token)
 
 
-async def valid_session_id(session_id: str) -> str:
+async def valid_session_id(
+        session_id: Annotated[str, Path(description="26-character session id",
+                                        json_schema_extra=SESSION_ID_DOC)]) -> str:
+    """Return the path's session id; raise InvalidId (400) if it is malformed."""
     return check_session_id(session_id)
 
 

@@ -668,8 +668,13 @@ class Engine:
         current = self.keys.master
         counts = {"rotated": 0, "already_current": 0, "erased": 0}
         unknown: set[str] = set()
+        unreadable: list[str] = []  # damaged wrapped keys: reported, left as they are
         async for row in self.storage.all_sessions():
-            wrapped = row.wrapped_key
+            try:
+                wrapped = row.wrapped_key
+            except UnwrapError:
+                unreadable.append(row.id)
+                continue
             if wrapped is None:
                 counts["erased"] += 1
             elif wrapped.key_id == current.key_id:
@@ -680,12 +685,20 @@ class Engine:
                 except UnwrapError:
                     unknown.add(wrapped.key_id)
                     continue
-                new = rewrap(wrapped, session_id=row.id, old=old, new=current)
+                try:
+                    new = rewrap(wrapped, session_id=row.id, old=old, new=current)
+                except UnwrapError:
+                    unreadable.append(row.id)
+                    continue
                 await self.storage.replace_wrapped_key(row.id, expected_key_id=wrapped.key_id,
                                                        wrapped=new)
                 counts["rotated"] += 1
+        if unreadable:
+            log.warning("key rotation: %d session key(s) are malformed or do not open under "
+                        "their master key; left as they are (first: %s)",
+                        len(unreadable), unreadable[0])
         return {"master_key_id": current.key_id, **counts,
-                "unknown_key_ids": sorted(unknown)}
+                "unknown_key_ids": sorted(unknown), "unreadable_session_ids": unreadable}
 
     def node(self) -> dict[str, Any]:
         return {"key_name": self.keys.signer.name,

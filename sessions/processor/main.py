@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from sessions.common.web import Metrics, install_common
 from sessions.processor.config import Settings, load_settings
@@ -52,8 +53,8 @@ def create_app(settings: Settings | None = None, *,
             engine.close()
             await storage.aclose()
 
-    app = FastAPI(title="Lucid chunk processor (internal)", lifespan=lifespan,
-                  version="0.1.0")
+    app = FastAPIOffline(title="Lucid chunk processor (internal)", lifespan=lifespan,
+                         version="0.1.0")
     app.state.service_token = token
     app.state.scrubber = None
     app.state.settings = settings

@@ -11,62 +11,20 @@ import asyncio
 import bisect
 import itertools
 import random
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sessions.common.errors import (
-    BadRequest,
-    ChunkCorrupt,
-    ChunkNotFound,
-    RangeNotSatisfiable,
-)
+from sessions.common.errors import ChunkCorrupt, ChunkNotFound
 from sessions.core import ChunkSealer, HeaderError, OpenError, leaf_hash, parse_header
 from sessions.processor.buffers import BufferPool
+from sessions.processor.ranges import ByteRange as ByteRange
+from sessions.processor.ranges import parse_range as parse_range
 from sessions.processor.storage_client import ChunkOverflow, ChunkRow, StorageClient
 
 T = TypeVar("T")
-
-_RANGE_RE = re.compile(r"bytes=([0-9]{0,30})-([0-9]{0,30})")  # bounded: int() of 5000 digits fails
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """The half-open plaintext byte range [start, end) a reader asked for."""
-
-    start: int
-    end: int
-
-
-def parse_range(header: str | None, *, size: int) -> ByteRange | None:
-    """Return the single byte range of an HTTP Range header, or None for the whole stream.
-
-    Supports `bytes=a-b`, `bytes=a-` and `bytes=-n` (RFC 9110 §14.1.2); several ranges
-    or a range starting at or past `size` are unsatisfiable (416).
-    """
-    if header is None:
-        return None
-    if "," in header:
-        raise RangeNotSatisfiable("only a single byte range is supported",
-                                  extra={"size": size})
-    m = _RANGE_RE.fullmatch(header.strip())
-    if m is None or (m.group(1) == "" and m.group(2) == ""):
-        raise BadRequest("Range must look like bytes=START-END, bytes=START- or bytes=-SUFFIX")
-    first, last = m.group(1), m.group(2)
-    if first == "":
-        start, end = max(0, size - int(last)), size
-    else:
-        start = int(first)
-        end = size if last == "" else min(size, int(last) + 1)
-        if last != "" and int(last) < start:
-            raise BadRequest("Range end is before its start")
-    if start >= size or start >= end:
-        raise RangeNotSatisfiable(extra={"size": size})
-    return ByteRange(start, end)
-
 
 class BadChunk(ChunkCorrupt):
     """A chunk failed verification: `reason` is missing, altered or unopenable."""

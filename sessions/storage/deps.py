@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from sessions.common.auth import require_token
-from sessions.common.ids import check_session_id
+from sessions.common.ids import SESSION_ID_DOC, check_session_id
 from sessions.storage.chunkstore import ChunkStore
 from sessions.storage.config import Settings
 from sessions.storage.metastore import MetadataStore
@@ -49,7 +49,8 @@ async def check_service_token(request: Request) -> None:
 
 
 async def valid_session_id(
-        session_id: Annotated[str, Path(description="26-character session id")]) -> str:
+        session_id: Annotated[str, Path(description="26-character session id",
+                                        json_schema_extra=SESSION_ID_DOC)]) -> str:
     """Return the path's session id; raise InvalidId (400) if it is malformed."""
     return check_session_id(session_id)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -155,9 +156,9 @@ class ServiceTokenGate:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Return the storage app; its resources are built when its lifespan starts."""
-    app = FastAPI(title="Lucid session storage (internal)", version="1",
-                  description="Sealed chunks and session metadata. Service token only.",
-                  lifespan=lifespan, redirect_slashes=False)
+    app = FastAPIOffline(title="Lucid session storage (internal)", version="1",
+                         description="Sealed chunks and session metadata. Service token only.",
+                         lifespan=lifespan, redirect_slashes=False)
     metrics = Metrics("storage")
     app.state.settings = settings if settings is not None else load_settings()
     app.state.metrics = metrics
@@ -179,7 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.sessions.labels(metrics.service, state).set(count)
 
     app.add_middleware(ServiceTokenGate, state=app.state)
-    install_common(app, metrics=metrics, ready=ready, before_scrape=before_scrape)
+    install_common(app, metrics=metrics, ready=ready, before_scrape=before_scrape,
+                   upstream=False)
     app.include_router(sessions.router)
     app.include_router(chunks.router)
     app.include_router(checkpoints.router)

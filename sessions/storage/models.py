@@ -13,6 +13,8 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sessions.common.errors import InvalidParameter
+from sessions.common.ids import SESSION_ID_DOC
+from sessions.common.models import JsonInt, RetentionDays
 from sessions.common.states import SessionState
 from sessions.storage.records import (
     MAX_CHUNK_INDEX,
@@ -30,7 +32,8 @@ _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
 
 class WrappedKeyModel(BaseModel):
     key_id: str = Field(min_length=1, max_length=256)
-    blob: str = Field(min_length=1, max_length=8192, description="standard base64")
+    blob: str = Field(min_length=1, max_length=8192, description="standard base64",
+                      pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 
     @field_validator("blob")
     @classmethod
@@ -61,15 +64,18 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 class CreateSessionIn(BaseModel):
-    id: str = Field(description="session id chosen by the processor (checked as an id)")
-    labels: dict[str, str] = Field(default_factory=dict)
-    retention_days: int | None = Field(None, ge=1, le=36500)
+    id: str = Field(description="session id chosen by the processor (checked as an id)",
+                    json_schema_extra=SESSION_ID_DOC)
+    labels: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "maxProperties": MAX_LABELS, "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE}})
+    retention_days: RetentionDays | None = None
     wrapped_key: WrappedKeyModel
-    chunk_size: int = Field(ge=1, le=1 << 30)
-    zstd_level: int = Field(ge=-(1 << 17), le=22)
-    format_version: int = Field(ge=1, le=255)
-    upload_length: int | None = Field(None, ge=0, description="declared total plaintext "
-                                      "bytes (tus Upload-Length); null: not known yet")
+    chunk_size: JsonInt = Field(ge=1, le=1 << 30)
+    zstd_level: JsonInt = Field(ge=-(1 << 17), le=22)
+    format_version: JsonInt = Field(ge=1, le=255)
+    upload_length: JsonInt | None = Field(None, ge=0, description="declared total plaintext "
+                                          "bytes (tus Upload-Length); null: not known yet")
 
     @field_validator("labels")
     @classmethod
@@ -120,12 +126,12 @@ class SessionList(BaseModel):
 
 
 class ChunkModel(BaseModel):
-    index: int = Field(ge=0, le=MAX_CHUNK_INDEX)
-    offset: int = Field(ge=0)
-    length: int = Field(ge=1)
-    sealed_length: int = Field(ge=1)
+    index: JsonInt = Field(ge=0, le=MAX_CHUNK_INDEX)
+    offset: JsonInt = Field(ge=0)
+    length: JsonInt = Field(ge=1)
+    sealed_length: JsonInt = Field(ge=1)
     leaf_hash: str = Field(pattern=HEX32)
-    compressed: bool
+    compressed: bool = Field(strict=True)
 
     def to_record(self) -> ChunkRecord:
         return ChunkRecord(index=self.index, offset=self.offset, length=self.length,
@@ -152,7 +158,7 @@ class TransitionIn(BaseModel):
 
 
 class CommitIn(BaseModel):
-    expected_offset: int = Field(ge=0)
+    expected_offset: JsonInt = Field(ge=0)
     chunks: list[ChunkModel] = Field(max_length=10_000)
 
 

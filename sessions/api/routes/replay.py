@@ -12,6 +12,7 @@ from sessions.api.deps import MetricsDep, Processor, SessionId, authenticate
 from sessions.api.models import errors
 from sessions.api.processor_client import ProcessorClient
 from sessions.api.streams import RelayResponse
+from sessions.common.models import MAX_CHUNK_INDEX, RANGE_DOC
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["replay"],
                    dependencies=[Depends(authenticate)], responses=errors(400, 401, 404, 503))
@@ -34,10 +35,11 @@ def _relay(processor: ProcessorClient, upstream: httpx.Response,
 
 @router.get("/replay", response_class=Response, summary="Replay the plaintext",
             responses={200: _BINARY, 206: {**_BINARY, "description": "the requested range"},
-                       **errors(416, 502)})
+                       **errors(409, 416, 502)})
 async def replay(session_id: SessionId, processor: Processor, metrics: MetricsDep,
-                 byte_range: Annotated[str | None, Header(alias="Range", description="one range, "
-                                                          "`bytes=a-b`")] = None) -> Response:
+                 byte_range: Annotated[str | None, Header(alias="Range",
+                                                          description=RANGE_DOC)] = None,
+                 ) -> Response:
     """Stream the decrypted, decompressed bytes; each chunk is verified before it is sent.
 
     If a chunk fails verification mid-stream the connection is cut: a client sees a
@@ -48,9 +50,9 @@ async def replay(session_id: SessionId, processor: Processor, metrics: MetricsDe
 
 
 @router.get("/chunks/{index}", response_class=Response, summary="One sealed chunk, as stored",
-            responses={200: _BINARY, **errors(422)})
+            responses={200: _BINARY, **errors(409, 422)})
 async def sealed_chunk(session_id: SessionId, processor: Processor, metrics: MetricsDep,
-                       index: Annotated[int, Path(ge=0)]) -> Response:
+                       index: Annotated[int, Path(ge=0, le=MAX_CHUNK_INDEX)]) -> Response:
     """Return the sealed (encrypted) bytes of chunk `index`, for offline verification."""
     upstream = await processor.open_chunk(session_id, index)
     return _relay(processor, upstream, metrics.bytes_out.labels(metrics.service, "chunk").inc)

@@ -19,7 +19,8 @@ from sessions.api.models import (
     errors,
 )
 from sessions.common.errors import InvalidParameter
-from sessions.common.models import MAX_LABELS, MAX_PAGE
+from sessions.common.ids import SESSION_ID_DOC
+from sessions.common.models import MAX_CHUNK_INDEX, MAX_LABELS, MAX_PAGE, MAX_TREE_SIZE
 from sessions.common.states import SessionState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
@@ -41,7 +42,7 @@ async def list_sessions(
     label: Annotated[list[LabelFilter] | None,
                      Query(max_length=MAX_LABELS, description="`key:value`; repeat to AND")] = None,
     cursor: Annotated[SessionIdText | None, Query(description="next_cursor of the previous "
-                                                  "page")] = None,
+                                                  "page", json_schema_extra=SESSION_ID_DOC)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> Any:
     """Return one page of sessions, newest first, filtered by state and labels."""
@@ -55,11 +56,16 @@ async def list_sessions(
 @router.get("/{session_id}", response_model=Session, responses=errors(400, 404),
             summary="Show a session")
 async def show_session(session_id: SessionId, processor: Processor) -> Any:
+    """Return the session; a deleted one is a tombstone (`state: deleted`, no data key).
+
+    Every other operation on a deleted session answers 409 `invalid_state` (DELETE
+    again: 204), so a client can tell an erased recording from an id never issued (404).
+    """
     return await processor.get_session(session_id)
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response,
-               responses=errors(400), summary="Delete a session (crypto-erase)")
+               responses=errors(400, 404), summary="Delete a session (crypto-erase)")
 async def delete_session(session_id: SessionId, processor: Processor) -> Response:
     """Destroy the session's data key first, then its chunks.  Idempotent."""
     await processor.delete_session(session_id)
@@ -78,28 +84,33 @@ async def finalize_session(session_id: SessionId, processor: Processor) -> Any:
 
 @router.get("/{session_id}/manifest", response_class=Response, responses={
     200: {"content": {"application/json": {}}, "description": "the canonical manifest bytes"},
-    **errors(400, 404)}, summary="The session's canonical manifest")
+    **errors(400, 404, 409)}, summary="The session's canonical manifest")
 async def manifest(session_id: SessionId, processor: Processor) -> Response:
-    """Return the manifest byte for byte as stored: its canonical form is what is signed."""
+    """Return the manifest byte for byte as stored: its canonical form is what is signed.
+
+    409 `invalid_state` unless the session is completed (the manifest is written at finalize).
+    """
     return Response(await processor.manifest(session_id), media_type="application/json")
 
 
 @router.get("/{session_id}/checkpoint", response_class=Response, responses={
     200: {"content": {"text/plain": {}}, "description": "a C2SP signed checkpoint"},
-    **errors(400, 404, 422)}, summary="A signed checkpoint of the session's tree")
+    **errors(400, 404, 409, 422)}, summary="A signed checkpoint of the session's tree")
 async def checkpoint(session_id: SessionId, processor: Processor,
-                     size: Annotated[int | None, Query(ge=0, description="tree size; default "
-                                                       "all committed chunks")] = None) -> Response:
+                     size: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE,
+                                                       description="tree size; default all "
+                                                       "committed chunks")] = None) -> Response:
     """Return the C2SP signed checkpoint (origin `<node>/sessions/<id>`) for `size` chunks."""
     body = await processor.checkpoint(session_id, size)
     return Response(body, media_type="text/plain; charset=utf-8")
 
 
 @router.get("/{session_id}/proof/inclusion", response_model=InclusionProof,
-            responses=errors(400, 404, 422), summary="Merkle inclusion proof of one chunk")
+            responses=errors(400, 404, 409, 422), summary="Merkle inclusion proof of one chunk")
 async def inclusion_proof(session_id: SessionId, processor: Processor,
-                          index: Annotated[int, Query(ge=0)],
-                          size: Annotated[int | None, Query(ge=1)] = None) -> Any:
+                          index: Annotated[int, Query(ge=0, le=MAX_CHUNK_INDEX)],
+                          size: Annotated[int | None, Query(ge=1, le=MAX_TREE_SIZE)] = None,
+                          ) -> Any:
     """Return the RFC 9162 audit path of chunk `index` in the tree of `size` chunks."""
     if size is not None and index >= size:
         raise InvalidParameter("index must be below size")
@@ -107,10 +118,11 @@ async def inclusion_proof(session_id: SessionId, processor: Processor,
 
 
 @router.get("/{session_id}/proof/consistency", response_model=ConsistencyProof,
-            responses=errors(400, 404, 422), summary="Merkle consistency proof of two sizes")
+            responses=errors(400, 404, 409, 422), summary="Merkle consistency proof of two sizes")
 async def consistency_proof(session_id: SessionId, processor: Processor,
-                            from_: Annotated[int, Query(alias="from", ge=0)],
-                            to: Annotated[int | None, Query(ge=0, description="default: all "
+                            from_: Annotated[int, Query(alias="from", ge=0, le=MAX_TREE_SIZE)],
+                            to: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE,
+                                                            description="default: all "
                                                             "committed chunks")] = None) -> Any:
     """Return the RFC 9162 proof that the tree of `to` chunks extends the tree of `from`."""
     if to is not None and from_ > to:

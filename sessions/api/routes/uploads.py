@@ -13,9 +13,15 @@ from sessions.api.limits import check_upload_headers
 from sessions.api.models import UploadResult, UploadStatus, errors
 from sessions.api.streams import limited_body
 from sessions.common.errors import TruncatedBody
+from sessions.common.models import CHECKSUM_PATTERN
+from sessions.common.openapi import REQUIRED
+
+OFFSET_DOC = {"pattern": "^[0-9]{1,19}$", REQUIRED: True}
+CHECKSUM_DOC = {"pattern": CHECKSUM_PATTERN}
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/upload", tags=["upload"],
-                   dependencies=[Depends(authenticate)], responses=errors(400, 401, 404, 503))
+                   dependencies=[Depends(authenticate)],
+                   responses=errors(400, 401, 404, 409, 503))
 
 PROTOCOL = """
 **Upload protocol.**  Ask where to continue (`HEAD` or `GET`), then send the bytes from
@@ -49,14 +55,18 @@ async def upload_status(session_id: SessionId, processor: Processor) -> Any:
               summary="Append bytes at Upload-Offset", description=PROTOCOL, openapi_extra={
                   "requestBody": {"required": True, "content": {
                       "application/offset+octet-stream": {"schema": {
+                          "type": "string", "format": "binary"}},
+                      "application/octet-stream": {"schema": {
                           "type": "string", "format": "binary"}}}}})
 async def upload(
     session_id: SessionId, request: Request, processor: Processor, settings: SettingsDep,
     metrics: MetricsDep,
     upload_offset: Annotated[str | None, Header(description="committed offset this request "
-                                                "starts at")] = None,
+                                                "starts at (required)",
+                                                json_schema_extra=OFFSET_DOC)] = None,
     upload_checksum: Annotated[str | None, Header(description="`sha256 <base64 digest>` of "
-                                                  "this request's body")] = None,
+                                                  "this request's body",
+                                                  json_schema_extra=CHECKSUM_DOC)] = None,
 ) -> Response:
     """Stream the body to the processor, which chunks, seals and commits it."""
     headers = check_upload_headers(offset=upload_offset,

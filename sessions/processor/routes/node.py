@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from sessions.common.errors import error_responses
 from sessions.processor.deps import EngineDep
 
 router = APIRouter(prefix="/internal/v1", tags=["node"])
@@ -16,7 +17,7 @@ async def node(engine: EngineDep) -> dict[str, Any]:
     return engine.node()
 
 
-@router.post("/keys/rotate")
+@router.post("/keys/rotate", responses=error_responses(409))
 async def rotate_keys(engine: EngineDep) -> dict[str, Any]:
     """Rewrap every session key under the current master key (chunks are not touched)."""
     return await engine.rotate_keys()

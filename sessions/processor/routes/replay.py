@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Response
 
+from sessions.common.errors import error_responses
+from sessions.common.models import MAX_CHUNK_INDEX, RANGE_DOC
 from sessions.common.web import CutOnErrorResponse
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["replay"])
+_BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                               "format": "binary"}}}}
 
 
-@router.get("/{session_id}/replay")
-async def replay(session_id: SessionId, request: Request, engine: EngineDep) -> Response:
-    stream = await engine.replay(session_id, request.headers.get("range"))
+@router.get("/{session_id}/replay", response_class=Response, responses={
+    200: _BINARY, 206: _BINARY, **error_responses(404, 409, 416, 502)})
+async def replay(session_id: SessionId, engine: EngineDep,
+                 byte_range: Annotated[str | None, Header(alias="Range", description=RANGE_DOC)]
+                 = None) -> Response:
+    """Stream the verified plaintext: 200 whole, 206 one range (sessions/processor/ranges.py)."""
+    stream = await engine.replay(session_id, byte_range)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(stream.length),
                "Cache-Control": "no-store"}
     status = 200
@@ -26,9 +34,10 @@ async def replay(session_id: SessionId, request: Request, engine: EngineDep) -> 
                              media_type="application/octet-stream")
 
 
-@router.get("/{session_id}/chunks/{index}")
+@router.get("/{session_id}/chunks/{index}", response_class=Response,
+            responses={200: _BINARY, **error_responses(404, 409)})
 async def sealed_chunk(session_id: SessionId, engine: EngineDep,
-                       index: Annotated[int, Path(ge=0, le=2**40)]) -> Response:
+                       index: Annotated[int, Path(ge=0, le=MAX_CHUNK_INDEX)]) -> Response:
     data = await engine.storage.get_chunk(session_id, index)
     engine.metrics.bytes_out.labels("processor", "sealed").inc(len(data))
     return Response(data, media_type="application/octet-stream")

@@ -6,7 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from sessions.common.models import CreateSession, UploadLength, list_params
+from sessions.common.errors import error_responses
+from sessions.common.ids import SESSION_ID_DOC
+from sessions.common.models import (
+    MAX_LABELS,
+    MAX_PAGE,
+    MAX_TREE_SIZE,
+    CreateSession,
+    LabelFilter,
+    UploadLength,
+    list_params,
+)
+from sessions.common.states import SessionState, require_state
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
@@ -18,16 +29,24 @@ async def create_session(body: CreateSession, engine: EngineDep) -> dict[str, An
 
 
 @router.get("")
-async def list_sessions(request: Request, engine: EngineDep) -> dict[str, Any]:
+async def list_sessions(
+        request: Request, engine: EngineDep,
+        state: SessionState | None = None,  # noqa: ARG001 - declared for the contract
+        label: Annotated[list[LabelFilter] | None,  # noqa: ARG001
+                         Query(max_length=MAX_LABELS)] = None,
+        cursor: Annotated[str | None, Query(json_schema_extra=SESSION_ID_DOC)] = None,  # noqa: ARG001
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,  # noqa: ARG001
+) -> dict[str, Any]:
+    """Return one page of sessions; the parameters are checked once more by list_params."""
     return await engine.list_sessions(list_params(request.query_params.multi_items()))
 
 
-@router.get("/{session_id}")
+@router.get("/{session_id}", responses=error_responses(404))
 async def show_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
     return await engine.get(session_id)
 
 
-@router.post("/{session_id}/finalize")
+@router.post("/{session_id}/finalize", responses=error_responses(404, 409))
 async def finalize_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
     return await engine.finalize(session_id)
 
@@ -38,40 +57,51 @@ async def set_upload_length(session_id: SessionId, body: UploadLength,
     return await engine.set_upload_length(session_id, body.upload_length)
 
 
-@router.delete("/{session_id}", status_code=204)
+@router.delete("/{session_id}", status_code=204, response_class=Response,
+               responses=error_responses(404))
 async def delete_session(session_id: SessionId, engine: EngineDep) -> Response:
     await engine.delete(session_id)
     return Response(status_code=204)
 
 
-@router.get("/{session_id}/manifest")
+@router.get("/{session_id}/manifest", response_class=Response, responses={
+    200: {"content": {"application/json": {}}}, **error_responses(404, 409)})
 async def get_manifest(session_id: SessionId, engine: EngineDep) -> Response:
+    """Return the manifest bytes as stored; 409 `invalid_state` unless the session is completed."""
+    session = await engine.get(session_id)
+    require_state(SessionState(session["state"]), SessionState.COMPLETED, action="show the "
+                  "manifest of")
     return Response(await engine.manifest(session_id), media_type="application/json")
 
 
-@router.get("/{session_id}/checkpoint")
+@router.get("/{session_id}/checkpoint", response_class=Response, responses={
+    200: {"content": {"text/plain": {}}}, **error_responses(404, 409)})
 async def get_checkpoint(session_id: SessionId, engine: EngineDep,
-                         size: Annotated[int | None, Query(ge=0)] = None) -> Response:
+                         size: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE)] = None,
+                         ) -> Response:
     note = await engine.checkpoint(session_id, size)
     return Response(note, media_type="text/plain; charset=utf-8")
 
 
-@router.get("/{session_id}/proof/inclusion")
+@router.get("/{session_id}/proof/inclusion", responses=error_responses(404, 409))
 async def inclusion_proof(session_id: SessionId, engine: EngineDep,
-                          index: Annotated[int, Query(ge=0)],
-                          size: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
+                          index: Annotated[int, Query(ge=0, le=MAX_TREE_SIZE)],
+                          size: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE)] = None,
+                          ) -> dict[str, Any]:
     return await engine.inclusion(session_id, index, size)
 
 
-@router.get("/{session_id}/proof/consistency")
+@router.get("/{session_id}/proof/consistency", responses=error_responses(404, 409))
 async def consistency_proof(session_id: SessionId, engine: EngineDep,
-                            from_size: Annotated[int, Query(alias="from", ge=0)],
-                            to_size: Annotated[int | None, Query(alias="to", ge=0)] = None,
+                            from_size: Annotated[int, Query(alias="from", ge=0,
+                                                            le=MAX_TREE_SIZE)],
+                            to_size: Annotated[int | None, Query(alias="to", ge=0,
+                                                                 le=MAX_TREE_SIZE)] = None,
                             ) -> dict[str, Any]:
     return await engine.consistency(session_id, from_size, to_size)
 
 
-@router.post("/{session_id}/verify")
+@router.post("/{session_id}/verify", responses=error_responses(404, 409))
 async def verify_session(session_id: SessionId, engine: EngineDep,
                          sample: Annotated[float, Query(gt=0, le=100)] = 100) -> dict[str, Any]:
     return await engine.verify(session_id, sample)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from sessions.common.errors import error_responses
 from sessions.common.models import PrefixCheck, PrefixCheckResult
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["uploads"])
 
 
-@router.post("/{session_id}/upload/prefix-check", responses={
-    400: {"description": "`invalid_id`"}, 404: {"description": "`session_not_found`"},
-    409: {"description": "`offset_mismatch` (with the committed `offset`), `invalid_state`, "
-                         "`key_unavailable`"},
-    422: {"description": "`invalid_parameter`: offset or sha256 malformed"},
-    502: {"description": "`chunk_corrupt`: a committed chunk failed verification"}})
+@router.post("/{session_id}/upload/prefix-check",
+             responses=error_responses(404, 409, 422, 502))
 async def prefix_check(session_id: SessionId, body: PrefixCheck,
                        engine: EngineDep) -> PrefixCheckResult:
     """Return whether SHA-256 of the committed plaintext equals `sha256` (constant time)."""

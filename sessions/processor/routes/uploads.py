@@ -7,8 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from sessions.common.errors import BadRequest, UnsupportedMediaType
+from sessions.common.errors import BadRequest, InvalidState, UnsupportedMediaType, error_responses
+from sessions.common.models import CHECKSUM_PATTERN
+from sessions.common.states import SessionState
 from sessions.processor.deps import EngineDep, SessionId
+from sessions.processor.engine import Engine
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["uploads"])
 
@@ -25,21 +28,42 @@ def _non_negative(value: str | None, name: str) -> int | None:
     return int(value)
 
 
-@router.head("/{session_id}/upload")
-async def upload_offset_head(session_id: SessionId, engine: EngineDep) -> Response:
+_UPLOAD_DOC = {
+    "requestBody": {"required": True, "content": {t: {"schema": {"type": "string",
+                                                                  "format": "binary"}}
+                                                  for t in UPLOAD_TYPES}},
+    "parameters": [
+        {"name": "Upload-Offset", "in": "header", "required": True,
+         "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
+        {"name": "Upload-Checksum", "in": "header", "required": False,
+         "description": "`sha256 <base64 digest>` of the body",
+         "schema": {"type": "string", "pattern": CHECKSUM_PATTERN}}]}
+
+
+async def _live(engine: Engine, session_id: str) -> dict[str, Any]:
+    """Return the session unless it is deleted (409 `invalid_state`: its upload is gone)."""
     session = await engine.get(session_id)
+    if session["state"] == SessionState.DELETED:
+        raise InvalidState("the session was deleted", extra={"state": session["state"]})
+    return session
+
+
+@router.head("/{session_id}/upload", responses=error_responses(404, 409))
+async def upload_offset_head(session_id: SessionId, engine: EngineDep) -> Response:
+    session = await _live(engine, session_id)
     return Response(headers={"Upload-Offset": str(session["offset"]),
                              "Cache-Control": "no-store"})
 
 
-@router.get("/{session_id}/upload")
+@router.get("/{session_id}/upload", responses=error_responses(404, 409))
 async def upload_status(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
-    s = await engine.get(session_id)
+    s = await _live(engine, session_id)
     return {"offset": s["offset"], "chunk_count": s["chunk_count"],
             "chunk_size": s["chunk_size"], "state": s["state"]}
 
 
-@router.patch("/{session_id}/upload")
+@router.patch("/{session_id}/upload", openapi_extra=_UPLOAD_DOC,
+              responses=error_responses(404, 409, 413, 415, 460))
 async def upload(session_id: SessionId, request: Request, engine: EngineDep) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in UPLOAD_TYPES:

@@ -9,7 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import ClientDisconnect
 
-from sessions.common.errors import BadRequest, PayloadTooLarge, TruncatedBody, UnsupportedMediaType
+from sessions.common.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    TruncatedBody,
+    UnsupportedMediaType,
+    error_responses,
+)
+from sessions.common.models import MAX_CHUNK_INDEX, MAX_TREE_SIZE
 from sessions.storage.deps import ChunkIndex, Meta, Service, ServiceToken, SessionId
 from sessions.storage.models import (
     ChunkList,
@@ -31,7 +38,11 @@ _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "bi
 
 @router.put("/sessions/{session_id}/chunks/{index}", status_code=201,
             summary="Stage a sealed chunk (not visible until committed)",
-            openapi_extra={"requestBody": {**_BINARY, "required": True}})
+            responses=error_responses(404, 409, 413, 415), openapi_extra={
+                "requestBody": {**_BINARY, "required": True},
+                "parameters": [{"name": LEAF_HASH_HEADER, "in": "header", "required": True,
+                                "description": "hex SHA-256 leaf hash of the body (RFC 9162)",
+                                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}]})
 async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
                     service: Service) -> PutChunkOut:
     """Stream the body to a staged file, checking its leaf hash; return its sealed length."""
@@ -43,7 +54,8 @@ async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
     return PutChunkOut(index=index, sealed_length=sealed)
 
 
-@router.post("/sessions/{session_id}/commit", summary="Make staged chunks visible, atomically")
+@router.post("/sessions/{session_id}/commit", summary="Make staged chunks visible, atomically",
+             responses=error_responses(404, 409))
 async def commit(session_id: SessionId, body: CommitIn, service: Service) -> CommitOut:
     """Return the new offset and chunk count; 409 `offset_mismatch` carries the actual offset."""
     rec = await service.commit(session_id, expected_offset=body.expected_offset,
@@ -51,24 +63,25 @@ async def commit(session_id: SessionId, body: CommitIn, service: Service) -> Com
     return CommitOut(offset=rec.offset, chunk_count=rec.chunk_count)
 
 
-@router.get("/sessions/{session_id}/chunks", summary="Committed chunk records, by index")
+@router.get("/sessions/{session_id}/chunks", summary="Committed chunk records, by index",
+            responses=error_responses(404, 409))
 async def list_chunks(session_id: SessionId, meta: Meta,
-                      start: Annotated[int, Query(ge=0)] = 0,
+                      start: Annotated[int, Query(ge=0, le=MAX_CHUNK_INDEX)] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> ChunkList:
     records = await meta.list_chunks(session_id, start=start, limit=limit)
     return ChunkList(items=[ChunkModel.of(r) for r in records])
 
 
 @router.get("/sessions/{session_id}/leaves", summary="Committed leaf hashes, 32 bytes each",
-            response_class=Response, responses={200: _BINARY})
+            response_class=Response, responses={200: _BINARY, **error_responses(404, 409)})
 async def leaves(session_id: SessionId, meta: Meta,
-                 size: Annotated[int | None, Query(ge=0)] = None) -> Response:
+                 size: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE)] = None) -> Response:
     """Return the first `size` (default: all) leaf hashes; size <= chunk_count."""
     return Response(await meta.leaf_hashes(session_id, size=size), media_type=OCTET_STREAM)
 
 
 @router.get("/sessions/{session_id}/chunks/{index}", summary="A committed chunk's sealed bytes",
-            response_class=Response, responses={200: _BINARY})
+            response_class=Response, responses={200: _BINARY, **error_responses(404, 409)})
 async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) -> Response:
     """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost)."""
     return Response(await service.read_chunk(session_id, index), media_type=OCTET_STREAM)
@@ -76,8 +89,7 @@ async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) 
 
 @router.delete("/sessions/{session_id}/staged",
                summary="Discard staged chunks that were never committed",
-               responses={400: {"description": "`invalid_id`"},
-                          404: {"description": "`session_not_found`"}})
+               responses=error_responses(404))
 async def discard_staged(session_id: SessionId, service: Service) -> DiscardOut:
     """Remove every staged, uncommitted chunk file and fence off PUTs in flight.
 

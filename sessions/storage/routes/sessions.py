@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import StringConstraints
 
-from sessions.common.errors import BadRequest
+from sessions.common.errors import BadRequest, error_responses
+from sessions.common.ids import SESSION_ID_DOC
 from sessions.common.states import SessionState
 from sessions.storage.deps import Meta, Service, ServiceToken, SessionId
 from sessions.storage.models import (
+    MAX_LABELS,
     CreateSessionIn,
     FinalizeIn,
     RewrapIn,
@@ -24,7 +27,8 @@ from sessions.storage.models import (
 router = APIRouter(prefix="/internal/v1", tags=["sessions"], dependencies=[ServiceToken])
 
 
-@router.post("/sessions", status_code=201, summary="Create a recording session")
+@router.post("/sessions", status_code=201, summary="Create a recording session",
+             responses=error_responses(400, 409))
 async def create_session(body: CreateSessionIn, meta: Meta) -> SessionOut:
     """Return the new session; 409 `conflict` if the id exists."""
     return SessionOut.of(await meta.create_session(body.to_new()))
@@ -33,8 +37,11 @@ async def create_session(body: CreateSessionIn, meta: Meta) -> SessionOut:
 @router.get("/sessions", summary="List sessions, newest first")
 async def list_sessions(
         meta: Meta, state: SessionState | None = None,
-        label: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
-        cursor: str | None = None,
+        label: Annotated[list[Annotated[str, StringConstraints(pattern="^[^:]+:")]] | None,
+                         Query(description="key:value, repeatable", max_length=MAX_LABELS)
+                         ] = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
+                                            json_schema_extra=SESSION_ID_DOC)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50) -> SessionList:
     """Return one page of sessions matching state and every label; `next_cursor` continues."""
     records, next_cursor = await meta.list_sessions(
@@ -42,12 +49,14 @@ async def list_sessions(
     return SessionList(items=[SessionOut.of(r) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/sessions/{session_id}", summary="Read one session")
+@router.get("/sessions/{session_id}", summary="Read one session",
+            responses=error_responses(404))
 async def get_session(session_id: SessionId, meta: Meta) -> SessionOut:
     return SessionOut.of(await meta.get_session(session_id))
 
 
-@router.post("/sessions/{session_id}/state", summary="Change state (compare-and-set)")
+@router.post("/sessions/{session_id}/state", summary="Change state (compare-and-set)",
+             responses=error_responses(404, 409))
 async def change_state(session_id: SessionId, body: TransitionIn, service: Service) -> SessionOut:
     """Return the session in state `to`; 409 `invalid_state` unless it was in `from`."""
     if body.to is SessionState.DELETED:
@@ -56,7 +65,8 @@ async def change_state(session_id: SessionId, body: TransitionIn, service: Servi
                                                   allowed_from=body.from_))
 
 
-@router.post("/sessions/{session_id}/finalize", summary="Complete a finalizing session")
+@router.post("/sessions/{session_id}/finalize", summary="Complete a finalizing session",
+             responses=error_responses(404, 409))
 async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> SessionOut:
     """Return the completed session; a repeat with the same root hash is a no-op."""
     rec = await meta.finalize(session_id, root_hash=bytes.fromhex(body.root_hash),
@@ -67,13 +77,18 @@ async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> Sessi
 
 @router.get("/sessions/{session_id}/manifest", summary="The canonical manifest",
             response_class=Response,
-            responses={200: {"content": {"application/json": {}}}})
+            responses={200: {"content": {"application/json": {}}}, **error_responses(404)})
 async def get_manifest(session_id: SessionId, meta: Meta) -> Response:
-    """Return the manifest bytes exactly as stored; 404 `not_found` before completion."""
+    """Return the manifest bytes exactly as stored, whatever the recorded state says.
+
+    404 `not_found` while none is stored.  The processor judges the state: it checks a
+    stored manifest against its signature even when the record's state was edited.
+    """
     return Response(await meta.get_manifest(session_id), media_type="application/json")
 
 
-@router.put("/sessions/{session_id}/wrapped-key", summary="Swap the wrapped key (rotation)")
+@router.put("/sessions/{session_id}/wrapped-key", summary="Swap the wrapped key (rotation)",
+            responses=error_responses(404, 409))
 async def replace_wrapped_key(session_id: SessionId, body: RewrapIn, meta: Meta) -> SessionOut:
     """Return the session with its key rewrapped; 409 unless it had `expected_key_id`."""
     return SessionOut.of(await meta.replace_wrapped_key(
@@ -89,7 +104,8 @@ async def set_upload_length(session_id: SessionId, body: UploadLengthIn,
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
-               summary="Crypto-erase a session, then remove its chunks")
+               summary="Crypto-erase a session, then remove its chunks",
+               responses=error_responses(404))
 async def delete_session(session_id: SessionId, service: Service) -> Response:
     await service.delete(session_id)
     return Response(status_code=204)

@@ -9,10 +9,13 @@ complete body.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -309,11 +312,26 @@ class ResumeStore:
         items = data.get("uploads") if isinstance(data, dict) else None
         return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
-    def _save(self, items: list[dict[str, Any]]) -> None:
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's lock: two CLIs uploading at once never lose each other's entries."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"uploads": items}, indent=1), encoding="utf-8")
-        os.replace(tmp, self.path)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _save(self, items: list[dict[str, Any]]) -> None:
+        """Replace the file atomically, through a temp file of this writer's own."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(json.dumps({"uploads": items}, indent=1))
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def lookup(self, key: FileKey) -> str | None:
         for item in self._load():
@@ -323,14 +341,16 @@ class ResumeStore:
         return None
 
     def remember(self, key: FileKey, session_id: str) -> None:
-        items = [i for i in self._load() if i.get("path") != key.path]
-        self._save([*items, {**key.__dict__, "session_id": session_id}])
+        with self._locked():
+            items = [i for i in self._load() if i.get("path") != key.path]
+            self._save([*items, {**key.__dict__, "session_id": session_id}])
 
     def forget(self, key: FileKey) -> None:
-        items = self._load()
-        kept = [i for i in items if i.get("path") != key.path]
-        if len(kept) != len(items):
-            self._save(kept)
+        with self._locked():
+            items = self._load()
+            kept = [i for i in items if i.get("path") != key.path]
+            if len(kept) != len(items):
+                self._save(kept)
 
 
 def default_state_file() -> Path:

@@ -35,9 +35,10 @@ MAX_CHUNK_INDEX = 9_999_999_999
 Every integer query or path parameter counting chunks (index, size, from, to, start)
 is bounded by it, so no out-of-range number reaches SQLite (an OverflowError, a 500)."""
 MAX_TREE_SIZE = MAX_CHUNK_INDEX + 1
-MAX_UPLOAD_LENGTH = 1 << 62
-"""The largest declared `upload_length`: an int64 column holds it, and a double renders it
-exactly in the OpenAPI document (a larger one is 422, never an OverflowError's 500)."""
+MAX_UPLOAD_LENGTH = (1 << 53) - 1
+"""The largest declared `upload_length` (8 PiB): an int64 column holds it (a larger one is
+422, never an OverflowError's 500), and every integer above it is above it as a double
+too, as JSON tools (schemathesis, JavaScript) compare it."""
 LABEL_FILTER_PATTERN = "^" + LABEL_KEY + r":[\s\S]{0," + str(MAX_LABEL_VALUE) + "}$"
 """A list filter `key:value` (any value of at most MAX_LABEL_VALUE characters)."""
 LabelFilter = Annotated[str, StringConstraints(pattern=LABEL_FILTER_PATTERN)]

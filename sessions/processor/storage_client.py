@@ -274,11 +274,12 @@ class StorageClient:
                          json={"checkpoint": checkpoint.decode("utf-8")})
 
     async def kept_checkpoint(self, sid: str) -> bytes | None:
-        """Return the last signed checkpoint storage keeps for the session, or None."""
+        """Return the last signed checkpoint storage keeps for the session, or None (204)."""
         try:
-            return (await self._call("GET", f"/sessions/{sid}/checkpoint")).content
+            resp = await self._call("GET", f"/sessions/{sid}/checkpoint")
         except NotFound:
             return None
+        return resp.content if resp.status_code == 200 else None
 
     async def delete(self, sid: str) -> None:
         await self._call("DELETE", f"/sessions/{sid}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from sessions.common.errors import NotFound, error_responses
+from sessions.common.errors import error_responses
 from sessions.storage.deps import Meta, ServiceToken, SessionId
 from sessions.storage.models import CheckpointIn
 
@@ -25,11 +25,13 @@ async def put_checkpoint(session_id: SessionId, body: CheckpointIn, meta: Meta) 
 
 
 @router.get("/sessions/{session_id}/checkpoint", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}, **error_responses(404, 409)},
+            responses={200: {"content": {"text/plain": {}}},
+                       204: {"description": "none was kept yet (no chunk committed)"},
+                       **error_responses(404, 409)},
             summary="The last signed checkpoint kept for a session")
 async def get_checkpoint(session_id: SessionId, meta: Meta) -> Response:
-    """Return it as stored; 404 `not_found` if none was kept."""
+    """Return it as stored; 204 if none was kept (the session exists: 404 means it does not)."""
     text = await meta.get_checkpoint(session_id)
     if text is None:
-        raise NotFound("no checkpoint was kept for this session")
+        return Response(status_code=204)
     return Response(text, media_type="text/plain; charset=utf-8")

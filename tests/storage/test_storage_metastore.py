@@ -19,7 +19,6 @@ from sessions.common.errors import (
     InvalidId,
     InvalidParameter,
     InvalidState,
-    NotFound,
     OffsetMismatch,
     PayloadTooLarge,
     SessionNotFound,

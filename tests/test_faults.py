@@ -337,7 +337,7 @@ async def test_failed_commit_during_finalize(stack: Stack, faults: Faults, nth: 
     state = stack.rows()[0][sid][0]
     assert state == ("recording" if nth == 1 else "finalizing")
     r = await stack.client.get(f"/sessions/{sid}/manifest")
-    assert r.status_code == 404, r.text  # no manifest was made visible
+    assert r.status_code == 409, r.text  # no manifest was made visible (409 before completion)
     await _finish(stack, sid, data)
 
 

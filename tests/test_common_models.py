@@ -16,7 +16,9 @@ from sessions.common.models import (
     MAX_LABEL_VALUE,
     MAX_LABELS,
     MAX_PAGE,
+    MAX_UPLOAD_LENGTH,
     CreateSession,
+    UploadLength,
     list_params,
 )
 
@@ -129,7 +131,10 @@ def test_extra_fields_are_forbidden(body: dict[str, Any]) -> None:
     {"labels": {"user": 5}},
     {"labels": None},
     {"retention_days": "forever"},
-], ids=["list-labels", "int-value", "null-labels", "word-retention"])
+    {"upload_length": False}, {"upload_length": "12"}, {"upload_length": 1.5},
+    {"upload_length": -1}, {"upload_length": MAX_UPLOAD_LENGTH + 1}, {"upload_length": 1e300},
+], ids=["list-labels", "int-value", "null-labels", "word-retention", "bool-length",
+        "string-length", "fraction-length", "negative-length", "huge-length", "huge-float"])
 def test_wrongly_typed_fields_are_rejected(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         CreateSession.model_validate(body)
@@ -237,3 +242,15 @@ def test_limit_is_accepted_exactly_in_1_to_500(limit: int) -> None:
     else:
         with pytest.raises(InvalidParameter):
             list_params([("limit", str(limit))])
+
+
+@pytest.mark.parametrize("raw", ['12', '12.0', '1.2e1'])
+def test_upload_length_is_a_json_integer_as_json_schema_counts_them(raw: str) -> None:
+    assert CreateSession.model_validate_json('{"upload_length": ' + raw + '}').upload_length == 12
+    assert UploadLength.model_validate_json('{"upload_length": ' + raw + '}').upload_length == 12
+
+
+@pytest.mark.parametrize("raw", ['true', '"12"', '-1', str(MAX_UPLOAD_LENGTH + 1), '1e19'])
+def test_declared_lengths_outside_the_schema_are_refused(raw: str) -> None:
+    with pytest.raises(ValidationError):
+        UploadLength.model_validate_json('{"upload_length": ' + raw + '}')

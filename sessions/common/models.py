@@ -35,6 +35,10 @@ MAX_CHUNK_INDEX = 9_999_999_999
 Every integer query or path parameter counting chunks (index, size, from, to, start)
 is bounded by it, so no out-of-range number reaches SQLite (an OverflowError, a 500)."""
 MAX_TREE_SIZE = MAX_CHUNK_INDEX + 1
+MAX_UPLOAD_LENGTH = (1 << 53) - 1
+"""The largest declared `upload_length` (8 PiB): an int64 column holds it (a larger one is
+422, never an OverflowError's 500), and every integer above it is above it as a double
+too, as JSON tools (schemathesis, JavaScript) compare it."""
 LABEL_FILTER_PATTERN = "^" + LABEL_KEY + r":[\s\S]{0," + str(MAX_LABEL_VALUE) + "}$"
 """A list filter `key:value` (any value of at most MAX_LABEL_VALUE characters)."""
 LabelFilter = Annotated[str, StringConstraints(pattern=LABEL_FILTER_PATTERN)]
@@ -50,16 +54,21 @@ def _json_integer(value: object) -> object:
     """Pass a JSON number on to int validation; refuse what pydantic's lax mode would coerce.
 
     Lax mode takes `true` and `"12"` as integers, which the OpenAPI document (type
-    integer) says are invalid; 12.0 stays valid, as JSON Schema counts it an integer.
+    integer) says are invalid; 12.0 and 1e19 stay valid, as JSON Schema counts them
+    integers (pydantic alone refuses a float past 2^63 as "too large").
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a JSON integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 """An int field of a request body: a JSON integer, never a boolean or a string."""
 RetentionDays = Annotated[int, Field(ge=1, le=36500), BeforeValidator(_json_integer)]
+UploadLengthInt = Annotated[int, Field(ge=0, le=MAX_UPLOAD_LENGTH), BeforeValidator(_json_integer)]
+"""A declared total length (tus Upload-Length); the bounds stay in the schema when optional."""
 
 # Control (C0, DEL, C1) and format characters (bidi overrides, zero-width): never in a label.
 _CONTROL = frozenset({"Cc", "Cf"})
@@ -82,7 +91,7 @@ class UploadLength(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    upload_length: int = Field(ge=0)
+    upload_length: UploadLengthInt
 
 
 class CreateSession(BaseModel):
@@ -95,7 +104,7 @@ class CreateSession(BaseModel):
                                    json_schema_extra=LABELS_DOC)
     retention_days: RetentionDays | None = Field(None, description="keep the recording this "
                                                  "many days")
-    upload_length: int | None = Field(None, ge=0, description="total bytes the recording "
+    upload_length: UploadLengthInt | None = Field(None, description="total bytes the recording "
                                       "will have, if known (tus Upload-Length): the session "
                                       "is finalized when its offset reaches it")
 
@@ -142,9 +151,9 @@ SHA256_BASE64 = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 class PrefixCheck(BaseModel):
     """Body of `POST /sessions/{id}/upload/prefix-check`: the digest of a local file's prefix."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
-    offset: int = Field(ge=0, description="length of the prefix; must equal the committed "
+    offset: JsonInt = Field(ge=0, description="length of the prefix; must equal the committed "
                         "offset")
     sha256: str = Field(pattern=SHA256_BASE64,
                         description="standard base64 of the SHA-256 of the first `offset` bytes")

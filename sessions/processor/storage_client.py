@@ -13,7 +13,13 @@ from typing import Any
 
 import httpx
 
-from sessions.common.errors import NotFound, ServiceError, UpstreamUnavailable, error_from_body
+from sessions.common.errors import (
+    InvalidState,
+    NotFound,
+    ServiceError,
+    UpstreamUnavailable,
+    error_from_body,
+)
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
@@ -256,10 +262,10 @@ class StorageClient:
         return (await self._call("GET", f"/sessions/{sid}/manifest")).content
 
     async def manifest_or_none(self, sid: str) -> bytes | None:
-        """Return the stored manifest bytes, or None if the session has none."""
+        """Return the stored manifest bytes, or None if the session has none (404 or 409)."""
         try:
             return await self.manifest(sid)
-        except NotFound:
+        except (NotFound, InvalidState):
             return None
 
     async def keep_checkpoint(self, sid: str, checkpoint: bytes) -> None:
@@ -268,11 +274,12 @@ class StorageClient:
                          json={"checkpoint": checkpoint.decode("utf-8")})
 
     async def kept_checkpoint(self, sid: str) -> bytes | None:
-        """Return the last signed checkpoint storage keeps for the session, or None."""
+        """Return the last signed checkpoint storage keeps for the session, or None (204)."""
         try:
-            return (await self._call("GET", f"/sessions/{sid}/checkpoint")).content
+            resp = await self._call("GET", f"/sessions/{sid}/checkpoint")
         except NotFound:
             return None
+        return resp.content if resp.status_code == 200 else None
 
     async def delete(self, sid: str) -> None:
         await self._call("DELETE", f"/sessions/{sid}")

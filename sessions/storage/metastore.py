@@ -112,6 +112,14 @@ class MetadataStore:
             raise SessionNotFound()
         return rec
 
+    async def _live_session(self, session_id: str) -> SessionRecord:
+        """Return the record; raise InvalidState (409) if it was deleted (its data went with it)."""
+        rec = await self.get_session(session_id)
+        if rec.state is SessionState.DELETED:
+            raise InvalidState("the session was deleted; its chunks are gone",
+                               extra={"state": rec.state.value})
+        return rec
+
     async def list_sessions(self, *, state: SessionState | None = None,
                             labels: Sequence[Label] = (), cursor: str | None = None,
                             limit: int = 50) -> tuple[list[SessionRecord], str | None]:
@@ -130,7 +138,7 @@ class MetadataStore:
         """Return committed chunk records from index start on (start >= 0, limit >= 1)."""
         if start < 0 or limit < 1:
             raise InvalidParameter("start must be >= 0 and limit >= 1")
-        rec = await self.get_session(session_id)
+        rec = await self._live_session(session_id)
         return await self.backend.list_chunks(session_id, start=start, stop=rec.chunk_count,
                                               limit=limit)
 
@@ -138,7 +146,7 @@ class MetadataStore:
         """Return the first `size` (default all) leaf hashes; 0 <= size <= chunk_count."""
         if size is not None and size < 0:
             raise InvalidParameter("size must be >= 0")
-        rec = await self.get_session(session_id)
+        rec = await self._live_session(session_id)
         if size is not None and size > rec.chunk_count:
             raise InvalidParameter(f"size {size} exceeds the {rec.chunk_count} committed chunks",
                                    extra={"chunk_count": rec.chunk_count})
@@ -146,16 +154,23 @@ class MetadataStore:
             session_id, count=rec.chunk_count if size is None else size)
 
     async def get_manifest(self, session_id: str) -> bytes:
-        """Return the manifest bytes as stored; raise NotFound before completion."""
+        """Return the manifest bytes as stored, whatever the state says.
+
+        None stored: InvalidState (409) unless the session is completed, NotFound if it is.
+        """
         rec = await self.get_session(session_id)
         done = None if rec.root_hash is None else await self.backend.load_finalized(session_id)
         if done is None:
-            raise NotFound("the manifest exists once the session is completed")
+            require_state(rec.state, SessionState.COMPLETED, action="read the manifest of")
+            raise NotFound("the completed session has no stored manifest")
         return done.manifest
 
     async def get_checkpoint(self, session_id: str) -> str | None:
-        """Return the last signed checkpoint kept for the session (the final one once completed)."""
-        await self.get_session(session_id)
+        """Return the last signed checkpoint kept for the session (the final one once completed).
+
+        409 `invalid_state` once the session is deleted, as for its chunks and leaves.
+        """
+        await self._live_session(session_id)
         return await self.backend.load_checkpoint(session_id)
 
     async def count_by_state(self) -> dict[str, int]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sessions.common.errors import InvalidParameter
 from sessions.common.ids import SESSION_ID_DOC
-from sessions.common.models import JsonInt, RetentionDays
+from sessions.common.models import JsonInt, RetentionDays, UploadLengthInt
 from sessions.common.states import SessionState
 from sessions.storage.records import (
     MAX_CHUNK_INDEX,
@@ -74,7 +74,7 @@ class CreateSessionIn(BaseModel):
     chunk_size: JsonInt = Field(ge=1, le=1 << 30)
     zstd_level: JsonInt = Field(ge=-(1 << 17), le=22)
     format_version: JsonInt = Field(ge=1, le=255)
-    upload_length: JsonInt | None = Field(None, ge=0, description="declared total plaintext "
+    upload_length: UploadLengthInt | None = Field(None, description="declared total plaintext "
                                           "bytes (tus Upload-Length); null: not known yet")
 
     @field_validator("labels")
@@ -197,7 +197,7 @@ class UploadLengthIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    upload_length: int = Field(ge=0)
+    upload_length: UploadLengthInt
 
 
 class StatsOut(BaseModel):

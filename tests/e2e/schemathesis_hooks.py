@@ -27,9 +27,10 @@ def _robust_description(f: Any) -> str:
 lambda_sources.lambda_description = _robust_description  # type: ignore[assignment]
 
 
-# -- use_after_free: the one per-operation exception, in the stateful phase too ----------------
+# -- use_after_free: the per-operation exceptions, in the stateful phase too -------------------
 # test_schemathesis.py switches `use_after_free` off for GET of one session, because a
-# deleted session deliberately answers its tombstone (200, `state: deleted`) there.
+# deleted session deliberately answers its tombstone (200, `state: deleted`) there, and
+# for tus discovery (OPTIONS on an upload URL), which never looks the session up.
 # schemathesis 4 applies per-operation check settings in the examples, coverage and
 # fuzzing phases but not in the stateful one, so the same exception is made here, for
 # exactly those operations and nothing else.
@@ -40,7 +41,9 @@ import schemathesis.specs.openapi.checks  # noqa: E402, F401 - registers the bui
 from schemathesis.checks import CHECKS  # noqa: E402
 
 TOMBSTONE_READS = {("GET", "/v1/sessions/{session_id}"),
-                   ("GET", "/internal/v1/sessions/{session_id}")}
+                   ("GET", "/internal/v1/sessions/{session_id}"),
+                   # tus discovery answers 204 on any upload URL: it never looks a session up
+                   ("OPTIONS", "/v1/sessions/{session_id}/upload")}
 _use_after_free = CHECKS.get_one("use_after_free")
 
 

@@ -71,6 +71,8 @@ async def test_create_conflict(client: httpx.AsyncClient, session_body: Body,
     {"id": "not-an-id"}, {"labels": {"Bad Key": "v"}}, {"wrapped_key": {"key_id": "k",
                                                                          "blob": "%%%"}},
     {"chunk_size": 0}, {"retention_days": 0}, {"labels": {f"k{i}": "v" for i in range(33)}},
+    # past int64 once reached SQLite as an OverflowError (a 500); negative is documented now
+    {"upload_length": 1 << 70}, {"upload_length": -1}, {"upload_length": False},
 ])
 async def test_create_validates(client: httpx.AsyncClient, session_body: Body,
                                 error_body: ErrorBody, override: dict[str, Any]) -> None:
@@ -139,7 +141,8 @@ async def test_finalize_and_manifest(client: httpx.AsyncClient, session_body: Bo
     final = {"root_hash": "ab" * 32, "checkpoint": "origin\n0\nhash\n", "manifest": '{"v":1}'}
     error_body(await client.post(f"{API}/sessions/{sid}/finalize", json=final), 409,
                "invalid_state")
-    error_body(await client.get(f"{API}/sessions/{sid}/manifest"), 404, "not_found")
+    # none stored yet: 409 before completion (as the processor answers), not a 404
+    error_body(await client.get(f"{API}/sessions/{sid}/manifest"), 409, "invalid_state")
     await client.post(f"{API}/sessions/{sid}/state", json={"to": "finalizing"})
     done = await client.post(f"{API}/sessions/{sid}/finalize", json=final)
     assert done.status_code == 200
@@ -161,6 +164,19 @@ async def test_delete_is_idempotent(client: httpx.AsyncClient, session_body: Bod
         assert resp.status_code == 204 and resp.content == b""
     got = (await client.get(f"{API}/sessions/{sid}")).json()
     assert got["state"] == "deleted" and got["wrapped_key"] is None
+
+
+async def test_a_deleted_sessions_data_is_gone(client: httpx.AsyncClient, session_body: Body,
+                                               error_body: ErrorBody) -> None:
+    """Chunks, leaves, checkpoint and manifest of a deleted session: 409, never an empty 200."""
+    sid = (await create(client, session_body(upload_length=12.0)))["id"]
+    assert (await client.get(f"{API}/sessions/{sid}")).json()["upload_length"] == 12
+    cp = await client.put(f"{API}/sessions/{sid}/checkpoint", json={"checkpoint": "origin\n0\n"})
+    assert cp.status_code == 204, cp.text
+    assert (await client.get(f"{API}/sessions/{sid}/chunks")).json() == {"items": []}
+    assert (await client.delete(f"{API}/sessions/{sid}")).status_code == 204
+    for path in ("chunks", "leaves", "checkpoint", "manifest"):
+        error_body(await client.get(f"{API}/sessions/{sid}/{path}"), 409, "invalid_state")
 
 
 async def test_stats_and_metrics(client: httpx.AsyncClient, session_body: Body) -> None:

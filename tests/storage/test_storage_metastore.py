@@ -19,7 +19,6 @@ from sessions.common.errors import (
     InvalidId,
     InvalidParameter,
     InvalidState,
-    NotFound,
     OffsetMismatch,
     PayloadTooLarge,
     SessionNotFound,
@@ -216,7 +215,7 @@ async def test_finalize_and_manifest(meta: MetadataStore,
     root = b"\xab" * 32
     with pytest.raises(InvalidState):
         await meta.finalize(rec.id, root_hash=root, checkpoint="cp\n", manifest=b"{}")
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidState):  # none stored before completion: 409, not 404
         await meta.get_manifest(rec.id)
     await meta.transition(rec.id, to=FINALIZING)
     done = await meta.finalize(rec.id, root_hash=root, checkpoint="cp\n", manifest=b'{"a":1}')

@@ -58,7 +58,15 @@ async def _discovery(settings: SettingsDep, processor: Processor) -> Response:
 router.add_api_route("/v1/sessions", _discovery, methods=["OPTIONS"], status_code=204,
                      response_class=Response, summary="tus discovery", description=_DISCOVERY,
                      responses={204: {"description": "tus headers only"}})
-router.add_api_route("/v1/sessions/{session_id}/upload", _discovery, methods=["OPTIONS"],
+
+
+async def _upload_discovery(session_id: SessionId, settings: SettingsDep,  # noqa: ARG001
+                            processor: Processor) -> Response:
+    """Return the discovery headers on an upload URL (its id is checked, not looked up)."""
+    return await _discovery(settings, processor)
+
+
+router.add_api_route("/v1/sessions/{session_id}/upload", _upload_discovery, methods=["OPTIONS"],
                      status_code=204, response_class=Response, summary="tus discovery",
                      description=_DISCOVERY, responses={204: {"description": "tus headers only"}})
 

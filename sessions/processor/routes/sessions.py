@@ -51,7 +51,7 @@ async def finalize_session(session_id: SessionId, engine: EngineDep) -> dict[str
     return await engine.finalize(session_id)
 
 
-@router.put("/{session_id}/upload-length")
+@router.put("/{session_id}/upload-length", responses=error_responses(404, 409))
 async def set_upload_length(session_id: SessionId, body: UploadLength,
                             engine: EngineDep) -> dict[str, Any]:
     return await engine.set_upload_length(session_id, body.upload_length)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from sessions.common.errors import NotFound
+from sessions.common.errors import error_responses
 from sessions.storage.deps import Meta, ServiceToken, SessionId
 from sessions.storage.models import CheckpointIn
 
@@ -16,7 +16,8 @@ router = APIRouter(prefix="/internal/v1", tags=["checkpoints"], dependencies=[Se
 
 
 @router.put("/sessions/{session_id}/checkpoint", status_code=204, response_class=Response,
-            summary="Keep the last signed checkpoint of a recording session")
+            summary="Keep the last signed checkpoint of a recording session",
+            responses=error_responses(404, 409))
 async def put_checkpoint(session_id: SessionId, body: CheckpointIn, meta: Meta) -> Response:
     """Store it; 409 `invalid_state` unless the session is recording or finalizing."""
     await meta.set_checkpoint(session_id, body.checkpoint)
@@ -24,11 +25,13 @@ async def put_checkpoint(session_id: SessionId, body: CheckpointIn, meta: Meta) 
 
 
 @router.get("/sessions/{session_id}/checkpoint", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}},
+            responses={200: {"content": {"text/plain": {}}},
+                       204: {"description": "none was kept yet (no chunk committed)"},
+                       **error_responses(404, 409)},
             summary="The last signed checkpoint kept for a session")
 async def get_checkpoint(session_id: SessionId, meta: Meta) -> Response:
-    """Return it as stored; 404 `not_found` if none was kept."""
+    """Return it as stored; 204 if none was kept (the session exists: 404 means it does not)."""
     text = await meta.get_checkpoint(session_id)
     if text is None:
-        raise NotFound("no checkpoint was kept for this session")
+        return Response(status_code=204)
     return Response(text, media_type="text/plain; charset=utf-8")

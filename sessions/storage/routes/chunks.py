@@ -55,9 +55,10 @@ async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
 
 
 @router.post("/sessions/{session_id}/commit", summary="Make staged chunks visible, atomically",
-             responses=error_responses(404, 409))
+             responses=error_responses(404, 409, 413))
 async def commit(session_id: SessionId, body: CommitIn, service: Service) -> CommitOut:
-    """Return the new offset and chunk count; 409 `offset_mismatch` carries the actual offset."""
+    """Return the new offset and chunk count; 409 `offset_mismatch` carries the actual offset,
+    413 `payload_too_large` a commit past the declared `upload_length`."""
     rec = await service.commit(session_id, expected_offset=body.expected_offset,
                                chunks=[c.to_record() for c in body.chunks])
     return CommitOut(offset=rec.offset, chunk_count=rec.chunk_count)

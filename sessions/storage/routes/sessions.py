@@ -77,12 +77,14 @@ async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> Sessi
 
 @router.get("/sessions/{session_id}/manifest", summary="The canonical manifest",
             response_class=Response,
-            responses={200: {"content": {"application/json": {}}}, **error_responses(404)})
+            responses={200: {"content": {"application/json": {}}}, **error_responses(404, 409)})
 async def get_manifest(session_id: SessionId, meta: Meta) -> Response:
     """Return the manifest bytes exactly as stored, whatever the recorded state says.
 
-    404 `not_found` while none is stored.  The processor judges the state: it checks a
-    stored manifest against its signature even when the record's state was edited.
+    None stored: 409 `invalid_state` before completion (as the processor answers),
+    404 `not_found` for a completed session without one.  The processor judges the
+    state: it checks a stored manifest against its signature even when the record's
+    state was edited.
     """
     return Response(await meta.get_manifest(session_id), media_type="application/json")
 
@@ -95,7 +97,8 @@ async def replace_wrapped_key(session_id: SessionId, body: RewrapIn, meta: Meta)
         session_id, expected_key_id=body.expected_key_id, wrapped=body.wrapped_key.to_record()))
 
 
-@router.put("/sessions/{session_id}/upload-length", summary="Declare the total length once")
+@router.put("/sessions/{session_id}/upload-length", summary="Declare the total length once",
+            responses=error_responses(404, 409))
 async def set_upload_length(session_id: SessionId, body: UploadLengthIn,
                             meta: Meta) -> SessionOut:
     """Return the session with `upload_length` set; 409 `conflict` if another was declared

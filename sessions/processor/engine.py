@@ -519,6 +519,13 @@ class Engine:
         return manifest
 
     async def manifest(self, sid: str) -> bytes:
+        """Return the manifest bytes as stored; InvalidState unless the record says completed.
+
+        The signature is the reader's to check (the manifest is what an auditor verifies);
+        the whole-record integrity check of `get` is not needed to serve it.
+        """
+        row = await self.storage.get_session(sid)
+        require_state(row.state, SessionState.COMPLETED, action="show the manifest of")
         return await self.storage.manifest(sid)
 
     # -- read back ---------------------------------------------------------------------------

@@ -298,3 +298,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
             tail = _CLUSTER.log_tail(name, start[name])
             if tail:
                 report.sections.append((f"{name} log during this test", tail))
+
+
+@pytest.fixture
+def restartable(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster, with every service guaranteed up again after the test."""
+    yield cluster
+    for name in ("storage", "processor", "api"):
+        if name not in cluster.procs:
+            cluster.start(name)
+    cluster.wait_ready("api")

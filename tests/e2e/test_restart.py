@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -27,16 +26,6 @@ from tests.e2e.support import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def restartable(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster, with every service guaranteed up again after the test."""
-    yield cluster
-    for name in ("storage", "processor", "api"):
-        if name not in cluster.procs:
-            cluster.start(name)
-    cluster.wait_ready("api")
 
 
 def _checkpoint(api: httpx.Client, node: dict[str, str], sid: str) -> Checkpoint:

@@ -7,7 +7,6 @@ its committed chunks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,16 +28,6 @@ from tests.e2e.support import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def restartable(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster, with every service guaranteed up again after the test."""
-    yield cluster
-    for name in ("storage", "processor", "api"):
-        if name not in cluster.procs:
-            cluster.start(name)
-    cluster.wait_ready("api")
 
 
 def chunk_files(cluster: Cluster, sid: str) -> list[str]:

@@ -17,7 +17,7 @@ from sessions.common.models import (
     UploadLength,
     list_params,
 )
-from sessions.common.states import SessionState, require_state
+from sessions.common.states import SessionState
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
@@ -68,9 +68,6 @@ async def delete_session(session_id: SessionId, engine: EngineDep) -> Response:
     200: {"content": {"application/json": {}}}, **error_responses(404, 409)})
 async def get_manifest(session_id: SessionId, engine: EngineDep) -> Response:
     """Return the manifest bytes as stored; 409 `invalid_state` unless the session is completed."""
-    session = await engine.get(session_id)
-    require_state(SessionState(session["state"]), SessionState.COMPLETED, action="show the "
-                  "manifest of")
     return Response(await engine.manifest(session_id), media_type="application/json")
 
 

@@ -57,7 +57,6 @@ from tests.e2e.support import (
 
 PHASES = ("patch", "patch_checksum", "between", "finalize", "delete", "rotate")
 SEEDS = range(3)
-ORPHAN_REASON = "orphan sweep lands with the prefix branch"
 
 
 @dataclass
@@ -198,7 +197,7 @@ def check_store(lab: Lab) -> list[str]:
 
 
 def finish_checks(lab: Lab, sid: str | None) -> None:
-    """The checks every trial ends with; xfail (non-strict) only for orphan staged files."""
+    """The checks every trial ends with, orphan staged chunk files included."""
     if sid is not None:
         with lab.client() as api:
             state = api.get(f"/sessions/{sid}").json()["state"]
@@ -206,8 +205,7 @@ def finish_checks(lab: Lab, sid: str | None) -> None:
                 report = api.post(f"/sessions/{sid}/verify").json()
                 assert report["ok"] is True, report
     orphans = check_store(lab)
-    if orphans:
-        pytest.xfail(f"{ORPHAN_REASON}: staged chunk files without a row: {orphans}")
+    assert not orphans, f"staged chunk files without a row: {orphans}"
 
 
 # -- killing at a random moment ----------------------------------------------------------------
@@ -446,6 +444,5 @@ def test_every_acknowledged_byte_after_all_trials(lab: Lab, clean_logs: None,
             report = api.post(f"/sessions/{sid}/verify").json()
             assert report["ok"] is True, report
     orphans = check_store(lab)
-    if orphans:
-        pytest.xfail(f"{ORPHAN_REASON}: staged chunk files without a row: {orphans}")
+    assert not orphans, f"staged chunk files without a row: {orphans}"
 

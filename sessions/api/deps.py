@@ -34,14 +34,18 @@ async def get_metrics(request: Request) -> Metrics:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts for.  Today one admin token holds every role; per-client tokens
-    with narrower roles plug in here, and routes then check `principal.roles`."""
+    """Who a request acts for: the id of its token (never the token) and that token's role.
 
-    name: str
-    roles: frozenset[str]
+    Today one bootstrap admin token holds every role; per-client tokens with narrower
+    roles plug in here.  `authenticate` also leaves it on `request.state.principal`, so
+    code that records who acted (logs, the audit log) reads it from one place.
+    """
+
+    token_id: str
+    role: str
 
 
-ADMIN = Principal("admin", frozenset({"admin"}))
+ADMIN = Principal("bootstrap-admin", "admin")
 
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token "
@@ -58,6 +62,7 @@ async def authenticate(
     dependency only documents the scheme in the OpenAPI document.
     """
     require_token(request, request.app.state.admin_token)
+    request.state.principal = ADMIN
     return ADMIN
 
 

@@ -40,6 +40,12 @@ class Settings(CommonSettings):
                                    "(Tus-Max-Size); JSON API uploads are not bounded by it")
     idle_deadline: int = Field(86400, ge=0, description="seconds a recording may stay idle "
                                "before it is closed (tus Upload-Expires); 0: never")
+    token_cache_seconds: float = Field(10.0, ge=0, le=3600, description="seconds a token "
+                                       "lookup is cached: the longest a token revoked through "
+                                       "another gateway keeps working here; 0: no cache")
+    rate_limit: float = Field(200.0, ge=0, description="requests per second per token, on "
+                              "average (per gateway process); 0: no limit")
+    rate_burst: int = Field(2000, ge=1, description="requests a token may send at once")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS "
                               "(e.g. https://rec.example.com); empty: CORS off")
     tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve "

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from sessions.api import access
+from sessions.api.auth import BOOTSTRAP, Bounded, Principal, TokenVerifier
 from sessions.api.config import Settings
 from sessions.api.processor_client import ProcessorClient
-from sessions.common.auth import require_token
+from sessions.common.errors import SessionNotFound
 from sessions.common.ids import SESSION_ID_DOC, check_session_id
 from sessions.common.web import Metrics
+
+ADMIN = BOOTSTRAP
 
 
 async def get_settings(request: Request) -> Settings:
@@ -32,23 +37,8 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who a request acts for: the id of its token (never the token) and that token's role.
-
-    Today one bootstrap admin token holds every role; per-client tokens with narrower
-    roles plug in here.  `authenticate` also leaves it on `request.state.principal`, so
-    code that records who acted (logs, the audit log) reads it from one place.
-    """
-
-    token_id: str
-    role: str
-
-
-ADMIN = Principal("bootstrap-admin", "admin")
-
-
-_bearer = HTTPBearer(auto_error=False, description="the admin token "
+_bearer = HTTPBearer(auto_error=False, description="an API token `lucid_<id>_<secret>` "
+                     "(`lucid-sessions token create`), or the bootstrap admin token "
                      "(local default: <data_dir>/secrets/admin.token)")
 
 
@@ -56,14 +46,40 @@ async def authenticate(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """Return the principal of the request's bearer token; raise Unauthorized (401) otherwise.
+    """Return the principal of the request's bearer token if its role may call the route.
 
-    The token is compared in constant time (`sessions.common.auth`); the HTTPBearer
-    dependency only documents the scheme in the OpenAPI document.
+    401 `unauthorized`: no, a wrong, a revoked or an expired token; 429 `rate_limited`
+    past the token's rate; 403 `forbidden`: the role may not call the route
+    (`sessions.api.access.RULES`); 404 `session_not_found`: a recorder's call on a
+    session another token created.  The HTTPBearer dependency only documents the scheme.
     """
-    require_token(request, request.app.state.admin_token)
-    request.state.principal = ADMIN
-    return ADMIN
+    state = request.app.state
+    verifier: TokenVerifier = state.verifier
+    principal = await verifier.principal(request)
+    request.state.principal = principal
+    state.limiter.take(principal.token_id)
+    route = request.scope.get("route")
+    path = route.path if isinstance(route, APIRoute) else request.url.path
+    access.authorize(principal.role, request.method, path)
+    if access.owner_bound(principal.role, path):
+        await _check_owner(request, principal)
+    return principal
+
+
+async def _check_owner(request: Request, principal: Principal) -> None:
+    """Raise SessionNotFound unless the path's session was created by the principal's token.
+
+    A session's owner never changes, so it is cached (bounded) after the first look.
+    """
+    sid = check_session_id(str(request.path_params.get("session_id", "")))
+    owners: Bounded[str, str] = request.app.state.owners
+    owner = owners.get(sid)
+    if owner is None:
+        processor: ProcessorClient = request.app.state.processor
+        owner = str((await processor.get_session(sid)).get("owner") or "")
+        owners.set(sid, owner)
+    if not hmac.compare_digest(owner.encode(), principal.token_id.encode()):
+        raise SessionNotFound()
 
 
 async def session_id_param(

@@ -7,15 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
 from sessions.api import package_version
+from sessions.api.access import document_roles
+from sessions.api.auth import AccessLog, Bounded, RateLimiter, TokenVerifier
 from sessions.api.config import Settings, load_settings
+from sessions.api.deps import authenticate
 from sessions.api.limits import JsonBodyLimit
 from sessions.api.processor_client import ProcessorClient
-from sessions.api.routes import node, replay, sessions, tus, upload_prefix, uploads
+from sessions.api.routes import node, replay, sessions, tokens, tus, upload_prefix, uploads
 from sessions.api.tus import TUS_PREFIX, install_tus
 from sessions.common.web import Metrics, install_common
 
@@ -26,7 +29,9 @@ operations), and finalizes it; the node seals every chunk, commits it to a Merkl
 tree and signs a C2SP checkpoint.  Auditors verify offline with `GET /v1/node`, the
 manifest, checkpoints, proofs and the sealed chunks.
 
-Every `/v1` operation except `GET /v1/node` needs `Authorization: Bearer <token>`.
+Every `/v1` operation except `GET /v1/node` needs `Authorization: Bearer <token>`;
+each names the roles it allows (recorder, viewer, auditor, admin): 403 `forbidden`
+otherwise.  A recorder acts on the sessions its token created only.
 Every error body is `{"error": "<stable code>", "detail": "<text>", ...}`.
 """
 
@@ -37,6 +42,7 @@ TAGS = [
      "the tail of every request becomes a short chunk."},
     {"name": "replay", "description": "Plaintext replay with byte ranges; sealed chunks."},
     {"name": "node", "description": "The node's public verifier key."},
+    {"name": "tokens", "description": "API tokens with roles (admin only)."},
     {"name": "health", "description": "Liveness, readiness, metrics."},
 ]
 
@@ -58,10 +64,13 @@ def create_app(settings: Settings | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.admin_token = settings.admin_token()
         client = ProcessorClient(settings.processor_url, settings.service_token(),
                                  transport=processor_transport, kind=settings.http_transport)
         app.state.processor = client
+        app.state.verifier = TokenVerifier(settings.admin_token(), client.find_token,
+                                           ttl=settings.token_cache_seconds)
+        app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        app.state.owners = Bounded()
         try:
             yield
         finally:
@@ -75,9 +84,12 @@ def create_app(settings: Settings | None = None, *,
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
-    install_common(app, metrics=metrics, ready=ready)
-    for module in (sessions, uploads, upload_prefix, replay, node, tus):
+    install_common(app, metrics=metrics, ready=ready,
+                   metrics_dependencies=[Depends(authenticate)])
+    for module in (sessions, uploads, upload_prefix, replay, node, tus, tokens):
         app.include_router(module.router)
     app.include_router(tus.hidden)
     install_tus(app, settings.allowed_origins)
+    app.add_middleware(AccessLog)  # outermost: sees every answer, tus dispatch included
+    document_roles(app)
     return app

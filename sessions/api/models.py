@@ -56,6 +56,8 @@ class Session(BaseModel):
     upload_length: int | None = Field(None, description="declared total bytes (tus "
                                       "Upload-Length); the session is finalized when its "
                                       "offset reaches it; null: not declared")
+    owner: str | None = Field(None, description="id of the API token that created it "
+                              "(`bootstrap-admin`: the admin token file); null: not recorded")
 
 
 class SessionPage(BaseModel):

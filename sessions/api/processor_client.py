@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 
-from sessions.common.errors import NotReady, UpstreamUnavailable, error_from_body
+from sessions.common.errors import NotFound, NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.models import PrefixCheck
 from sessions.common.settings import Transport
+from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
 
 log = logging.getLogger("lucid.api.processor")
 
@@ -140,6 +141,25 @@ class ProcessorClient:
     async def rotate_keys(self) -> Any:
         # Rewraps one small key per session: no read timeout for large catalogues.
         return await self._json("POST", "/keys/rotate", timeouts=STREAM_TIMEOUT)
+
+    # -- API tokens -------------------------------------------------------------------------
+
+    async def create_token(self, token: NewToken) -> StoredToken:
+        return StoredToken.model_validate(await self._json(
+            "POST", "/tokens", json_body=token.model_dump(mode="json")))
+
+    async def find_token(self, token_id: str) -> StoredToken | None:
+        """Return the stored token of that id, None if there is none."""
+        try:
+            return StoredToken.model_validate(await self._json("GET", f"/tokens/{token_id}"))
+        except NotFound:
+            return None
+
+    async def list_tokens(self) -> StoredTokenList:
+        return StoredTokenList.model_validate(await self._json("GET", "/tokens"))
+
+    async def revoke_token(self, token_id: str) -> StoredToken:
+        return StoredToken.model_validate(await self._json("POST", f"/tokens/{token_id}/revoke"))
 
     # -- uploads ----------------------------------------------------------------------------
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sessions.common.errors import Unauthorized
 
@@ -28,3 +31,30 @@ def require_token(conn: HTTPConnection, expected: str) -> None:
     presented = bearer_token(conn)
     if presented is None or not tokens_equal(presented, expected):
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+
+
+OPEN_PATHS = frozenset({"/health", "/ready"})
+"""What an internal service answers without its service token: liveness and readiness only."""
+
+
+class ServiceTokenGate:
+    """Refuses every request but `/health` and `/ready` without the service token.
+
+    It runs before routing, so the OpenAPI document, `/docs`, `/redoc`, their assets,
+    `/metrics` and unknown paths all need the token, and no body byte is read from a
+    caller the service does not trust.  The routers also depend on the token check.
+    """
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            try:
+                require_token(HTTPConnection(scope), self.state.service_token)
+            except Unauthorized as err:
+                response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

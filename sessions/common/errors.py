@@ -86,6 +86,10 @@ class Forbidden(ServiceError):
     status, code, detail = 403, "forbidden", "this token may not do that"
 
 
+class RateLimited(ServiceError):
+    status, code, detail = 429, "rate_limited", "too many requests with this token; retry later"
+
+
 class SessionNotFound(ServiceError):
     status, code, detail = 404, "session_not_found", "no such session"
 

@@ -121,6 +121,13 @@ class CreateSession(BaseModel):
         return labels
 
 
+class OwnedCreateSession(CreateSession):
+    """Body of the processor's `POST /internal/v1/sessions`: the public one and its owner."""
+
+    owner: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$",
+                              description="id of the API token creating the session")
+
+
 def list_params(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Return validated list-query parameters (state, label=key:value, cursor, limit)."""
     out: list[tuple[str, str]] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -112,11 +112,12 @@ def _internal(path: str) -> bool:
 
 def install_common(app: FastAPI, *, metrics: Metrics, ready: ReadyCheck,
                    before_scrape: Callable[[], Awaitable[None]] | None = None,
-                   upstream: bool = True) -> None:
+                   upstream: bool = True, metrics_dependencies: Sequence[Any] = ()) -> None:
     """Add error handlers, request metrics, /health, /ready, /metrics and the OpenAPI rewrite.
 
     `upstream`: the app's routes call another service (documented 503s).  Paths under
-    `/internal/` are documented as needing the service token.
+    `/internal/` are documented as needing the service token.  `metrics_dependencies`
+    guard /metrics (the gateway's token check).
     """
     install_error_handlers(app)
     install_openapi(app, upstream=upstream, protected=_internal)
@@ -139,7 +140,7 @@ def install_common(app: FastAPI, *, metrics: Metrics, ready: ReadyCheck,
         return {"status": "ready", "service": metrics.service}
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
-             responses=_PROMETHEUS)
+             responses=_PROMETHEUS, dependencies=list(metrics_dependencies))
     async def metrics_route(_: Request) -> Response:
         if before_scrape is not None:
             try:

@@ -279,7 +279,8 @@ class Engine:
     # -- create, read, list ------------------------------------------------------------------
 
     async def create(self, labels: dict[str, str], retention_days: int | None,
-                     upload_length: int | None = None) -> dict[str, Any]:
+                     upload_length: int | None = None, *,
+                     owner: str | None = None) -> dict[str, Any]:
         """Create a recording session; one declared empty (upload_length 0) is finalized at once."""
         sid = new_session_id()
         wrapped = self.keys.master.wrap(new_data_key(), session_id=sid)
@@ -287,7 +288,7 @@ class Engine:
             "id": sid, "labels": labels, "retention_days": retention_days,
             "wrapped_key": wrapped.to_json(), "chunk_size": self.settings.chunk_size,
             "zstd_level": self.settings.zstd_level, "format_version": FORMAT_VERSION,
-            "upload_length": upload_length})
+            "upload_length": upload_length, "owner": owner})
         # Anchored at size 0 before the id is returned: any later chunk row must extend it.
         tree = self._trees.remember(sid, CompactRange())
         await self._keep_anchor(sid, tree, offset=0, sealed=0,

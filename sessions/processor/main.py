@@ -15,12 +15,13 @@ import httpx
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from sessions.common.auth import ServiceTokenGate
 from sessions.common.web import Metrics, install_common
 from sessions.processor.config import Settings, load_settings
 from sessions.processor.deps import require_service
 from sessions.processor.engine import Engine
 from sessions.processor.keys import load_node_keys
-from sessions.processor.routes import node, replay, sessions, upload_prefix, uploads
+from sessions.processor.routes import node, replay, sessions, tokens, upload_prefix, uploads
 from sessions.processor.scrub import Scrubber
 from sessions.processor.storage_client import StorageClient
 
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None, *,
         for state, n in (await app.state.engine.storage.stats()).items():
             metrics.sessions.labels("processor", state).set(n)
 
+    app.add_middleware(ServiceTokenGate, state=app.state)
     install_common(app, metrics=metrics, ready=ready, before_scrape=refresh_gauges)
-    for module in (sessions, uploads, upload_prefix, replay, node):
+    for module in (sessions, uploads, upload_prefix, replay, node, tokens):
         app.include_router(module.router, dependencies=[Depends(require_service)])
     return app

@@ -134,6 +134,10 @@ class StorageClient:
     async def create_session(self, body: dict[str, Any]) -> SessionRow:
         return SessionRow((await self._call("POST", "/sessions", json=body)).json())
 
+    async def tokens(self, method: str, path: str = "", body: dict[str, Any] | None = None) -> Any:
+        """Return the JSON answer of one call to storage's token API (`/internal/v1/tokens`)."""
+        return (await self._call(method, "/tokens" + path, json=body)).json()
+
     async def get_session(self, sid: str) -> SessionRow:
         return SessionRow((await self._call("GET", f"/sessions/{sid}")).json())
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -73,8 +73,23 @@ _V3 = (
     "CREATE INDEX sessions_by_created ON sessions (created_at)",
 )
 
+# v4: the API token that created a session (its owner), and the API tokens, hashed.
+_V4 = (
+    "ALTER TABLE sessions ADD COLUMN owner TEXT",
+    """CREATE TABLE tokens (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        secret_hash BLOB NOT NULL CHECK (length(secret_hash) = 32),
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT,
+        created_by TEXT
+    ) WITHOUT ROWID""",
+)
+
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -103,11 +118,12 @@ def truncate_wal(db: sqlite3.Connection) -> None:
 
 _SESSION_COLUMNS = ("SELECT id, state, created_at, updated_at, retention_days, plain_offset, "
                     "chunk_count, sealed_bytes, chunk_size, zstd_level, format_version, "
-                    "root_hash, key_id, key_blob, upload_length, revision FROM sessions")
+                    "root_hash, key_id, key_blob, upload_length, revision, owner FROM sessions")
 SELECT_SESSION_BY_ID = _SESSION_COLUMNS + " WHERE id = ?"
 INSERT_SESSION = ("INSERT OR IGNORE INTO sessions (id, state, created_at, updated_at, "
                   "retention_days, chunk_size, zstd_level, format_version, key_id, key_blob, "
-                  "upload_length, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "upload_length, revision, owner) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)"
 # The one compare-and-set: every field the rules may change, if the revision is the one read.
 UPDATE_SESSION = ("UPDATE sessions SET state = ?, updated_at = ?, plain_offset = ?, "
@@ -125,6 +141,14 @@ SELECT_CHUNKS = ("SELECT idx, plain_offset, length, sealed_length, leaf_hash, co
 SELECT_LEAVES = "SELECT leaf_hash FROM chunks WHERE session_id = ? AND idx < ? ORDER BY idx"
 SELECT_FINALIZED = "SELECT checkpoint, manifest FROM sessions WHERE id = ?"
 COUNT_BY_STATE = "SELECT state, count(*) FROM sessions GROUP BY state"
+# API tokens: the names say "token", the values are SQL (S105 is about literal secrets).
+_TOKEN_COLUMNS = ("SELECT id, name, role, secret_hash, created_at, expires_at, "  # noqa: S105
+                  "revoked_at, created_by FROM tokens")
+INSERT_TOKEN = ("INSERT OR IGNORE INTO tokens (id, name, role, secret_hash, "  # noqa: S105
+                "created_at, expires_at, revoked_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+SELECT_TOKEN = _TOKEN_COLUMNS + " WHERE id = ?"
+SELECT_TOKENS = _TOKEN_COLUMNS + " ORDER BY created_at, id"
+REVOKE_TOKEN = "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"  # noqa: S105
 
 _LABEL_FILTER = ("EXISTS (SELECT 1 FROM session_labels AS l "
                  "WHERE l.session_id = sessions.id AND l.key = ? AND l.value = ?)")

@@ -7,16 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sessions.common.auth import require_token
-from sessions.common.errors import NotReady, Unauthorized
+from sessions.common.auth import ServiceTokenGate
+from sessions.common.errors import NotReady
 from sessions.common.secrets import ConfigError
 from sessions.common.web import Metrics, install_common
 from sessions.storage.chunkstore import LocalChunkStore
@@ -24,10 +20,9 @@ from sessions.storage.config import Settings, load_settings
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import MetadataStore, open_metastore
-from sessions.storage.routes import checkpoints, chunks, sessions
+from sessions.storage.routes import checkpoints, chunks, sessions, tokens
 from sessions.storage.service import StorageService
 
-INTERNAL_PREFIX = "/internal/"
 FIRST_RETRY, MAX_RETRY = 0.25, 10.0  # seconds between attempts to reach the metadata database
 log = logging.getLogger("lucid.storage")
 
@@ -131,29 +126,6 @@ async def _sweep(store: LocalChunkStore, service: StorageService) -> None:
                     "(first: %s)", len(unknown), unknown[0])
 
 
-class ServiceTokenGate:
-    """Refuses `/internal/` requests without the service token before any body byte is read.
-
-    The routers also depend on the token check; this gate exists because FastAPI
-    reads a JSON body before it runs dependencies, and storage reads nothing
-    from a caller it does not trust.
-    """
-
-    def __init__(self, app: ASGIApp, state: Any) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(INTERNAL_PREFIX):
-            try:
-                require_token(HTTPConnection(scope), self.state.service_token)
-            except Unauthorized as err:
-                response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Return the storage app; its resources are built when its lifespan starts."""
     app = FastAPIOffline(title="Lucid session storage (internal)", version="1",
@@ -185,4 +157,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(chunks.router)
     app.include_router(checkpoints.router)
+    app.include_router(tokens.router)
     return app

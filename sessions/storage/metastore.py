@@ -30,6 +30,7 @@ from sessions.common.errors import (
 )
 from sessions.common.ids import check_session_id
 from sessions.common.states import SessionState, check_transition, require_state
+from sessions.common.tokens import Role, check_token_id
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import ChunkCommitted, StorageUnavailable
 from sessions.storage.records import (
@@ -38,6 +39,7 @@ from sessions.storage.records import (
     Finalized,
     NewSession,
     SessionRecord,
+    TokenRecord,
     Update,
     WrappedKey,
     check_commit,
@@ -73,6 +75,13 @@ class MetadataBackend(Protocol):
     async def load_finalized(self, session_id: str) -> Finalized | None: ...
     async def load_checkpoint(self, session_id: str) -> str | None: ...
     async def count_by_state(self) -> dict[str, int]: ...
+    async def insert_token(self, rec: TokenRecord) -> bool:
+        """Store a new API token record; return False (and store nothing) if its id exists."""
+    async def load_token(self, token_id: str) -> TokenRecord | None: ...
+    async def list_tokens(self) -> list[TokenRecord]:
+        """Return every token record, by created_at then id."""
+    async def revoke_token(self, token_id: str, *, at: str) -> bool:
+        """Set revoked_at = at iff the token exists and is not revoked; return whether it did."""
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -191,7 +200,7 @@ class MetadataStore:
             updated_at=now, retention_days=new.retention_days, offset=0, chunk_count=0,
             sealed_bytes=0, chunk_size=new.chunk_size, zstd_level=new.zstd_level,
             format_version=new.format_version, root_hash=None, wrapped_key=new.wrapped_key,
-            upload_length=new.upload_length, revision=1)
+            upload_length=new.upload_length, revision=1, owner=new.owner)
         if not await self.backend.insert_session(rec):
             raise Conflict("a session with this id already exists")
         return rec
@@ -295,6 +304,37 @@ class MetadataStore:
             return Update(dataclasses.replace(rec, revision=rec.revision + 1),
                           checkpoint=checkpoint)
         await self._cas(session_id, decide)
+
+    # -- API tokens: stored hashed, revoked (never deleted) -----------------------------------
+
+    async def create_token(self, rec: TokenRecord) -> TokenRecord:
+        """Return the stored token (created_at set now); raise Conflict if its id exists.
+
+        Preconditions: a token id; a known role; len(secret_hash) == 32.
+        """
+        check_token_id(rec.id)
+        if rec.role not in set(Role) or len(rec.secret_hash) != LEAF_HASH_SIZE or not rec.name:
+            raise BadRequest("a token needs a name, a known role and a 32-byte secret hash")
+        stored = dataclasses.replace(rec, created_at=self._now(), revoked_at=None)
+        if not await self.backend.insert_token(stored):
+            raise Conflict("a token with this id already exists")
+        return stored
+
+    async def get_token(self, token_id: str) -> TokenRecord:
+        """Return the token record; raise NotFound if there is none."""
+        rec = await self.backend.load_token(check_token_id(token_id))
+        if rec is None:
+            raise NotFound("no such token")
+        return rec
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return await self.backend.list_tokens()
+
+    async def revoke_token(self, token_id: str) -> TokenRecord:
+        """Return the token revoked (now, or when it first was: idempotent); NotFound if none."""
+        await self.get_token(token_id)
+        await self.backend.revoke_token(token_id, at=self._now())
+        return await self.get_token(token_id)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -76,6 +76,8 @@ class CreateSessionIn(BaseModel):
     format_version: JsonInt = Field(ge=1, le=255)
     upload_length: UploadLengthInt | None = Field(None, description="declared total plaintext "
                                           "bytes (tus Upload-Length); null: not known yet")
+    owner: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$",
+                              description="id of the API token that creates the session")
 
     @field_validator("labels")
     @classmethod
@@ -87,7 +89,7 @@ class CreateSessionIn(BaseModel):
                           retention_days=self.retention_days,
                           wrapped_key=self.wrapped_key.to_record(), chunk_size=self.chunk_size,
                           zstd_level=self.zstd_level, format_version=self.format_version,
-                          upload_length=self.upload_length)
+                          upload_length=self.upload_length, owner=self.owner)
 
 
 class SessionOut(BaseModel):
@@ -106,6 +108,7 @@ class SessionOut(BaseModel):
     root_hash: str | None
     wrapped_key: WrappedKeyModel | None
     upload_length: int | None
+    owner: str | None = None
 
     @classmethod
     def of(cls, rec: SessionRecord) -> SessionOut:
@@ -117,7 +120,7 @@ class SessionOut(BaseModel):
             format_version=rec.format_version,
             root_hash=None if rec.root_hash is None else rec.root_hash.hex(),
             wrapped_key=None if rec.wrapped_key is None else WrappedKeyModel.of(rec.wrapped_key),
-            upload_length=rec.upload_length)
+            upload_length=rec.upload_length, owner=rec.owner)
 
 
 class SessionList(BaseModel):

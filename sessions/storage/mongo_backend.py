@@ -5,6 +5,8 @@ Not Motor: Motor is deprecated in favour of this API.  Documents:
     sessions  {_id: session id, state, created_at, ..., labels: ["key=value", ...],
                key_id, key_blob, revision, checkpoint, manifest}
     chunks    {s: session id, i: index, offset, length, sealed_length, leaf_hash, compressed}
+    tokens    {_id: token id, name, role, secret_hash, created_at, expires_at, revoked_at,
+               created_by}
     meta      {_id: "schema", version}
 
 Every write is `w: majority, j: true`; retryable writes and reads are on.  The
@@ -32,12 +34,19 @@ from sessions.common.secrets import ConfigError
 from sessions.common.states import SessionState
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
-from sessions.storage.records import ChunkRecord, Finalized, SessionRecord, Update, WrappedKey
+from sessions.storage.records import (
+    ChunkRecord,
+    Finalized,
+    SessionRecord,
+    TokenRecord,
+    Update,
+    WrappedKey,
+)
 
 log = logging.getLogger("lucid.storage.mongo")
 Doc = dict[str, Any]
 Label = tuple[str, str]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DURABLE = WriteConcern(w="majority", j=True)
 SELECTION_TIMEOUT_MS = 5000
 
@@ -57,8 +66,14 @@ def _v1_indexes() -> dict[str, list[IndexModel]]:
     }
 
 
+def _v2_indexes() -> dict[str, list[IndexModel]]:
+    """v2: API tokens (`_id` is the token id, unique); listed in creation order."""
+    return {"tokens": [IndexModel([("created_at", ASCENDING), ("_id", ASCENDING)],
+                                  name="by_created")]}
+
+
 # MIGRATIONS[v] takes a database from schema v - 1 to v; each step is idempotent.
-MIGRATIONS = {1: _v1_indexes}
+MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes}
 
 
 class MongoBackend:
@@ -80,6 +95,7 @@ class MongoBackend:
         self._sessions: AsyncCollection[Doc] = db["sessions"]
         self._chunks: AsyncCollection[Doc] = db["chunks"]
         self._meta: AsyncCollection[Doc] = db["meta"]
+        self._tokens: AsyncCollection[Doc] = db["tokens"]
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -122,7 +138,7 @@ class MongoBackend:
     async def apply(self, update: Update) -> bool:
         rec = update.session
         changes = _session_fields(rec)
-        del changes["labels"], changes["created_at"]  # never change after creation
+        del changes["labels"], changes["created_at"], changes["owner"]  # set once, at creation
         if update.finalized is not None:
             changes.update(checkpoint=update.finalized.checkpoint,
                            manifest=update.finalized.manifest)
@@ -197,6 +213,33 @@ class MongoBackend:
                 [{"$group": {"_id": "$state", "n": {"$sum": 1}}}])
             return {d["_id"]: int(d["n"]) async for d in found}
 
+    async def insert_token(self, rec: TokenRecord) -> bool:
+        doc = {"_id": rec.id, "name": rec.name, "role": rec.role, "secret_hash": rec.secret_hash,
+               "created_at": rec.created_at, "expires_at": rec.expires_at,
+               "revoked_at": rec.revoked_at, "created_by": rec.created_by}
+        async with self._guard():
+            try:
+                await self._tokens.insert_one(doc)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def load_token(self, token_id: str) -> TokenRecord | None:
+        async with self._guard():
+            doc = await self._tokens.find_one({"_id": token_id})
+        return None if doc is None else _token(doc)
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        async with self._guard():
+            found = self._tokens.find({}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            return [_token(d) async for d in found]
+
+    async def revoke_token(self, token_id: str, *, at: str) -> bool:
+        async with self._guard():
+            done = await self._tokens.update_one({"_id": token_id, "revoked_at": None},
+                                                 {"$set": {"revoked_at": at}})
+        return done.modified_count == 1
+
     async def ping(self) -> None:
         async with self._guard():
             await self._client.admin.command("ping")
@@ -216,7 +259,7 @@ def _session_fields(rec: SessionRecord) -> Doc:
         "key_id": None if key is None else key.key_id,
         "key_blob": None if key is None else key.blob,
         "upload_length": rec.upload_length, "revision": rec.revision,
-        "labels": [f"{k}={v}" for k, v in rec.labels.items()],
+        "labels": [f"{k}={v}" for k, v in rec.labels.items()], "owner": rec.owner,
     }
 
 
@@ -238,4 +281,12 @@ def _record(doc: Doc) -> SessionRecord:
         chunk_size=doc["chunk_size"], zstd_level=doc["zstd_level"],
         format_version=doc["format_version"],
         root_hash=None if doc["root_hash"] is None else bytes(doc["root_hash"]),
-        wrapped_key=key, upload_length=doc["upload_length"], revision=doc["revision"])
+        wrapped_key=key, upload_length=doc["upload_length"], revision=doc["revision"],
+        owner=doc.get("owner"))
+
+
+def _token(doc: Doc) -> TokenRecord:
+    return TokenRecord(id=doc["_id"], name=doc["name"], role=doc["role"],
+                       secret_hash=bytes(doc["secret_hash"]), created_at=doc["created_at"],
+                       expires_at=doc["expires_at"], revoked_at=doc["revoked_at"],
+                       created_by=doc["created_by"])

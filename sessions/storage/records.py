@@ -38,6 +38,8 @@ class NewSession:
     labels: dict[str, str] = field(default_factory=dict)
     retention_days: int | None = None
     upload_length: int | None = None
+    owner: str | None = None
+    """The id of the API token that created the session (a recorder acts on its own only)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,25 @@ class SessionRecord:
     upload_length: int | None = None
     """The total plaintext length the client declared (tus `Upload-Length`); None: not yet."""
     revision: int = 0
+    owner: str | None = None
+    """The id of the API token that created the session; None before owners were recorded."""
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One API token as stored: its id, role and the SHA-256 of its secret, never the secret.
+
+    Times are RFC 3339 UTC; `expires_at` None never expires, `revoked_at` None is live.
+    """
+
+    id: str
+    name: str
+    role: str
+    secret_hash: bytes
+    created_at: str
+    expires_at: str | None = None
+    revoked_at: str | None = None
+    created_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,14 @@ from typing import Any, TypeVar
 from sessions.common.states import SessionState
 from sessions.storage import _sql
 from sessions.storage.errors import StorageUnavailable
-from sessions.storage.records import ChunkRecord, Finalized, SessionRecord, Update, WrappedKey
+from sessions.storage.records import (
+    ChunkRecord,
+    Finalized,
+    SessionRecord,
+    TokenRecord,
+    Update,
+    WrappedKey,
+)
 
 T = TypeVar("T")
 Label = tuple[str, str]
@@ -86,6 +93,21 @@ class SqliteBackend:
     async def count_by_state(self) -> dict[str, int]:
         return dict(await self._call(self._rows, _sql.COUNT_BY_STATE, ()))
 
+    async def insert_token(self, rec: TokenRecord) -> bool:
+        return await self._call(self._write, _sql.INSERT_TOKEN, (
+            rec.id, rec.name, rec.role, rec.secret_hash, rec.created_at, rec.expires_at,
+            rec.revoked_at, rec.created_by))
+
+    async def load_token(self, token_id: str) -> TokenRecord | None:
+        rows = await self._call(self._rows, _sql.SELECT_TOKEN, (token_id,))
+        return _token(rows[0]) if rows else None
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return [_token(r) for r in await self._call(self._rows, _sql.SELECT_TOKENS, ())]
+
+    async def revoke_token(self, token_id: str, *, at: str) -> bool:
+        return await self._call(self._write, _sql.REVOKE_TOKEN, (at, token_id))
+
     async def ping(self) -> None:
         await self._call(self._rows, "SELECT 1", ())
 
@@ -141,6 +163,11 @@ class SqliteBackend:
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         return self._conn().execute(sql, params).fetchall()
 
+    def _write(self, sql: str, params: tuple[Any, ...]) -> bool:
+        """Run one write statement in a transaction; return whether it changed a row."""
+        with self._tx() as db:
+            return db.execute(sql, params).rowcount == 1
+
     def _load(self, session_id: str) -> SessionRecord | None:
         db = self._conn()
         row = db.execute(_sql.SELECT_SESSION_BY_ID, (session_id,)).fetchone()
@@ -153,7 +180,7 @@ class SqliteBackend:
                 rec.id, rec.state.value, rec.created_at, rec.updated_at, rec.retention_days,
                 rec.chunk_size, rec.zstd_level, rec.format_version,
                 None if key is None else key.key_id, None if key is None else key.blob,
-                rec.upload_length, rec.revision))
+                rec.upload_length, rec.revision, rec.owner))
             if cur.rowcount != 1:
                 return False
             db.executemany(_sql.INSERT_LABEL, [(rec.id, k, v) for k, v in rec.labels.items()])
@@ -203,11 +230,18 @@ def _labels_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, dict[str
 
 def _record(row: Sequence[Any], labels: dict[str, str] | None) -> SessionRecord:
     (sid, state, created, updated, retention, offset, count, sealed, chunk_size, level,
-     version, root, key_id, key_blob, upload_length, revision) = row
+     version, root, key_id, key_blob, upload_length, revision, owner) = row
     key = None if key_id is None else WrappedKey(key_id=key_id, blob=bytes(key_blob))
     return SessionRecord(
         id=sid, state=SessionState(state), labels=labels or {}, created_at=created,
         updated_at=updated, retention_days=retention, offset=offset, chunk_count=count,
         sealed_bytes=sealed, chunk_size=chunk_size, zstd_level=level, format_version=version,
         root_hash=None if root is None else bytes(root), wrapped_key=key,
-        upload_length=upload_length, revision=revision)
+        upload_length=upload_length, revision=revision, owner=owner)
+
+
+def _token(row: Sequence[Any]) -> TokenRecord:
+    tid, name, role, digest, created, expires, revoked, created_by = row
+    return TokenRecord(id=tid, name=name, role=role, secret_hash=bytes(digest),
+                       created_at=created, expires_at=expires, revoked_at=revoked,
+                       created_by=created_by)

@@ -57,7 +57,7 @@ async def test_replay_relays_206_and_its_headers(gateway: httpx.AsyncClient,
     assert "x-internal" not in resp.headers
     assert fake.last.headers["range"] == "bytes=100-1099"
     assert stream.closed
-    metrics = (await gateway.get("/metrics")).text
+    metrics = (await gateway.get("/metrics", headers=auth())).text
     assert 'lucid_bytes_out_total{kind="replay",service="api"} 1000.0' in metrics
 
 

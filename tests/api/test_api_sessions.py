@@ -23,7 +23,7 @@ async def test_create_forwards_the_validated_body(gateway: httpx.AsyncClient,
     assert resp.status_code == 201
     assert resp.json() == created, "fields outside the public Session must be dropped"
     assert json.loads(fake.last_body()) == {"labels": {"host": "pc-1"}, "retention_days": 30,
-                                            "upload_length": None}
+                                            "upload_length": None, "owner": "bootstrap-admin"}
 
 
 async def test_create_without_body_uses_defaults(gateway: httpx.AsyncClient,
@@ -32,7 +32,7 @@ async def test_create_without_body_uses_defaults(gateway: httpx.AsyncClient,
     resp = await gateway.post("/v1/sessions", headers=auth())
     assert resp.status_code == 201
     assert json.loads(fake.last_body()) == {"labels": {}, "retention_days": None,
-                                            "upload_length": None}
+                                            "upload_length": None, "owner": "bootstrap-admin"}
 
 
 @pytest.mark.parametrize("body", [

@@ -74,7 +74,7 @@ async def test_patch_without_content_length_is_streamed_chunked(gateway: httpx.A
 async def test_upload_bytes_are_counted(gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
     accept_upload(fake)
     await gateway.patch(UPLOAD, content=b"x" * 1000, headers=patch_headers())
-    metrics = (await gateway.get("/metrics")).text
+    metrics = (await gateway.get("/metrics", headers=auth())).text
     assert 'lucid_bytes_in_total{kind="upload",service="api"} 1000.0' in metrics
 
 

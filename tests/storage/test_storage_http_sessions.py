@@ -23,12 +23,15 @@ async def create(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, A
     return resp.json()
 
 
-async def test_open_endpoints_need_no_token(app: FastAPI) -> None:
+async def test_only_health_and_ready_need_no_token(app: FastAPI) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://storage") as anon:
         assert (await anon.get("/health")).json() == {"status": "ok", "service": "storage"}
         assert (await anon.get("/ready")).json() == {"status": "ready", "service": "storage"}
-        assert (await anon.get("/metrics")).status_code == 200
+        for path in ("/metrics", "/openapi.json", "/docs", "/redoc", "/nowhere"):
+            refused = await anon.get(path)  # only /health and /ready are open
+            assert refused.status_code == 401, path
+            assert refused.json()["error"] == "unauthorized"
     assert app.openapi()["info"]["title"] == "Lucid session storage (internal)"
 
 
@@ -53,7 +56,7 @@ async def test_create_and_get(client: httpx.AsyncClient, session_body: Body) -> 
     assert set(created) == {"id", "state", "labels", "created_at", "updated_at",
                             "retention_days", "offset", "chunk_count", "sealed_bytes",
                             "chunk_size", "zstd_level", "format_version", "root_hash",
-                            "wrapped_key", "upload_length"}
+                            "wrapped_key", "upload_length", "owner"}
     assert created["state"] == "recording" and created["wrapped_key"] == body["wrapped_key"]
     assert created["root_hash"] is None and created["offset"] == 0
     got = await client.get(f"{API}/sessions/{body['id']}")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from sessions.api.deps import Processor, SessionId, authenticate
+from sessions.api.deps import Client, Processor, SessionId, authenticate
 from sessions.api.models import (
     ConsistencyProof,
     CreateSession,
@@ -29,10 +29,14 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
 
 @router.post("", status_code=201, response_model=Session, responses=errors(413, 422),
              summary="Create a session")
-async def create_session(processor: Processor, body: CreateSession | None = None) -> Any:
-    """Create an empty session in state `recording`; upload to it with PATCH .../upload."""
+async def create_session(processor: Processor, client: Client,
+                         body: CreateSession | None = None) -> Any:
+    """Create an empty session in state `recording`; upload to it with PATCH .../upload.
+
+    The session's `owner` is the id of the token that created it.
+    """
     spec = body if body is not None else CreateSession.model_validate({})
-    return await processor.create_session(spec.model_dump())
+    return await processor.create_session(spec.model_dump() | {"owner": client.token_id})
 
 
 @router.get("", response_model=SessionPage, responses=errors(422), summary="List sessions")

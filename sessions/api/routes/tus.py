@@ -15,7 +15,14 @@ from starlette.requests import ClientDisconnect
 
 from sessions.api import tus
 from sessions.api.config import Settings
-from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
+from sessions.api.deps import (
+    Client,
+    MetricsDep,
+    Processor,
+    SessionId,
+    SettingsDep,
+    authenticate,
+)
 from sessions.api.streams import limited_body
 from sessions.common.errors import (
     InvalidState,
@@ -114,7 +121,7 @@ async def _append(request: Request, processor: Processor, metrics: MetricsDep,
 
 @hidden.post("", status_code=201, response_class=Response)
 async def create(request: Request, processor: Processor, settings: SettingsDep,
-                 metrics: MetricsDep) -> Response:
+                 metrics: MetricsDep, client: Client) -> Response:
     """tus creation (and creation-with-upload, creation-defer-length): 201 + Location."""
     length = tus.creation_length(request.headers, max_size=settings.max_session_bytes)
     labels = tus.metadata_labels(request.headers.get("upload-metadata"))
@@ -122,7 +129,8 @@ async def create(request: Request, processor: Processor, settings: SettingsDep,
     if request.headers.get("content-type") is not None and request.headers.get(
             "content-length") != "0":  # creation-with-upload; an empty body is no data
         data = _forwarded(request, settings, "0")
-    created = await processor.create_session({"labels": labels, "upload_length": length})
+    created = await processor.create_session({"labels": labels, "upload_length": length,
+                                              "owner": client.token_id})
     session_id = str(created["id"])
     headers = {"Location": _location(session_id), **_expiry(settings, _now())}
     if data is not None:

@@ -12,8 +12,8 @@ from sessions.common.models import (
     MAX_LABELS,
     MAX_PAGE,
     MAX_TREE_SIZE,
-    CreateSession,
     LabelFilter,
+    OwnedCreateSession,
     UploadLength,
     list_params,
 )
@@ -24,8 +24,9 @@ router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
 
 
 @router.post("", status_code=201)
-async def create_session(body: CreateSession, engine: EngineDep) -> dict[str, Any]:
-    return await engine.create(body.labels, body.retention_days, body.upload_length)
+async def create_session(body: OwnedCreateSession, engine: EngineDep) -> dict[str, Any]:
+    return await engine.create(body.labels, body.retention_days, body.upload_length,
+                               owner=body.owner)
 
 
 @router.get("")

@@ -38,6 +38,7 @@ from sessions.client import (
 from sessions.common.ids import is_session_id
 from sessions.common.secrets import ConfigError
 from sessions.common.states import SessionState
+from sessions.common.tokens import Role
 
 SERVICES = ("storage", "processor", "api")
 """In start order: each one's upstream is already healthy when it starts."""
@@ -381,6 +382,44 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    """Return the seconds of `30d`, `12h`, `90m` or `3600s`."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError("a duration is a number and a unit: 30d, 12h, 90m, 60s")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        made = client.create_token(args.name, args.role, args.expires_in)
+    _say(f"token {made['id']} ({made['role']}, {made['name']}), expires "
+         f"{made['expires_at'] or 'never'}; it is shown only now:")
+    print(made["token"])
+    return 0
+
+
+def cmd_token_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        items = client.list_tokens()["items"]
+    print(f"{'ID':<16}  {'ROLE':<8}  {'NAME':<20}  {'CREATED':<19}  {'EXPIRES':<19}  REVOKED")
+    for t in items:
+        print(f"{t['id']:<16}  {t['role']:<8}  {t['name'][:20]:<20}  {t['created_at'][:19]:<19}  "
+              f"{(t['expires_at'] or '-')[:19]:<19}  {(t['revoked_at'] or '-')[:19]}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.revoke_token(args.id)
+    print(f"revoked {args.id}")
+    return 0
+
+
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = client.rotate_keys()
@@ -535,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_session_id)
     add("rotate-keys", cmd_rotate_keys, "rewrap every session key under the current master key",
         conn)
+    tokens = add("token", lambda _: 2, "API tokens with roles (admin): create, ls, revoke")
+    tsub = tokens.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    p = tsub.add_parser("create", parents=[conn], help="create a token; prints it once")
+    p.set_defaults(func=cmd_token_create)
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--name", required=True, help="who or what holds it, e.g. ws-17")
+    p.add_argument("--expires-in", type=_duration, help="e.g. 30d, 12h (default: never)")
+    p = tsub.add_parser("ls", parents=[conn], help="list tokens (never their secrets)")
+    p.set_defaults(func=cmd_token_ls)
+    p = tsub.add_parser("revoke", parents=[conn], help="revoke a token by id")
+    p.set_defaults(func=cmd_token_revoke)
+    p.add_argument("id", help="token id (16 hex digits)")
     p = add("proof", cmd_proof, "print and verify a chunk's inclusion proof", conn)
     p.add_argument("id", type=_session_id)
     p.add_argument("index", type=int)
@@ -561,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {exc.code}: {exc.detail}")
         if exc.code == "unauthorized":
             _say("hint: pass --token-file (the local token is <data dir>/secrets/admin.token)")
+        if exc.code == "forbidden":
+            _say("hint: this token's role may not do that (README: Access control)")
         return 1
     except VerificationError as exc:
         _say(f"error: verification_failed: {exc}")

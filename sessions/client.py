@@ -128,6 +128,16 @@ class LucidClient:
     def get_session(self, session_id: str) -> Any:
         return self.json("GET", f"/v1/sessions/{session_id}")
 
+    def create_token(self, name: str, role: str, expires_in: int | None) -> Any:
+        return self.json("POST", "/v1/tokens",
+                         json={"name": name, "role": role, "expires_in": expires_in})
+
+    def list_tokens(self) -> Any:
+        return self.json("GET", "/v1/tokens")
+
+    def revoke_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{token_id}")
+
     def delete_session(self, session_id: str) -> None:
         self.request("DELETE", f"/v1/sessions/{session_id}")
 

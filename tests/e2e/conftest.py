@@ -119,6 +119,13 @@ class Cluster:
     def admin_token(self) -> str:
         return self.secret("admin.token")
 
+    def auth_of(self, service: str) -> dict[str, str]:
+        """Return the Authorization header an operator sends to a service: the admin token
+        to the gateway, the service token to the internal services (everything there but
+        /health and /ready needs it)."""
+        token = self.admin_token if service == "api" else self.secret("service.token")
+        return {"Authorization": f"Bearer {token}"}
+
     def client(self, *, auth: bool = True, token: str | None = None,
                base: str = "/v1") -> httpx.Client:
         """Return a gateway client at `base`: admin token by default, `token` if given, or none."""

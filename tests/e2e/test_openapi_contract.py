@@ -27,6 +27,10 @@ HUGE = 2**63  # past SQLite's INTEGER: was an OverflowError and a 500 (defect 4)
 
 def spec_of(cluster: Cluster, service: str) -> dict[str, Any]:
     r = httpx.get(cluster.url(service) + "/openapi.json", trust_env=False)
+    if service != "api":  # internal: only /health and /ready answer without the service token
+        assert r.status_code == 401
+        r = httpx.get(cluster.url(service) + "/openapi.json", trust_env=False,
+                      headers=cluster.auth_of(service))
     assert r.status_code == 200
     body: dict[str, Any] = r.json()
     return body
@@ -70,7 +74,9 @@ def test_parameters_carry_the_constraints_the_server_enforces(cluster: Cluster,
 def test_metrics_are_documented_as_prometheus_text(cluster: Cluster, service: str) -> None:
     op = spec_of(cluster, service)["paths"]["/metrics"]["get"]
     assert list(op["responses"]["200"]["content"]) == ["text/plain"]
-    r = httpx.get(cluster.url(service) + "/metrics", trust_env=False)
+    assert httpx.get(cluster.url(service) + "/metrics", trust_env=False).status_code == 401
+    r = httpx.get(cluster.url(service) + "/metrics", trust_env=False,
+                  headers=cluster.auth_of(service))
     assert r.headers["content-type"].startswith("text/plain")
 
 
@@ -172,7 +178,9 @@ class _Links(HTMLParser):
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 def test_docs_pages_load_only_local_assets(cluster: Cluster, service: str, page: str) -> None:
     base = cluster.url(service)
-    r = httpx.get(base + page, trust_env=False)
+    # the gateway's docs are public; the internal services' need the service token
+    headers = {} if service == "api" else cluster.auth_of(service)
+    r = httpx.get(base + page, trust_env=False, headers=headers)
     assert r.status_code == 200
     assert "http://" not in r.text.replace(base, "") and "https://" not in r.text, r.text
     links = _Links()
@@ -181,7 +189,7 @@ def test_docs_pages_load_only_local_assets(cluster: Cluster, service: str, page:
     assert scripts, r.text
     for url in links.urls:
         assert url.startswith("/"), url
-        asset = httpx.get(base + url, trust_env=False)
+        asset = httpx.get(base + url, trust_env=False, headers=headers)
         assert asset.status_code == 200, url
         assert len(asset.content) > 1000, url
     assert "/openapi.json" in r.text

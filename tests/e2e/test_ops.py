@@ -14,7 +14,8 @@ pytestmark = pytest.mark.e2e
 
 
 def _metrics(cluster: Cluster, name: str) -> str:
-    r = httpx.get(cluster.url(name) + "/metrics", trust_env=False, timeout=10)
+    r = httpx.get(cluster.url(name) + "/metrics", trust_env=False, timeout=10,
+                  headers=cluster.auth_of(name))
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     return r.text

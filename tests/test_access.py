@@ -501,3 +501,31 @@ async def test_the_gateway_documents_roles_403_and_429(node: Node) -> None:
     assert "403" not in spec["paths"]["/v1/node"]["get"]["responses"]
     create = spec["paths"]["/v1/tokens"]["post"]
     assert "**Roles:** admin." in create["description"]
+
+
+def test_the_token_cli_parses_roles_and_durations() -> None:
+    from sessions.cli import build_parser
+    parser = build_parser()
+    args = parser.parse_args(["token", "create", "--role", "recorder", "--name", "ws-17",
+                              "--expires-in", "30d"])
+    assert (args.role, args.name, args.expires_in) == ("recorder", "ws-17", 30 * 86400)
+    assert parser.parse_args(["token", "create", "--role", "auditor", "--name", "a"]
+                             ).expires_in is None
+    for bad in (["--role", "root"], ["--role", "viewer", "--expires-in", "30x"],
+                ["--role", "viewer", "--expires-in", "0d"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["token", "create", "--name", "n", *bad])
+    assert parser.parse_args(["token", "revoke", "0123456789abcdef"]).id == "0123456789abcdef"
+
+
+def test_the_token_format() -> None:
+    token, token_id, digest = new_token()
+    parsed = parse_token(token)
+    assert parsed is not None and parsed[0] == token_id
+    assert secret_digest(parsed[1]) == digest and len(digest) == 32
+    assert len(parsed[1]) == 43  # 32 random bytes, url-safe base64
+    assert new_token()[0] != token
+    for bad in ("", "lucid_", f"lucid_{token_id}", f"lucid_{token_id}_", token + "x",
+                token.replace("lucid_", "lucid-"), f"lucid_{token_id.upper()}_{parsed[1]}",
+                token[:-1] + "!", "Bearer " + token):
+        assert parse_token(bad) is None, bad

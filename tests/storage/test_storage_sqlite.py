@@ -84,9 +84,9 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
         await _open(path)
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", [1, 2, 3])
 async def test_opens_a_database_of_a_previous_schema(tmp_path: Path, old: int) -> None:
-    """A v1 or v2 database (as earlier releases wrote it) is migrated and reads back whole."""
+    """A v1, v2 or v3 database (as earlier releases wrote it) is migrated and reads back whole."""
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
         for step in range(1, old + 1):
@@ -107,7 +107,8 @@ async def test_opens_a_database_of_a_previous_schema(tmp_path: Path, old: int) -
     rec = await store.get_session("01HF7YAT00KA68J0FJ9R690X42")
     assert (rec.state, rec.offset, rec.chunk_count, rec.labels) == (
         SessionState.RECORDING, 10, 1, {"host": "old"})
-    assert (rec.upload_length, rec.revision) == (None, 1)
+    assert (rec.upload_length, rec.revision, rec.owner) == (None, 1, None)
+    assert await store.list_tokens() == []  # v4: the tokens table exists
     after = await store.commit_chunks(rec.id, expected_offset=10, chunks=[_chunk(1, 10)])
     assert (after.offset, after.revision) == (20, 2)
     assert len(await store.leaf_hashes(rec.id)) == 64

@@ -24,7 +24,7 @@ from sessions.storage.config import Settings, load_settings
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import MetadataStore, open_metastore
-from sessions.storage.routes import checkpoints, chunks, sessions
+from sessions.storage.routes import checkpoints, chunks, lifecycle, sessions
 from sessions.storage.service import StorageService
 
 INTERNAL_PREFIX = "/internal/"
@@ -101,7 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     meta = await open_metastore(url, prepare=url.scheme == "sqlite")
     store = LocalChunkStore(root)
     service = StorageService(meta, store, max_chunk_bytes=settings.max_chunk_bytes,
-                             metrics=app.state.metrics)
+                             metrics=app.state.metrics, min_free_bytes=settings.min_free_bytes)
     readiness = MetadataReadiness(meta, url, on_ready=lambda: _sweep(store, service))
     if url.scheme == "sqlite":
         await _sweep(store, service)
@@ -185,4 +185,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(chunks.router)
     app.include_router(checkpoints.router)
+    app.include_router(lifecycle.router)
     return app

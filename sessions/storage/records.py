@@ -65,6 +65,10 @@ class SessionRecord:
     upload_length: int | None = None
     """The total plaintext length the client declared (tus `Upload-Length`); None: not yet."""
     revision: int = 0
+    legal_hold: bool = False
+    """Set by an admin: the session may not be deleted (by DELETE or the retention sweep)."""
+    expires_at: str | None = None
+    """created_at + retention_days (RFC 3339 UTC); None: kept until deleted, or erased."""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,16 @@ class SqliteBackend:
     async def count_by_state(self) -> dict[str, int]:
         return dict(await self._call(self._rows, _sql.COUNT_BY_STATE, ()))
 
+    async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
+        return await self._call(self._records, _sql.SELECT_EXPIRED, (before, limit))
+
+    async def list_idle(self, *, state: SessionState, before: str,
+                        limit: int) -> list[SessionRecord]:
+        return await self._call(self._records, _sql.SELECT_IDLE, (state.value, before, limit))
+
+    async def key_usage(self) -> dict[str, int]:
+        return {str(k): int(n) for k, n in await self._call(self._rows, _sql.KEY_USAGE, ())}
+
     async def ping(self) -> None:
         await self._call(self._rows, "SELECT 1", ())
 
@@ -153,7 +163,7 @@ class SqliteBackend:
                 rec.id, rec.state.value, rec.created_at, rec.updated_at, rec.retention_days,
                 rec.chunk_size, rec.zstd_level, rec.format_version,
                 None if key is None else key.key_id, None if key is None else key.blob,
-                rec.upload_length, rec.revision))
+                rec.upload_length, rec.revision, int(rec.legal_hold), rec.expires_at))
             if cur.rowcount != 1:
                 return False
             db.executemany(_sql.INSERT_LABEL, [(rec.id, k, v) for k, v in rec.labels.items()])
@@ -166,7 +176,7 @@ class SqliteBackend:
                 rec.state.value, rec.updated_at, rec.offset, rec.chunk_count, rec.sealed_bytes,
                 rec.root_hash, None if key is None else key.key_id,
                 None if key is None else key.blob, rec.upload_length, rec.revision,
-                rec.id, rec.revision - 1))
+                int(rec.legal_hold), rec.expires_at, rec.id, rec.revision - 1))
             if cur.rowcount != 1:
                 return False
             db.executemany(_sql.INSERT_CHUNK, [
@@ -180,6 +190,12 @@ class SqliteBackend:
         if update.forget_key:
             _sql.truncate_wal(db)  # an old wrapped key must not linger in the write-ahead log
         return True
+
+    def _records(self, sql: str, params: tuple[Any, ...]) -> list[SessionRecord]:
+        db = self._conn()
+        rows = db.execute(sql, params).fetchall()
+        label_map = _labels_of(db, [row[0] for row in rows])
+        return [_record(row, label_map.get(row[0])) for row in rows]
 
     def _list(self, state: SessionState | None, labels: tuple[Label, ...], cursor: str | None,
               limit: int) -> list[SessionRecord]:
@@ -203,11 +219,12 @@ def _labels_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, dict[str
 
 def _record(row: Sequence[Any], labels: dict[str, str] | None) -> SessionRecord:
     (sid, state, created, updated, retention, offset, count, sealed, chunk_size, level,
-     version, root, key_id, key_blob, upload_length, revision) = row
+     version, root, key_id, key_blob, upload_length, revision, hold, expires) = row
     key = None if key_id is None else WrappedKey(key_id=key_id, blob=bytes(key_blob))
     return SessionRecord(
         id=sid, state=SessionState(state), labels=labels or {}, created_at=created,
         updated_at=updated, retention_days=retention, offset=offset, chunk_count=count,
         sealed_bytes=sealed, chunk_size=chunk_size, zstd_level=level, format_version=version,
         root_hash=None if root is None else bytes(root), wrapped_key=key,
-        upload_length=upload_length, revision=revision)
+        upload_length=upload_length, revision=revision, legal_hold=bool(hold),
+        expires_at=expires)

@@ -62,12 +62,13 @@ def _v2_indexes() -> dict[str, list[IndexModel]]:
     """The retention sweep's questions: expiry (live sessions only), idle, key usage."""
     return {
         "sessions": [
-            IndexModel([("expires_at", ASCENDING)], name="by_expiry",
-                       partialFilterExpression={"expires_at": {"$type": "string"}}),
+            # Plain, not partial: SecantusDB plans no partial index.  A string range
+            # ($lte a time) never matches the null of an erased session (type bracketing).
+            IndexModel([("legal_hold", ASCENDING), ("expires_at", ASCENDING)],
+                       name="by_expiry"),
             IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)],
                        name="by_state_updated"),
-            IndexModel([("key_id", ASCENDING)], name="by_key_id",
-                       partialFilterExpression={"key_id": {"$type": "string"}}),
+            IndexModel([("key_id", ASCENDING)], name="by_key_id"),
         ],
     }
 
@@ -123,7 +124,9 @@ class MongoBackend:
                                             {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
 
     async def _backfill_expiry(self) -> None:
-        """Give schema-1 sessions with a retention their expires_at (created_at + days)."""
+        """Give schema-1 sessions no hold, and those with a retention their expires_at."""
+        await self._sessions.update_many({"legal_hold": {"$exists": False}},
+                                         {"$set": {"legal_hold": False}})
         found = self._sessions.find({"retention_days": {"$type": "number"},
                                      "expires_at": {"$exists": False},
                                      "state": {"$ne": SessionState.DELETED.value}},
@@ -225,7 +228,7 @@ class MongoBackend:
             return {d["_id"]: int(d["n"]) async for d in found}
 
     async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
-        query = {"expires_at": {"$type": "string", "$lte": before}, "legal_hold": {"$ne": True}}
+        query = {"legal_hold": False, "expires_at": {"$lte": before}}
         return await self._find(query, "expires_at", limit)
 
     async def list_idle(self, *, state: SessionState, before: str,
@@ -242,7 +245,7 @@ class MongoBackend:
     async def key_usage(self) -> dict[str, int]:
         async with self._guard():
             found = await self._sessions.aggregate([
-                {"$match": {"key_id": {"$type": "string"}}},
+                {"$match": {"key_id": {"$gt": ""}}},  # strings only: erased keys are null
                 {"$group": {"_id": "$key_id", "n": {"$sum": 1}}}])
             return {str(d["_id"]): int(d["n"]) async for d in found}
 

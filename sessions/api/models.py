@@ -56,6 +56,10 @@ class Session(BaseModel):
     upload_length: int | None = Field(None, description="declared total bytes (tus "
                                       "Upload-Length); the session is finalized when its "
                                       "offset reaches it; null: not declared")
+    legal_hold: bool = Field(False, description="under legal hold: neither DELETE (409 "
+                             "`legal_hold`) nor the retention sweep erases it")
+    expires_at: str | None = Field(None, description="RFC 3339: when the retention sweep "
+                                   "erases it (created_at + retention_days); null: never")
 
 
 class SessionPage(BaseModel):

@@ -198,7 +198,7 @@ class MetadataStore:
 
     async def list_idle(self, *, state: SessionState, before: str,
                         limit: int) -> list[SessionRecord]:
-        """Return up to limit sessions in `state` (recording or finalizing) unchanged since before."""
+        """Return up to limit sessions in `state` (recording, finalizing) unchanged since before."""
         require_state(state, SessionState.RECORDING, SessionState.FINALIZING,
                       action="list idle sessions of")
         return await self.backend.list_idle(state=state, before=_timestamp(before),

@@ -40,6 +40,9 @@ class Settings(CommonSettings):
                                    "(Tus-Max-Size); JSON API uploads are not bounded by it")
     idle_deadline: int = Field(86400, ge=0, description="seconds a recording may stay idle "
                                "before it is closed (tus Upload-Expires); 0: never")
+    body_read_timeout: float = Field(60.0, ge=1, le=3600, description="seconds an upload "
+                                     "body may send nothing before the request fails with 408 "
+                                     "request_timeout and frees the session's writer slot")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS "
                               "(e.g. https://rec.example.com); empty: CORS off")
     tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve "

@@ -47,13 +47,6 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(_TIME)
 
 
-def _parse(text: object) -> datetime | None:
-    try:
-        return datetime.strptime(str(text), _TIME).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 class ClockGuard:
     """Says what time the sweep may act on, or None when the wall clock is not trusted.
 
@@ -147,23 +140,10 @@ class Sweeper:
                      len(report.erased), len(report.finalized), len(report.destroyed_periods))
         return report
 
-    def _from_the_future(self, row: SessionRow, now: datetime) -> bool:
-        """Return True (and say so) if the record was written by a clock ahead of ours."""
-        ahead = now + timedelta(seconds=self.guard.tolerance)
-        stamps = [_parse(row.raw.get(k)) for k in ("created_at", "updated_at")]
-        if any(t is None or t > ahead for t in stamps):
-            log.warning("retention sweep: session %s has timestamps after now (%s); left "
-                        "alone", row.id, rfc3339(now))
-            return True
-        return False
-
     async def _expire(self, now: datetime, report: SweepReport) -> None:
         rows = await self.engine.storage.expired(before=rfc3339(now),
                                                  limit=self.settings.sweep_batch)
         for row in rows:
-            if self._from_the_future(row, now):
-                report.skipped.append(row.id)
-                continue
             try:
                 await self.engine.delete(row.id)  # storage erases the key, then the files
             except ServiceError as exc:  # e.g. 409 legal_hold set since it was listed
@@ -183,9 +163,6 @@ class Sweeper:
                                               before=rfc3339(now - STUCK_FINALIZING),
                                               limit=self.settings.sweep_batch)
         for row in due:
-            if self._from_the_future(row, now):
-                report.skipped.append(row.id)
-                continue
             try:
                 await self.engine.finalize(row.id)
             except ServiceError as exc:  # a writer holds it, it changed, its metadata is bad

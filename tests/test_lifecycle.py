@@ -119,7 +119,7 @@ class Node:
         shutil.copytree(self.root / f"{name}-chunks", self.chunks)
         if self.url is None:
             for suffix in ("", "-wal", "-shm"):
-                Path(str(self._sqlite()) + suffix).unlink(missing_ok=True)
+                Path(str(self._sqlite()) + suffix).unlink(missing_ok=True)  # noqa: ASYNC240
             shutil.copy(self.root / f"{name}.sqlite3", self._sqlite())
             return
         parsed = parse(self.url)

@@ -146,6 +146,11 @@ class StorageService:
 
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""
+        # Shielded: a caller that goes away (a processor killed mid-sweep) does not leave the
+        # files of an erased session behind until the next start-up sweep.
+        await asyncio.shield(self._delete(session_id))
+
+    async def _delete(self, session_id: str) -> None:
         gate = self._gate(session_id)  # held: the weak map keeps a gate only while it is used
         async with gate.lock:
             # The erase is committed before any file goes: once the wrapped key is gone

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sessions.common.errors import ServiceError
 from sessions.common.secrets import ConfigError, write_new_secret
 from sessions.core import (
     KeyMaterialError,
@@ -34,6 +35,13 @@ from sessions.core import (
 from sessions.processor.config import Settings
 
 log = logging.getLogger("lucid.processor.keys")
+
+
+class KeyStoreUnavailable(ServiceError):
+    """The directory of the retention periods' keys cannot be written (LUCID_KEK_DIR)."""
+
+    status, code = 503, "key_store_unavailable"
+    detail = "the node cannot store a retention period key; sessions with a retention are refused"
 
 
 _PERIOD = re.compile(r"(\d{4})-(\d{2})")
@@ -84,7 +92,13 @@ class PeriodKeys:
         if key is None:
             period_end(period)  # checks the form
             path = self.directory / f"{period}.key"
-            if write_new_secret(path, MasterKey.generate().to_text()):
+            try:
+                made = write_new_secret(path, MasterKey.generate().to_text())
+            except OSError as exc:  # e.g. a read-only container without the keys volume
+                log.error("cannot write the key of retention period %s in %s (%s)", period,
+                          self.directory, type(exc).__name__)
+                raise KeyStoreUnavailable() from None
+            if made:
                 log.info("made the key-encryption key of retention period %s", period)
             try:
                 key = self._by_period[period] = MasterKey.from_file(path)

@@ -286,3 +286,14 @@ def test_clock_guard_units() -> None:
     clock.advance(2)
     assert guard.check() == clock.wall
     assert isinstance(SweepReport(), SweepReport)
+
+
+async def test_an_unwritable_key_directory_refuses_retained_sessions_cleanly(
+        tmp_path: Path) -> None:
+    node = Node(tmp_path, None)
+    node.kek_dir.parent.mkdir(parents=True, exist_ok=True)
+    node.kek_dir.write_text("not a directory")  # as a read-only container without its volume
+    async with node.up() as (_, client):
+        r = await client.post("/sessions", json={"retention_days": 3})
+        assert r.status_code == 503 and r.json()["error"] == "key_store_unavailable"
+        assert (await client.post("/sessions", json={})).status_code == 201  # kept forever

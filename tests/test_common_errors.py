@@ -41,7 +41,7 @@ def anyio_backend() -> str:
 
 def test_every_subclass_has_its_own_stable_code() -> None:
     codes = [cls.code for cls in SUBCLASSES]
-    assert len(SUBCLASSES) == 23
+    assert len(SUBCLASSES) == 26
     assert len(set(codes)) == len(codes)
     assert "internal_error" not in codes and "upstream_error" not in codes
     for cls in SUBCLASSES:
@@ -265,3 +265,10 @@ async def test_other_http_exceptions_map_by_status() -> None:
     assert seen == {401: (401, "unauthorized"), 403: (403, "forbidden"),
                     413: (413, "payload_too_large"), 415: (415, "unsupported_media_type"),
                     400: (400, "bad_request"), 429: (429, "bad_request")}
+
+
+@pytest.mark.parametrize("code", ["insufficient_storage", "storage_full"])
+def test_a_507_passes_through_with_its_code(code: str) -> None:
+    """A full volume is the client's answer (507 and its code), never a 503 upstream error."""
+    err = error_from_body(507, {"error": code, "detail": "full", "free_bytes": 7})
+    assert (err.status, err.code, err.extra) == (507, code, {"free_bytes": 7})

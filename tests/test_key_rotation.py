@@ -109,7 +109,7 @@ async def test_rotation_rewraps_every_key_and_touches_no_chunk(node: Node) -> No
     async with node.processor("k2", "k1") as rotating:
         report = (await rotating.post("/keys/rotate")).json()
         assert report == {"master_key_id": MasterKey.from_file(node.keys["k2"]).key_id,
-                          "rotated": 2, "already_current": 0, "erased": 1,
+                          "rotated": 2, "already_current": 0, "erased": 1, "period_wrapped": 0,
                           "unknown_key_ids": [], "unreadable_session_ids": []}
         again = (await rotating.post("/keys/rotate")).json()
         assert (again["rotated"], again["already_current"]) == (0, 2)

@@ -46,6 +46,9 @@ class Settings(CommonSettings):
     rate_limit: float = Field(200.0, ge=0, description="requests per second per token, on "
                               "average (per gateway process); 0: no limit")
     rate_burst: int = Field(2000, ge=1, description="requests a token may send at once")
+    body_read_timeout: float = Field(60.0, ge=1, le=3600, description="seconds an upload "
+                                     "body may send nothing before the request fails with 408 "
+                                     "request_timeout and frees the session's writer slot")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS "
                               "(e.g. https://rec.example.com); empty: CORS off")
     tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve "

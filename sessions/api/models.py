@@ -58,6 +58,10 @@ class Session(BaseModel):
                                       "offset reaches it; null: not declared")
     owner: str | None = Field(None, description="id of the API token that created it "
                               "(`bootstrap-admin`: the admin token file); null: not recorded")
+    legal_hold: bool = Field(False, description="under legal hold: neither DELETE (409 "
+                             "`legal_hold`) nor the retention sweep erases it")
+    expires_at: str | None = Field(None, description="RFC 3339: when the retention sweep "
+                                   "erases it (created_at + retention_days); null: never")
 
 
 class SessionPage(BaseModel):

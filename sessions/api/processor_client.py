@@ -113,6 +113,9 @@ class ProcessorClient:
     async def delete_session(self, session_id: str) -> None:
         await self._call("DELETE", f"/sessions/{session_id}")
 
+    async def set_hold(self, session_id: str, hold: bool) -> Any:
+        return await self._json("PUT" if hold else "DELETE", f"/sessions/{session_id}/hold")
+
     async def manifest(self, session_id: str) -> bytes:
         return (await self._call("GET", f"/sessions/{session_id}/manifest")).content
 

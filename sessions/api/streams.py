@@ -9,12 +9,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope, Send
 
 from sessions.common.errors import PayloadTooLarge
+from sessions.common.stalls import stall_limited
 from sessions.common.web import CutOnErrorResponse
 
 
-async def limited_body(request: Request, *, limit: int,
-                       count: Callable[[int], None]) -> AsyncIterator[bytes]:
+async def limited_body(request: Request, *, limit: int, count: Callable[[int], None],
+                       stall_timeout: float) -> AsyncIterator[bytes]:
     """Yield the request body as it arrives; raise PayloadTooLarge once it exceeds limit bytes.
+
+    A body that sends nothing for stall_timeout seconds raises RequestTimeout (408), which
+    aborts the upstream request like a disconnect: the processor frees the writer slot.
 
     Each piece goes upstream as it came off the socket: the service transport
     queues it without copying and only waits once a MiB is pending, so the
@@ -23,7 +27,7 @@ async def limited_body(request: Request, *, limit: int,
     which aborts the upstream request: the processor discards the truncated body.
     """
     received = 0
-    async for piece in request.stream():
+    async for piece in stall_limited(request.stream(), per_piece=stall_timeout):
         if not piece:
             continue
         received += len(piece)

@@ -124,6 +124,26 @@ class KeyUnavailable(ServiceError):
     detail = "the session's key is erased or does not open under this node's master key"
 
 
+class LegalHold(ServiceError):
+    status, code = 409, "legal_hold"
+    detail = "the session is under legal hold; release the hold before deleting it"
+
+
+class RequestTimeout(ServiceError):
+    status, code = 408, "request_timeout"
+    detail = "the request body stalled; committed data is kept, resume from the upload offset"
+
+    def __init__(self, detail: str | None = None, *, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail, extra=extra, headers={"Connection": "close", **(headers or {})})
+
+
+class InsufficientStorage(ServiceError):
+    status, code = 507, "insufficient_storage"
+    detail = ("the storage volume is at its free-space watermark; nothing of this chunk was "
+              "written and every acknowledged byte is kept")
+
+
 class Conflict(ServiceError):
     status, code, detail = 409, "conflict", "the request conflicts with the current state"
 
@@ -167,7 +187,8 @@ _BY_CODE: dict[str, type[ServiceError]] = {
                 Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
                 MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable,
                 Conflict, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
-                MetadataCorrupt, UpstreamUnavailable, NotReady)
+                MetadataCorrupt, UpstreamUnavailable, NotReady, LegalHold, RequestTimeout,
+                InsufficientStorage)
 }
 
 
@@ -179,6 +200,10 @@ def error_from_body(status: int, body: Any) -> ServiceError:
         extra = {k: v for k, v in body.items() if k not in ("error", "detail")}
         if cls is not None:
             return cls(detail, extra=extra)
+        if status == 507:  # a full volume (storage_full) is the client's answer, not a 503
+            err = ServiceError(detail, extra=extra)
+            err.status, err.code = status, body["error"]
+            return err
     if status >= 500:
         return UpstreamUnavailable()
     err = ServiceError("upstream rejected the request")

@@ -60,6 +60,28 @@ class Settings(CommonSettings):
         16 << 20, ge=0, description="average sealed bytes per second a scrub pass reads at "
         "most (0: no limit)")
 
+    retention_days: int | None = Field(None, ge=1, le=36500, description="retention of a "
+                                       "session created without one; unset: kept until deleted")
+    kek_dir: Path | None = Field(None, description="directory of the retention periods' "
+                                 "key-encryption keys (default <data_dir>/secrets/kek); keep it "
+                                 "out of backups")
+    idle_deadline: int = Field(86400, ge=0, le=365 * 86400, description="seconds a recording "
+                               "session may go without a commit before the sweep finalizes it "
+                               "over its committed chunks; 0: never")
+    sweep_interval: float = Field(300.0, ge=0, le=86400, description="seconds between "
+                                  "retention sweep passes; 0 turns the sweep off")
+    sweep_batch: int = Field(100, ge=1, le=1000, description="most sessions a sweep pass "
+                             "erases, and most it finalizes")
+    clock_jump_tolerance: float = Field(120.0, ge=1, le=86400, description="seconds the wall "
+                                        "clock may drift from the monotonic clock between two "
+                                        "sweep passes before the sweep stops acting")
+    clock_settle: float = Field(3600.0, ge=0, le=30 * 86400, description="seconds the wall "
+                                "clock must run steadily after a jump before the sweep acts "
+                                "again")
+    body_read_timeout: float = Field(60.0, ge=1, le=3600, description="seconds an upload body "
+                                     "may send nothing before the request fails (408) and "
+                                     "frees the session's writer slot")
+
     @field_validator("storage_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:

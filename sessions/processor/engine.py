@@ -17,10 +17,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sessions.common.errors import (
     InvalidParameter,
+    InvalidState,
     KeyUnavailable,
     MetadataCorrupt,
     NotFound,
@@ -281,9 +283,17 @@ class Engine:
     async def create(self, labels: dict[str, str], retention_days: int | None,
                      upload_length: int | None = None, *,
                      owner: str | None = None) -> dict[str, Any]:
-        """Create a recording session; one declared empty (upload_length 0) is finalized at once."""
+        """Create a recording session; one declared empty (upload_length 0) is finalized at once.
+
+        Its retention defaults to LUCID_RETENTION_DAYS; with one, its data key is wrapped
+        under the key-encryption key of the month it expires in (`keys.PeriodKeys`).
+        """
         sid = new_session_id()
-        wrapped = self.keys.master.wrap(new_data_key(), session_id=sid)
+        if retention_days is None:
+            retention_days = self.settings.retention_days
+        expires = (None if retention_days is None
+                   else datetime.now(UTC) + timedelta(days=retention_days))
+        wrapped = self.keys.wrapping_key(expires).wrap(new_data_key(), session_id=sid)
         row = await self.storage.create_session({
             "id": sid, "labels": labels, "retention_days": retention_days,
             "wrapped_key": wrapped.to_json(), "chunk_size": self.settings.chunk_size,
@@ -666,6 +676,29 @@ class Engine:
         self._trees.pop(sid, None)
         self._manifests.pop(sid, None)
 
+    async def set_hold(self, sid: str, hold: bool) -> dict[str, Any]:
+        """Set or release the session's legal hold; return the session.  Idempotent.
+
+        A held session's data key is rewrapped under the master key, so destroying its
+        retention period's key does not erase it; a released one goes back under the key
+        of the period it expires in (or, once that is past, the current period's).
+        Raises InvalidState if the session's key was erased, KeyUnavailable if it does not open.
+        """
+        row = await self.storage.get_session(sid)
+        wrapped = row.wrapped_key
+        if wrapped is None:
+            raise InvalidState("the session's key was erased", extra={"state": row.state.value})
+        if bool(row.raw.get("legal_hold")) == hold:
+            return row.public()
+        try:
+            data_key = self.keys.unwrap(wrapped, session_id=sid)
+        except UnwrapError:
+            raise KeyUnavailable() from None
+        target = self.keys.master if hold else self.keys.wrapping_key(_release_expiry(row))
+        done = await self.storage.set_hold(sid, hold=hold, expected_key_id=wrapped.key_id,
+                                           wrapped=target.wrap(data_key, session_id=sid))
+        return done.public()
+
     async def rotate_keys(self) -> dict[str, Any]:
         """Rewrap every stored session key under the current master key; chunks are untouched.
 
@@ -674,7 +707,7 @@ class Engine:
         key files can be destroyed.  Idempotent.
         """
         current = self.keys.master
-        counts = {"rotated": 0, "already_current": 0, "erased": 0}
+        counts = {"rotated": 0, "already_current": 0, "erased": 0, "period_wrapped": 0}
         unknown: set[str] = set()
         unreadable: list[str] = []  # damaged wrapped keys: reported, left as they are
         async for row in self.storage.all_sessions():
@@ -687,6 +720,8 @@ class Engine:
                 counts["erased"] += 1
             elif wrapped.key_id == current.key_id:
                 counts["already_current"] += 1
+            elif self.keys.periods is not None and self.keys.periods.get(wrapped.key_id):
+                counts["period_wrapped"] += 1  # under its retention period's key, not a master
             else:
                 try:
                     old = self.keys.master_for(wrapped.key_id)
@@ -728,6 +763,16 @@ def _within_length(row: SessionRow, content_length: int | None, max_bytes: int) 
                               f"{room} remain", extra={"offset": row.offset,
                                                        "upload_length": row.upload_length})
     return min(max_bytes, room)
+
+
+def _release_expiry(row: SessionRow) -> datetime | None:
+    """Return when a released session expires for its key's period: never (None), its
+    expiry, or now if that is past (its own period's key may be destroyed already)."""
+    text = row.raw.get("expires_at")
+    if not text:
+        return None
+    return max(datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
+               datetime.now(UTC))
 
 
 def _sealed(row: SessionRow) -> int:

@@ -24,6 +24,7 @@ from sessions.processor.keys import load_node_keys
 from sessions.processor.routes import node, replay, sessions, tokens, upload_prefix, uploads
 from sessions.processor.scrub import Scrubber
 from sessions.processor.storage_client import StorageClient
+from sessions.processor.sweeper import Sweeper
 
 
 def create_app(settings: Settings | None = None, *,
@@ -40,17 +41,20 @@ def create_app(settings: Settings | None = None, *,
                                 kind=settings.http_transport)
         engine = Engine(storage, keys, settings, metrics)
         app.state.engine = engine
-        scrub = None
+        tasks = []
         if settings.scrub_interval > 0:
             app.state.scrubber = Scrubber(engine, settings, metrics)
-            scrub = asyncio.create_task(app.state.scrubber.run(), name="lucid-scrub")
+            tasks.append(asyncio.create_task(app.state.scrubber.run(), name="lucid-scrub"))
+        app.state.sweeper = Sweeper(engine, settings)
+        if settings.sweep_interval > 0:
+            tasks.append(asyncio.create_task(app.state.sweeper.run(), name="lucid-sweep"))
         try:
             yield
         finally:
-            if scrub is not None:
-                scrub.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await scrub
+                    await task
             engine.close()
             await storage.aclose()
 

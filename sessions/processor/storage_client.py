@@ -288,6 +288,29 @@ class StorageClient:
     async def delete(self, sid: str) -> None:
         await self._call("DELETE", f"/sessions/{sid}")
 
+    async def set_hold(self, sid: str, *, hold: bool, expected_key_id: str,
+                       wrapped: WrappedKey) -> SessionRow:
+        body = {"legal_hold": hold, "expected_key_id": expected_key_id,
+                "wrapped_key": wrapped.to_json()}
+        return SessionRow((await self._call("PUT", f"/sessions/{sid}/hold", json=body)).json())
+
+    async def expired(self, *, before: str, limit: int) -> list[SessionRow]:
+        """Return live sessions, not held, that expired at or before `before`, oldest first."""
+        page = (await self._call("GET", "/expired", params={"before": before,
+                                                            "limit": limit})).json()
+        return [SessionRow(item) for item in page["items"]]
+
+    async def idle(self, *, state: SessionState, before: str, limit: int) -> list[SessionRow]:
+        """Return sessions in `state` unchanged since `before`, oldest first."""
+        params = {"state": state.value, "before": before, "limit": limit}
+        page = (await self._call("GET", "/idle", params=params)).json()
+        return [SessionRow(item) for item in page["items"]]
+
+    async def key_usage(self) -> dict[str, int]:
+        """Return {key id: sessions holding a wrapped key under it}."""
+        body = (await self._call("GET", "/key-usage")).json()
+        return {str(k): int(v) for k, v in body["key_ids"].items()}
+
     async def stats(self) -> dict[str, int]:
         body = (await self._call("GET", "/stats")).json()
         return {str(k): int(v) for k, v in body.get("sessions_by_state", {}).items()}

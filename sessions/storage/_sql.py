@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -88,8 +88,23 @@ _V4 = (
     ) WITHOUT ROWID""",
 )
 
+# v5: legal hold, and the expiry the retention sweep asks for (created_at + retention_days,
+# NULL once erased, so the partial index holds only sessions still to expire).  The
+# backfill keeps the `rfc3339` text form (microseconds and a Z) that comparisons rely on.
+_V5 = (
+    "ALTER TABLE sessions ADD COLUMN legal_hold INTEGER NOT NULL DEFAULT 0 "
+    "CHECK (legal_hold IN (0, 1))",
+    "ALTER TABLE sessions ADD COLUMN expires_at TEXT",
+    "UPDATE sessions SET expires_at = strftime('%Y-%m-%dT%H:%M:%S', created_at, "
+    "'+' || retention_days || ' days') || substr(created_at, 20) "
+    "WHERE retention_days IS NOT NULL AND state != 'deleted'",
+    "CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX sessions_by_state_updated ON sessions (state, updated_at)",
+    "CREATE INDEX sessions_by_key_id ON sessions (key_id) WHERE key_id IS NOT NULL",
+)
+
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -118,17 +133,19 @@ def truncate_wal(db: sqlite3.Connection) -> None:
 
 _SESSION_COLUMNS = ("SELECT id, state, created_at, updated_at, retention_days, plain_offset, "
                     "chunk_count, sealed_bytes, chunk_size, zstd_level, format_version, "
-                    "root_hash, key_id, key_blob, upload_length, revision, owner FROM sessions")
+                    "root_hash, key_id, key_blob, upload_length, revision, owner, legal_hold, "
+                    "expires_at FROM sessions")
 SELECT_SESSION_BY_ID = _SESSION_COLUMNS + " WHERE id = ?"
 INSERT_SESSION = ("INSERT OR IGNORE INTO sessions (id, state, created_at, updated_at, "
                   "retention_days, chunk_size, zstd_level, format_version, key_id, key_blob, "
-                  "upload_length, revision, owner) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "upload_length, revision, owner, legal_hold, expires_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?, ?)"
 # The one compare-and-set: every field the rules may change, if the revision is the one read.
 UPDATE_SESSION = ("UPDATE sessions SET state = ?, updated_at = ?, plain_offset = ?, "
                   "chunk_count = ?, sealed_bytes = ?, root_hash = ?, key_id = ?, key_blob = ?, "
-                  "upload_length = ?, revision = ? WHERE id = ? AND revision = ?")
+                  "upload_length = ?, revision = ?, legal_hold = ?, expires_at = ? "
+                  "WHERE id = ? AND revision = ?")
 SET_FINALIZED = "UPDATE sessions SET checkpoint = ?, manifest = ? WHERE id = ?"
 # The processor's last signed checkpoint of a session (the `checkpoint` column; finalize
 # overwrites it with the final one).
@@ -149,6 +166,13 @@ INSERT_TOKEN = ("INSERT OR IGNORE INTO tokens (id, name, role, secret_hash, "  #
 SELECT_TOKEN = _TOKEN_COLUMNS + " WHERE id = ?"
 SELECT_TOKENS = _TOKEN_COLUMNS + " ORDER BY created_at, id"
 REVOKE_TOKEN = "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"  # noqa: S105
+# The sweep's questions, each answered from an index (sessions_by_expiry,
+# sessions_by_state_updated, sessions_by_key_id; tests check the query plans).
+SELECT_EXPIRED = (_SESSION_COLUMNS + " WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                  "AND legal_hold = 0 ORDER BY expires_at LIMIT ?")
+SELECT_IDLE = (_SESSION_COLUMNS + " WHERE state = ? AND updated_at < ? "
+               "ORDER BY updated_at LIMIT ?")
+KEY_USAGE = "SELECT key_id, count(*) FROM sessions WHERE key_id IS NOT NULL GROUP BY key_id"
 
 _LABEL_FILTER = ("EXISTS (SELECT 1 FROM session_labels AS l "
                  "WHERE l.session_id = sessions.id AND l.key = ? AND l.value = ?)")

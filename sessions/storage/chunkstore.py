@@ -55,6 +55,8 @@ class ChunkStore(Protocol):
     async def discard_from(self, session_id: str, first: int) -> list[int]: ...
     async def session_ids(self) -> list[str]: ...
     async def ping(self) -> None: ...
+    async def free_bytes(self) -> int:
+        """Return the bytes an unprivileged writer may still write to the chunk volume."""
 
 
 def check_index(index: int) -> int:
@@ -154,6 +156,10 @@ class LocalChunkStore:
     async def ping(self) -> None:
         """Check that the chunk directory exists and is writable."""
         await _io(_probe, self._chunks)
+
+    async def free_bytes(self) -> int:
+        """Return the free bytes of the chunk volume available to this (unprivileged) user."""
+        return await _io(_free_bytes, self._chunks)
 
     async def sweep_temp_files(self) -> int:
         """Remove temp files a crashed PUT left behind; return how many.
@@ -366,3 +372,12 @@ def _sweep(chunks_dir: Path) -> int:
         temp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def _free_bytes(chunks_dir: Path) -> int:
+    """Return f_bavail * f_frsize of the nearest existing directory at or above chunks_dir."""
+    path = chunks_dir
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

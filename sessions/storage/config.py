@@ -20,6 +20,9 @@ class Settings(CommonSettings):
     storage_port: int = Field(8086, ge=1, le=65535, description="port to listen on")
     max_chunk_bytes: int = Field(DEFAULT_MAX_CHUNK_BYTES, ge=1, le=1 << 30,
                                  description="largest sealed chunk accepted, in bytes")
+    min_free_bytes: int = Field(256 * 1024 * 1024, ge=0, description="free-disk watermark: "
+                                "a chunk that would leave less free space on the chunk volume "
+                                "is refused with 507 insufficient_storage (0: no watermark)")
     metadata_url: str | None = Field(None, description="sqlite:///path (default: under the "
                                      "data dir), mongodb://host/db or mongodb+srv://host/db; "
                                      "no password here")

@@ -20,7 +20,7 @@ from sessions.storage.config import Settings, load_settings
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import MetadataStore, open_metastore
-from sessions.storage.routes import checkpoints, chunks, sessions, tokens
+from sessions.storage.routes import checkpoints, chunks, lifecycle, sessions, tokens
 from sessions.storage.service import StorageService
 
 FIRST_RETRY, MAX_RETRY = 0.25, 10.0  # seconds between attempts to reach the metadata database
@@ -96,7 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     meta = await open_metastore(url, prepare=url.scheme == "sqlite")
     store = LocalChunkStore(root)
     service = StorageService(meta, store, max_chunk_bytes=settings.max_chunk_bytes,
-                             metrics=app.state.metrics)
+                             metrics=app.state.metrics, min_free_bytes=settings.min_free_bytes)
     readiness = MetadataReadiness(meta, url, on_ready=lambda: _sweep(store, service))
     if url.scheme == "sqlite":
         await _sweep(store, service)
@@ -158,4 +158,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chunks.router)
     app.include_router(checkpoints.router)
     app.include_router(tokens.router)
+    app.include_router(lifecycle.router)
     return app

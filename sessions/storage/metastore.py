@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sessions.common.errors import (
@@ -25,6 +25,7 @@ from sessions.common.errors import (
     Conflict,
     InvalidParameter,
     InvalidState,
+    LegalHold,
     NotFound,
     SessionNotFound,
 )
@@ -82,6 +83,16 @@ class MetadataBackend(Protocol):
         """Return every token record, by created_at then id."""
     async def revoke_token(self, token_id: str, *, at: str) -> bool:
         """Set revoked_at = at iff the token exists and is not revoked; return whether it did."""
+    async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
+        """Return up to limit records not under hold with expires_at <= before, oldest first.
+
+        Erased records have no expires_at, so they are never returned (an indexed query).
+        """
+    async def list_idle(self, *, state: SessionState, before: str,
+                        limit: int) -> list[SessionRecord]:
+        """Return up to limit records in state with updated_at < before, oldest first."""
+    async def key_usage(self) -> dict[str, int]:
+        """Return how many records hold a wrapped key under each key id."""
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -187,6 +198,25 @@ class MetadataStore:
         counts.update(await self.backend.count_by_state())
         return counts
 
+    async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
+        """Return up to limit live sessions, not under hold, that expired at or before `before`.
+
+        Preconditions: before is an RFC 3339 UTC timestamp as `rfc3339` writes it; limit >= 1.
+        """
+        return await self.backend.list_expired(before=_timestamp(before), limit=_limit(limit))
+
+    async def list_idle(self, *, state: SessionState, before: str,
+                        limit: int) -> list[SessionRecord]:
+        """Return up to limit sessions in `state` (recording, finalizing) unchanged since before."""
+        require_state(state, SessionState.RECORDING, SessionState.FINALIZING,
+                      action="list idle sessions of")
+        return await self.backend.list_idle(state=state, before=_timestamp(before),
+                                            limit=_limit(limit))
+
+    async def key_usage(self) -> dict[str, int]:
+        """Return {key id: sessions whose wrapped key is under it}; erased sessions hold none."""
+        return await self.backend.key_usage()
+
     # -- writes: decide on a fresh read, then compare-and-set ----------------------------------
 
     async def create_session(self, new: NewSession) -> SessionRecord:
@@ -194,13 +224,16 @@ class MetadataStore:
         check_session_id(new.id)
         if new.upload_length is not None and new.upload_length < 0:
             raise InvalidParameter("upload_length must be >= 0")
-        now = self._now()
+        moment = self._clock()
+        now = rfc3339(moment)
+        expires = (None if new.retention_days is None
+                   else rfc3339(moment + timedelta(days=new.retention_days)))
         rec = SessionRecord(
             id=new.id, state=SessionState.RECORDING, labels=dict(new.labels), created_at=now,
             updated_at=now, retention_days=new.retention_days, offset=0, chunk_count=0,
             sealed_bytes=0, chunk_size=new.chunk_size, zstd_level=new.zstd_level,
             format_version=new.format_version, root_hash=None, wrapped_key=new.wrapped_key,
-            upload_length=new.upload_length, revision=1, owner=new.owner)
+            upload_length=new.upload_length, revision=1, owner=new.owner, expires_at=expires)
         if not await self.backend.insert_session(rec):
             raise Conflict("a session with this id already exists")
         return rec
@@ -282,6 +315,23 @@ class MetadataStore:
             return Update(self._next(rec, wrapped_key=wrapped), forget_key=True)
         return await self._cas(session_id, decide)
 
+    async def set_hold(self, session_id: str, *, hold: bool, expected_key_id: str,
+                       wrapped: WrappedKey) -> SessionRecord:
+        """Set or release the legal hold, swapping the wrapped key in the same compare-and-set.
+
+        The processor rewraps a held session's key under its master key (and a released
+        one under its retention period's key), so both change together or not at all.
+        Raises InvalidState if the key was erased, Conflict if another key id is stored.
+        """
+        def decide(rec: SessionRecord) -> Update:
+            if rec.wrapped_key is None:
+                raise InvalidState("the session's key was erased", extra={"state": rec.state.value})
+            if rec.wrapped_key.key_id != expected_key_id:
+                raise Conflict("the session's key is wrapped under another key",
+                               extra={"key_id": rec.wrapped_key.key_id})
+            return Update(self._next(rec, legal_hold=hold, wrapped_key=wrapped), forget_key=True)
+        return await self._cas(session_id, decide)
+
     async def set_upload_length(self, session_id: str, length: int) -> SessionRecord:
         """Declare a session's total length once (`check_upload_length`); return the record."""
         if length < 0:
@@ -347,8 +397,11 @@ class MetadataStore:
                                    **changes)  # type: ignore[arg-type]
 
     def _erased(self, rec: SessionRecord) -> Update:
-        return Update(self._next(rec, state=SessionState.DELETED, wrapped_key=None),
-                      forget_key=True)
+        """Return the erasing update; raise LegalHold (409) while the session is held."""
+        if rec.legal_hold:
+            raise LegalHold()
+        return Update(self._next(rec, state=SessionState.DELETED, wrapped_key=None,
+                                 expires_at=None), forget_key=True)
 
     async def _cas(self, session_id: str,
                    decide: Callable[[SessionRecord], Update | None]) -> SessionRecord:
@@ -375,6 +428,23 @@ class MetadataStore:
                 raise ChunkCommitted(f"chunk {chunk.index} is committed with other content",
                                      extra={"chunk_count": rec.chunk_count})
         return len(old) == len(batch)
+
+
+def _timestamp(text: str) -> str:
+    """Return text if it is an RFC 3339 UTC timestamp as `rfc3339` writes it (compared as text)."""
+    try:
+        ok = rfc3339(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)) == text
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidParameter("a time is YYYY-MM-DDTHH:MM:SS.ffffffZ (UTC)")
+    return text
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= 1000:
+        raise InvalidParameter("limit must satisfy 1 <= limit <= 1000")
+    return limit
 
 
 async def open_metastore(url: MetadataUrl, *, prepare: bool = True,

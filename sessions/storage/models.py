@@ -109,6 +109,8 @@ class SessionOut(BaseModel):
     wrapped_key: WrappedKeyModel | None
     upload_length: int | None
     owner: str | None = None
+    legal_hold: bool = False
+    expires_at: str | None = None
 
     @classmethod
     def of(cls, rec: SessionRecord) -> SessionOut:
@@ -120,7 +122,8 @@ class SessionOut(BaseModel):
             format_version=rec.format_version,
             root_hash=None if rec.root_hash is None else rec.root_hash.hex(),
             wrapped_key=None if rec.wrapped_key is None else WrappedKeyModel.of(rec.wrapped_key),
-            upload_length=rec.upload_length, owner=rec.owner)
+            upload_length=rec.upload_length, owner=rec.owner, legal_hold=rec.legal_hold,
+            expires_at=rec.expires_at)
 
 
 class SessionList(BaseModel):
@@ -227,3 +230,19 @@ class RewrapIn(BaseModel):
 
     expected_key_id: str = Field(min_length=1, max_length=256)
     wrapped_key: WrappedKeyModel
+
+
+class HoldIn(BaseModel):
+    """Body of `PUT /sessions/{id}/hold`: set or release the hold, with the key rewrapped for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    legal_hold: bool = Field(strict=True)
+    expected_key_id: str = Field(min_length=1, max_length=256)
+    wrapped_key: WrappedKeyModel
+
+
+class KeyUsageOut(BaseModel):
+    """How many sessions hold a wrapped key under each key id (erased sessions hold none)."""
+
+    key_ids: dict[str, int]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -46,7 +47,7 @@ from sessions.storage.records import (
 log = logging.getLogger("lucid.storage.mongo")
 Doc = dict[str, Any]
 Label = tuple[str, str]
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DURABLE = WriteConcern(w="majority", j=True)
 SELECTION_TIMEOUT_MS = 5000
 
@@ -72,8 +73,23 @@ def _v2_indexes() -> dict[str, list[IndexModel]]:
                                   name="by_created")]}
 
 
+def _v3_indexes() -> dict[str, list[IndexModel]]:
+    """v3: the retention sweep's questions: expiry (live sessions only), idle, key usage."""
+    return {
+        "sessions": [
+            # Plain, not partial: SecantusDB plans no partial index.  A string range
+            # ($lte a time) never matches the null of an erased session (type bracketing).
+            IndexModel([("legal_hold", ASCENDING), ("expires_at", ASCENDING)],
+                       name="by_expiry"),
+            IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)],
+                       name="by_state_updated"),
+            IndexModel([("key_id", ASCENDING)], name="by_key_id"),
+        ],
+    }
+
+
 # MIGRATIONS[v] takes a database from schema v - 1 to v; each step is idempotent.
-MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes}
+MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes, 3: _v3_indexes}
 
 
 class MongoBackend:
@@ -117,9 +133,23 @@ class MongoBackend:
             for step in range(1, SCHEMA_VERSION + 1):  # index creation is idempotent: rerun all
                 for name, indexes in MIGRATIONS[step]().items():
                     await self._meta.database[name].create_indexes(indexes)
+            if version < 3:
+                await self._backfill_expiry()
             if version < SCHEMA_VERSION:
                 await self._meta.update_one({"_id": "schema"},
                                             {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
+
+    async def _backfill_expiry(self) -> None:
+        """Give schema-1 sessions no hold, and those with a retention their expires_at."""
+        await self._sessions.update_many({"legal_hold": {"$exists": False}},
+                                         {"$set": {"legal_hold": False}})
+        found = self._sessions.find({"retention_days": {"$type": "number"},
+                                     "expires_at": {"$exists": False},
+                                     "state": {"$ne": SessionState.DELETED.value}},
+                                    projection={"created_at": 1, "retention_days": 1})
+        async for doc in found:
+            await self._sessions.update_one({"_id": doc["_id"]}, {"$set": {
+                "expires_at": _plus_days(doc["created_at"], int(doc["retention_days"]))}})
 
     async def insert_session(self, rec: SessionRecord) -> bool:
         async with self._guard():
@@ -239,6 +269,27 @@ class MongoBackend:
             done = await self._tokens.update_one({"_id": token_id, "revoked_at": None},
                                                  {"$set": {"revoked_at": at}})
         return done.modified_count == 1
+    async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
+        query = {"legal_hold": False, "expires_at": {"$lte": before}}
+        return await self._find(query, "expires_at", limit)
+
+    async def list_idle(self, *, state: SessionState, before: str,
+                        limit: int) -> list[SessionRecord]:
+        return await self._find({"state": state.value, "updated_at": {"$lt": before}},
+                                "updated_at", limit)
+
+    async def _find(self, query: Doc, order: str, limit: int) -> list[SessionRecord]:
+        async with self._guard():
+            found = self._sessions.find(query, projection={"checkpoint": 0, "manifest": 0})
+            docs = await found.sort(order, ASCENDING).limit(limit).to_list()
+        return [_record(d) for d in docs]
+
+    async def key_usage(self) -> dict[str, int]:
+        async with self._guard():
+            found = await self._sessions.aggregate([
+                {"$match": {"key_id": {"$gt": ""}}},  # strings only: erased keys are null
+                {"$group": {"_id": "$key_id", "n": {"$sum": 1}}}])
+            return {str(d["_id"]): int(d["n"]) async for d in found}
 
     async def ping(self) -> None:
         async with self._guard():
@@ -260,6 +311,7 @@ def _session_fields(rec: SessionRecord) -> Doc:
         "key_blob": None if key is None else key.blob,
         "upload_length": rec.upload_length, "revision": rec.revision,
         "labels": [f"{k}={v}" for k, v in rec.labels.items()], "owner": rec.owner,
+        "legal_hold": rec.legal_hold, "expires_at": rec.expires_at,
     }
 
 
@@ -282,7 +334,8 @@ def _record(doc: Doc) -> SessionRecord:
         format_version=doc["format_version"],
         root_hash=None if doc["root_hash"] is None else bytes(doc["root_hash"]),
         wrapped_key=key, upload_length=doc["upload_length"], revision=doc["revision"],
-        owner=doc.get("owner"))
+        owner=doc.get("owner"),
+        legal_hold=bool(doc.get("legal_hold", False)), expires_at=doc.get("expires_at"))
 
 
 def _token(doc: Doc) -> TokenRecord:
@@ -290,3 +343,9 @@ def _token(doc: Doc) -> TokenRecord:
                        secret_hash=bytes(doc["secret_hash"]), created_at=doc["created_at"],
                        expires_at=doc["expires_at"], revoked_at=doc["revoked_at"],
                        created_by=doc["created_by"])
+
+
+def _plus_days(created_at: str, days: int) -> str:
+    """Return the RFC 3339 text of created_at + days, in the form `rfc3339` writes."""
+    moment = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return (moment + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -69,6 +69,10 @@ class SessionRecord:
     revision: int = 0
     owner: str | None = None
     """The id of the API token that created the session; None before owners were recorded."""
+    legal_hold: bool = False
+    """Set by an admin: the session may not be deleted (by DELETE or the retention sweep)."""
+    expires_at: str | None = None
+    """created_at + retention_days (RFC 3339 UTC); None: kept until deleted, or erased."""
 
 
 @dataclass(frozen=True)

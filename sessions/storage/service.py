@@ -21,7 +21,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from weakref import WeakValueDictionary
 
-from sessions.common.errors import ChunkNotFound, InvalidState
+from sessions.common.errors import ChunkNotFound, InsufficientStorage, InvalidState
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
 from sessions.storage.chunkstore import ChunkStore
@@ -46,10 +46,11 @@ class StorageService:
     """The chunk life cycle: stage, commit, read, erase."""
 
     def __init__(self, meta: MetadataStore, chunks: ChunkStore, *, max_chunk_bytes: int,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, min_free_bytes: int = 0) -> None:
         self.meta = meta
         self.chunks = chunks
         self.max_chunk_bytes = max_chunk_bytes
+        self.min_free_bytes = min_free_bytes
         self._metrics = metrics
         self._gates: WeakValueDictionary[str, _Gate] = WeakValueDictionary()
 
@@ -70,6 +71,7 @@ class StorageService:
         gate = self._gate(session_id)
         discards = gate.discards
         _check_writable(await self.meta.get_session(session_id), index)
+        await self._check_free_space(content_length)
         size = await self.chunks.put(
             session_id, index, body, expected_leaf_hash=leaf_hash,
             max_bytes=self.max_chunk_bytes, expected_length=content_length,
@@ -78,6 +80,20 @@ class StorageService:
             self._metrics.bytes_in.labels(self._metrics.service, "sealed").inc(size)
             self._metrics.chunks_in.labels(self._metrics.service).inc()
         return size
+
+    async def _check_free_space(self, content_length: int | None) -> None:
+        """Raise InsufficientStorage (507) unless the chunk fits above the free-space watermark.
+
+        Checked before a byte is written: a refused chunk leaves nothing behind, and
+        what was committed before stays committed (the client resumes from its offset).
+        """
+        if self.min_free_bytes <= 0:
+            return
+        need = self.max_chunk_bytes if content_length is None else content_length
+        free = await self.chunks.free_bytes()
+        if free - need < self.min_free_bytes:
+            raise InsufficientStorage(extra={"free_bytes": free,
+                                             "min_free_bytes": self.min_free_bytes})
 
     @asynccontextmanager
     async def _still_writable(self, gate: _Gate, discards: int, session_id: str,
@@ -130,6 +146,11 @@ class StorageService:
 
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""
+        # Shielded: a caller that goes away (a processor killed mid-sweep) does not leave the
+        # files of an erased session behind until the next start-up sweep.
+        await asyncio.shield(self._delete(session_id))
+
+    async def _delete(self, session_id: str) -> None:
         gate = self._gate(session_id)  # held: the weak map keeps a gate only while it is used
         async with gate.lock:
             # The erase is committed before any file goes: once the wrapped key is gone

@@ -107,6 +107,15 @@ class SqliteBackend:
 
     async def revoke_token(self, token_id: str, *, at: str) -> bool:
         return await self._call(self._write, _sql.REVOKE_TOKEN, (at, token_id))
+    async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
+        return await self._call(self._records, _sql.SELECT_EXPIRED, (before, limit))
+
+    async def list_idle(self, *, state: SessionState, before: str,
+                        limit: int) -> list[SessionRecord]:
+        return await self._call(self._records, _sql.SELECT_IDLE, (state.value, before, limit))
+
+    async def key_usage(self) -> dict[str, int]:
+        return {str(k): int(n) for k, n in await self._call(self._rows, _sql.KEY_USAGE, ())}
 
     async def ping(self) -> None:
         await self._call(self._rows, "SELECT 1", ())
@@ -180,7 +189,7 @@ class SqliteBackend:
                 rec.id, rec.state.value, rec.created_at, rec.updated_at, rec.retention_days,
                 rec.chunk_size, rec.zstd_level, rec.format_version,
                 None if key is None else key.key_id, None if key is None else key.blob,
-                rec.upload_length, rec.revision, rec.owner))
+                rec.upload_length, rec.revision, rec.owner, int(rec.legal_hold), rec.expires_at))
             if cur.rowcount != 1:
                 return False
             db.executemany(_sql.INSERT_LABEL, [(rec.id, k, v) for k, v in rec.labels.items()])
@@ -193,7 +202,7 @@ class SqliteBackend:
                 rec.state.value, rec.updated_at, rec.offset, rec.chunk_count, rec.sealed_bytes,
                 rec.root_hash, None if key is None else key.key_id,
                 None if key is None else key.blob, rec.upload_length, rec.revision,
-                rec.id, rec.revision - 1))
+                int(rec.legal_hold), rec.expires_at, rec.id, rec.revision - 1))
             if cur.rowcount != 1:
                 return False
             db.executemany(_sql.INSERT_CHUNK, [
@@ -207,6 +216,12 @@ class SqliteBackend:
         if update.forget_key:
             _sql.truncate_wal(db)  # an old wrapped key must not linger in the write-ahead log
         return True
+
+    def _records(self, sql: str, params: tuple[Any, ...]) -> list[SessionRecord]:
+        db = self._conn()
+        rows = db.execute(sql, params).fetchall()
+        label_map = _labels_of(db, [row[0] for row in rows])
+        return [_record(row, label_map.get(row[0])) for row in rows]
 
     def _list(self, state: SessionState | None, labels: tuple[Label, ...], cursor: str | None,
               limit: int) -> list[SessionRecord]:
@@ -230,14 +245,15 @@ def _labels_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, dict[str
 
 def _record(row: Sequence[Any], labels: dict[str, str] | None) -> SessionRecord:
     (sid, state, created, updated, retention, offset, count, sealed, chunk_size, level,
-     version, root, key_id, key_blob, upload_length, revision, owner) = row
+     version, root, key_id, key_blob, upload_length, revision, owner, hold, expires) = row
     key = None if key_id is None else WrappedKey(key_id=key_id, blob=bytes(key_blob))
     return SessionRecord(
         id=sid, state=SessionState(state), labels=labels or {}, created_at=created,
         updated_at=updated, retention_days=retention, offset=offset, chunk_count=count,
         sealed_bytes=sealed, chunk_size=chunk_size, zstd_level=level, format_version=version,
         root_hash=None if root is None else bytes(root), wrapped_key=key,
-        upload_length=upload_length, revision=revision, owner=owner)
+        upload_length=upload_length, revision=revision, owner=owner, legal_hold=bool(hold),
+        expires_at=expires)
 
 
 def _token(row: Sequence[Any]) -> TokenRecord:

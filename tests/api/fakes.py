@@ -22,7 +22,7 @@ def session_json(**overrides: Any) -> dict[str, Any]:
             "2025-11-27T12:00:00Z", "updated_at": "2025-11-27T12:00:00Z", "retention_days": None,
             "offset": 0, "chunk_count": 0, "sealed_bytes": 0, "chunk_size": 1048576,
             "zstd_level": 3, "format_version": 1, "root_hash": None, "integrity": "ok",
-            "upload_length": None, "owner": None}
+            "upload_length": None, "owner": None, "legal_hold": False, "expires_at": None}
     return body | overrides
 
 

@@ -191,7 +191,7 @@ def test_compose_secrets_are_files_read_through_file_settings(pi: dict[str, Any]
     volumes = {name: [v["source"] for v in svc.get("volumes", [])]
                for name, svc in pi["services"].items()}
     assert volumes == {"mongo": ["mongo-data", "mongo-config"], "storage": ["chunks"],
-                       "processor": [], "api": []}
+                       "processor": ["processor-keys"], "api": []}
 
 
 def test_compose_file_settings_exist(pi: dict[str, Any]) -> None:

@@ -159,7 +159,9 @@ class Cluster:
     def secret_values(self) -> list[str]:
         """Return every secret string that must never appear in a log."""
         values = []
-        for path in sorted((self.data_dir / "secrets").glob("*")):
+        for path in sorted((self.data_dir / "secrets").rglob("*")):
+            if not path.is_file():  # e.g. kek/, the retention periods' keys (checked too)
+                continue
             text = path.read_text(encoding="utf-8").strip()
             values.append(text)
             if path.name == "master.key":

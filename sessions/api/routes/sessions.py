@@ -69,11 +69,35 @@ async def show_session(session_id: SessionId, processor: Processor) -> Any:
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response,
-               responses=errors(400, 404), summary="Delete a session (crypto-erase)")
+               responses=errors(400, 404, 409), summary="Delete a session (crypto-erase)")
 async def delete_session(session_id: SessionId, processor: Processor) -> Response:
-    """Destroy the session's data key first, then its chunks.  Idempotent."""
+    """Destroy the session's data key first, then its chunks.  Idempotent.
+
+    409 `legal_hold` while the session is under legal hold (release it first).
+    """
     await processor.delete_session(session_id)
     return Response(status_code=204)
+
+
+@router.put("/{session_id}/hold", response_model=Session, responses=errors(400, 404, 409),
+            summary="Put a session under legal hold (admin)")
+async def set_hold(session_id: SessionId, processor: Processor) -> Any:
+    """Block the session's deletion, by DELETE and by the retention sweep, until released.
+
+    Idempotent.  Its data key is rewrapped under the node's master key, so the end of its
+    retention period does not erase it.  409 `invalid_state` if the session was erased.
+    """
+    return await processor.set_hold(session_id, True)
+
+
+@router.delete("/{session_id}/hold", response_model=Session, responses=errors(400, 404, 409),
+               summary="Release a session's legal hold (admin)")
+async def release_hold(session_id: SessionId, processor: Processor) -> Any:
+    """Release the hold; a session past its expiry is erased by the next retention sweep.
+
+    Idempotent.  409 `invalid_state` if the session was erased.
+    """
+    return await processor.set_hold(session_id, False)
 
 
 @router.post("/{session_id}/finalize", response_model=Session, responses=errors(400, 404, 409),

@@ -107,7 +107,8 @@ async def _append(request: Request, processor: Processor, metrics: MetricsDep,
                   session_id: str, headers: dict[str, str], room: int) -> str:
     """Stream the request body at its Upload-Offset; return the new offset."""
     counter = metrics.bytes_in.labels(metrics.service, "upload")
-    body = limited_body(request, limit=room, count=counter.inc)
+    body = limited_body(request, limit=room, count=counter.inc,
+                        stall_timeout=request.app.state.settings.body_read_timeout)
     try:
         result, new_offset = await processor.upload(session_id, body, headers)
     except ClientDisconnect:

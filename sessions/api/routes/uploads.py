@@ -51,7 +51,7 @@ async def upload_status(session_id: SessionId, processor: Processor) -> Any:
     return await processor.upload_status(session_id)
 
 
-@router.patch("", response_model=UploadResult, responses=errors(409, 413, 415, 460),
+@router.patch("", response_model=UploadResult, responses=errors(408, 409, 413, 415, 460, 507),
               summary="Append bytes at Upload-Offset", description=PROTOCOL, openapi_extra={
                   "requestBody": {"required": True, "content": {
                       "application/offset+octet-stream": {"schema": {
@@ -75,7 +75,8 @@ async def upload(
                                    checksum=upload_checksum,
                                    max_bytes=settings.max_upload_bytes)
     counter = metrics.bytes_in.labels(metrics.service, "upload")
-    body = limited_body(request, limit=settings.max_upload_bytes, count=counter.inc)
+    body = limited_body(request, limit=settings.max_upload_bytes, count=counter.inc,
+                        stall_timeout=settings.body_read_timeout)
     try:
         result, new_offset = await processor.upload(session_id, body, headers)
     except ClientDisconnect:

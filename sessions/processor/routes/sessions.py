@@ -58,8 +58,20 @@ async def set_upload_length(session_id: SessionId, body: UploadLength,
     return await engine.set_upload_length(session_id, body.upload_length)
 
 
+@router.put("/{session_id}/hold", responses=error_responses(404, 409))
+async def set_hold(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+    """Put the session under legal hold (its key is rewrapped under the master key)."""
+    return await engine.set_hold(session_id, True)
+
+
+@router.delete("/{session_id}/hold", responses=error_responses(404, 409))
+async def release_hold(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+    """Release the legal hold (the key goes back under its retention period's key)."""
+    return await engine.set_hold(session_id, False)
+
+
 @router.delete("/{session_id}", status_code=204, response_class=Response,
-               responses=error_responses(404))
+               responses=error_responses(404, 409))
 async def delete_session(session_id: SessionId, engine: EngineDep) -> Response:
     await engine.delete(session_id)
     return Response(status_code=204)

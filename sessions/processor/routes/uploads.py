@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from sessions.common.errors import BadRequest, InvalidState, UnsupportedMediaType, error_responses
 from sessions.common.models import CHECKSUM_PATTERN
+from sessions.common.stalls import stall_limited
 from sessions.common.states import SessionState
 from sessions.processor.deps import EngineDep, SessionId
 from sessions.processor.engine import Engine
@@ -63,7 +64,7 @@ async def upload_status(session_id: SessionId, engine: EngineDep) -> dict[str, A
 
 
 @router.patch("/{session_id}/upload", openapi_extra=_UPLOAD_DOC,
-              responses=error_responses(404, 409, 413, 415, 460))
+              responses=error_responses(404, 408, 409, 413, 415, 460, 507))
 async def upload(session_id: SessionId, request: Request, engine: EngineDep) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in UPLOAD_TYPES:
@@ -72,7 +73,8 @@ async def upload(session_id: SessionId, request: Request, engine: EngineDep) -> 
     if offset is None:
         raise BadRequest("the Upload-Offset header is required")
     done = await engine.upload(
-        session_id, offset=offset, source=request.stream(),
+        session_id, offset=offset,
+        source=stall_limited(request.stream(), per_piece=engine.settings.body_read_timeout),
         checksum_header=request.headers.get("upload-checksum"),
         content_length=_non_negative(request.headers.get("content-length"), "Content-Length"),
         max_bytes=MAX_REQUEST_BYTES)

@@ -38,7 +38,7 @@ _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "bi
 
 @router.put("/sessions/{session_id}/chunks/{index}", status_code=201,
             summary="Stage a sealed chunk (not visible until committed)",
-            responses=error_responses(404, 409, 413, 415), openapi_extra={
+            responses=error_responses(404, 409, 413, 415, 507), openapi_extra={
                 "requestBody": {**_BINARY, "required": True},
                 "parameters": [{"name": LEAF_HASH_HEADER, "in": "header", "required": True,
                                 "description": "hex SHA-256 leaf hash of the body (RFC 9162)",

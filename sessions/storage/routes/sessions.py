@@ -108,7 +108,7 @@ async def set_upload_length(session_id: SessionId, body: UploadLengthIn,
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
                summary="Crypto-erase a session, then remove its chunks",
-               responses=error_responses(404))
+               responses=error_responses(404, 409))
 async def delete_session(session_id: SessionId, service: Service) -> Response:
     await service.delete(session_id)
     return Response(status_code=204)

@@ -40,6 +40,8 @@ RULES: dict[str, frozenset[Role]] = {
     f"GET {_S}/proof/inclusion": _roles(RECORDER, AUDITOR),
     f"GET {_S}/proof/consistency": _roles(RECORDER, AUDITOR),
     f"POST {_S}/verify": _roles(VIEWER, AUDITOR),
+    f"PUT {_S}/hold": _roles(),
+    f"DELETE {_S}/hold": _roles(),
     # upload (JSON API and tus, whose routes live under a hidden prefix)
     f"HEAD {_S}/upload": _roles(RECORDER),
     f"GET {_S}/upload": _roles(RECORDER),

@@ -24,7 +24,7 @@ from sessions.storage.config import Settings, load_settings
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import MetadataStore, open_metastore
-from sessions.storage.routes import checkpoints, chunks, sessions
+from sessions.storage.routes import audit, checkpoints, chunks, sessions
 from sessions.storage.service import StorageService
 
 INTERNAL_PREFIX = "/internal/"
@@ -185,4 +185,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(chunks.router)
     app.include_router(checkpoints.router)
+    app.include_router(audit.router)
     return app

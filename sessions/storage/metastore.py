@@ -16,20 +16,22 @@ race re-reads the record and decides again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sessions.common.errors import (
     BadRequest,
     Conflict,
     InvalidParameter,
     InvalidState,
+    MetadataCorrupt,
     NotFound,
     SessionNotFound,
 )
 from sessions.common.ids import check_session_id
 from sessions.common.states import SessionState, check_transition, require_state
+from sessions.core import AUDIT_GENESIS, AuditEntry, AuditError
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import ChunkCommitted, StorageUnavailable
 from sessions.storage.records import (
@@ -45,6 +47,7 @@ from sessions.storage.records import (
 )
 
 Label = tuple[str, str]
+T = TypeVar("T")
 MAX_RACES = 20
 """A compare-and-set lost this many times in a row means a hot spot: fail with 503, not spin."""
 
@@ -73,6 +76,13 @@ class MetadataBackend(Protocol):
     async def load_finalized(self, session_id: str) -> Finalized | None: ...
     async def load_checkpoint(self, session_id: str) -> str | None: ...
     async def count_by_state(self) -> dict[str, int]: ...
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> bool:
+        """Store entry and make checkpoint the head, atomically; False if entry.seq is taken."""
+    async def list_audit(self, *, start: int, session_id: str | None,
+                         limit: int) -> list[AuditEntry]:
+        """Return up to limit entries with seq >= start (of session_id, if given), by seq."""
+    async def last_audit(self) -> AuditEntry | None: ...
+    async def load_audit_checkpoint(self) -> str | None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -295,6 +305,53 @@ class MetadataStore:
             return Update(dataclasses.replace(rec, revision=rec.revision + 1),
                           checkpoint=checkpoint)
         await self._cas(session_id, decide)
+
+    # -- the audit log: append-only, one chain -------------------------------------------------
+
+    async def audit_head(self) -> tuple[int, bytes]:
+        """Return (entries stored, hash of the last entry or AUDIT_GENESIS)."""
+        last = await self._audit_read(self.backend.last_audit())
+        return (0, AUDIT_GENESIS) if last is None else (last.seq + 1, last.hash())
+
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> int:
+        """Append entry, the next link of the chain, with its signed head; return the new size.
+
+        Requires entry.seq == entries stored and entry.prev == the last entry's hash;
+        otherwise (another append won the race) 409 `conflict` with the current `size`,
+        and the caller builds its entry again on the new head.
+        """
+        size, head = await self.audit_head()
+        if entry.seq != size or entry.prev != head or not checkpoint:
+            raise Conflict("the audit log moved on: rebuild the entry on its head",
+                           extra={"size": size})
+        if not await self.backend.append_audit(entry, checkpoint):
+            raise Conflict("the audit log moved on: rebuild the entry on its head",
+                           extra={"size": size + 1})
+        return size + 1
+
+    async def list_audit(self, *, start: int = 0, session_id: str | None = None,
+                         limit: int = 100) -> tuple[list[AuditEntry], int | None]:
+        """Return entries from seq start on (of one session if given) and the next start."""
+        if start < 0 or limit < 1:
+            raise InvalidParameter("start must be >= 0 and limit >= 1")
+        if session_id is not None:
+            check_session_id(session_id)
+        rows = await self._audit_read(self.backend.list_audit(
+            start=start, session_id=session_id, limit=limit + 1))
+        page = rows[:limit]
+        return page, page[-1].seq + 1 if len(rows) > limit else None
+
+    async def audit_checkpoint(self) -> str | None:
+        """Return the signed head of the audit log, or None before the first entry."""
+        return await self.backend.load_audit_checkpoint()
+
+    @staticmethod
+    async def _audit_read(pending: Awaitable[T]) -> T:
+        """Await a backend read of audit entries; a stored entry that breaks a core rule is 502."""
+        try:
+            return await pending
+        except AuditError as exc:
+            raise MetadataCorrupt("a stored audit entry is malformed") from exc
 
     # -- helpers -------------------------------------------------------------------------------
 

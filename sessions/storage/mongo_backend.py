@@ -5,7 +5,8 @@ Not Motor: Motor is deprecated in favour of this API.  Documents:
     sessions  {_id: session id, state, created_at, ..., labels: ["key=value", ...],
                key_id, key_blob, revision, checkpoint, manifest}
     chunks    {s: session id, i: index, offset, length, sealed_length, leaf_hash, compressed}
-    meta      {_id: "schema", version}
+    meta      {_id: "schema", version}, {_id: "audit_head", size, checkpoint}
+    audit     {_id: seq, at, action, actor, client, session_id, detail, prev}  (schema 2)
 
 Every write is `w: majority, j: true`; retryable writes and reads are on.  The
 compare-and-set is an `update_one` filtered on (_id, revision); a commit inserts
@@ -30,6 +31,7 @@ from pymongo.write_concern import WriteConcern
 
 from sessions.common.secrets import ConfigError
 from sessions.common.states import SessionState
+from sessions.core import AuditEntry
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.records import ChunkRecord, Finalized, SessionRecord, Update, WrappedKey
@@ -37,7 +39,7 @@ from sessions.storage.records import ChunkRecord, Finalized, SessionRecord, Upda
 log = logging.getLogger("lucid.storage.mongo")
 Doc = dict[str, Any]
 Label = tuple[str, str]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DURABLE = WriteConcern(w="majority", j=True)
 SELECTION_TIMEOUT_MS = 5000
 
@@ -57,8 +59,14 @@ def _v1_indexes() -> dict[str, list[IndexModel]]:
     }
 
 
+def _v2_indexes() -> dict[str, list[IndexModel]]:
+    """The audit log: `_id` is the sequence number (unique: two appends never fork the chain)."""
+    return {"audit": [IndexModel([("session_id", ASCENDING), ("_id", ASCENDING)],
+                                 name="by_session")]}
+
+
 # MIGRATIONS[v] takes a database from schema v - 1 to v; each step is idempotent.
-MIGRATIONS = {1: _v1_indexes}
+MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes}
 
 
 class MongoBackend:
@@ -80,6 +88,7 @@ class MongoBackend:
         self._sessions: AsyncCollection[Doc] = db["sessions"]
         self._chunks: AsyncCollection[Doc] = db["chunks"]
         self._meta: AsyncCollection[Doc] = db["meta"]
+        self._audit: AsyncCollection[Doc] = db["audit"]
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -197,6 +206,45 @@ class MongoBackend:
                 [{"$group": {"_id": "$state", "n": {"$sum": 1}}}])
             return {d["_id"]: int(d["n"]) async for d in found}
 
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> bool:
+        doc = entry.to_json()
+        doc["_id"] = doc.pop("seq")
+        doc["prev"] = entry.prev
+
+        async def append(s: AsyncClientSession) -> None:
+            await self._audit.insert_one(doc, session=s)
+            await self._meta.update_one(
+                {"_id": "audit_head"},
+                {"$set": {"size": entry.seq + 1, "checkpoint": checkpoint}}, upsert=True,
+                session=s)
+
+        async with self._guard():
+            try:
+                async with self._client.start_session() as session:
+                    await session.with_transaction(append, write_concern=DURABLE)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def list_audit(self, *, start: int, session_id: str | None,
+                         limit: int) -> list[AuditEntry]:
+        query: Doc = {"_id": {"$gte": start}}
+        if session_id is not None:
+            query["session_id"] = session_id
+        async with self._guard():
+            docs = await self._audit.find(query).sort("_id", ASCENDING).limit(limit).to_list()
+        return [_audit_entry(d) for d in docs]
+
+    async def last_audit(self) -> AuditEntry | None:
+        async with self._guard():
+            docs = await self._audit.find({}).sort("_id", DESCENDING).limit(1).to_list()
+        return _audit_entry(docs[0]) if docs else None
+
+    async def load_audit_checkpoint(self) -> str | None:
+        async with self._guard():
+            doc = await self._meta.find_one({"_id": "audit_head"})
+        return None if doc is None else str(doc["checkpoint"])
+
     async def ping(self) -> None:
         async with self._guard():
             await self._client.admin.command("ping")
@@ -239,3 +287,9 @@ def _record(doc: Doc) -> SessionRecord:
         format_version=doc["format_version"],
         root_hash=None if doc["root_hash"] is None else bytes(doc["root_hash"]),
         wrapped_key=key, upload_length=doc["upload_length"], revision=doc["revision"])
+
+
+def _audit_entry(doc: Doc) -> AuditEntry:
+    return AuditEntry(seq=doc["_id"], at=doc["at"], action=doc["action"], actor=doc["actor"],
+                      client=doc["client"], session_id=doc["session_id"],
+                      detail=doc["detail"], prev=bytes(doc["prev"]))

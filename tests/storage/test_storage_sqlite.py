@@ -73,7 +73,7 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
     await store.close()
     assert path.stat().st_mode & 0o077 == 0
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 4
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     reopened = await _open(path)
     assert (await reopened.get_session(rec.id)).id == rec.id
@@ -84,9 +84,9 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
         await _open(path)
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", [1, 2, 3])
 async def test_opens_a_database_of_a_previous_schema(tmp_path: Path, old: int) -> None:
-    """A v1 or v2 database (as earlier releases wrote it) is migrated and reads back whole."""
+    """A v1, v2 or v3 database (as earlier releases wrote it) is migrated and reads back whole."""
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
         for step in range(1, old + 1):

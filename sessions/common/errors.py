@@ -120,6 +120,11 @@ class KeyUnavailable(ServiceError):
     detail = "the session's key is erased or does not open under this node's master key"
 
 
+class KeyRotationRefused(ServiceError):
+    status, code = 409, "rotation_refused"
+    detail = "this key cannot be rotated through the API"
+
+
 class Conflict(ServiceError):
     status, code, detail = 409, "conflict", "the request conflicts with the current state"
 

@@ -20,10 +20,11 @@ from sessions.common.errors import (
     UpstreamUnavailable,
     error_from_body,
 )
+from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditHead, AuditPage
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
-from sessions.core import ChunkEntry, WrappedKey
+from sessions.core import AuditEntry, ChunkEntry, WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
@@ -283,6 +284,26 @@ class StorageClient:
 
     async def delete(self, sid: str) -> None:
         await self._call("DELETE", f"/sessions/{sid}")
+
+    # -- the audit log ---------------------------------------------------------------------
+
+    async def audit_head(self) -> tuple[int, bytes]:
+        """Return (entries stored, hash of the last entry)."""
+        head = AuditHead.model_validate((await self._call("GET", "/audit/head")).json())
+        return head.size, bytes.fromhex(head.head)
+
+    async def append_audit(self, entry: AuditEntry, checkpoint: bytes) -> None:
+        """Append entry with the signed head ending with it; Conflict if the log moved on."""
+        body = AuditAppend(entry=AuditEntryModel.of(entry), checkpoint=checkpoint.decode())
+        await self._call("POST", "/audit", json=body.model_dump())
+
+    async def audit_page(self, params: dict[str, str]) -> AuditPage:
+        return AuditPage.model_validate((await self._call("GET", "/audit", params=params)).json())
+
+    async def audit_checkpoint(self) -> bytes | None:
+        """Return the signed head of the audit log, or None before its first entry (204)."""
+        resp = await self._call("GET", "/audit/checkpoint")
+        return resp.content if resp.status_code == 200 else None
 
     async def stats(self) -> dict[str, int]:
         body = (await self._call("GET", "/stats")).json()

@@ -10,14 +10,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from sessions.common.audit import (
+from sessions.common.errors import BadRequest, error_responses
+from sessions.common.evidence import (
     MAX_AUDIT_PAGE,
     AuditAppend,
     AuditEntryModel,
     AuditHead,
     AuditPage,
 )
-from sessions.common.errors import BadRequest, error_responses
 from sessions.common.ids import SESSION_ID_DOC
 from sessions.core import AuditError
 from sessions.storage.deps import Meta, ServiceToken

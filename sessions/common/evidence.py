@@ -1,4 +1,4 @@
-"""The audit log on the wire: one model per shape, shared by storage, processor and gateway."""
+"""Evidence on the wire: the audit log and the signing-key history, one model per shape."""
 
 from __future__ import annotations
 
@@ -55,3 +55,23 @@ class AuditHead(BaseModel):
 
     size: int = Field(ge=0)
     head: _Hex32
+
+
+class KeyPeriodModel(BaseModel):
+    """One signing key of the node and when it signed (`sessions.core.KeyPeriod`)."""
+
+    verifier_key: str = Field(description="C2SP signed-note verifier key")
+    not_before: str | None = Field(None, description="RFC 3339: first used (None: from the "
+                                   "start)")
+    not_after: str | None = Field(None, description="RFC 3339: retired (None: current)")
+    compromised_after: str | None = Field(None, description="RFC 3339: the key is known to "
+                                          "have leaked after this time; a checkpoint it "
+                                          "signed is trusted only if obtained before it")
+
+
+class RotateSigningIn(BaseModel):
+    """Optionally mark the retiring signing key as compromised after a time."""
+
+    compromised_after: str | None = Field(
+        None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$",
+        description="RFC 3339 UTC time after which the retiring key must not be trusted")

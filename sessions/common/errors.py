@@ -170,6 +170,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
                 Conflict, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
                 MetadataCorrupt, UpstreamUnavailable, NotReady)
 }
+_BY_CODE[KeyRotationRefused.code] = KeyRotationRefused
 
 
 def error_from_body(status: int, body: Any) -> ServiceError:

@@ -189,4 +189,4 @@ _AUDIT_COLUMNS = "SELECT seq, at, action, actor, client, session_id, detail, pre
 SELECT_AUDIT = _AUDIT_COLUMNS + " WHERE seq >= ? ORDER BY seq LIMIT ?"
 SELECT_AUDIT_OF_SESSION = _AUDIT_COLUMNS + " WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
 SELECT_LAST_AUDIT = _AUDIT_COLUMNS + " ORDER BY seq DESC LIMIT 1"
-SELECT_AUDIT_CHECKPOINT = "SELECT checkpoint FROM audit_head WHERE id = 0"
+SELECT_AUDIT_CHECKPOINT = "SELECT size, checkpoint FROM audit_head WHERE id = 0"

@@ -82,7 +82,8 @@ class MetadataBackend(Protocol):
                          limit: int) -> list[AuditEntry]:
         """Return up to limit entries with seq >= start (of session_id, if given), by seq."""
     async def last_audit(self) -> AuditEntry | None: ...
-    async def load_audit_checkpoint(self) -> str | None: ...
+    async def load_audit_checkpoint(self) -> tuple[int, str] | None:
+        """Return (size, signed head) as last stored with an entry, or None before any."""
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -316,11 +317,16 @@ class MetadataStore:
     async def append_audit(self, entry: AuditEntry, checkpoint: str) -> int:
         """Append entry, the next link of the chain, with its signed head; return the new size.
 
-        Requires entry.seq == entries stored and entry.prev == the last entry's hash;
+        Requires entry.seq == entries stored and entry.prev == the last entry's hash, and
+        no fewer entries than the stored signed head covers (502 `metadata_corrupt`);
         otherwise (another append won the race) 409 `conflict` with the current `size`,
         and the caller builds its entry again on the new head.
         """
+        signed = await self.backend.load_audit_checkpoint()  # first: appends only grow it
         size, head = await self.audit_head()
+        if size < (0 if signed is None else signed[0]):
+            raise MetadataCorrupt("the stored audit log is shorter than its signed head "
+                                  "(entries removed): nothing appended")
         if entry.seq != size or entry.prev != head or not checkpoint:
             raise Conflict("the audit log moved on: rebuild the entry on its head",
                            extra={"size": size})
@@ -343,7 +349,8 @@ class MetadataStore:
 
     async def audit_checkpoint(self) -> str | None:
         """Return the signed head of the audit log, or None before the first entry."""
-        return await self.backend.load_audit_checkpoint()
+        signed = await self.backend.load_audit_checkpoint()
+        return None if signed is None else signed[1]
 
     @staticmethod
     async def _audit_read(pending: Awaitable[T]) -> T:

@@ -240,10 +240,10 @@ class MongoBackend:
             docs = await self._audit.find({}).sort("_id", DESCENDING).limit(1).to_list()
         return _audit_entry(docs[0]) if docs else None
 
-    async def load_audit_checkpoint(self) -> str | None:
+    async def load_audit_checkpoint(self) -> tuple[int, str] | None:
         async with self._guard():
             doc = await self._meta.find_one({"_id": "audit_head"})
-        return None if doc is None else str(doc["checkpoint"])
+        return None if doc is None else (int(doc["size"]), str(doc["checkpoint"]))
 
     async def ping(self) -> None:
         async with self._guard():

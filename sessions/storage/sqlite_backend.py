@@ -106,9 +106,9 @@ class SqliteBackend:
         rows = await self._call(self._rows, _sql.SELECT_LAST_AUDIT, ())
         return _audit_entry(rows[0]) if rows else None
 
-    async def load_audit_checkpoint(self) -> str | None:
+    async def load_audit_checkpoint(self) -> tuple[int, str] | None:
         rows = await self._call(self._rows, _sql.SELECT_AUDIT_CHECKPOINT, ())
-        return str(rows[0][0]) if rows else None
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def close(self) -> None:
         if self._closed:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sessions.common.errors import Conflict
+from sessions.common.errors import Conflict, MetadataCorrupt
 from sessions.core import AUDIT_GENESIS, AuditEntry
 from sessions.storage.metastore import MetadataStore
 
@@ -83,3 +83,19 @@ async def test_concurrent_appends_on_two_stores_never_fork(open_store: OpenStore
     assert [e.seq for e in entries] == list(range(12))
     assert all(e.prev == p.hash() for p, e in zip(entries, entries[1:], strict=False))
     assert await b.audit_checkpoint() == "head 12"
+
+
+async def test_a_log_shorter_than_its_signed_head_is_not_extended(meta: MetadataStore) -> None:
+    """Entries removed behind the store's back: no append may sign over the gap."""
+    made = [await append_next(meta) for _ in range(3)]
+    await meta.backend.append_audit(entry(3, made[-1].hash()), "head 4")
+    # the backend alone cannot remove; pretend the head says more than is stored
+    if hasattr(meta.backend, "_conn"):
+        db = meta.backend._conn()  # type: ignore[attr-defined]
+        db.execute("UPDATE audit_head SET size = 9")
+    else:
+        await meta.backend._meta.update_one(  # type: ignore[attr-defined]
+            {"_id": "audit_head"}, {"$set": {"size": 9}})
+    size, head = await meta.audit_head()
+    with pytest.raises(MetadataCorrupt):
+        await meta.append_audit(entry(size, head), "head 5")

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from sessions.core import NoteVerifier, audit_origin, open_checkpoint
+from sessions.core import NoteSigner, NoteVerifier, audit_origin, open_checkpoint, sign_note
 from sessions.loopback import SERVICES
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
@@ -275,6 +275,13 @@ def _rewrite(bundle: Path, out: Path, *, drop: str | None = None,
     return out
 
 
+def _cosign(note: bytes) -> bytes:
+    """Add a witness's signature line first, as a C2SP cosigner would (any order is valid)."""
+    text, _, sigs = note.partition(b"\n\n")
+    witness = sign_note(text.decode() + "\n", NoteSigner.generate("witness.example"))
+    return text + b"\n\n" + witness.partition(b"\n\n")[2] + sigs
+
+
 def _flip(data: bytes, at: int = 100) -> bytes:
     return data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
 
@@ -297,6 +304,7 @@ def test_export_then_verify_offline_with_every_service_stopped(
     dropped = _rewrite(bundle, tmp_path / "dropped.tar", drop="chunks/0000000002.lcs")
     edited = _rewrite(bundle, tmp_path / "edited.tar", change=(
         "manifest.json", lambda b: b.replace(b'"plaintext_size":', b'"plaintext_size":1', 1)))
+    cosigned = _rewrite(bundle, tmp_path / "cosigned.tar", change=("checkpoint.note", _cosign))
     pinned = httpx.get(ev.url("api") + "/v1/node", trust_env=False).json()["verifier_key"]
 
     ev.stop()  # no node reachable from here on
@@ -304,6 +312,7 @@ def test_export_then_verify_offline_with_every_service_stopped(
     ok = cli(ev, workdir, "verify", "--bundle", str(bundle)).stdout
     assert f"OK: session {sid}: 3 of 3 chunks checked" in ok, ok
     cli(ev, workdir, "verify", "--bundle", str(bundle), "--key", pinned)
+    cli(ev, workdir, "verify", "--bundle", str(cosigned), "--key", pinned)  # a witness's line
     out = cli(ev, workdir, "verify", "--bundle", str(flipped), ok=False).stdout
     assert "FAIL: chunk 1: altered" in out and "chunk 0" not in out, out
     out = cli(ev, workdir, "verify", "--bundle", str(dropped), ok=False).stdout

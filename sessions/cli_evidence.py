@@ -63,17 +63,22 @@ def export_bundle(client: LucidClient, session_id: str, out: Path, *,
         exported_at=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         key_history=core.key_history_from_json(history))
     tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add(tar, "index.json", index.to_json(), now)
-        _add(tar, "manifest.json", manifest, now)
-        _add(tar, "checkpoint.note", checkpoint, now)
-        for i in range(count):
-            sealed = client.sealed_chunk(session_id, i)
-            if sealed is None:
-                raise VerificationError(f"chunk {i} is missing on the node; nothing exported")
-            _add(tar, core.bundle_chunk_name(i), sealed, now)
-            if on_chunk is not None:
-                on_chunk(len(sealed))
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add(tar, "index.json", index.to_json(), now)
+            _add(tar, "manifest.json", manifest, now)
+            _add(tar, "checkpoint.note", checkpoint, now)
+            for i in range(count):
+                sealed = client.sealed_chunk(session_id, i)
+                if sealed is None:
+                    raise VerificationError(f"chunk {i} is missing on the node; "
+                                            "nothing exported")
+                _add(tar, core.bundle_chunk_name(i), sealed, now)
+                if on_chunk is not None:
+                    on_chunk(len(sealed))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return int(count)
 

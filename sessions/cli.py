@@ -23,7 +23,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sessions.cli_verify import VerificationError, check_inclusion, verify_offline
+from sessions.cli_evidence import audit_entries, export_bundle, verify_audit, verify_bundle
+from sessions.cli_verify import (
+    OfflineReport,
+    VerificationError,
+    check_inclusion,
+    compromise_problem,
+    pinned_history,
+    signing_key_of,
+    verify_offline,
+)
 from sessions.client import (
     MIB,
     ClientError,
@@ -319,14 +328,27 @@ def _progress(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
 
 
-def _verifier_key(args: argparse.Namespace, client: LucidClient) -> str:
-    if args.key:
-        return str(args.key)
-    if args.key_file:
-        return _read_token(Path(args.key_file))
-    _say("warning: the verifier key was fetched from the node itself (trust on first use); "
+def _pinned(args: argparse.Namespace) -> list[str]:
+    """Return the verifier keys pinned with --key (repeatable) or --key-file (one a line)."""
+    keys = list(getattr(args, "key", None) or [])
+    if getattr(args, "key_file", None):
+        keys += _read_token(Path(args.key_file)).splitlines()
+    return [k.strip() for k in keys if k.strip()]
+
+
+def _key_history(args: argparse.Namespace, client: LucidClient) -> list[dict[str, Any]]:
+    """Return the keys to trust: the pinned ones, else the node's published key history."""
+    if pinned := _pinned(args):
+        return pinned_history(pinned)
+    _say("warning: the verifier keys were fetched from the node itself (trust on first use); "
          "pass --key or --key-file with a pinned key for an independent check")
-    return str(client.node()["verifier_key"])
+    node = client.node()
+    return list(node.get("key_history") or [{"verifier_key": node["verifier_key"]}])
+
+
+def _signer_of(args: argparse.Namespace, client: LucidClient, signed: bytes) -> Any:
+    """Return the KeyPeriod of the trusted key that signed `signed` (VerificationError)."""
+    return signing_key_of(signed, _key_history(args, client))
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -439,9 +461,12 @@ def cmd_proof(args: argparse.Namespace) -> int:
     with _client(args) as client:
         proof = client.inclusion_proof(args.id, args.index, args.size)
         print(json.dumps(proof, indent=2))
-        key = _verifier_key(args, client)
         checkpoint = client.checkpoint(args.id, int(proof["size"]))
-    cp = check_inclusion(proof, checkpoint=checkpoint, verifier_key=key, session_id=args.id)
+        period = _signer_of(args, client, checkpoint)
+    cp = check_inclusion(proof, checkpoint=checkpoint, verifier_key=period.verifier_key,
+                         session_id=args.id)
+    if (problem := compromise_problem(period)) is not None:
+        raise VerificationError(problem)
     _say(f"verified: chunk {args.index} is in the signed tree of {cp.size} chunks "
          f"(root {cp.root_hash.hex()})")
     return 0
@@ -458,11 +483,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.bundle:
+        return _verify_bundle(args)
+    if args.id is None:
+        raise ClientError("usage", "verify needs a session id, or --bundle FILE")
     fetched = 0
     progress = Progress(None, enabled=_progress(args))
     with _client(args) as client:
-        key = _verifier_key(args, client)
         manifest, checkpoint = client.manifest(args.id), client.checkpoint(args.id)
+        period = _signer_of(args, client, checkpoint)
 
         def fetch(index: int) -> bytes | None:
             nonlocal fetched
@@ -472,19 +501,88 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return sealed
 
         try:
-            report = verify_offline(args.id, verifier_key=key, manifest=manifest,
-                                    checkpoint=checkpoint, fetch_chunk=fetch,
-                                    sample=args.sample)
+            report = verify_offline(args.id, verifier_key=period.verifier_key,
+                                    manifest=manifest, checkpoint=checkpoint,
+                                    fetch_chunk=fetch, sample=args.sample)
         finally:
             progress.finish()
+    if (problem := compromise_problem(period)) is not None:
+        report.problems.append(problem)
+    return _print_report(report)
+
+
+def _print_report(report: OfflineReport) -> int:
     for problem in report.problems:
         print(f"FAIL: {problem}")
     for index, reason in report.bad_chunks:
         print(f"FAIL: chunk {index}: {reason}")
     verdict = "OK" if report.ok else "FAILED"
-    print(f"{verdict}: session {args.id}: {report.checked} of {report.chunk_count} chunks "
-          f"checked; signature {'ok' if report.signature_ok else 'BAD'}; "
+    print(f"{verdict}: session {report.session_id}: {report.checked} of {report.chunk_count} "
+          f"chunks checked; signature {'ok' if report.signature_ok else 'BAD'}; "
           f"root {'ok' if report.root_ok else 'BAD'}")
+    return 0 if report.ok else 1
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    """Verify a bundle with no node: every check of `verify`, on the bundle's bytes."""
+    out = verify_bundle(Path(args.bundle), pinned=_pinned(args))
+    if args.id is not None and args.id != out.index.session_id:
+        out.problems.append(f"the bundle is of session {out.index.session_id}, not {args.id}")
+    _say(f"bundle exported {out.index.exported_at}; signature checked with {out.key_note}")
+    for problem in out.problems:
+        print(f"FAIL: {problem}")
+    code = _print_report(out.report)
+    return 0 if out.ok and code == 0 else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    progress = Progress(None, enabled=_progress(args))
+    done = 0
+
+    def count(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.update(done)
+
+    with _client(args) as client:
+        try:
+            chunks = export_bundle(client, args.id, Path(args.output), on_chunk=count)
+        finally:
+            progress.finish()
+    _say(f"wrote {args.output}: session {args.id}, {chunks} sealed chunks (no plaintext); "
+         f"check it anywhere with: lucid-sessions verify --bundle {args.output}")
+    return 0
+
+
+def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.rotate_signing_key(args.compromised_after), indent=2))
+    return 0
+
+
+def cmd_audit_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(f"{'SEQ':>6}  {'AT':<20}  {'ACTION':<18}  {'SESSION':<26}  {'ACTOR':<18}  "
+              f"{'CLIENT':<15}  DETAIL")
+        shown = 0
+        for e in audit_entries(client, session_id=args.session):
+            print(f"{e['seq']:>6}  {e['at'][:19]:<20}  {e['action']:<18}  "
+                  f"{e['session_id'] or '-':<26}  {e['actor']:<18}  {e['client']:<15}  "
+                  f"{e['detail']}")
+            shown += 1
+            if not args.all and shown >= args.limit:
+                _say("(more entries may follow: use --all)")
+                break
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = verify_audit(client, history=_key_history(args, client))
+    for finding in report.findings:
+        print(f"FAIL: {finding}")
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"{verdict}: audit log: {report.size} entries checked against the signed head")
     return 0 if report.ok else 1
 
 
@@ -528,8 +626,16 @@ def _byte_range(value: str) -> str:
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
     keys = p.add_mutually_exclusive_group()
-    keys.add_argument("--key", help="the node's signed-note verifier key (pinned)")
-    keys.add_argument("--key-file", help="file holding the verifier key")
+    keys.add_argument("--key", action="append", help="a signed-note verifier key of the node "
+                      "(pinned; repeat for the keys of its key history)")
+    keys.add_argument("--key-file", help="file holding verifier keys, one a line")
+
+
+def _rfc3339(value: str) -> str:
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z",
+                        value):
+        raise argparse.ArgumentTypeError("times look like 2026-12-01T00:00:00Z (UTC)")
+    return value
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -597,10 +703,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", type=_byte_range, help="bytes A-B (inclusive)")
     p.add_argument("--progress", action="store_true")
     p = add("verify", cmd_verify, "verify a finalized session offline (no keys)", conn)
-    p.add_argument("id", type=_session_id)
+    p.add_argument("id", type=_session_id, nargs="?")
+    p.add_argument("--bundle", help="verify this evidence bundle, with no node reachable")
     _add_key_options(p)
     p.add_argument("--sample", type=_percent, default=100.0, help="percent of chunks to check")
     p.add_argument("--progress", action="store_true")
+    p = add("export", cmd_export, "write a session's evidence bundle (sealed chunks, no "
+            "plaintext)", conn)
+    p.add_argument("id", type=_session_id)
+    p.add_argument("-o", "--output", required=True, help="bundle file to write (a tar)")
+    p.add_argument("--progress", action="store_true")
+    p = add("rotate-signing-key", cmd_rotate_signing_key, "retire the node's signing key for "
+            "a fresh one (old checkpoints keep verifying)", conn)
+    p.add_argument("--compromised-after", type=_rfc3339, metavar="TIME",
+                   help="mark the retiring key compromised after TIME (UTC)")
+    audit = add("audit", lambda _: 2, "read and verify the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    p = audit_sub.add_parser("ls", help="list entries, oldest first", parents=[conn])
+    p.set_defaults(func=cmd_audit_ls)
+    p.add_argument("--session", type=_session_id, help="only entries of this session")
+    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument("--all", action="store_true")
+    p = audit_sub.add_parser("verify", help="check every entry against the signed head",
+                             parents=[conn])
+    p.set_defaults(func=cmd_audit_verify)
+    _add_key_options(p)
     return parser
 
 

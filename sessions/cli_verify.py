@@ -58,6 +58,36 @@ def open_verifier(key_text: str) -> Any:
         raise VerificationError("the verifier key is not a valid signed-note key") from exc
 
 
+def signing_key_of(signed: bytes, key_history: list[dict[str, Any]]) -> Any:
+    """Return the KeyPeriod of the history whose key signed the note (VerificationError).
+
+    Only picks the key, by the signature line's key name and hash: opening the note
+    with it checks the signature.  Spec: c2sp.org/signed-note "Signatures".
+    """
+    core = _core()
+    try:
+        periods = core.key_history_from_json(key_history)
+        return core.signing_period(signed, periods)
+    except core.UnknownKeyError as exc:
+        raise VerificationError("no key of the node's key history signed this note") from exc
+    except core.CoreError as exc:
+        raise VerificationError("the note or the key history is malformed") from exc
+
+
+def compromise_problem(period: Any) -> str | None:
+    """Return why a checkpoint by this key must not be trusted as is, or None."""
+    if period.compromised_after is None:
+        return None
+    return (f"the signing key {period.verifier.key_hash:08x} is marked compromised after "
+            f"{period.compromised_after}: trust this checkpoint only if you obtained it "
+            f"before then (an earlier export, a witness cosignature)")
+
+
+def pinned_history(keys: list[str]) -> list[dict[str, Any]]:
+    """Return a key history of pinned verifier keys, with no times."""
+    return [{"verifier_key": k.strip()} for k in keys if k.strip()]
+
+
 def open_session_checkpoint(signed: bytes, *, verifier: Any, session_id: str) -> Any:
     """Return the checkpoint after its signature and origin verified (VerificationError)."""
     core = _core()

@@ -177,6 +177,21 @@ class LucidClient:
     def node(self) -> Any:
         return self.json("GET", "/v1/node")
 
+    def rotate_signing_key(self, compromised_after: str | None) -> Any:
+        body = {} if compromised_after is None else {"compromised_after": compromised_after}
+        return self.json("POST", "/v1/keys/signing/rotate", json=body)
+
+    def audit_page(self, *, start: int, limit: int, session_id: str | None) -> Any:
+        params: dict[str, str | int] = {"start": start, "limit": limit}
+        if session_id:
+            params["session_id"] = session_id
+        return self.json("GET", "/v1/audit", params=params)
+
+    def audit_checkpoint(self) -> bytes | None:
+        """Return the audit log's signed head, or None while the log is empty (204)."""
+        resp = self.request("GET", "/v1/audit/checkpoint")
+        return resp.content if resp.status_code == 200 else None
+
     def rotate_keys(self) -> Any:
         return self.json("POST", "/v1/keys/rotate", timeout=None)
 

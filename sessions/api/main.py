@@ -13,12 +13,22 @@ from starlette.types import Scope
 
 from sessions.api import package_version
 from sessions.api.access import document_roles
+from sessions.api.actor import ActorScope
 from sessions.api.auth import AccessLog, Bounded, RateLimiter, TokenVerifier
 from sessions.api.config import Settings, load_settings
 from sessions.api.deps import authenticate
 from sessions.api.limits import JsonBodyLimit
 from sessions.api.processor_client import ProcessorClient
-from sessions.api.routes import node, replay, sessions, tokens, tus, upload_prefix, uploads
+from sessions.api.routes import (
+    audit,
+    node,
+    replay,
+    sessions,
+    tokens,
+    tus,
+    upload_prefix,
+    uploads,
+)
 from sessions.api.tus import TUS_PREFIX, install_tus
 from sessions.common.web import Metrics, install_common
 
@@ -43,6 +53,7 @@ TAGS = [
     {"name": "replay", "description": "Plaintext replay with byte ranges; sealed chunks."},
     {"name": "node", "description": "The node's public verifier key."},
     {"name": "tokens", "description": "API tokens with roles (admin only)."},
+    {"name": "audit", "description": "The hash-chained audit log and its signed head."},
     {"name": "health", "description": "Liveness, readiness, metrics."},
 ]
 
@@ -84,9 +95,10 @@ def create_app(settings: Settings | None = None, *,
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
+    app.add_middleware(ActorScope)
     install_common(app, metrics=metrics, ready=ready,
                    metrics_dependencies=[Depends(authenticate)])
-    for module in (sessions, uploads, upload_prefix, replay, node, tus, tokens):
+    for module in (sessions, uploads, upload_prefix, replay, node, audit, tus, tokens):
         app.include_router(module.router)
     app.include_router(tus.hidden)
     install_tus(app, settings.allowed_origins)

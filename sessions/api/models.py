@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from sessions.common.errors import ErrorBody as ErrorBody
 from sessions.common.errors import error_responses
+from sessions.common.evidence import KeyPeriodModel
 from sessions.common.ids import is_session_id
 from sessions.common.models import CreateSession as CreateSession
 from sessions.common.models import LabelFilter as _LabelFilter
@@ -134,6 +135,10 @@ class NodeInfo(BaseModel):
     key_name: str
     verifier_key: str = Field(description="C2SP signed-note verifier key of this node")
     origin_prefix: str = Field(description="checkpoint origins are `<origin_prefix><id>`")
+    audit_origin: str | None = Field(None, description="origin of the audit log's signed head")
+    key_history: list[KeyPeriodModel] = Field(
+        default_factory=list, description="every signing key the node used, oldest first, "
+        "the current one last: a verifier picks the one a signature line names")
     chunk_size: int | None = Field(None, description="plaintext bytes per chunk of new "
                                    "sessions: send multiples of it per upload request")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from sessions.api.actor import actor_headers
 from sessions.common.errors import NotFound, NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.models import PrefixCheck
@@ -85,7 +86,7 @@ class ProcessorClient:
         """Return the read response of one request, or raise its error."""
         with _translated():
             resp = await self._http.request(method, path, params=params, json=json_body,
-                                            timeout=timeouts)
+                                            timeout=timeouts, headers=actor_headers())
         await _raise_for_error(resp)
         return resp
 
@@ -164,6 +165,17 @@ class ProcessorClient:
     async def revoke_token(self, token_id: str) -> StoredToken:
         return StoredToken.model_validate(await self._json("POST", f"/tokens/{token_id}/revoke"))
 
+    # -- keys and the audit log --------------------------------------------------------------
+
+    async def rotate_signing_key(self, body: Mapping[str, Any]) -> Any:
+        return await self._json("POST", "/keys/signing/rotate", json_body=dict(body))
+
+    async def audit(self, params: Mapping[str, str]) -> Any:
+        return await self._json("GET", "/audit", params=dict(params))
+
+    async def audit_checkpoint(self) -> httpx.Response:
+        return await self._call("GET", "/audit/checkpoint")
+
     # -- uploads ----------------------------------------------------------------------------
 
     async def upload_status(self, session_id: str) -> Any:
@@ -177,7 +189,8 @@ class ProcessorClient:
         request mid-body and propagates unchanged: the processor discards a truncated body.
         """
         request = self._http.build_request("PATCH", f"/sessions/{session_id}/upload",
-                                           content=body, headers=dict(headers),
+                                           content=body,
+                                           headers={**headers, **actor_headers()},
                                            timeout=STREAM_TIMEOUT)
         with _translated():
             resp = await self._http.send(request)
@@ -194,7 +207,8 @@ class ProcessorClient:
     async def _open(self, path: str, headers: Mapping[str, str]) -> httpx.Response:
         """Return an open streaming response with a 2xx status; the caller must close it."""
         request = self._http.build_request("GET", path, timeout=STREAM_TIMEOUT,
-                                           headers={"Accept-Encoding": "identity", **headers})
+                                           headers={"Accept-Encoding": "identity", **headers,
+                                                    **actor_headers()})
         with _translated():
             resp = await self._http.send(request, stream=True)
         try:

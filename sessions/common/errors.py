@@ -142,6 +142,9 @@ class InsufficientStorage(ServiceError):
     status, code = 507, "insufficient_storage"
     detail = ("the storage volume is at its free-space watermark; nothing of this chunk was "
               "written and every acknowledged byte is kept")
+class KeyRotationRefused(ServiceError):
+    status, code = 409, "rotation_refused"
+    detail = "this key cannot be rotated through the API"
 
 
 class Conflict(ServiceError):
@@ -190,6 +193,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
                 MetadataCorrupt, UpstreamUnavailable, NotReady, LegalHold, RequestTimeout,
                 InsufficientStorage)
 }
+_BY_CODE[KeyRotationRefused.code] = KeyRotationRefused
 
 
 def error_from_body(status: int, body: Any) -> ServiceError:

@@ -9,6 +9,14 @@ hash enters the session's Merkle tree; the tree's root is signed as a C2SP
 checkpoint and recorded, with every chunk, in the session's Manifest.
 """
 
+from sessions.core._audit import (
+    AUDIT_GENESIS,
+    AuditEntry,
+    audit_head,
+    audit_origin,
+    verify_audit_log,
+)
+from sessions.core._bundle import BUNDLE_FORMAT, BUNDLE_MEMBERS, BundleIndex, bundle_chunk_name
 from sessions.core._checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from sessions.core._chunking import (
     DEFAULT_CHUNK_SIZE,
@@ -20,7 +28,9 @@ from sessions.core._chunking import (
     chunk_stream,
 )
 from sessions.core._errors import (
+    AuditError,
     BadSignatureError,
+    BundleError,
     CheckpointError,
     CoreError,
     HeaderError,
@@ -36,6 +46,7 @@ from sessions.core._errors import (
     UnknownKeyError,
     UnwrapError,
 )
+from sessions.core._keyhistory import KeyPeriod, key_history_from_json, signing_period
 from sessions.core._keys import DATA_KEY_SIZE, MasterKey, WrappedKey, new_data_key, rewrap
 from sessions.core._manifest import MANIFEST_EXTENSION, ChunkEntry, Manifest
 from sessions.core._merkle_hash import (
@@ -149,4 +160,18 @@ __all__ = [
     "sign_note",
     "verify_consistency",
     "verify_inclusion",
+    "AUDIT_GENESIS",
+    "AuditEntry",
+    "audit_head",
+    "audit_origin",
+    "verify_audit_log",
+    "BUNDLE_FORMAT",
+    "BUNDLE_MEMBERS",
+    "BundleIndex",
+    "bundle_chunk_name",
+    "AuditError",
+    "BundleError",
+    "KeyPeriod",
+    "key_history_from_json",
+    "signing_period",
 ]

@@ -81,3 +81,15 @@ class CheckpointError(NoteError):
 
 class ManifestError(CoreError):
     """A manifest is malformed or internally inconsistent."""
+
+
+class AuditError(CoreError):
+    """An audit log does not match its signed head; `findings` says where, entry by entry."""
+
+    def __init__(self, findings: tuple[str, ...]) -> None:
+        super().__init__("; ".join(findings) or "audit log does not verify")
+        self.findings = findings
+
+
+class BundleError(CoreError):
+    """An evidence bundle's index is malformed or names files the format does not allow."""

@@ -36,6 +36,9 @@ class Settings(CommonSettings):
         "unwrap (and rotate) session keys wrapped before the current master key")
     signing_key_file: Path | None = Field(None, description="file with the node's Ed25519 "
                                          "signing key (C2SP PRIVATE+KEY text)")
+    signing_key_history_file: Path | None = Field(
+        None, description="file recording every signing key the node used, with its validity "
+        "period (public data; default <data_dir>/processor/signing-keys.json)")
     node_name: str = Field(default_factory=_default_node_name,
                            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                            description="names the node in checkpoint origins and key names")

@@ -45,6 +45,7 @@ from sessions.core import (
     LeafHashes,
     Manifest,
     UnwrapError,
+    audit_origin,
     consistency_proof,
     inclusion_proof,
     new_data_key,
@@ -52,6 +53,7 @@ from sessions.core import (
     root_hash,
     sign_checkpoint,
 )
+from sessions.processor.audit import AuditRecorder
 from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.config import Settings
 from sessions.processor.ingest import ingest, parse_checksum
@@ -72,7 +74,7 @@ from sessions.processor.integrity import (
     sizes_extension,
     verify_report,
 )
-from sessions.processor.keys import NodeKeys
+from sessions.processor.keys import NodeKeys, rotate_signing_key
 from sessions.processor.readback import (
     ByteRange,
     ChunkFacts,
@@ -127,6 +129,7 @@ class Engine:
         self._sealers = _Lru()
         self._trees = _Lru()
         self._manifests = _Lru()
+        self.audit = AuditRecorder(storage, lambda: self.keys)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -177,7 +180,8 @@ class Engine:
         if signed is None:
             return None
         try:
-            return open_anchor(signed, verifier=self.keys.verifier, origin=self.keys.origin(sid))
+            return open_anchor(signed, verifier=self.keys.verifier_of(signed),
+                               origin=self.keys.origin(sid))
         except CoreError:
             raise MetadataCorrupt("the session's kept checkpoint fails its signature") from None
 
@@ -242,7 +246,8 @@ class Engine:
         if cached and (hit := self._manifests.get(sid)) is not None:
             return hit  # type: ignore[no-any-return]
         manifest = Manifest.from_json(await self.storage.manifest(sid))
-        manifest.check(verifier=self.keys.verifier, origin=self.keys.origin(sid))
+        manifest.check(verifier=self.keys.verifier_of(manifest.checkpoint),
+                       origin=self.keys.origin(sid))
         return self._manifests.remember(sid, manifest)  # type: ignore[no-any-return]
 
     async def _manifest_or_corrupt(self, sid: str) -> Manifest:
@@ -331,8 +336,8 @@ class Engine:
             found = [f for f in manifest_findings(row, [], manifest) if f.index is None]
             return shown | _signed_fields(manifest) | {
                 "integrity": "mismatch" if found else "ok"}
-        anchor, problem = anchor_or_finding(await self.storage.kept_checkpoint(sid),
-                                            verifier=self.keys.verifier,
+        kept = await self.storage.kept_checkpoint(sid)
+        anchor, problem = anchor_or_finding(kept, verifier=self.keys.verifier_of(kept),
                                             origin=self.keys.origin(sid))
         if anchor is not None and anchor.size > row.chunk_count:  # an upload moved it on
             row = await self.storage.get_session(sid)
@@ -636,7 +641,7 @@ class Engine:
     async def _verify_open(self, row: SessionRow, rows: list[ChunkRow], anchor_raw: bytes | None,
                            sample: float, findings: list[Finding]) -> dict[str, Any]:
         """Verify a session without a manifest against its anchor and its chunks' bytes."""
-        anchor, problem = anchor_or_finding(anchor_raw, verifier=self.keys.verifier,
+        anchor, problem = anchor_or_finding(anchor_raw, verifier=self.keys.verifier_of(anchor_raw),
                                             origin=self.keys.origin(row.id))
         findings += [problem] if problem else []
         if anchor is None and problem is None and rows:
@@ -743,10 +748,18 @@ class Engine:
         return {"master_key_id": current.key_id, **counts,
                 "unknown_key_ids": sorted(unknown), "unreadable_session_ids": unreadable}
 
+    def rotate_signing_key(self, compromised_after: str | None) -> dict[str, Any]:
+        """Swap in a fresh signing key; every old one stays in the published history."""
+        self.keys = rotate_signing_key(self.settings, self.keys,
+                                       compromised_after=compromised_after)
+        return self.node()
+
     def node(self) -> dict[str, Any]:
         return {"key_name": self.keys.signer.name,
                 "verifier_key": self.keys.verifier.key_text(),
                 "origin_prefix": f"{self.keys.signer.name}/sessions/",
+                "audit_origin": audit_origin(self.keys.signer.name),
+                "key_history": [p.to_json() for p in self.keys.history],
                 "chunk_size": self.settings.chunk_size}
 
 

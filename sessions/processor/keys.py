@@ -15,6 +15,8 @@ forever, and sessions under legal hold, are wrapped under the master key.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -22,15 +24,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sessions.common.errors import ServiceError
+from sessions.common.errors import KeyRotationRefused, ServiceError
 from sessions.common.secrets import ConfigError, write_new_secret
 from sessions.core import (
+    CoreError,
     KeyMaterialError,
+    KeyPeriod,
     MasterKey,
     NoteSigner,
     NoteVerifier,
     UnwrapError,
     WrappedKey,
+    key_history_from_json,
+    signing_period,
 )
 from sessions.processor.config import Settings
 
@@ -145,6 +151,8 @@ class NodeKeys:
     signer: NoteSigner
     previous: tuple[MasterKey, ...] = ()
     periods: PeriodKeys | None = field(default=None, compare=False)
+    history: tuple[KeyPeriod, ...] = ()
+    """Every signing key the node has used, the current one last (public data)."""
 
     def unwrap(self, wrapped: WrappedKey, *, session_id: str) -> bytes:
         """Return a session's data key, unwrapped by whichever of our keys wrapped it.
@@ -173,6 +181,19 @@ class NodeKeys:
     @property
     def verifier(self) -> NoteVerifier:
         return self.signer.verifier()
+
+    def verifier_of(self, signed: bytes | str | None) -> NoteVerifier:
+        """Return the verifier of the history key that signed this note (else the current one).
+
+        Only picks the key: opening the note with it still checks the signature.
+        """
+        if signed is None or not self.history:
+            return self.verifier
+        raw = signed.encode("utf-8") if isinstance(signed, str) else signed
+        try:
+            return signing_period(raw, self.history).verifier
+        except CoreError:
+            return self.verifier
 
     def origin(self, session_id: str) -> str:
         """Return the checkpoint origin line for a session of this node."""
@@ -234,7 +255,90 @@ def load_node_keys(settings: Settings) -> NodeKeys:
         raise ConfigError(f"LUCID_NODE_NAME is {settings.node_name!r} but the signing key is "
                           f"named {signer.name!r}; they must agree")
     periods = PeriodKeys(settings.kek_dir or settings.secrets_dir / "kek")
-    return NodeKeys(master=master, signer=signer, previous=tuple(previous), periods=periods)
+    history = record_signing_key(history_path(settings), signer.verifier(), now=_now())
+    return NodeKeys(master=master, signer=signer, previous=tuple(previous), periods=periods,
+                    history=history)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def history_path(settings: Settings) -> Path:
+    """Return the file of the signing-key history (public: verifier keys and times)."""
+    return settings.signing_key_history_file or settings.data_dir / "processor" / \
+        "signing-keys.json"
+
+
+def read_history(path: Path) -> tuple[KeyPeriod, ...]:
+    """Return the recorded signing-key periods ((), if the file does not exist yet)."""
+    try:
+        return key_history_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError, KeyMaterialError) as exc:
+        raise ConfigError(f"signing-key history {path} is unreadable or malformed "
+                          f"({type(exc).__name__})") from None
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_history(path: Path, history: tuple[KeyPeriod, ...]) -> None:
+    _write_atomically(path, json.dumps([p.to_json() for p in history], indent=2) + "\n", 0o644)
+
+
+def record_signing_key(path: Path, current: NoteVerifier, *, now: str) -> tuple[KeyPeriod, ...]:
+    """Return the history with `current` as its last, open period, written back if it changed.
+
+    A key seen for the first time (first start, or a key file replaced by the operator)
+    closes the previous period at `now`.  Going back to a retired key is refused.
+    """
+    history = read_history(path)
+    text = current.key_text()
+    if history and history[-1].verifier_key == text:
+        return history
+    if any(p.verifier_key == text for p in history):
+        raise ConfigError("the signing key is a retired key of the signing-key history; "
+                          "configure the current key (or a new one)")
+    if history and history[-1].not_after is None:
+        history = (*history[:-1], dataclasses.replace(history[-1], not_after=now))
+    history = (*history, KeyPeriod(verifier_key=text, not_before=None if not history else now))
+    _write_history(path, history)
+    return history
+
+
+def rotate_signing_key(settings: Settings, keys: NodeKeys, *,
+                       compromised_after: str | None) -> NodeKeys:
+    """Return the node's keys with a fresh signing key, the old one retired in the history.
+
+    Local keys only (KeyRotationRefused if LUCID_SIGNING_KEY_FILE is configured: replace
+    that file and restart instead).  The new key file is written before the history, so
+    a crash in between is repaired at the next start by `record_signing_key`.
+    """
+    if settings.signing_key_file is not None:
+        raise KeyRotationRefused("the signing key comes from LUCID_SIGNING_KEY_FILE: put a "
+                                 "new key in that file and restart the processor; the "
+                                 "history records the change")
+    now = _now()
+    signer = NoteSigner.generate(keys.signer.name)
+    _write_atomically(_paths(settings)[1], signer.key_text() + "\n", 0o600)
+    retired = dataclasses.replace(keys.history[-1], not_after=now,
+                                  compromised_after=compromised_after)
+    history = (*keys.history[:-1], retired,
+               KeyPeriod(verifier_key=signer.verifier().key_text(), not_before=now))
+    _write_history(history_path(settings), history)
+    log.warning("rotated the node signing key: key hash %08x retired, %08x current",
+                keys.signer.key_hash, signer.key_hash)
+    return dataclasses.replace(keys, signer=signer, history=history)
 
 
 def _read(path: Path, what: str) -> str:

@@ -20,10 +20,11 @@ from sessions.common.errors import (
     UpstreamUnavailable,
     error_from_body,
 )
+from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditHead, AuditPage
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
-from sessions.core import ChunkEntry, WrappedKey
+from sessions.core import AuditEntry, ChunkEntry, WrappedKey
 
 _API = "/internal/v1"
 CHUNK_PAGE = 10_000
@@ -310,6 +311,25 @@ class StorageClient:
         """Return {key id: sessions holding a wrapped key under it}."""
         body = (await self._call("GET", "/key-usage")).json()
         return {str(k): int(v) for k, v in body["key_ids"].items()}
+    # -- the audit log ---------------------------------------------------------------------
+
+    async def audit_head(self) -> tuple[int, bytes]:
+        """Return (entries stored, hash of the last entry)."""
+        head = AuditHead.model_validate((await self._call("GET", "/audit/head")).json())
+        return head.size, bytes.fromhex(head.head)
+
+    async def append_audit(self, entry: AuditEntry, checkpoint: bytes) -> None:
+        """Append entry with the signed head ending with it; Conflict if the log moved on."""
+        body = AuditAppend(entry=AuditEntryModel.of(entry), checkpoint=checkpoint.decode())
+        await self._call("POST", "/audit", json=body.model_dump())
+
+    async def audit_page(self, params: dict[str, str]) -> AuditPage:
+        return AuditPage.model_validate((await self._call("GET", "/audit", params=params)).json())
+
+    async def audit_checkpoint(self) -> bytes | None:
+        """Return the signed head of the audit log, or None before its first entry (204)."""
+        resp = await self._call("GET", "/audit/checkpoint")
+        return resp.content if resp.status_code == 200 else None
 
     async def stats(self) -> dict[str, int]:
         body = (await self._call("GET", "/stats")).json()

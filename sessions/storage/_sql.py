@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -103,8 +103,33 @@ _V5 = (
     "CREATE INDEX sessions_by_key_id ON sessions (key_id) WHERE key_id IS NOT NULL",
 )
 
+# v6: the hash-chained audit log and its signed head.  Triggers refuse edits and deletes
+# through SQL (whoever holds the file can drop them: `audit verify` is what detects that).
+_V6 = (
+    """CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY NOT NULL CHECK (seq >= 0),
+        at TEXT NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        client TEXT NOT NULL,
+        session_id TEXT,
+        detail TEXT NOT NULL,
+        prev BLOB NOT NULL CHECK (length(prev) = 32)
+    )""",
+    "CREATE INDEX audit_by_session ON audit_log (session_id, seq)",
+    """CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        size INTEGER NOT NULL CHECK (size >= 0),
+        checkpoint TEXT NOT NULL
+    )""",
+    """CREATE TRIGGER audit_log_append_only_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER audit_log_append_only_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+)
+
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -200,3 +225,16 @@ def select_labels_query(count: int) -> str:
     """Return the query for the labels of `count` sessions, one `?` per id."""
     marks = ", ".join("?" * count)  # only placeholders are interpolated
     return f"SELECT session_id, key, value FROM session_labels WHERE session_id IN ({marks})"  # noqa: S608
+
+
+# -- the audit log (schema v4) -------------------------------------------------------------
+INSERT_AUDIT = ("INSERT OR IGNORE INTO audit_log (seq, at, action, actor, client, session_id, "
+                "detail, prev) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+SET_AUDIT_HEAD = ("INSERT INTO audit_head (id, size, checkpoint) VALUES (0, ?, ?) "
+                  "ON CONFLICT (id) DO UPDATE SET size = excluded.size, "
+                  "checkpoint = excluded.checkpoint WHERE excluded.size > audit_head.size")
+_AUDIT_COLUMNS = "SELECT seq, at, action, actor, client, session_id, detail, prev FROM audit_log"
+SELECT_AUDIT = _AUDIT_COLUMNS + " WHERE seq >= ? ORDER BY seq LIMIT ?"
+SELECT_AUDIT_OF_SESSION = _AUDIT_COLUMNS + " WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+SELECT_LAST_AUDIT = _AUDIT_COLUMNS + " ORDER BY seq DESC LIMIT 1"
+SELECT_AUDIT_CHECKPOINT = "SELECT size, checkpoint FROM audit_head WHERE id = 0"

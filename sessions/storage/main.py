@@ -20,7 +20,7 @@ from sessions.storage.config import Settings, load_settings
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import MetadataStore, open_metastore
-from sessions.storage.routes import checkpoints, chunks, lifecycle, sessions, tokens
+from sessions.storage.routes import audit, checkpoints, chunks, lifecycle, sessions, tokens
 from sessions.storage.service import StorageService
 
 FIRST_RETRY, MAX_RETRY = 0.25, 10.0  # seconds between attempts to reach the metadata database
@@ -159,4 +159,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(checkpoints.router)
     app.include_router(tokens.router)
     app.include_router(lifecycle.router)
+    app.include_router(audit.router)
     return app

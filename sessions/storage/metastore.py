@@ -16,9 +16,9 @@ race re-reads the record and decides again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sessions.common.errors import (
     BadRequest,
@@ -26,12 +26,14 @@ from sessions.common.errors import (
     InvalidParameter,
     InvalidState,
     LegalHold,
+    MetadataCorrupt,
     NotFound,
     SessionNotFound,
 )
 from sessions.common.ids import check_session_id
 from sessions.common.states import SessionState, check_transition, require_state
 from sessions.common.tokens import Role, check_token_id
+from sessions.core import AUDIT_GENESIS, AuditEntry, AuditError
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import ChunkCommitted, StorageUnavailable
 from sessions.storage.records import (
@@ -48,6 +50,7 @@ from sessions.storage.records import (
 )
 
 Label = tuple[str, str]
+T = TypeVar("T")
 MAX_RACES = 20
 """A compare-and-set lost this many times in a row means a hot spot: fail with 503, not spin."""
 
@@ -93,6 +96,14 @@ class MetadataBackend(Protocol):
         """Return up to limit records in state with updated_at < before, oldest first."""
     async def key_usage(self) -> dict[str, int]:
         """Return how many records hold a wrapped key under each key id."""
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> bool:
+        """Store entry and make checkpoint the head, atomically; False if entry.seq is taken."""
+    async def list_audit(self, *, start: int, session_id: str | None,
+                         limit: int) -> list[AuditEntry]:
+        """Return up to limit entries with seq >= start (of session_id, if given), by seq."""
+    async def last_audit(self) -> AuditEntry | None: ...
+    async def load_audit_checkpoint(self) -> tuple[int, str] | None:
+        """Return (size, signed head) as last stored with an entry, or None before any."""
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -385,6 +396,58 @@ class MetadataStore:
         await self.get_token(token_id)
         await self.backend.revoke_token(token_id, at=self._now())
         return await self.get_token(token_id)
+    # -- the audit log: append-only, one chain -------------------------------------------------
+
+    async def audit_head(self) -> tuple[int, bytes]:
+        """Return (entries stored, hash of the last entry or AUDIT_GENESIS)."""
+        last = await self._audit_read(self.backend.last_audit())
+        return (0, AUDIT_GENESIS) if last is None else (last.seq + 1, last.hash())
+
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> int:
+        """Append entry, the next link of the chain, with its signed head; return the new size.
+
+        Requires entry.seq == entries stored and entry.prev == the last entry's hash, and
+        no fewer entries than the stored signed head covers (502 `metadata_corrupt`);
+        otherwise (another append won the race) 409 `conflict` with the current `size`,
+        and the caller builds its entry again on the new head.
+        """
+        signed = await self.backend.load_audit_checkpoint()  # first: appends only grow it
+        size, head = await self.audit_head()
+        if size < (0 if signed is None else signed[0]):
+            raise MetadataCorrupt("the stored audit log is shorter than its signed head "
+                                  "(entries removed): nothing appended")
+        if entry.seq != size or entry.prev != head or not checkpoint:
+            raise Conflict("the audit log moved on: rebuild the entry on its head",
+                           extra={"size": size})
+        if not await self.backend.append_audit(entry, checkpoint):
+            raise Conflict("the audit log moved on: rebuild the entry on its head",
+                           extra={"size": size + 1})
+        return size + 1
+
+    async def list_audit(self, *, start: int = 0, session_id: str | None = None,
+                         limit: int = 100) -> tuple[list[AuditEntry], int | None]:
+        """Return entries from seq start on (of one session if given) and the next start."""
+        if start < 0 or limit < 1:
+            raise InvalidParameter("start must be >= 0 and limit >= 1")
+        if session_id is not None:
+            check_session_id(session_id)
+        rows = await self._audit_read(self.backend.list_audit(
+            start=start, session_id=session_id, limit=limit + 1))
+        page = rows[:limit]
+        return page, page[-1].seq + 1 if len(rows) > limit else None
+
+    async def audit_checkpoint(self) -> str | None:
+        """Return the signed head of the audit log, or None before the first entry."""
+        signed = await self.backend.load_audit_checkpoint()
+        return None if signed is None else signed[1]
+
+    @staticmethod
+    async def _audit_read(pending: Awaitable[T]) -> T:
+        """Await a backend read of audit entries; a stored entry that breaks a core rule is 502."""
+        try:
+            return await pending
+        except AuditError as exc:
+            raise MetadataCorrupt("a stored audit entry is malformed") from exc
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ Not Motor: Motor is deprecated in favour of this API.  Documents:
     chunks    {s: session id, i: index, offset, length, sealed_length, leaf_hash, compressed}
     tokens    {_id: token id, name, role, secret_hash, created_at, expires_at, revoked_at,
                created_by}
-    meta      {_id: "schema", version}
+    meta      {_id: "schema", version}, {_id: "audit_head", size, checkpoint}
+    audit     {_id: seq, at, action, actor, client, session_id, detail, prev}  (schema 4)
 
 Every write is `w: majority, j: true`; retryable writes and reads are on.  The
 compare-and-set is an `update_one` filtered on (_id, revision); a commit inserts
@@ -33,6 +34,7 @@ from pymongo.write_concern import WriteConcern
 
 from sessions.common.secrets import ConfigError
 from sessions.common.states import SessionState
+from sessions.core import AuditEntry
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.records import (
@@ -47,7 +49,7 @@ from sessions.storage.records import (
 log = logging.getLogger("lucid.storage.mongo")
 Doc = dict[str, Any]
 Label = tuple[str, str]
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DURABLE = WriteConcern(w="majority", j=True)
 SELECTION_TIMEOUT_MS = 5000
 
@@ -88,8 +90,14 @@ def _v3_indexes() -> dict[str, list[IndexModel]]:
     }
 
 
+def _v4_indexes() -> dict[str, list[IndexModel]]:
+    """v4: the audit log; `_id` is the sequence number (unique: appends never fork the chain)."""
+    return {"audit": [IndexModel([("session_id", ASCENDING), ("_id", ASCENDING)],
+                                 name="by_session")]}
+
+
 # MIGRATIONS[v] takes a database from schema v - 1 to v; each step is idempotent.
-MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes, 3: _v3_indexes}
+MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes, 3: _v3_indexes, 4: _v4_indexes}
 
 
 class MongoBackend:
@@ -112,6 +120,7 @@ class MongoBackend:
         self._chunks: AsyncCollection[Doc] = db["chunks"]
         self._meta: AsyncCollection[Doc] = db["meta"]
         self._tokens: AsyncCollection[Doc] = db["tokens"]
+        self._audit: AsyncCollection[Doc] = db["audit"]
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -254,6 +263,26 @@ class MongoBackend:
                 return False
         return True
 
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> bool:
+        doc = entry.to_json()
+        doc["_id"] = doc.pop("seq")
+        doc["prev"] = entry.prev
+
+        async def append(s: AsyncClientSession) -> None:
+            await self._audit.insert_one(doc, session=s)
+            await self._meta.update_one(
+                {"_id": "audit_head"},
+                {"$set": {"size": entry.seq + 1, "checkpoint": checkpoint}}, upsert=True,
+                session=s)
+
+        async with self._guard():
+            try:
+                async with self._client.start_session() as session:
+                    await session.with_transaction(append, write_concern=DURABLE)
+            except DuplicateKeyError:
+                return False
+        return True
+
     async def load_token(self, token_id: str) -> TokenRecord | None:
         async with self._guard():
             doc = await self._tokens.find_one({"_id": token_id})
@@ -269,6 +298,7 @@ class MongoBackend:
             done = await self._tokens.update_one({"_id": token_id, "revoked_at": None},
                                                  {"$set": {"revoked_at": at}})
         return done.modified_count == 1
+
     async def list_expired(self, *, before: str, limit: int) -> list[SessionRecord]:
         query = {"legal_hold": False, "expires_at": {"$lte": before}}
         return await self._find(query, "expires_at", limit)
@@ -290,6 +320,25 @@ class MongoBackend:
                 {"$match": {"key_id": {"$gt": ""}}},  # strings only: erased keys are null
                 {"$group": {"_id": "$key_id", "n": {"$sum": 1}}}])
             return {str(d["_id"]): int(d["n"]) async for d in found}
+
+    async def list_audit(self, *, start: int, session_id: str | None,
+                         limit: int) -> list[AuditEntry]:
+        query: Doc = {"_id": {"$gte": start}}
+        if session_id is not None:
+            query["session_id"] = session_id
+        async with self._guard():
+            docs = await self._audit.find(query).sort("_id", ASCENDING).limit(limit).to_list()
+        return [_audit_entry(d) for d in docs]
+
+    async def last_audit(self) -> AuditEntry | None:
+        async with self._guard():
+            docs = await self._audit.find({}).sort("_id", DESCENDING).limit(1).to_list()
+        return _audit_entry(docs[0]) if docs else None
+
+    async def load_audit_checkpoint(self) -> tuple[int, str] | None:
+        async with self._guard():
+            doc = await self._meta.find_one({"_id": "audit_head"})
+        return None if doc is None else (int(doc["size"]), str(doc["checkpoint"]))
 
     async def ping(self) -> None:
         async with self._guard():
@@ -349,3 +398,9 @@ def _plus_days(created_at: str, days: int) -> str:
     """Return the RFC 3339 text of created_at + days, in the form `rfc3339` writes."""
     moment = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return (moment + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _audit_entry(doc: Doc) -> AuditEntry:
+    return AuditEntry(seq=doc["_id"], at=doc["at"], action=doc["action"], actor=doc["actor"],
+                      client=doc["client"], session_id=doc["session_id"],
+                      detail=doc["detail"], prev=bytes(doc["prev"]))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessions.common.states import SessionState
+from sessions.core import AuditEntry
 from sessions.storage import _sql
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.records import (
@@ -119,6 +120,26 @@ class SqliteBackend:
 
     async def ping(self) -> None:
         await self._call(self._rows, "SELECT 1", ())
+
+    async def append_audit(self, entry: AuditEntry, checkpoint: str) -> bool:
+        return await self._call(self._append_audit, entry, checkpoint)
+
+    async def list_audit(self, *, start: int, session_id: str | None,
+                         limit: int) -> list[AuditEntry]:
+        if session_id is None:
+            rows = await self._call(self._rows, _sql.SELECT_AUDIT, (start, limit))
+        else:
+            rows = await self._call(self._rows, _sql.SELECT_AUDIT_OF_SESSION,
+                                    (session_id, start, limit))
+        return [_audit_entry(r) for r in rows]
+
+    async def last_audit(self) -> AuditEntry | None:
+        rows = await self._call(self._rows, _sql.SELECT_LAST_AUDIT, ())
+        return _audit_entry(rows[0]) if rows else None
+
+    async def load_audit_checkpoint(self) -> tuple[int, str] | None:
+        rows = await self._call(self._rows, _sql.SELECT_AUDIT_CHECKPOINT, ())
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def close(self) -> None:
         if self._closed:
@@ -223,6 +244,16 @@ class SqliteBackend:
         label_map = _labels_of(db, [row[0] for row in rows])
         return [_record(row, label_map.get(row[0])) for row in rows]
 
+    def _append_audit(self, entry: AuditEntry, checkpoint: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(_sql.INSERT_AUDIT, (entry.seq, entry.at, entry.action, entry.actor,
+                                                 entry.client, entry.session_id, entry.detail,
+                                                 entry.prev))
+            if cur.rowcount != 1:
+                return False
+            db.execute(_sql.SET_AUDIT_HEAD, (entry.seq + 1, checkpoint))
+            return True
+
     def _list(self, state: SessionState | None, labels: tuple[Label, ...], cursor: str | None,
               limit: int) -> list[SessionRecord]:
         db = self._conn()
@@ -261,3 +292,9 @@ def _token(row: Sequence[Any]) -> TokenRecord:
     return TokenRecord(id=tid, name=name, role=role, secret_hash=bytes(digest),
                        created_at=created, expires_at=expires, revoked_at=revoked,
                        created_by=created_by)
+
+
+def _audit_entry(row: Sequence[Any]) -> AuditEntry:
+    seq, at, action, actor, client, session_id, detail, prev = row
+    return AuditEntry(seq=seq, at=at, action=action, actor=actor, client=client,
+                      session_id=session_id, detail=detail, prev=bytes(prev))

@@ -75,7 +75,8 @@ async def test_tokens_are_compared_in_constant_time(gateway: httpx.AsyncClient,
 
 async def test_node_needs_no_token(gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
     node = {"key_name": "lucid-test", "verifier_key": "lucid-test+01234567+AAAA",
-            "origin_prefix": "lucid-test/sessions/", "chunk_size": 1048576}
+            "origin_prefix": "lucid-test/sessions/", "chunk_size": 1048576,
+            "audit_origin": "lucid-test/audit", "key_history": []}
     fake.reply("GET", "/internal/v1/node", body=node)
     resp = await gateway.get("/v1/node")
     assert resp.status_code == 200

@@ -1,4 +1,4 @@
-"""The node: its public verifier key for auditors (no auth), and master key rotation (admin)."""
+"""The node: its public verifier keys for auditors (no auth), and key rotation (admin)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 
 from sessions.api.deps import Processor, authenticate
 from sessions.api.models import NodeInfo, errors
+from sessions.common.evidence import RotateSigningIn
 
 router = APIRouter(prefix="/v1", tags=["node"])
 
@@ -33,3 +34,18 @@ async def rotate_keys(processor: Processor) -> Any:
     Chunk data is not touched.  Returns counts and any key ids it could not unwrap.
     """
     return await processor.rotate_keys()
+
+
+@router.post("/keys/signing/rotate", dependencies=[Depends(authenticate)],
+             response_model=NodeInfo, responses=errors(401, 409, 422, 503),
+             summary="Retire the node's signing key for a fresh one")
+async def rotate_signing_key(processor: Processor, body: RotateSigningIn | None = None) -> Any:
+    """Generate a new signing key; every old key stays in `GET /v1/node`'s `key_history`.
+
+    Old checkpoints keep verifying with the key that signed them.  After a leak, pass
+    `compromised_after`: verifiers then refuse checkpoints by that key unless they
+    obtained them before that time (README, "Evidence").  409 `rotation_refused` when
+    the key comes from `LUCID_SIGNING_KEY_FILE` (replace the file and restart instead).
+    """
+    return await processor.rotate_signing_key(
+        {} if body is None else body.model_dump(exclude_none=True))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Response
 from sessions.common.errors import error_responses
 from sessions.common.models import MAX_CHUNK_INDEX, RANGE_DOC
 from sessions.common.web import CutOnErrorResponse
-from sessions.processor.deps import EngineDep, SessionId
+from sessions.processor.deps import AuditDep, EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["replay"])
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
@@ -18,11 +18,13 @@ _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
 
 @router.get("/{session_id}/replay", response_class=Response, responses={
     200: _BINARY, 206: _BINARY, **error_responses(404, 409, 416, 502)})
-async def replay(session_id: SessionId, engine: EngineDep,
+async def replay(session_id: SessionId, engine: EngineDep, audit: AuditDep,
                  byte_range: Annotated[str | None, Header(alias="Range", description=RANGE_DOC)]
                  = None) -> Response:
     """Stream the verified plaintext: 200 whole, 206 one range (sessions/processor/ranges.py)."""
     stream = await engine.replay(session_id, byte_range)
+    await audit("replay", session_id, "whole" if stream.range is None else
+                f"bytes={stream.range.start}-{stream.range.end - 1}")
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(stream.length),
                "Cache-Control": "no-store"}
     status = 200

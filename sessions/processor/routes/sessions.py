@@ -18,15 +18,18 @@ from sessions.common.models import (
     list_params,
 )
 from sessions.common.states import SessionState
-from sessions.processor.deps import EngineDep, SessionId
+from sessions.processor.deps import AuditDep, EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
 
 
 @router.post("", status_code=201)
-async def create_session(body: OwnedCreateSession, engine: EngineDep) -> dict[str, Any]:
-    return await engine.create(body.labels, body.retention_days, body.upload_length,
-                               owner=body.owner)
+async def create_session(body: OwnedCreateSession, engine: EngineDep,
+                         audit: AuditDep) -> dict[str, Any]:
+    created = await engine.create(body.labels, body.retention_days, body.upload_length,
+                                  owner=body.owner)
+    await audit("create", created["id"])
+    return created
 
 
 @router.get("")
@@ -48,8 +51,11 @@ async def show_session(session_id: SessionId, engine: EngineDep) -> dict[str, An
 
 
 @router.post("/{session_id}/finalize", responses=error_responses(404, 409))
-async def finalize_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
-    return await engine.finalize(session_id)
+async def finalize_session(session_id: SessionId, engine: EngineDep,
+                           audit: AuditDep) -> dict[str, Any]:
+    done = await engine.finalize(session_id)
+    await audit("finalize", session_id, f"chunks={done.get('chunk_count')}")
+    return done
 
 
 @router.put("/{session_id}/upload-length", responses=error_responses(404, 409))
@@ -59,21 +65,29 @@ async def set_upload_length(session_id: SessionId, body: UploadLength,
 
 
 @router.put("/{session_id}/hold", responses=error_responses(404, 409))
-async def set_hold(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+async def set_hold(session_id: SessionId, engine: EngineDep,
+                   audit: AuditDep) -> dict[str, Any]:
     """Put the session under legal hold (its key is rewrapped under the master key)."""
-    return await engine.set_hold(session_id, True)
+    held = await engine.set_hold(session_id, True)
+    await audit("hold", session_id)
+    return held
 
 
 @router.delete("/{session_id}/hold", responses=error_responses(404, 409))
-async def release_hold(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+async def release_hold(session_id: SessionId, engine: EngineDep,
+                       audit: AuditDep) -> dict[str, Any]:
     """Release the legal hold (the key goes back under its retention period's key)."""
-    return await engine.set_hold(session_id, False)
+    released = await engine.set_hold(session_id, False)
+    await audit("release", session_id)
+    return released
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response,
                responses=error_responses(404, 409))
-async def delete_session(session_id: SessionId, engine: EngineDep) -> Response:
+async def delete_session(session_id: SessionId, engine: EngineDep,
+                         audit: AuditDep) -> Response:
     await engine.delete(session_id)
+    await audit("delete", session_id)
     return Response(status_code=204)
 
 
@@ -112,6 +126,8 @@ async def consistency_proof(session_id: SessionId, engine: EngineDep,
 
 
 @router.post("/{session_id}/verify", responses=error_responses(404, 409))
-async def verify_session(session_id: SessionId, engine: EngineDep,
+async def verify_session(session_id: SessionId, engine: EngineDep, audit: AuditDep,
                          sample: Annotated[float, Query(gt=0, le=100)] = 100) -> dict[str, Any]:
-    return await engine.verify(session_id, sample)
+    report = await engine.verify(session_id, sample)
+    await audit("verify", session_id, f"sample={sample:g} ok={report.get('ok')}")
+    return report

@@ -11,7 +11,7 @@ from sessions.common.errors import BadRequest, InvalidState, UnsupportedMediaTyp
 from sessions.common.models import CHECKSUM_PATTERN
 from sessions.common.stalls import stall_limited
 from sessions.common.states import SessionState
-from sessions.processor.deps import EngineDep, SessionId
+from sessions.processor.deps import AuditDep, EngineDep, SessionId
 from sessions.processor.engine import Engine
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["uploads"])
@@ -65,7 +65,9 @@ async def upload_status(session_id: SessionId, engine: EngineDep) -> dict[str, A
 
 @router.patch("/{session_id}/upload", openapi_extra=_UPLOAD_DOC,
               responses=error_responses(404, 408, 409, 413, 415, 460, 507))
-async def upload(session_id: SessionId, request: Request, engine: EngineDep) -> Response:
+async def upload(session_id: SessionId, request: Request, engine: EngineDep,
+                 audit: AuditDep) -> Response:
+    """Append the body; one `append` audit entry per request that committed bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in UPLOAD_TYPES:
         raise UnsupportedMediaType("Content-Type must be application/offset+octet-stream")
@@ -78,4 +80,6 @@ async def upload(session_id: SessionId, request: Request, engine: EngineDep) -> 
         checksum_header=request.headers.get("upload-checksum"),
         content_length=_non_negative(request.headers.get("content-length"), "Content-Length"),
         max_bytes=MAX_REQUEST_BYTES)
+    if done["offset"] > offset:
+        await audit("append", session_id, f"bytes={offset}-{done['offset'] - 1}")
     return JSONResponse(done, headers={"Upload-Offset": str(done["offset"])})

@@ -56,6 +56,10 @@ RULES: dict[str, frozenset[Role]] = {
     f"GET {_S}/chunks/{{index}}": _roles(AUDITOR),
     # node and tokens
     "POST /v1/keys/rotate": _roles(),
+    "POST /v1/keys/signing/rotate": _roles(),
+    # the audit log: who did what (no plaintext)
+    "GET /v1/audit": _roles(AUDITOR),
+    "GET /v1/audit/checkpoint": _roles(AUDITOR),
     "POST /v1/tokens": _roles(),
     "GET /v1/tokens": _roles(),
     "DELETE /v1/tokens/{token_id}": _roles(),

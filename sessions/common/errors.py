@@ -184,16 +184,12 @@ class NotReady(ServiceError):
     status, code, detail = 503, "not_ready", "the service is not ready"
 
 
-_BY_CODE: dict[str, type[ServiceError]] = {
-    cls.code: cls
-    for cls in (BadRequest, InvalidId, InvalidParameter, ChecksumMismatch, TruncatedBody,
-                Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
-                MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable,
-                Conflict, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
-                MetadataCorrupt, UpstreamUnavailable, NotReady, LegalHold, RequestTimeout,
-                InsufficientStorage)
-}
-_BY_CODE[KeyRotationRefused.code] = KeyRotationRefused
+def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+# Every error class defined above, by its code (tests hold the codes unique).
+_BY_CODE: dict[str, type[ServiceError]] = {cls.code: cls for cls in _subclasses(ServiceError)}
 
 
 def error_from_body(status: int, body: Any) -> ServiceError:

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from sessions.core import AuditEntry
 
+_MAX_SEQ = (1 << 53) - 1  # exact in every JSON parser (RFC 8259 §6), so fuzzers agree on it
+
 MAX_AUDIT_PAGE = 1000
 _Text = Annotated[str, StringConstraints(max_length=256)]
 _Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -16,7 +18,7 @@ _Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 class AuditEntryModel(BaseModel):
     """One audit entry as stored and served (`sessions.core.AuditEntry.to_json`)."""
 
-    seq: int = Field(ge=0, le=(1 << 63) - 1, description="0, 1, 2, ... in the order of actions")
+    seq: int = Field(ge=0, le=_MAX_SEQ, description="0, 1, 2, ... in the order of actions")
     at: _Text = Field(description="RFC 3339 UTC time the processor recorded the action")
     action: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,31}$")] = Field(
         description="create, append, finalize, replay, verify, delete, hold, release, "

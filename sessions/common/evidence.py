@@ -22,6 +22,7 @@ class AuditEntryModel(BaseModel):
     at: _Text = Field(description="RFC 3339 UTC time the processor recorded the action")
     action: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,31}$")] = Field(
         description="create, append, finalize, replay, verify, delete, hold, release, "
+        "expire, idle_finalize (the retention sweep, actor `sweeper`), "
         "rotate_keys or rotate_signing_key")
     actor: _Text = Field(description="the token id that acted (never the token)")
     client: _Text = Field(description="the client address the gateway saw")

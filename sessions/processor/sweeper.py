@@ -151,6 +151,7 @@ class Sweeper:
                 report.skipped.append(row.id)
                 continue
             report.erased.append(row.id)
+            await self._audit("expire", row.id, f"expires_at={row.raw.get('expires_at')}")
 
     async def _close_idle(self, now: datetime, report: SweepReport) -> None:
         due: list[SessionRow] = []
@@ -171,6 +172,12 @@ class Sweeper:
                 report.skipped.append(row.id)
                 continue
             report.finalized.append(row.id)
+            await self._audit("idle_finalize", row.id)
+
+    async def _audit(self, action: str, session_id: str, detail: str = "") -> None:
+        """Record what the sweep did in the audit log, as actor `sweeper`."""
+        await self.engine.audit.record(action, session_id, actor="sweeper", client="internal",
+                                       detail=detail)
 
     async def _destroy_spent_keys(self, now: datetime, report: SweepReport) -> None:
         periods = self.engine.keys.periods

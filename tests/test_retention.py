@@ -189,6 +189,8 @@ async def test_expiry_erases_destroys_the_period_key_and_a_restored_backup_stays
         assert report.erased == [sid] and report.destroyed_periods == []  # period not over
         assert (await client.get(f"/sessions/{sid}")).json()["state"] == "deleted"
         assert key_file.exists()
+        entries = (await client.get("/audit", params={"session_id": sid})).json()["items"]
+        assert [(e["action"], e["actor"]) for e in entries][-1] == ("expire", "sweeper")
 
         clock.set(period_end(period) + timedelta(seconds=1))
         report = await sweep.run_pass()

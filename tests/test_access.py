@@ -437,6 +437,13 @@ async def test_the_rate_limit_is_per_token(tmp_path: Path) -> None:
             assert (await c.get("/v1/sessions", headers=node.auth("admin"))).status_code == 200
 
 
+def test_an_unreadable_expiry_counts_as_expired() -> None:
+    from sessions.api.auth import _expired
+    now = datetime.now(UTC)
+    assert _expired("2026-13-45T00:00:00Z", now)
+    assert not _expired((now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now)
+
+
 def test_the_bucket_refills_at_the_rate() -> None:
     now = [0.0]
     limiter = RateLimiter(2.0, 2, clock=lambda: now[0])

@@ -24,7 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessions.common.auth import bearer_token, tokens_equal
 from sessions.common.errors import RateLimited, Unauthorized
-from sessions.common.tokens import BOOTSTRAP_ID, Role, StoredToken, parse_token, secret_digest
+from sessions.common.tokens import (
+    BOOTSTRAP_ID,
+    Role,
+    StoredToken,
+    expiry,
+    parse_token,
+    secret_digest,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -105,7 +112,7 @@ class TokenVerifier:
             raise _unauthorized()
         if rec.revoked_at is not None:
             raise _unauthorized("the token was revoked")
-        if rec.expires_at is not None and _instant(rec.expires_at) <= self._now():
+        if rec.expires_at is not None and _expired(rec.expires_at, self._now()):
             raise _unauthorized("the token has expired")
         return Principal(rec.id, rec.role)
 
@@ -127,8 +134,12 @@ def _unauthorized(detail: str | None = None) -> Unauthorized:
     return Unauthorized(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+def _expired(text: str, now: datetime) -> bool:
+    """Return whether the expiry `text` has passed; an unreadable one has (fail closed)."""
+    try:
+        return expiry(text) <= now
+    except ValueError:
+        return True
 
 
 class RateLimiter:

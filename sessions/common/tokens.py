@@ -14,9 +14,10 @@ import base64
 import hashlib
 import re
 import secrets
+from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sessions.common.errors import InvalidId
 
@@ -79,6 +80,18 @@ class NewToken(BaseModel):
     secret_hash: str = Field(pattern=HEX32, description="hex SHA-256 of the token's secret")
     expires_at: str | None = Field(None, pattern=RFC3339)
     created_by: str | None = Field(None, max_length=64, description="token id of the creator")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            expiry(value)  # a real instant, not just its shape
+        return value
+
+
+def expiry(text: str) -> datetime:
+    """Return the instant of an RFC 3339 UTC timestamp (`...Z`); ValueError if it is none."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class TokenInfo(BaseModel):

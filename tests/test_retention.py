@@ -27,7 +27,7 @@ from pymongo import AsyncMongoClient
 from sessions.common.secrets import new_token, write_new_secret
 from sessions.core import MasterKey, NoteSigner
 from sessions.processor.config import Settings as ProcessorSettings
-from sessions.processor.keys import period_end, period_of
+from sessions.processor.keys import PeriodKeys, period_end, period_of
 from sessions.processor.main import create_app as processor_app
 from sessions.processor.sweeper import ClockGuard, Sweeper, SweepReport
 from sessions.storage.config import Settings as StorageSettings
@@ -299,3 +299,18 @@ async def test_an_unwritable_key_directory_refuses_retained_sessions_cleanly(
         r = await client.post("/sessions", json={"retention_days": 3})
         assert r.status_code == 503 and r.json()["error"] == "key_store_unavailable"
         assert (await client.post("/sessions", json={})).status_code == 201  # kept forever
+
+
+def test_period_keys_are_0600_files_destroyed_only_under_the_id_checked(tmp_path: Path) -> None:
+    keys = PeriodKeys(tmp_path / "kek")
+    first = keys.for_period("2026-12")
+    path = tmp_path / "kek" / "2026-12.key"
+    assert path.stat().st_mode & 0o777 == 0o600 and keys.for_period("2026-12") is first
+    assert PeriodKeys(tmp_path / "kek").get(first.key_id) is not None  # another processor
+    assert keys.destroy("2026-12", key_id="0" * 16) is False and path.exists()
+    assert keys.destroy("2026-12", key_id=first.key_id) is True and not path.exists()
+    assert keys.destroy("2026-12", key_id=first.key_id) is False
+    assert keys.get(first.key_id) is None
+    assert period_end("2026-12") == datetime(2027, 1, 1, tzinfo=UTC)
+    assert period_end("2027-02") == datetime(2027, 3, 1, tzinfo=UTC)
+    assert period_of(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"

@@ -36,8 +36,8 @@ class Settings(CommonSettings):
                                           "token (local default <data_dir>/secrets/admin.token)")
     max_upload_bytes: int = Field(8 * GIB, ge=1, description="largest body of one PATCH upload")
     max_json_bytes: int = Field(64 * KIB, ge=1024, description="largest JSON request body")
-    max_session_bytes: int = Field(TIB, ge=1, le=2**53 - 1, description="largest tus upload "
-                                   "(Tus-Max-Size); JSON API uploads are not bounded by it")
+    max_session_bytes: int = Field(TIB, ge=1, le=2**53 - 1, description="largest session, "
+                                   "for tus (Tus-Max-Size) and the JSON API's PATCH alike")
     idle_deadline: int = Field(86400, ge=0, description="seconds a recording may stay idle "
                                "before it is closed (tus Upload-Expires); 0: never")
     token_cache_seconds: float = Field(10.0, ge=0, le=3600, description="seconds a token "

@@ -84,6 +84,19 @@ def check_upload_headers(*, offset: str | None, content_type: str | None,
     return headers
 
 
+def session_room(offset: int, content_length: str | None, *, max_session_bytes: int) -> int:
+    """Return how many bytes may follow `offset` in a session; raise PayloadTooLarge (413)
+    if a declared Content-Length would take it past max_session_bytes (LUCID_MAX_SESSION_BYTES).
+
+    The offset is the client's; the processor refuses one that is not the committed offset.
+    """
+    room = max(0, max_session_bytes - offset)
+    if content_length is not None and int(content_length) > room:
+        raise PayloadTooLarge(f"a session holds at most {max_session_bytes} bytes",
+                              extra={"max_session_bytes": max_session_bytes})
+    return room
+
+
 def _check_checksum(value: str) -> str:
     algorithm, _, digest = value.strip().partition(" ")
     try:

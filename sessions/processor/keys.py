@@ -126,14 +126,18 @@ class PeriodKeys:
         """Return {period: key id} of every period key held."""
         return {period: key.key_id for period, key in sorted(self._by_period.items())}
 
-    def destroy(self, period: str) -> None:
-        """Delete the period's key file (and fsync its directory); idempotent."""
+    def destroy(self, period: str, *, key_id: str) -> bool:
+        """Delete the period's key file if it still holds key_id (fsync'd); return whether
+        it did.  A file remade meanwhile (another key id) is kept."""
         self._by_period.pop(period, None)
         path = self.directory / f"{period}.key"
         try:
+            if MasterKey.from_file(path).key_id != key_id:
+                self.load()
+                return False
             path.unlink()
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, KeyMaterialError):
+            return False
         fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -141,6 +145,7 @@ class PeriodKeys:
             os.close(fd)
         log.warning("destroyed the key-encryption key of retention period %s: its sessions "
                     "are erased in every copy of the database", period)
+        return True
 
 
 @dataclass(frozen=True)

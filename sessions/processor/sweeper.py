@@ -124,6 +124,8 @@ class Sweeper:
                 await self.run_pass()
             except ServiceError as exc:
                 log.warning("retention sweep pass stopped: %s (%s)", exc.code, exc.detail)
+            except Exception as exc:  # the loop must outlive any one pass
+                log.error("retention sweep pass failed: %s", type(exc).__name__)
             await asyncio.sleep(self.settings.sweep_interval)
 
     async def run_pass(self) -> SweepReport:
@@ -188,6 +190,5 @@ class Sweeper:
             return
         usage = await self.engine.storage.key_usage()
         for period, key_id in ended.items():
-            if usage.get(key_id, 0) == 0:
-                periods.destroy(period)
+            if usage.get(key_id, 0) == 0 and periods.destroy(period, key_id=key_id):
                 report.destroyed_periods.append(period)

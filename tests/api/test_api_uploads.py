@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -9,6 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from sessions.api.config import Settings
+from sessions.api.main import create_app
 from tests.api.fakes import SESSION_ID, FakeProcessor, auth, error_of
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +203,40 @@ async def test_head_and_get_report_the_offset(gateway: httpx.AsyncClient,
     assert resp.content == b""
     resp = await gateway.get(UPLOAD, headers=auth())
     assert resp.json() == status
+
+
+@pytest.fixture
+async def small_gateway(settings: Settings, fake: FakeProcessor
+                        ) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway whose sessions hold at most 10000 bytes and whose bodies stall after 0.3 s."""
+    small = settings.model_copy(update={"max_session_bytes": 10_000, "body_read_timeout": 0.3})
+    app = create_app(small, processor_transport=fake)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as client:
+        yield client
+
+
+async def test_a_patch_past_the_session_size_is_413(small_gateway: httpx.AsyncClient,
+                                                    fake: FakeProcessor) -> None:
+    accept_upload(fake)
+    ok = await small_gateway.patch(UPLOAD, content=b"x" * 4000, headers=patch_headers("6000"))
+    assert ok.status_code == 200
+    resp = await small_gateway.patch(UPLOAD, content=b"x" * 4001, headers=patch_headers("6000"))
+    assert resp.status_code == 413 and resp.json()["max_session_bytes"] == 10_000
+    streamed = await small_gateway.patch(UPLOAD, content=pieces(b"x" * 3000, b"x" * 3000),
+                                         headers=patch_headers("6000"))
+    assert streamed.status_code == 413 and error_of(streamed) == "payload_too_large"
+
+
+async def test_a_stalled_body_is_408(small_gateway: httpx.AsyncClient,
+                                     fake: FakeProcessor) -> None:
+    accept_upload(fake)
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"x" * 100
+        await asyncio.sleep(30)
+        yield b"never"
+
+    resp = await small_gateway.patch(UPLOAD, content=stalls(), headers=patch_headers())
+    assert resp.status_code == 408 and error_of(resp) == "request_timeout"
+    assert resp.headers["connection"] == "close"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -17,10 +19,12 @@ from pymongo import AsyncMongoClient
 
 from sessions.common.errors import Conflict, InvalidParameter, InvalidState, LegalHold
 from sessions.common.states import SessionState
+from sessions.loopback import REPO
 from sessions.storage import _sql
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.metastore import MetadataStore, open_metastore, rfc3339
 from sessions.storage.records import NewSession, WrappedKey
+from tests.storage.sweep_worker import sweep
 
 pytestmark = pytest.mark.anyio
 MakeSession = Callable[..., NewSession]
@@ -177,6 +181,37 @@ async def test_two_sweepers_at_once_erase_each_session_once_and_never_a_held_one
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_two_sweeper_processes_on_one_store(meta_url: MetadataUrl,
+                                                  new_session: MakeSession) -> None:
+    """The same race with the second sweeper in another process (SQLite file, MongoDB)."""
+    clock = Clock()
+    store = await open_metastore(meta_url, clock=clock)
+    try:
+        expired = [await store.create_session(new_session(retention_days=1))
+                   for _ in range(30)]
+        held = await store.create_session(new_session(retention_days=1, wrapped_key=KEY))
+        await store.set_hold(held.id, hold=True, expected_key_id="master-1", wrapped=HELD_KEY)
+        other = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.storage.sweep_worker", meta_url.url, at(2), "4",
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert other.stdout is not None and other.stdin is not None
+        assert (await other.stdout.readline()).strip() == b"ready"
+        other.stdin.write(b"go\n")
+        await other.stdin.drain()
+        ours = await sweep(store, at(2), 4)
+        theirs = int((await other.stdout.read()).decode())
+        assert await other.wait() == 0
+        assert ours + theirs >= 30 // 4
+        for rec in expired:
+            after = await store.get_session(rec.id)
+            assert (after.state, after.wrapped_key) == (SessionState.DELETED, None)
+            assert after.revision == rec.revision + 1  # erased exactly once
+        assert (await store.get_session(held.id)).legal_hold
+        assert await store.list_expired(before=at(2), limit=10) == []
+    finally:
+        await store.close()
 
 
 async def test_the_sweep_questions_use_indexes(meta: MetadataStore, meta_url: MetadataUrl,

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
-from sessions.api.limits import check_upload_headers
+from sessions.api.limits import check_upload_headers, session_room
 from sessions.api.models import UploadResult, UploadStatus, errors
 from sessions.api.streams import limited_body
 from sessions.common.errors import TruncatedBody
@@ -74,8 +74,10 @@ async def upload(
                                    content_length=request.headers.get("content-length"),
                                    checksum=upload_checksum,
                                    max_bytes=settings.max_upload_bytes)
+    room = session_room(int(headers["Upload-Offset"]), headers.get("Content-Length"),
+                        max_session_bytes=settings.max_session_bytes)
     counter = metrics.bytes_in.labels(metrics.service, "upload")
-    body = limited_body(request, limit=settings.max_upload_bytes, count=counter.inc,
+    body = limited_body(request, limit=min(settings.max_upload_bytes, room), count=counter.inc,
                         stall_timeout=settings.body_read_timeout)
     try:
         result, new_offset = await processor.upload(session_id, body, headers)

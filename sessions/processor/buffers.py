@@ -69,7 +69,7 @@ class BufferPool:
     def release(self, buf: memoryview) -> None:
         """Take a buffer back for reuse; the caller must no longer use it."""
         if (len(buf) == self.size and len(self._free) < self.keep
-                and (self.budget is None or self.budget.resident <= self.budget.capacity)):
+                and (self.budget is None or not self.budget.over)):
             self._free.append(buf)
 
     def drop_idle(self) -> bool:
@@ -103,13 +103,21 @@ class ChunkBuffers:
 class Lease:
     """A share of a MemoryBudget held by one operation; `size` bytes, given back once."""
 
-    __slots__ = ("_budget", "size")
+    __slots__ = ("_budget", "_unpooled", "size")
 
     def __init__(self, budget: MemoryBudget, size: int) -> None:
-        self._budget, self.size = budget, size
+        self._budget, self.size, self._unpooled = budget, size, 0
+
+    def hold_unpooled(self, size: int) -> None:
+        """Say that up to `size` of the lease's bytes live outside the pools (until released)."""
+        self._unpooled += size
+        self._budget.hold_unpooled(size)
 
     def release(self) -> None:
         """Give the share back (again: nothing happens)."""
+        if self._unpooled:
+            self._budget.let_go(self._unpooled)
+            self._unpooled = 0
         if self.size:
             self._budget._give(self.size)
             self.size = 0
@@ -132,6 +140,7 @@ class MemoryBudget:
         self.capacity = capacity
         self.leased = 0
         self.resident = 0  # bytes of pooled buffers that exist, idle or in use
+        self.unpooled = 0  # bytes leases may hold outside the pools (replayed plaintext)
         self._line: deque[tuple[int, int, asyncio.Future[int]]] = deque()
         self._pools: list[BufferPool] = []
 
@@ -139,6 +148,11 @@ class MemoryBudget:
     def free(self) -> int:
         """Return the bytes not leased now."""
         return self.capacity - self.leased
+
+    @property
+    def over(self) -> bool:
+        """Return whether pooled buffers and what leases hold outside them exceed the budget."""
+        return self.resident + self.unpooled > self.capacity
 
     async def lease(self, want: int, *, least: int) -> Lease:
         """Return a lease of min(want, free) bytes once at least `least` are free (in turn).
@@ -186,9 +200,21 @@ class MemoryBudget:
     def made(self, size: int) -> None:
         """Count a new pooled buffer; drop idle ones anywhere while past the budget."""
         self.resident += size
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop idle pooled buffers while past the budget."""
         for pool in self._pools:
-            while self.resident > self.capacity and pool.drop_idle():
+            while self.over and pool.drop_idle():
                 pass
+
+    def hold_unpooled(self, size: int) -> None:
+        """Count bytes a lease holds outside the pools (until `let_go`); idle buffers make room."""
+        self.unpooled += size
+        self.trim()
+
+    def let_go(self, size: int) -> None:
+        self.unpooled -= size
 
     def dropped(self, size: int) -> None:
         self.resident -= size

@@ -48,9 +48,9 @@ class Settings(CommonSettings):
                               "each on its own thread; 2 adds ~12 MB of peak RSS and helps "
                               "only where cores are idle")
     memory_budget_mb: int = Field(
-        64, ge=8, le=1 << 20, description="MiB of chunk buffers the processor holds at most, "
+        48, ge=8, le=1 << 20, description="MiB of chunk buffers the processor holds at most, "
         "shared by all uploads, replays and verifies at once; beyond it they wait their turn "
-        "(sized for a Pi 5: with the interpreter's own ~60 MB the processor stays under 150 MB)")
+        "(sized for a Pi 5: with the service's own ~75 MB it stays under 150 MB)")
     prefetch_chunks: int = Field(3, ge=0, le=16, description="chunks fetched ahead on replay")
     scrub_interval: float = Field(3600.0, ge=0, le=30 * 86400, description="seconds between "
                                   "background scrub passes (a sampled verify of stored "

@@ -562,17 +562,23 @@ class Engine:
                       plaintext: bool) -> tuple[ChunkReader, Lease]:
         """Return a reader of these rows and its lease on the memory budget (waiting for it).
 
-        Each chunk fetched ahead holds a sealed buffer and a decryption scratch buffer;
-        a reader handing out plaintext also holds the chunk being sent and the next one.
-        How far it reads ahead follows from the lease.  The caller releases it.
+        Each chunk in flight holds a sealed buffer; each worker opening one, a payload
+        buffer; a reader handing out plaintext also holds each opened chunk and the one
+        being sent (outside the pools).  How far it reads ahead follows from the lease.
+        The caller releases it.
         """
-        task = 2 * sealed_length_bound(chunk_size)
-        extra = 2 * chunk_size if plaintext else 0
-        ahead = min(self.settings.prefetch_chunks + 1, max(chunks, 1))
-        lease = await self.budget.lease(ahead * task + extra, least=task + extra)
-        prefetch = max(0, (lease.size - extra) // task - 1)
-        reader = ChunkReader(self.storage, sid, rows, executor=self.executor, prefetch=prefetch,
-                             buffers=self._chunk_buffers(chunk_size).sealed)
+        sealed = sealed_length_bound(chunk_size)
+        workers = max(1, self.settings.seal_workers)
+        task = sealed + (chunk_size if plaintext else 0)
+        fixed = workers * sealed + (chunk_size if plaintext else 0)
+        most = min(self.settings.prefetch_chunks + 2, max(chunks, 1))
+        lease = await self.budget.lease(fixed + most * task, least=fixed + min(2, most) * task)
+        tasks = max(1, min(most, (lease.size - fixed) // task))
+        if plaintext:
+            lease.hold_unpooled((tasks + 1) * chunk_size)
+        reader = ChunkReader(self.storage, sid, rows, executor=self.executor,
+                             prefetch=max(0, tasks - 2),
+                             buffers=self._chunk_buffers(chunk_size).sealed, workers=workers)
         return reader, lease
 
     async def replay(self, sid: str, range_header: str | None) -> Replay:

@@ -361,8 +361,7 @@ class Engine:
             want, least = lane_want(row.chunk_size, parallel=parallel, inflight=inflight,
                                     length=content_length)
             lease = await self.budget.lease(want, least=least)
-            plain, sealed = lane_sizes(row.chunk_size, parallel=parallel, inflight=inflight,
-                                       length=content_length)
+            plain, sealed = lane_sizes(row.chunk_size, length=content_length)
             try:
                 done = await ingest(
                     storage=self.storage, sealer=self._sealer(row), session=row, source=source,

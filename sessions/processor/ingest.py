@@ -100,13 +100,10 @@ class _Sealed:
     buffer: memoryview | None
 
 
-def lane_sizes(chunk_size: int, *, parallel: int, inflight: int,
-               length: int | None) -> tuple[int, int]:
-    """Return the (plaintext, sealed) buffer bytes an upload's pipeline holds at most.
+def lane_sizes(chunk_size: int, *, length: int | None) -> tuple[int, int]:
+    """Return the bytes one plaintext and one sealed buffer of an upload hold at most.
 
-    Plaintext: one filling, one queued, `parallel` being sealed and hashed.  Sealed:
-    `parallel` being sealed or handed on, one queued, `inflight` being stored.  A
-    body of known length shorter than a chunk fills only that much of each buffer.
+    A body of known length shorter than a chunk fills only that much of each buffer.
     """
     plain, sealed = chunk_size, sealed_length_bound(chunk_size)
     if length is not None and length < chunk_size:
@@ -134,8 +131,12 @@ def lane_permits(granted: int, *, plain: int, sealed: int, parallel: int,
 
 def lane_want(chunk_size: int, *, parallel: int, inflight: int,
               length: int | None) -> tuple[int, int]:
-    """Return (bytes wanted, least bytes) of an upload's lease on the memory budget."""
-    plain, sealed = lane_sizes(chunk_size, parallel=parallel, inflight=inflight, length=length)
+    """Return (bytes wanted, least bytes) of an upload's lease on the memory budget.
+
+    Plaintext buffers: one filling, one queued, `parallel` being sealed and hashed.
+    Sealed: `parallel` being sealed or handed on, one queued, `inflight` being stored.
+    """
+    plain, sealed = lane_sizes(chunk_size, length=length)
     chunks = -(-length // chunk_size) if length else None
     a, b = parallel + 2, parallel + inflight + 1
     if chunks is not None:

@@ -44,7 +44,7 @@ def _round(k: int, transports: list[str], work: Path, input_path: Path, size: in
         try:
             out[name] = run_ours(root, input_path, size, sha, request_bytes=256 * MiB,
                                  chunk_size=DEFAULT_CHUNK_SIZE, extra_env={
-                                     "LUCID_HTTP_TRANSPORT": name})
+                                     "LUCID_HTTP_TRANSPORT": name})["raw"]
         finally:
             shutil.rmtree(root, ignore_errors=True)
         line = "  ".join(f"{s} {out[name][s]['cpu_s']['services'] / (size / GB):.2f} CPU s/GB "

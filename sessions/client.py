@@ -13,11 +13,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,28 +198,28 @@ class LucidClient:
         return self.json("POST", "/v1/keys/rotate", timeout=None)
 
     def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
-              progress: Progress) -> Any:
+              progress: Progress, digest: bytes | None = None) -> Any:
         """Send file bytes [offset, offset+length) at Upload-Offset `offset`; return the answer.
 
-        The checksum needs a first pass over the bytes; the body is then streamed
-        from the file, so memory stays at one piece whatever the request size.
+        The bytes are mapped, not read: hashing them (unless `digest`, their SHA-256, is
+        given) and sending them both touch the same page-cache pages, so the file is
+        read from disk once, and memory stays at the pages in flight.
         """
-        digest = hashlib.sha256()
-        for piece in _file_range(fh, offset, length):
-            digest.update(piece)
+        with _mapped(fh, offset, length) as view:
+            if digest is None:
+                digest = hashlib.sha256(view).digest()
 
-        def body() -> Iterator[bytes]:
-            sent = offset
-            for piece in _file_range(fh, offset, length):
-                sent += len(piece)
-                progress.update(sent)
-                yield piece
+            def body() -> Iterator[bytes]:
+                for at in range(0, length, PIECE):
+                    piece = view[at:at + PIECE]
+                    yield piece  # type: ignore[misc]  # a view: httpx sends any buffer
+                    progress.update(offset + at + len(piece))
 
-        headers = {"Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
-                   "Content-Length": str(length),
-                   "Upload-Checksum": "sha256 " + base64.b64encode(digest.digest()).decode()}
-        return self.json("PATCH", f"/v1/sessions/{session_id}/upload", content=body(),
-                         headers=headers)
+            headers = {"Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
+                       "Content-Length": str(length),
+                       "Upload-Checksum": "sha256 " + base64.b64encode(digest).decode()}
+            return self.json("PATCH", f"/v1/sessions/{session_id}/upload", content=body(),
+                             headers=headers)
 
     def replay_into(self, session_id: str, fh: IO[bytes], *, byte_range: str | None,
                     progress: Progress) -> tuple[int, int | None]:
@@ -243,6 +245,32 @@ class LucidClient:
                                   f"{total} bytes (a chunk may have failed verification: try "
                                   "`lucid-sessions verify`)") from exc
         return written, expected
+
+
+@contextmanager
+def _mapped(fh: IO[bytes], offset: int, length: int) -> Iterator[memoryview]:
+    """Yield a read-only view of file bytes [offset, offset+length) mapped from the page cache.
+
+    ClientError file_changed if the file is now shorter (it is checked before mapping:
+    one shortened while mapped would end the process with SIGBUS).
+    """
+    if os.fstat(fh.fileno()).st_size < offset + length:
+        raise ClientError("file_changed", "the file got shorter while uploading")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fh.fileno(), offset + length - start, access=mmap.ACCESS_READ,
+                   offset=start) as mapping:
+        mapping.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mapping)[offset - start:]
+        try:
+            yield view
+        finally:
+            view.release()
+
+
+def file_digest(path: Path, offset: int, length: int) -> bytes:
+    """Return the SHA-256 of file bytes [offset, offset+length), hashed from a mapping."""
+    with path.open("rb") as fh, _mapped(fh, offset, length) as view:
+        return hashlib.sha256(view).digest()
 
 
 def _file_range(fh: IO[bytes], offset: int, length: int) -> Iterator[bytes]:
@@ -481,13 +509,23 @@ def _send(client: LucidClient, session_id: str, path: Path, size: int, status: d
     offset: int | None = int(status["offset"])
     progress = Progress(size, enabled=progress_enabled, start=offset or 0)
     failures = 0
-    with path.open("rb") as fh:
+    # The next request's checksum is hashed on a thread while this one is sent, so
+    # hashing is off the path the bytes take (it reads the pages this request maps).
+    ahead: tuple[int, int, Future[bytes]] | None = None
+    with path.open("rb") as fh, ThreadPoolExecutor(1, thread_name_prefix="lucid-hash") as hasher:
         while offset is None or offset < size:
             try:
                 if offset is None:
                     offset = int(client.upload_status(session_id)["offset"])
                     continue
-                answer = client.patch(session_id, fh, offset, min(step, size - offset), progress)
+                length = min(step, size - offset)
+                digest = ahead[2].result() if ahead and ahead[:2] == (offset, length) else None
+                following = offset + length
+                ahead = None
+                if following < size:
+                    span = min(step, size - following)
+                    ahead = (following, span, hasher.submit(file_digest, path, following, span))
+                answer = client.patch(session_id, fh, offset, length, progress, digest)
                 offset, failures = int(answer["offset"]), 0
             except ClientError as exc:
                 failures += 1

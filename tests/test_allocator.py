@@ -50,3 +50,12 @@ def test_tune_allocator_reports_whether_it_applied() -> None:
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
+
+
+def test_every_service_gets_the_same_heap_tuning() -> None:
+    """`serve` (and so `up`, the loopback launcher and the container entry points, which
+    all run it) tunes every service alike, the processor included."""
+    from sessions.cli import HEAP_TUNED
+    from sessions.loopback import SERVICES
+
+    assert set(HEAP_TUNED) == set(SERVICES)

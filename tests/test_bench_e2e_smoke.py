@@ -20,38 +20,59 @@ def test_e2e_input_is_bench_core_input() -> None:
 def test_e2e_benchmark_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "e2e.json"
     result = main(["--size-mib", "4", "--rounds", "1", "--no-rivals", "--request-mib", "2",
-                   "--chunk-size", "1M",
+                   "--chunk-size", "1M", "--profiles", "mixed,random",
                    "--ref-mib", "4", "--workdir", str(tmp_path / "work"), "--json", str(out)])
     assert result["ok"], result["failed_rounds"]
     assert result["rivals_run"] == []
     (round_,) = result["rounds"]
-    ours = round_["ours"]
-    assert ours["replay"]["sha256_ok"]
-    assert ours["replay"]["sha256"] == result["config"]["input_sha256"]
-    assert ours["verify"]["ok"]
-    assert ours["session"]["chunk_count"] == 4 and ours["session"]["requests"] == 2
-    assert not ours["log_tracebacks"]
+    for profile in ("mixed", "random"):
+        ours = round_[profile]["ours"]
+        sha = result["config"]["inputs_sha256"][profile]
+        raw, cli = ours["raw"], ours["cli"]
+        assert raw["replay"]["sha256_ok"] and raw["replay"]["sha256"] == sha
+        assert cli["replay"]["sha256_ok"] and cli["replay"]["sha256"] == sha
+        assert raw["verify"]["ok"]
+        assert raw["session"]["chunk_count"] == 4 and raw["session"]["requests"] == 2
+        assert not ours["log_tracebacks"]
+    assert result["config"]["inputs_sha256"]["mixed"] != result["config"]["inputs_sha256"][
+        "random"]
 
     s = result["summary"]
-    for key in ("ours_ingest", "ours_upload_only", "ours_replay", "ours_verify"):
-        assert s["mbps"][key] > 0, key
-    for step in ("ingest", "replay", "verify"):
-        for who in (*SERVICES, "services"):
-            assert s["cpu_s_per_gb"][step][who] >= 0, (step, who)
-        assert s["cpu_s_per_gb"][step]["services"] > 0, step
-    for name in SERVICES:
-        assert 10 < s["peak_rss_mb"][name]["after_ingest_max"] < 10_000, name
-    assert 0.1 < s["stored_over_input"]["ours"] < 1.2
+    assert set(s["rows"]) == {"mixed/raw", "mixed/cli", "random/raw", "random/cli"}
+    for key, row in s["rows"].items():
+        for step in ("ingest", "replay") + (("verify",) if key.endswith("raw") else ()):
+            assert row["mbps"][step] > 0, (key, step)
+            for who in (*SERVICES, "services"):
+                assert row["cpu_s_per_gb"][step][who] >= 0, (key, step, who)
+            assert row["cpu_s_per_gb"][step]["services"] > 0, (key, step)
+    for profile in ("mixed", "random"):
+        for name in SERVICES:
+            assert 10 < s["peak_rss_mb"][profile][name] < 10_000, name
+    assert 0.1 < s["stored_over_input"]["mixed"] < 0.9  # screen frames compress
+    assert 0.95 < s["stored_over_input"]["random"] < 1.2  # random bytes do not
     for key in ("zstd_mbps", "aes_gcm_mbps", "sha256_mbps", "serial_limit_mbps",
                 "core_pipeline_mbps"):
         assert s["reference"][key] > 0, key
-    statuses = {t["target"]: t["status"] for t in result["targets"]}
-    assert len(statuses) == 6
-    assert all(v.startswith(("PASS", "MISS", "n/a")) for v in statuses.values())
+    kinds = {t["kind"] for t in result["targets"]}
+    assert kinds == {"hard", "stretch"}
+    assert all(t["status"] in ("PASS", "MISS", "n/a") for t in result["targets"])
+    assert any(t["target"].startswith("mixed/cli: ingest CPU") for t in result["targets"])
+    assert result["cli_startup_s"] > 0
     assert result["machine"]["python"]
 
     written = json.loads(out.read_text())
     assert set(written) >= {"machine", "config", "rivals_run", "rounds", "failed_rounds",
                             "summary", "targets", "ok"}
-    assert written["summary"]["mbps"] == s["mbps"]
+    assert written["summary"]["rows"].keys() == s["rows"].keys()
     assert not (tmp_path / "work" / "round-1").exists()  # cleaned up without --keep
+
+
+def test_e2e_profiles_are_distinct_and_deterministic() -> None:
+    from bench.e2e import PROFILES
+    seen = set()
+    for name, make in PROFILES.items():
+        first = b"".join(make(5 * 1024 * 1024 + 3))
+        assert len(first) == 5 * 1024 * 1024 + 3, name
+        assert first == b"".join(make(5 * 1024 * 1024 + 3)), name
+        seen.add(first[:1 << 20])
+    assert len(seen) == len(PROFILES)

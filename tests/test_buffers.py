@@ -125,3 +125,79 @@ def test_a_stream_sealed_through_reused_buffers_opens_chunk_by_chunk() -> None:
     assert buffers.plain.idle == 0  # the tail took that buffer, and a part is not kept
     opened = b"".join(sealer.open(blob, index=i) for i, blob in enumerate(stored))
     assert opened == data
+
+
+# -- the processor-wide memory budget -------------------------------------------------------
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_lease_gets_what_is_free_and_later_ones_wait_in_line() -> None:
+    import asyncio
+
+    from sessions.processor.buffers import MemoryBudget
+
+    budget = MemoryBudget(100)
+    first = await budget.lease(70, least=20)
+    assert first.size == 70 and budget.free == 30
+    second = await budget.lease(50, least=30)  # only 30 free: it takes what is free
+    assert second.size == 30 and budget.free == 0
+    third = asyncio.create_task(budget.lease(40, least=40))
+    fourth = asyncio.create_task(budget.lease(5, least=5))  # small, but behind the third
+    await asyncio.sleep(0.01)
+    assert not third.done() and not fourth.done()  # back-pressure: nothing is allocated
+    second.release()
+    await asyncio.sleep(0.01)
+    assert not third.done() and not fourth.done()  # 30 free: still not the third's 40
+    first.release()
+    assert (await third).size == 40 and (await fourth).size == 5
+    first.release()  # a second release does nothing
+    assert budget.leased == 45
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_leaves_the_line_and_a_minimum_past_the_budget_runs_alone() -> None:
+    import asyncio
+
+    from sessions.processor.buffers import MemoryBudget
+
+    budget = MemoryBudget(64)
+    held = await budget.lease(64, least=64)
+    waiting = asyncio.create_task(budget.lease(10, least=10))
+    behind = asyncio.create_task(budget.lease(10, least=10))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    held.release()
+    assert (await behind).size == 10
+    (await behind).release()
+    huge = await budget.lease(1000, least=500)  # cut to the whole budget
+    assert huge.size == 64 and budget.free == 0
+    huge.release()
+    assert budget.leased == 0
+
+
+def test_pooled_buffers_are_counted_in_the_budget_and_idle_ones_dropped_past_it() -> None:
+    import gc
+
+    from sessions.processor.buffers import MemoryBudget
+
+    budget = MemoryBudget(3 << 20)
+    pool = BufferPool(1 << 20, keep=100, budget=budget)
+    other = BufferPool(1 << 20, keep=100, budget=budget)
+    held = [pool.acquire() for _ in range(3)]
+    assert budget.resident == 3 << 20
+    for buf in held:
+        pool.release(buf)
+    del held, buf
+    assert pool.idle == 3 and budget.resident == 3 << 20
+    taken = other.acquire()  # a 4th buffer: an idle one elsewhere is dropped for it
+    gc.collect()
+    assert pool.idle == 2 and budget.resident == 3 << 20
+    other.release(taken)
+    del taken
+    assert budget.resident == 3 << 20

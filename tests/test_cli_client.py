@@ -283,3 +283,38 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(argv)
     assert info.value.code == 2
+
+
+def test_upload_maps_the_file_once_and_hashes_the_next_request_ahead(
+        sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second pass over the file: each request's bytes are mapped, hashed and sent from
+    the same pages, and the next request's checksum is computed while this one is sent."""
+    import sessions.client as client_module
+
+    def no_reads(*_: object) -> None:
+        raise AssertionError("the upload read the file through read() (a second pass)")
+
+    ahead: list[tuple[int, int]] = []
+    real_digest = client_module.file_digest
+
+    def counting_digest(path: Path, offset: int, length: int) -> bytes:
+        ahead.append((offset, length))
+        return real_digest(path, offset, length)
+
+    monkeypatch.setattr(client_module, "_file_range", no_reads)
+    monkeypatch.setattr(client_module, "file_digest", counting_digest)
+    gw = FakeGateway()  # it checks each request's Upload-Checksum against its body
+    assert run_upload(gw, sample, tmp_path) == SID
+    assert gw.data == sample.read_bytes()
+    assert ahead == gw.patches[1:]  # every request but the first was hashed ahead
+
+
+def test_a_file_shorter_than_the_request_is_file_changed_not_a_crash(tmp_path: Path) -> None:
+    from sessions.client import Progress
+
+    path = tmp_path / "short.bin"
+    path.write_bytes(b"x" * 1000)
+    client = LucidClient("http://gw.test", None, transport=httpx.MockTransport(FakeGateway()))
+    with path.open("rb") as fh, pytest.raises(ClientError) as caught:
+        client.patch(SID, fh, 0, 2000, Progress(None, enabled=False))
+    assert caught.value.code == "file_changed"

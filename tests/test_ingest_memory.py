@@ -104,3 +104,61 @@ async def test_sealed_chunks_do_not_pile_up_while_storage_lags() -> None:
     assert buffers.sealed.most_out <= 6, buffers.sealed.most_out
     assert buffers.plain.most_out <= 5, buffers.plain.most_out
     assert buffers.sealed.out == 0  # every sealed buffer came back
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("permits", [None, (1, 1), (2, 3)])
+async def test_a_checksummed_upload_uses_the_pools_and_stays_bounded(
+        permits: tuple[int, int] | None) -> None:
+    """With `Upload-Checksum` the plaintext buffers are pooled too (they used to be fresh
+    per chunk) and go back only once sealed *and* hashed, so a lagging digest thread
+    cannot pile them up either."""
+    import base64
+    import hashlib
+    import time
+
+    from sessions.processor.ingest import parse_checksum
+
+    data = os.urandom(6 * MIB) + b"frame " * (10 * MIB // 6)
+    storage = SlowStorage()
+    buffers = CountingBuffers(MIB, keep=8)
+    sealer = ChunkSealer(KEY, session_id=SID, zstd_level=2)
+    checksum = parse_checksum("sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode())
+
+    with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
+        hasher.submit(time.sleep, 0.3)  # the digest thread starts late: chunks wait for it
+        done = await ingest(storage=storage, sealer=sealer,  # type: ignore[arg-type]
+                            session=SessionRow(dict(storage.raw)), source=_pieces(data),
+                            checksum=checksum, declared_length=len(data), max_bytes=len(data),
+                            executor=executor, hasher=hasher, parallel=1, inflight=2,
+                            on_commit=lambda rows: None, buffers=buffers, permits=permits)
+    assert done.offset == len(data)
+    count = -(-len(data) // MIB)
+    assert b"".join(sealer.open(storage.stored[i], index=i) for i in range(count)) == data
+    assert isinstance(buffers.sealed, CountingPool) and isinstance(buffers.plain, CountingPool)
+    assert buffers.plain.most_out >= 1, "the checksummed path did not use the plaintext pool"
+    most_plain, most_sealed = permits or (3, 4)
+    assert buffers.plain.most_out <= most_plain, buffers.plain.most_out
+    assert buffers.sealed.most_out <= most_sealed, buffers.sealed.most_out
+    assert buffers.sealed.out == 0 and buffers.plain.out == 0  # every buffer came back
+
+
+@pytest.mark.anyio
+async def test_a_checksum_mismatch_commits_nothing_and_returns_the_buffers() -> None:
+    from sessions.common.errors import ChecksumMismatch
+    from sessions.processor.ingest import parse_checksum
+
+    data = os.urandom(3 * MIB + 5)
+    storage = SlowStorage()
+    buffers = CountingBuffers(MIB, keep=8)
+    sealer = ChunkSealer(KEY, session_id=SID, zstd_level=2)
+    wrong = parse_checksum("sha256 " + "A" * 43 + "=")
+    with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
+        with pytest.raises(ChecksumMismatch):
+            await ingest(storage=storage, sealer=sealer,  # type: ignore[arg-type]
+                         session=SessionRow(dict(storage.raw)), source=_pieces(data),
+                         checksum=wrong, declared_length=len(data), max_bytes=len(data),
+                         executor=executor, hasher=hasher, parallel=1, inflight=2,
+                         on_commit=lambda rows: None, buffers=buffers)
+    assert storage.raw["offset"] == 0 and storage.raw["chunk_count"] == 0
+    assert isinstance(buffers.plain, CountingPool) and buffers.plain.out == 0

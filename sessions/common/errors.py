@@ -9,14 +9,13 @@ else that escapes becomes a generic 500 `internal_error` with no traceback.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+
+if TYPE_CHECKING:  # the web side is imported where it is used: the CLI never loads FastAPI
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
 
 log = logging.getLogger("lucid.errors")
 
@@ -212,6 +211,8 @@ def error_from_body(status: int, body: Any) -> ServiceError:
 
 
 def _render(err: ServiceError) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
     headers = dict(err.headers)
     size = err.extra.get("size")
     if err.status == 416 and isinstance(size, int):  # RFC 9110 §15.5.17: say the real length
@@ -229,6 +230,8 @@ def _allowed_methods(request: Request) -> str:
     DELETE of one resource are two routes (RFC 9110 §10.2.1 wants them all), so each
     method is tried against the routing table.
     """
+    from starlette.routing import Match
+
     methods = {method for method in _METHODS for route in request.app.router.routes
                if route.matches({**request.scope, "method": method})[0] == Match.FULL}
     return ", ".join(sorted(methods))
@@ -236,6 +239,8 @@ def _allowed_methods(request: Request) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to {"error", "detail"} responses."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     async def on_service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)

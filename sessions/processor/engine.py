@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,12 +52,13 @@ from sessions.core import (
     new_data_key,
     rewrap,
     root_hash,
+    sealed_length_bound,
     sign_checkpoint,
 )
 from sessions.processor.audit import AuditRecorder
-from sessions.processor.buffers import ChunkBuffers
+from sessions.processor.buffers import ChunkBuffers, Lease, MemoryBudget
 from sessions.processor.config import Settings
-from sessions.processor.ingest import ingest, parse_checksum
+from sessions.processor.ingest import ingest, lane_permits, lane_sizes, lane_want, parse_checksum
 from sessions.processor.integrity import (
     Anchor,
     Finding,
@@ -79,6 +81,7 @@ from sessions.processor.readback import (
     ByteRange,
     ChunkFacts,
     ChunkReader,
+    chunk_span,
     parse_range,
     plaintext_stream,
     sample_indexes,
@@ -126,6 +129,8 @@ class Engine:
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lucid-digest")
         self._writers: set[str] = set()
         self._buffers: dict[int, ChunkBuffers] = {}
+        # Shared by every upload, replay and verify at once: beyond it they wait their turn.
+        self.budget = MemoryBudget(settings.memory_budget_mb << 20)
         self._sealers = _Lru()
         self._trees = _Lru()
         self._manifests = _Lru()
@@ -152,9 +157,9 @@ class Engine:
         """Return the reused buffers for chunks of this size (one set per size seen)."""
         buffers = self._buffers.get(chunk_size)
         if buffers is None:
-            # Enough for one upload's pipeline: reading, queued, sealing and storing.
-            keep = self.settings.seal_workers + self.settings.inflight_chunks + 3
-            buffers = self._buffers[chunk_size] = ChunkBuffers(chunk_size, keep)
+            # Idle buffers are kept as far as the budget allows.
+            keep = self.budget.capacity // chunk_size + 1
+            buffers = self._buffers[chunk_size] = ChunkBuffers(chunk_size, keep, self.budget)
         return buffers
 
     def _sealer(self, row: SessionRow) -> ChunkSealer:
@@ -368,6 +373,11 @@ class Engine:
                 raise OffsetMismatch(f"Upload-Offset is {offset} but the committed offset is "
                                      f"{row.offset}", extra={"offset": row.offset})
             max_bytes = _within_length(row, content_length, max_bytes)
+            parallel, inflight = self.settings.seal_workers, self.settings.inflight_chunks
+            want, least = lane_want(row.chunk_size, parallel=parallel, inflight=inflight,
+                                    length=content_length)
+            lease = await self.budget.lease(want, least=least)
+            plain, sealed = lane_sizes(row.chunk_size, length=content_length)
             try:
                 done = await ingest(
                     storage=self.storage, sealer=self._sealer(row), session=row, source=source,
@@ -375,12 +385,16 @@ class Engine:
                     executor=self.executor, hasher=self.hasher,
                     parallel=self.settings.seal_workers, inflight=self.settings.inflight_chunks,
                     on_commit=lambda rows: self._grow_tree(sid, rows),
-                    buffers=self._chunk_buffers(row.chunk_size))
+                    buffers=self._chunk_buffers(row.chunk_size),
+                    permits=lane_permits(lease.size, plain=plain, sealed=sealed,
+                                         parallel=parallel, inflight=inflight))
             except BaseException:
                 self._trees.pop(sid, None)
                 # Still holding the writer slot: no other request of ours is staging now.
                 await asyncio.shield(self._discard_staged(sid))
                 raise
+            finally:
+                lease.release()
             if done.chunk_count != row.chunk_count:
                 tree = await self._tree(done, anchor)
                 # The labels line is carried over: labels never change after creation.
@@ -420,9 +434,13 @@ class Engine:
         hasher = hashlib.sha256()
         if rows:
             loop = asyncio.get_running_loop()
-            reader = self._reader(sid, rows, chunk_size=row.chunk_size)
-            async for _, plain in reader.opened(self._sealer(row), range(len(rows))):
-                await loop.run_in_executor(self.hasher, hasher.update, plain)
+            reader, lease = await self._reader(sid, rows, chunk_size=row.chunk_size,
+                                               chunks=len(rows), plaintext=True)
+            try:
+                async for _, plain in reader.opened(self._sealer(row), range(len(rows))):
+                    await loop.run_in_executor(self.hasher, hasher.update, plain)
+            finally:
+                lease.release()
         return PrefixCheckResult(match=hmac.compare_digest(hasher.digest(), digest),
                                  offset=committed)
 
@@ -555,11 +573,28 @@ class Engine:
             return row, list((await self._manifest_or_corrupt(sid)).chunks)
         return row, await self._checked_rows(row, anchor)
 
-    def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int) -> ChunkReader:
-        """Return a reader of these rows, reusing the buffers of the session's chunk size."""
-        return ChunkReader(self.storage, sid, rows, executor=self.executor,
-                           prefetch=self.settings.prefetch_chunks,
-                           buffers=self._chunk_buffers(chunk_size).sealed)
+    async def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int, chunks: int,
+                      plaintext: bool) -> tuple[ChunkReader, Lease]:
+        """Return a reader of these rows and its lease on the memory budget (waiting for it).
+
+        Each chunk in flight holds a sealed buffer; each worker opening one, a payload
+        buffer; a reader handing out plaintext also holds each opened chunk and the one
+        being sent (outside the pools).  How far it reads ahead follows from the lease.
+        The caller releases it.
+        """
+        sealed = sealed_length_bound(chunk_size)
+        workers = max(1, self.settings.seal_workers)
+        task = sealed + (chunk_size if plaintext else 0)
+        fixed = workers * sealed + (chunk_size if plaintext else 0)
+        most = min(self.settings.prefetch_chunks + 2, max(chunks, 1))
+        lease = await self.budget.lease(fixed + most * task, least=fixed + min(2, most) * task)
+        tasks = max(1, min(most, (lease.size - fixed) // task))
+        if plaintext:
+            lease.hold_unpooled((tasks + 1) * chunk_size)
+        reader = ChunkReader(self.storage, sid, rows, executor=self.executor,
+                             prefetch=max(0, tasks - 2),
+                             buffers=self._chunk_buffers(chunk_size).sealed, workers=workers)
+        return reader, lease
 
     async def replay(self, sid: str, range_header: str | None) -> Replay:
         """Return the verified plaintext stream; the first chunk is checked before returning."""
@@ -569,21 +604,35 @@ class Engine:
         whole = rng or ByteRange(0, size)
         if size == 0:
             return Replay(rng, 0, _empty())
-        reader = self._reader(sid, rows, chunk_size=row.chunk_size)
-        body = plaintext_stream(reader, self._sealer(row), rows, whole)
-        first = await body.__anext__()
-        return Replay(rng, size, self._count_out(_prepend(first, body)))
+        reader, lease = await self._reader(sid, rows, chunk_size=row.chunk_size,
+                                           chunks=len(chunk_span(rows, whole)), plaintext=True)
+        try:
+            body = plaintext_stream(reader, self._sealer(row), rows, whole)
+            first = await body.__anext__()
+        except BaseException:
+            lease.release()
+            raise
+        stream = self._count_out(_prepend(first, body), lease)
+        weakref.finalize(stream, lease.release)  # also if the stream is never started
+        return Replay(rng, size, stream)
 
-    async def _count_out(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _count_out(self, body: AsyncIterator[bytes], lease: Lease) -> AsyncIterator[bytes]:
         counter = self.metrics.bytes_out.labels("processor", "plaintext")
-        async for piece in body:
-            counter.inc(len(piece))
-            yield piece
+        try:
+            async for piece in body:
+                counter.inc(len(piece))
+                yield piece
+        finally:
+            lease.release()
 
     async def _examine(self, row: SessionRow, rows: list[ChunkRow],
                        indexes: list[int]) -> dict[int, ChunkFacts]:
-        reader = self._reader(row.id, rows, chunk_size=row.chunk_size)
-        return {f.index: f async for f in reader.examined(self._sealer(row), indexes)}
+        reader, lease = await self._reader(row.id, rows, chunk_size=row.chunk_size,
+                                           chunks=len(indexes), plaintext=False)
+        try:
+            return {f.index: f async for f in reader.examined(self._sealer(row), indexes)}
+        finally:
+            lease.release()
 
     async def verify(self, sid: str, sample: float) -> dict[str, Any]:
         """Return the verify report: chunk damage and metadata damage, each pinpointed.

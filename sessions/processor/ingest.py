@@ -31,7 +31,7 @@ from sessions.common.errors import (
     ServiceError,
     TruncatedBody,
 )
-from sessions.core import ChunkBuffer, ChunkSealer, SealedChunk, chunk_stream
+from sessions.core import ChunkBuffer, Chunker, ChunkSealer, SealedChunk, sealed_length_bound
 from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClient
 
@@ -100,6 +100,84 @@ class _Sealed:
     buffer: memoryview | None
 
 
+def lane_sizes(chunk_size: int, *, length: int | None) -> tuple[int, int]:
+    """Return the bytes one plaintext and one sealed buffer of an upload hold at most.
+
+    A body of known length shorter than a chunk fills only that much of each buffer.
+    """
+    plain, sealed = chunk_size, sealed_length_bound(chunk_size)
+    if length is not None and length < chunk_size:
+        plain, sealed = max(length, 1), sealed_length_bound(max(length, 1))
+    return plain, sealed
+
+
+def lane_permits(granted: int, *, plain: int, sealed: int, parallel: int,
+                 inflight: int) -> tuple[int, int]:
+    """Return how many plaintext and sealed buffers `granted` bytes allow (at least one each),
+    up to what the pipeline can use: parallel + 2 and parallel + inflight + 1."""
+    most_plain, most_sealed = parallel + 2, parallel + inflight + 1
+    a = b = 1
+    left = granted - plain - sealed
+    while left > 0 and (a < most_plain or b < most_sealed):
+        grew = False
+        if b < most_sealed and left >= sealed:
+            b, left, grew = b + 1, left - sealed, True
+        if a < most_plain and left >= plain:
+            a, left, grew = a + 1, left - plain, True
+        if not grew:
+            break
+    return a, b
+
+
+def lane_want(chunk_size: int, *, parallel: int, inflight: int,
+              length: int | None) -> tuple[int, int]:
+    """Return (bytes wanted, least bytes) of an upload's lease on the memory budget.
+
+    Plaintext buffers: one filling, one queued, `parallel` being sealed and hashed.
+    Sealed: `parallel` being sealed or handed on, one queued, `inflight` being stored.
+    """
+    plain, sealed = lane_sizes(chunk_size, length=length)
+    chunks = -(-length // chunk_size) if length else None
+    a, b = parallel + 2, parallel + inflight + 1
+    if chunks is not None:
+        a, b = min(a, chunks + 1), min(b, chunks)
+    return a * plain + max(b, 1) * sealed, plain + sealed
+
+
+class _Lane:
+    """One upload's buffers: permits for `plain` and `sealed` ones, taken from its pools.
+
+    A plaintext buffer is given back once both its seal and its digest update are
+    done, a sealed one once storage has it; waiting for a permit is the back-pressure.
+    """
+
+    def __init__(self, pools: ChunkBuffers | None, chunk_size: int, permits: tuple[int, int]
+                 ) -> None:
+        self._pools, self._chunk_size = pools, chunk_size
+        self._plain, self._sealed = (asyncio.Semaphore(permits[0]),
+                                     asyncio.Semaphore(permits[1]))
+
+    async def plain(self) -> ChunkBuffer:
+        await self._plain.acquire()
+        if self._pools is None:
+            return bytearray(self._chunk_size)
+        return self._pools.plain.acquire()
+
+    def give_plain(self, buf: ChunkBuffer, *, reuse: bool = True) -> None:
+        self._plain.release()
+        if reuse and self._pools is not None and isinstance(buf, memoryview):
+            self._pools.plain.release(buf)
+
+    async def sealed(self) -> memoryview | None:
+        await self._sealed.acquire()
+        return None if self._pools is None else self._pools.sealed.acquire()
+
+    def give_sealed(self, buf: memoryview | None) -> None:
+        self._sealed.release()
+        if buf is not None and self._pools is not None:
+            self._pools.sealed.release(buf)
+
+
 @dataclass
 class Upload:
     """One PATCH request's worth of work against one session."""
@@ -114,6 +192,7 @@ class Upload:
     checksum: Checksum | None
     on_commit: Callable[[list[ChunkRow]], None]
     buffers: ChunkBuffers | None = None
+    permits: tuple[int, int] | None = None
     offset: int = field(init=False)
     chunk_count: int = field(init=False)
 
@@ -122,12 +201,11 @@ class Upload:
         self.chunk_count = self.session.chunk_count
         self._digest = (None if self.checksum is None else
                         hashlib.new(self.checksum.algorithm, usedforsecurity=False))
-        # Reused buffers, or None to allocate every chunk afresh.  A plaintext buffer goes
-        # back to its pool once sealed, so the pools are not used with `Upload-Checksum`,
-        # whose digest thread may still be reading it then.
+        # Reused buffers (or None: every chunk afresh), with or without `Upload-Checksum`.
         pools = self.buffers
-        self._pools = (pools if pools is not None and self._digest is None
-                       and pools.chunk_size == self.session.chunk_size else None)
+        pools = pools if pools is not None and pools.chunk_size == self.session.chunk_size else None
+        permits = self.permits or (self.parallel + 2, self.parallel + self.inflight + 1)
+        self._lane = _Lane(pools, self.session.chunk_size, permits)
         self._staged: list[ChunkRow] = []
         self._hashed: asyncio.Future[None] | None = None
 
@@ -147,11 +225,22 @@ class Upload:
         return await self._finish(truncated)
 
     async def _read(self, body: _Body, out: asyncio.Queue[ChunkBuffer | None]) -> None:
-        pools = self._pools
-        allocate = pools.plain.acquire if pools is not None else None
-        async for chunk in chunk_stream(body.pieces(), chunk_size=self.session.chunk_size,
-                                        allocate=allocate):
-            await out.put(chunk)
+        """Cut the body into chunks, each in a buffer taken (waiting) from the lane."""
+        lane = self._lane
+        spare: list[ChunkBuffer] = []  # the buffer the chunker fills next, taken ahead
+        chunker = Chunker(chunk_size=self.session.chunk_size, allocate=lambda _: spare.pop())
+        async for piece in body.pieces():
+            if chunker.buffered == 0 and not spare and len(piece):
+                spare.append(await lane.plain())
+            for chunk in chunker.iter_feed(piece):
+                await out.put(chunk)
+                if not spare:
+                    spare.append(await lane.plain())
+        tail = chunker.flush()
+        if tail is not None:
+            await out.put(tail)
+        for buf in spare:
+            lane.give_plain(buf)
         await out.put(_END)
 
     async def _seal(self, inq: asyncio.Queue[ChunkBuffer | None],
@@ -163,7 +252,7 @@ class Upload:
         cores while the event loop keeps moving bytes.
         """
         loop = asyncio.get_running_loop()
-        pools = self._pools
+        lane = self._lane
         slots = asyncio.Semaphore(self.parallel)
         order: asyncio.Queue[asyncio.Future[_Sealed] | None] = asyncio.Queue()
 
@@ -179,30 +268,36 @@ class Upload:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(emit())
             while (chunk := await inq.get()) is not _END:
-                if self._digest is not None:  # one hashing thread keeps the digest in order
-                    self._hashed = loop.run_in_executor(self.hasher, self._digest.update, chunk)
                 await slots.acquire()
-                buffer = pools.sealed.acquire() if pools is not None else None
+                buffer = await lane.sealed()
                 sealing = loop.run_in_executor(self.executor, self._seal_one, chunk, index,
                                                buffer)
-                sealing.add_done_callback(self._sealed_callback(pools, chunk))
+                works: list[asyncio.Future[object]] = [sealing]  # type: ignore[list-item]
+                if self._digest is not None:  # one hashing thread keeps the digest in order
+                    self._hashed = loop.run_in_executor(self.hasher, self._digest.update, chunk)
+                    works.append(self._hashed)  # type: ignore[arg-type]
+                self._give_back_after(chunk, works)
                 order.put_nowait(sealing)
                 index += 1
             order.put_nowait(None)
         if self._hashed is not None:
             await self._hashed
 
-    @staticmethod
-    def _sealed_callback(pools: ChunkBuffers | None,
-                         chunk: ChunkBuffer) -> Callable[[asyncio.Future[_Sealed]], None]:
-        """Once sealed, give the plaintext buffer back (runs on the loop).
+    def _give_back_after(self, chunk: ChunkBuffer, works: list[asyncio.Future[object]]) -> None:
+        """Give the plaintext buffer back once its seal and digest update are both done.
 
-        A cancelled sealing may still be running on its thread: its buffer is dropped.
+        A cancelled one may still be running on its thread: its buffer is dropped, not reused.
         """
-        def done(sealing: asyncio.Future[_Sealed]) -> None:
-            if pools is not None and isinstance(chunk, memoryview) and not sealing.cancelled():
-                pools.plain.release(chunk)
-        return done
+        left = [len(works)]
+        clean = [True]
+
+        def done(work: asyncio.Future[object]) -> None:
+            clean[0] = clean[0] and not work.cancelled()
+            left[0] -= 1
+            if left[0] == 0:
+                self._lane.give_plain(chunk, reuse=clean[0])
+        for work in works:
+            work.add_done_callback(done)
 
     def _seal_one(self, chunk: ChunkBuffer, index: int, buffer: memoryview | None) -> _Sealed:
         if buffer is None:
@@ -221,8 +316,6 @@ class Upload:
         more = asyncio.Event()
         closed = False
 
-        pools = self._pools
-
         async def put(sealed: _Sealed) -> None:
             chunk = sealed.chunk
             try:
@@ -230,8 +323,7 @@ class Upload:
                                              chunk.leaf_hash)
             finally:
                 slots.release()
-                if pools is not None and sealed.buffer is not None:
-                    pools.sealed.release(sealed.buffer)
+                self._lane.give_sealed(sealed.buffer)
 
         async def land() -> None:
             while pending or not closed:
@@ -315,12 +407,14 @@ async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: Sessio
                  declared_length: int | None, max_bytes: int, executor: Executor,
                  hasher: Executor, parallel: int, inflight: int,
                  on_commit: Callable[[list[ChunkRow]], None],
-                 buffers: ChunkBuffers | None = None) -> SessionRow:
+                 buffers: ChunkBuffers | None = None,
+                 permits: tuple[int, int] | None = None) -> SessionRow:
     """Seal and commit one request body at the session's committed offset.
 
-    `buffers`, if given and of the session's chunk size, supplies reused chunk buffers.
+    `buffers`, if given and of the session's chunk size, supplies reused chunk buffers;
+    `permits` caps how many plaintext and sealed ones it holds at once (`lane_permits`).
     """
     upload = Upload(storage=storage, sealer=sealer, session=session, executor=executor,
                     hasher=hasher, parallel=parallel, inflight=inflight, checksum=checksum,
-                    on_commit=on_commit, buffers=buffers)
+                    on_commit=on_commit, buffers=buffers, permits=permits)
     return await upload.run(_Body(source, max_bytes), declared_length=declared_length)

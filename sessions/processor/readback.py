@@ -39,15 +39,18 @@ class ChunkReader:
     """Fetches a session's sealed chunks ahead of use and checks each against its leaf hash."""
 
     def __init__(self, storage: StorageClient, sid: str, rows: Sequence[ChunkRow], *,
-                 executor: Executor, prefetch: int, buffers: BufferPool) -> None:
+                 executor: Executor, prefetch: int, buffers: BufferPool,
+                 workers: int = 1) -> None:
         self._storage, self._sid, self._rows = storage, sid, rows
         self._executor, self._prefetch = executor, max(0, prefetch)
+        self._opening = asyncio.Semaphore(max(1, workers))  # chunks being opened at once
         # Reused buffers, sized for the largest sealed chunk, for fetching and opening.
         self._buffers = buffers
 
     async def _ahead(self, indexes: Sequence[int],
                      work: Callable[[int], Awaitable[T]]) -> AsyncIterator[T]:
-        """Yield work(i) for each index in order, keeping up to prefetch + 1 of them running."""
+        """Yield work(i) for each index in order, keeping up to prefetch + 2 of them running
+        (prefetch + 1 ahead while the one yielded is awaited)."""
         pending: deque[asyncio.Future[T]] = deque()
         upcoming = iter(indexes)
         try:
@@ -82,13 +85,16 @@ class ChunkReader:
         async def fetch_and_open(index: int) -> tuple[ChunkRow, bytes]:
             row = self._rows[index]
             # The sealed bytes and the decrypted payload live in reused buffers, taken and
-            # given back on the event loop; only the plaintext is new.  They go back only
+            # given back on the event loop; only the plaintext is new.  The payload buffer
+            # is taken only to open (one per worker thread at a time).  They go back only
             # after a clean finish: if this task is cancelled, the worker thread may still
             # be using them, so they are left to it and dropped.
-            sealed, scratch = pool.acquire(), pool.acquire()
+            sealed = pool.acquire()
             view = await self._fetch_into(index, sealed)
-            plain = await loop.run_in_executor(self._executor, check_and_open, sealer,
-                                               row, view, scratch)
+            async with self._opening:
+                scratch = pool.acquire()
+                plain = await loop.run_in_executor(self._executor, check_and_open, sealer,
+                                                   row, view, scratch)
             view.release()
             pool.release(scratch)
             pool.release(sealed)
@@ -106,17 +112,18 @@ class ChunkReader:
         pool = self._buffers
 
         async def fetch_and_examine(index: int) -> ChunkFacts:
-            sealed, scratch = pool.acquire(), pool.acquire()
+            sealed = pool.acquire()
             try:
                 view = await self._fetch_into(index, sealed)
             except BadChunk as exc:
-                pool.release(scratch)
                 pool.release(sealed)
                 if exc.reason == "missing":
                     return ChunkFacts(index, None)
                 return ChunkFacts(index, b"", overflow=True)
-            facts = await loop.run_in_executor(self._executor, examine, sealer, index, view,
-                                               scratch)
+            async with self._opening:
+                scratch = pool.acquire()
+                facts = await loop.run_in_executor(self._executor, examine, sealer, index,
+                                                   view, scratch)
             view.release()
             pool.release(scratch)
             pool.release(sealed)

@@ -17,10 +17,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from sessions.common.errors import (
     BadRequest,
@@ -36,6 +36,7 @@ from sessions.storage.records import LEAF_HASH_SIZE, MAX_CHUNK_INDEX
 
 T = TypeVar("T")
 WRITE_BATCH = 1 << 20  # bytes gathered before one hop to a thread writes them
+READ_PIECE = 1 << 20  # bytes of a chunk file read per hop to a thread when it is sent
 CHUNK_SUFFIX = ".lcs"
 TEMP_SUFFIX = ".tmp"
 
@@ -49,6 +50,7 @@ class ChunkStore(Protocol):
                   expected_leaf_hash: bytes, max_bytes: int,
                   expected_length: int | None = None, guard: Guard | None = None) -> int: ...
     async def get(self, session_id: str, index: int) -> bytes: ...
+    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]: ...
     async def size(self, session_id: str, index: int) -> int | None: ...
     async def exists(self, session_id: str, index: int) -> bool: ...
     async def delete_session(self, session_id: str) -> None: ...
@@ -128,6 +130,26 @@ class LocalChunkStore:
         if data is None:
             raise ChunkNotFound()
         return data
+
+    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]:
+        """Return a chunk file's length and its bytes in READ_PIECE pieces, read as sent.
+
+        The file is opened now (ChunkNotFound if absent), so memory stays at a piece
+        per reader whatever the chunk size.
+        """
+        f = await _io(_open_or_none, self.chunk_path(session_id, index))
+        if f is None:
+            raise ChunkNotFound()
+        size = os.fstat(f.fileno()).st_size
+
+        async def pieces() -> AsyncIterator[bytes]:
+            try:
+                while piece := await _io(f.read, READ_PIECE):
+                    yield piece
+                _drop_cached(f.fileno())
+            finally:
+                f.close()
+        return size, pieces()
 
     async def size(self, session_id: str, index: int) -> int | None:
         """Return the length of a chunk's file, or None if it has none."""
@@ -292,6 +314,13 @@ def _drop_cached(fd: int) -> None:
     """
     if hasattr(os, "posix_fadvise"):  # Linux, the services' platform; not macOS
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _open_or_none(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb", buffering=0)
+    except FileNotFoundError:
+        return None
 
 
 def _read_file(path: Path) -> bytes | None:

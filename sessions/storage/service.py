@@ -125,8 +125,10 @@ class StorageService:
             return await self.meta.commit_chunks(session_id, expected_offset=expected_offset,
                                                  chunks=chunks)
 
-    async def read_chunk(self, session_id: str, index: int) -> bytes:
-        """Return the stored bytes of committed chunk `index` (index < chunk_count)."""
+    async def stream_chunk(self, session_id: str, index: int
+                           ) -> tuple[int, AsyncIterator[bytes]]:
+        """Return the length and the stored bytes (in pieces, read as sent) of committed
+        chunk `index` (index < chunk_count)."""
         rec = await self.meta.get_session(session_id)
         if rec.state is SessionState.DELETED:
             raise InvalidState("the session was deleted; its chunks are gone",
@@ -135,14 +137,14 @@ class StorageService:
             raise ChunkNotFound(f"chunk {index} is not committed",
                                 extra={"chunk_count": rec.chunk_count})
         try:
-            data = await self.chunks.get(session_id, index)
+            size, pieces = await self.chunks.stream(session_id, index)
         except ChunkNotFound:
             raise ChunkNotFound(f"chunk {index} is committed but its file is missing",
                                 extra={"missing": True}) from None
         if self._metrics is not None:
-            self._metrics.bytes_out.labels(self._metrics.service, "sealed").inc(len(data))
+            self._metrics.bytes_out.labels(self._metrics.service, "sealed").inc(size)
             self._metrics.chunks_out.labels(self._metrics.service).inc()
-        return data
+        return size, pieces
 
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""

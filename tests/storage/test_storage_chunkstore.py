@@ -57,6 +57,12 @@ async def test_put_get_round_trip(chunkstore: LocalChunkStore, tmp_path: Path,
                                 max_bytes=MAX, expected_length=len(data))
     assert size == len(data)
     assert await chunkstore.get(sid, 7) == data
+    length, pieces = await chunkstore.stream(sid, 7)  # what GET .../chunks/{index} sends
+    got = [piece async for piece in pieces]
+    assert length == len(data) and b"".join(got) == data
+    assert max(map(len, got)) <= 1 << 20  # read as sent, a piece at a time
+    with pytest.raises(ChunkNotFound):
+        await chunkstore.stream(sid, 8)
     assert await chunkstore.size(sid, 7) == len(data)
     assert await chunkstore.exists(sid, 7) and not await chunkstore.exists(sid, 8)
     root = tmp_path / "chunkroot"

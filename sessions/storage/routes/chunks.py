@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from sessions.common.errors import (
@@ -84,8 +85,13 @@ async def leaves(session_id: SessionId, meta: Meta,
 @router.get("/sessions/{session_id}/chunks/{index}", summary="A committed chunk's sealed bytes",
             response_class=Response, responses={200: _BINARY, **error_responses(404, 409)})
 async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) -> Response:
-    """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost)."""
-    return Response(await service.read_chunk(session_id, index), media_type=OCTET_STREAM)
+    """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost).
+
+    Streamed from the file as sent, so storage holds a piece per reader, not a chunk.
+    """
+    size, pieces = await service.stream_chunk(session_id, index)
+    return StreamingResponse(pieces, media_type=OCTET_STREAM,
+                             headers={"Content-Length": str(size)})
 
 
 @router.delete("/sessions/{session_id}/staged",

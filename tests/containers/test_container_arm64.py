@@ -29,7 +29,13 @@ from tests.containers.support import DOCKER, HERE, ROOT, run, start_engine, unav
 pytestmark = pytest.mark.containers
 
 IMAGE = "lucid-test/session-storage:arm64"
-HEALTH_TIMEOUT = 240
+HEALTH_TIMEOUT = 300
+# The image's own healthcheck command, with emulation's timing: under qemu on a busy
+# 2-core machine one `python3 -c "import urllib.request ..."` start takes 5-10 s, longer
+# than the image's 5 s timeout (sized for a native Pi 5), so every probe timed out and the
+# container was reported unhealthy while /health answered.
+QEMU_HEALTH = ["--health-interval", "10s", "--health-timeout", "60s",
+               "--health-retries", "5", "--health-start-period", "120s"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,7 @@ def test_arm64_storage_answers_health_under_qemu(arm64_image: str, tmp_path: Pat
     os.chmod(token, 0o444)
     port = loopback.free_port()
     name = f"lucid-test-arm64-{port}"
-    run([DOCKER, "run", "-d", "--name", name, "--network", "host", "--read-only",
+    run([DOCKER, "run", "-d", "--name", name, "--network", "host", "--read-only", *QEMU_HEALTH,
          "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
          "--tmpfs", "/tmp", "--tmpfs", "/data:uid=65532,gid=65532,mode=0700",  # noqa: S108
          "-v", f"{token}:/run/secrets/service_token:ro",

@@ -20,7 +20,9 @@ keeps other host users out.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -66,6 +68,14 @@ def self_signed(hostnames: list[str]) -> tuple[str, str]:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def public_key_pin(cert_pem: bytes) -> str:
+    """Return the certificate's public-key pin as the CLI's --pin-sha256 and curl's
+    --pinnedpubkey take it: sha256// and the base64 SHA-256 of its SubjectPublicKeyInfo."""
+    spki = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def plan(node_name: str, hostnames: list[str]) -> dict[str, tuple[Callable[[], str], int]]:
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             path.chmod(0o400)
         else:
             path.chmod(0o444)
+    pin = public_key_pin((directory / "tls-cert.pem").read_bytes())
+    print(f"init-secrets: the gateway's certificate pin (--pin-sha256): {pin}")
     if not root:
         print(f"init-secrets: not root, so the files are mode 0444 and {directory} (0700) keeps "
               "other host users out; as root they would belong to their container's user, "

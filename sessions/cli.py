@@ -42,6 +42,8 @@ from sessions.client import (
     UploadPlan,
     default_state_file,
     download_replay,
+    parse_pin,
+    tls_verify,
     upload_file,
 )
 from sessions.common.ids import is_session_id
@@ -323,7 +325,15 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _client(args: argparse.Namespace) -> LucidClient:
-    return LucidClient(args.url, _token(args))
+    return LucidClient(args.url, _token(args), verify=tls_verify(args.cacert, args.pin_sha256))
+
+
+def _pin(value: str) -> str:
+    try:
+        parse_pin(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -652,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gateway URL (env LUCID_URL; default %(default)s)")
     conn.add_argument("--token-file", help="bearer token file (env LUCID_TOKEN_FILE or "
                       "LUCID_TOKEN; default <LUCID_DATA_DIR>/secrets/admin.token)")
+    conn.add_argument("--cacert", default=os.environ.get("LUCID_CACERT") or None,
+                      metavar="FILE", help="trust only the CA certificate(s) in FILE for an "
+                      "https gateway, e.g. secrets/tls-cert.pem (env LUCID_CACERT)")
+    conn.add_argument("--pin-sha256", type=_pin, default=os.environ.get("LUCID_PIN_SHA256") or None,
+                      metavar="PIN", help="trust the gateway's certificate by the SHA-256 of its "
+                      "public key, sha256//BASE64 or hex (env LUCID_PIN_SHA256)")
 
     def add(name: str, func: Command, help_: str, *parents: argparse.ArgumentParser) -> Any:
         p = sub.add_parser(name, help=help_, description=help_, parents=list(parents))

@@ -12,9 +12,11 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import mmap
 import os
+import ssl
 import sys
 import tempfile
 import time
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from sessions.common.httpclient import raise_read_size
 
@@ -64,16 +68,88 @@ def _error_from(resp: httpx.Response) -> ClientError:
                        status=resp.status_code)
 
 
+class PinMismatch(ssl.SSLError):
+    """The gateway's certificate does not carry the pinned public key."""
+
+
+def parse_pin(value: str) -> bytes:
+    """Return the 32-byte SHA-256 of a public-key pin: `sha256//BASE64` (curl's
+    --pinnedpubkey), bare base64, or 64 hex digits (colons allowed)."""
+    text = value.strip().removeprefix("sha256//")
+    hexed = text.replace(":", "")
+    if len(hexed) == 64:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(hexed)
+    with contextlib.suppress(ValueError):
+        raw = base64.b64decode(text, validate=True)
+        if len(raw) == 32:
+            return raw
+    raise ValueError("a pin is the SHA-256 of the certificate's public key: sha256//BASE64 "
+                     "(as curl --pinnedpubkey) or 64 hex digits")
+
+
+def public_key_pin(cert_der: bytes) -> bytes:
+    """Return the SHA-256 of a DER certificate's SubjectPublicKeyInfo (the pinned value)."""
+    spki = x509.load_der_x509_certificate(cert_der).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
+
+
+class _PinnedContext(ssl.SSLContext):
+    """A client TLS context that accepts exactly the certificates holding one public key.
+
+    The check runs right after the handshake, inside wrap_socket, so no request (and no
+    bearer token) is sent to a server that fails it."""
+
+    pin = b""
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        der = sock.getpeercert(binary_form=True)
+        if der is None or not hmac.compare_digest(public_key_pin(der), self.pin):
+            sock.close()
+            raise PinMismatch("the gateway's certificate does not carry the pinned public key")
+        return sock
+
+
+def tls_verify(cacert: str | None, pin: str | None) -> ssl.SSLContext | bool:
+    """Return httpx's `verify`: the CA file's context, a public-key pin's, or True (the
+    system's CAs, or SSL_CERT_FILE).  With both, the chain and the pin must both hold."""
+    if pin is None:
+        return ssl.create_default_context(cafile=cacert) if cacert else True
+    ctx = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.pin = parse_pin(pin)
+    if cacert:
+        ctx.load_verify_locations(cafile=cacert)
+    else:  # the pin is the trust: a self-signed certificate, reached by any name
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """Return why TLS verification failed, if that is what ended a connection."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PinMismatch):
+            return str(seen.args[0])
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate verification failed ({seen.verify_message})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class LucidClient:
     """Calls the gateway at `url` with a bearer token; raises ClientError on any failure."""
 
     def __init__(self, url: str, token: str | None, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         raise_read_size()  # replay arrives in MiB pieces: 64 KiB reads cost a parse each
         self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
-                                  timeout=httpx.Timeout(300.0, connect=10.0))
+                                  verify=verify, timeout=httpx.Timeout(300.0, connect=10.0))
 
     def close(self) -> None:
         self._http.close()
@@ -90,6 +166,9 @@ class LucidClient:
         try:
             yield
         except httpx.ConnectError as exc:
+            if (why := _tls_failure(exc)) is not None:
+                raise ClientError("tls_untrusted", f"{self.url}: {why}; trust it with --cacert "
+                                  "or --pin-sha256") from exc
             raise ClientError("connection_failed", f"cannot connect to {self.url} (is the "
                               "gateway running? try `lucid-sessions up`)") from exc
         except httpx.TimeoutException as exc:

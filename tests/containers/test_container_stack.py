@@ -2,10 +2,15 @@
 
 The README's Pi steps, with only the documented overrides: local image tags built on
 stand-in bases (`make images-local`), the host-network override file
-(tests/containers/compose.host.yml) and SQLite instead of MongoDB (no image can be
-pulled here).  Then: upload -> finalize -> replay -> verify through the published HTTPS
-port with the CLI and curl, the containers' hardening checked from the host, a backup
-of the chunk volume restored into a fresh volume, and a teardown that leaves nothing.
+(tests/containers/compose.host.yml) and, since no MongoDB image can be pulled here, the
+test MongoDB server (SecantusDB, tests/mongo_server.py) on the host's loopback, named by
+the same `metadata_url` secret (LUCID_METADATA_URL_FILE) that names the Pi's MongoDB.  The
+stack runs twice: on that MongoDB, and with SQLite on the chunk volume (a sqlite:/// URL
+in the same secret).  Each time: upload -> finalize -> replay -> verify through the
+published HTTPS port with the CLI (trusting the certificate of `make secrets` by CA file
+and by public-key pin) and curl, the containers' hardening checked from the host, and a
+teardown that leaves nothing.  On SQLite also a backup of the chunk volume restored into
+a fresh volume (the MongoDB backup, mongodump, is documented but untested here).
 
 Without an engine (not root, no Debian packages) every test here skips and says why;
 with LUCID_REQUIRE_CONTAINERS=1 (as .ci/run sets it) that is a failure instead.
@@ -24,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
 from sessions import loopback
 from sessions.core import NoteSigner
 from tests.containers.support import DOCKER, HERE, ROOT, run, start_engine
+from tests.mongo_server import MongoServer
 
 COMPOSE_BIN = str(Path(sys.executable).parent / "docker-compose")
 PREFIX = "lucid-test/"
@@ -35,6 +42,8 @@ ARCH = "amd64"
 SERVICES = ("storage", "processor", "api")
 PAYLOAD = 5 * 1024 * 1024 + 12345
 UP_TIMEOUT = 240
+MONGO_DB = "lucid"
+SQLITE_URL = "sqlite:////data/storage/metadata.sqlite3"
 
 pytestmark = pytest.mark.containers
 
@@ -57,6 +66,9 @@ class Stack:
     project: str
     directory: Path
     ports: dict[str, int]
+    metadata: str  # "mongo" or "sqlite"
+    pin: str  # the certificate's public-key pin, as `make secrets` prints it
+    mongo_url: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -90,10 +102,13 @@ class Stack:
     def cert(self) -> Path:
         return self.directory / "secrets" / "tls-cert.pem"
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SSL_CERT_FILE": str(self.cert), "LUCID_URL": self.url,
-               "LUCID_TOKEN_FILE": str(self.directory / "secrets" / "admin.token")}
-        return run([sys.executable, "-m", "sessions.cli", *args], env=env)
+    def cli(self, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess[str]:
+        """Run the CLI against the published port, trusting the certificate of `make secrets`
+        as the README says (LUCID_CACERT) unless `extra` says otherwise."""
+        env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        env.update({"LUCID_CACERT": str(self.cert), "LUCID_URL": self.url, "NO_PROXY": "127.0.0.1",
+                    "LUCID_TOKEN_FILE": str(self.directory / "secrets" / "admin.token"), **extra})
+        return run([sys.executable, "-m", "sessions.cli", *args], env=env, check=check)
 
     def leftovers(self) -> list[str]:
         label = f"label=com.docker.compose.project={self.project}"
@@ -104,18 +119,38 @@ class Stack:
         return found
 
 
-@pytest.fixture(scope="module")
-def stack(images: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["mongo", "sqlite"])
+def stack(images: str, request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The README's first deployment, with the documented test overrides; torn down after."""
-    directory = tmp_path_factory.mktemp("pi")
+    metadata: str = request.param
+    directory = tmp_path_factory.mktemp(f"pi-{metadata}")
     secret_dir = directory / "secrets"
     secret_dir.mkdir(mode=0o700)
-    # SQLite on the chunk volume instead of MongoDB (the only secret that differs here)
-    (secret_dir / "metadata-url").write_text("sqlite:////data/storage/metadata.sqlite3\n")
-    run([sys.executable, str(ROOT / "containers" / "init_secrets.py"), str(secret_dir),
-         "--hostname", "127.0.0.1"])
+    mongo: MongoServer | None = None
+    mongo_url = None
+    # The only secrets that differ from the Pi's: the metadata URL names the test server on
+    # the host's loopback (credentials checked as on the Pi: user lucid, authSource admin),
+    # or SQLite on the chunk volume; `make secrets` then keeps the files it finds.
+    if metadata == "mongo":
+        mongo = MongoServer(directory / "mongo")
+        mongo.start()
+        password = secrets.token_urlsafe(24)
+        with MongoClient(f"mongodb://127.0.0.1:{mongo.port}/", directConnection=True) as c:
+            c.admin.command("createUser", "lucid", pwd=password,
+                            roles=[{"role": "root", "db": "admin"}])
+        (secret_dir / "mongo-password").write_text(password + "\n")
+        # SecantusDB's one-node replica set is named `secantus` (the Pi's is rs0)
+        mongo_url = (f"mongodb://lucid:{password}@127.0.0.1:{mongo.port}/{MONGO_DB}"
+                     "?replicaSet=secantus&authSource=admin")
+        (secret_dir / "metadata-url").write_text(mongo_url + "\n")
+    else:
+        (secret_dir / "metadata-url").write_text(SQLITE_URL + "\n")
+    made = run(["make", "--no-print-directory", "-C", str(ROOT), "secrets",
+                f"SECRETS_DIR={secret_dir}"]).stdout  # the README's first step
+    pin = made.split("(--pin-sha256): ")[1].split()[0]
     ports = {name: loopback.free_port() for name in SERVICES}
-    s = Stack(f"lucid-test-{secrets.token_hex(4)}", directory, ports)
+    s = Stack(f"lucid-test-{secrets.token_hex(4)}", directory, ports, metadata, pin, mongo_url)
     try:
         up = s.compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT), check=False)
         if up.returncode != 0:
@@ -124,6 +159,8 @@ def stack(images: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         yield s
     finally:
         s.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+        if mongo is not None:
+            mongo.remove()
 
 
 def test_all_three_are_healthy(stack: Stack) -> None:
@@ -133,13 +170,19 @@ def test_all_three_are_healthy(stack: Stack) -> None:
 
 
 def test_published_port_speaks_verified_https(stack: Stack) -> None:
-    ok = run(["curl", "-sS", "--fail", "--cacert", str(stack.cert), f"{stack.url}/health"])
+    curl = ["curl", "-sS", "--fail", "--noproxy", "*"]
+    ok = run([*curl, "--cacert", str(stack.cert), f"{stack.url}/health"])
     assert json.loads(ok.stdout)["status"] == "ok"
-    unverified = run(["curl", "-sS", "--fail", f"{stack.url}/health"], check=False)
+    unverified = run([*curl, f"{stack.url}/health"], check=False)
     assert unverified.returncode == 60, "a certificate no CA vouches for must be refused"
-    plain = run(["curl", "-sS", "--fail", f"http://127.0.0.1:{stack.ports['api']}/health"],
-                check=False)
+    plain = run([*curl, f"http://127.0.0.1:{stack.ports['api']}/health"], check=False)
     assert plain.returncode != 0
+    pinned = run([*curl, "-k", "--pinnedpubkey", stack.pin, f"{stack.url}/health"], check=False)
+    assert pinned.returncode == 0, pinned.stderr
+    # the CLI: by CA file (the README's LUCID_CACERT), by pin, and refused with neither
+    assert stack.cli("ls", "--pin-sha256", stack.pin, LUCID_CACERT="").returncode == 0
+    refused = stack.cli("ls", check=False, LUCID_CACERT="")
+    assert refused.returncode == 1 and "error: tls_untrusted:" in refused.stderr
 
 
 def test_upload_finalize_replay_verify_byte_identical(stack: Stack, tmp_path: Path) -> None:
@@ -189,6 +232,23 @@ def test_each_image_holds_only_its_own_service(stack: Stack) -> None:
         assert result.stdout.strip() == f"sessions.{service}", service
 
 
+def test_metadata_lives_in_the_store_the_secret_names(stack: Stack, tmp_path: Path) -> None:
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(4096))
+    session = stack.cli("upload", str(small)).stdout.split()[-1]
+    probe = "import os, sys; sys.exit(0 if os.path.exists('/data/storage/metadata.sqlite3') else 3)"
+    has_sqlite = stack.exec("storage", "/usr/bin/python3", "-c", probe).returncode == 0
+    if stack.metadata == "sqlite":
+        assert has_sqlite
+        return
+    assert stack.mongo_url is not None and not has_sqlite
+    with MongoClient(stack.mongo_url, serverSelectionTimeoutMS=5000) as client:
+        doc = client[MONGO_DB]["sessions"].find_one({"_id": session})
+        assert doc is not None and doc["state"] == "completed", doc
+        assert client[MONGO_DB]["chunks"].count_documents({}) >= 1
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 def test_backup_and_restore_of_the_chunk_volume(stack: Stack, tmp_path: Path) -> None:
     """The README's backup: stop, tar the chunk volume (chunks and, here, the SQLite
     metadata), and restore it into a fresh volume; sessions then replay byte-identical, and a

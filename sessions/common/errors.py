@@ -167,7 +167,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
                 Unauthorized, Forbidden, SessionNotFound, ChunkNotFound, NotFound,
                 MethodNotAllowed, OffsetMismatch, InvalidState, UploadInProgress, KeyUnavailable,
                 Conflict, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable, ChunkCorrupt,
-                MetadataCorrupt, UpstreamUnavailable, NotReady)
+                MetadataCorrupt, UpstreamUnavailable, NotReady, RateLimited)
 }
 
 

@@ -6,7 +6,7 @@ Not Motor: Motor is deprecated in favour of this API.  Documents:
                key_id, key_blob, revision, checkpoint, manifest}
     chunks    {s: session id, i: index, offset, length, sealed_length, leaf_hash, compressed}
     meta      {_id: "schema", version}, {_id: "audit_head", size, checkpoint}
-    audit     {_id: seq, at, action, actor, client, session_id, detail, prev}  (schema 2)
+    audit     {_id: seq, at, action, actor, client, session, detail, prev}  (schema 2)
 
 Every write is `w: majority, j: true`; retryable writes and reads are on.  The
 compare-and-set is an `update_one` filtered on (_id, revision); a commit inserts
@@ -61,7 +61,7 @@ def _v1_indexes() -> dict[str, list[IndexModel]]:
 
 def _v2_indexes() -> dict[str, list[IndexModel]]:
     """The audit log: `_id` is the sequence number (unique: two appends never fork the chain)."""
-    return {"audit": [IndexModel([("session_id", ASCENDING), ("_id", ASCENDING)],
+    return {"audit": [IndexModel([("session", ASCENDING), ("_id", ASCENDING)],
                                  name="by_session")]}
 
 
@@ -230,7 +230,7 @@ class MongoBackend:
                          limit: int) -> list[AuditEntry]:
         query: Doc = {"_id": {"$gte": start}}
         if session_id is not None:
-            query["session_id"] = session_id
+            query["session"] = session_id
         async with self._guard():
             docs = await self._audit.find(query).sort("_id", ASCENDING).limit(limit).to_list()
         return [_audit_entry(d) for d in docs]
@@ -291,5 +291,5 @@ def _record(doc: Doc) -> SessionRecord:
 
 def _audit_entry(doc: Doc) -> AuditEntry:
     return AuditEntry(seq=doc["_id"], at=doc["at"], action=doc["action"], actor=doc["actor"],
-                      client=doc["client"], session_id=doc["session_id"],
+                      client=doc["client"], session_id=doc["session"],
                       detail=doc["detail"], prev=bytes(doc["prev"]))

@@ -23,7 +23,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sessions.cli_evidence import audit_entries, export_bundle, verify_audit, verify_bundle
 from sessions.cli_verify import (
     OfflineReport,
     VerificationError,
@@ -537,6 +536,7 @@ def _print_report(report: OfflineReport) -> int:
 
 def _verify_bundle(args: argparse.Namespace) -> int:
     """Verify a bundle with no node: every check of `verify`, on the bundle's bytes."""
+    from sessions.cli_evidence import verify_bundle  # not in the service images
     out = verify_bundle(Path(args.bundle), pinned=_pinned(args))
     if args.id is not None and args.id != out.index.session_id:
         out.problems.append(f"the bundle is of session {out.index.session_id}, not {args.id}")
@@ -548,6 +548,7 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from sessions.cli_evidence import export_bundle
     progress = Progress(None, enabled=_progress(args))
     done = 0
 
@@ -573,13 +574,14 @@ def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_ls(args: argparse.Namespace) -> int:
+    from sessions.cli_evidence import audit_entries
     with _client(args) as client:
         print(f"{'SEQ':>6}  {'AT':<20}  {'ACTION':<18}  {'SESSION':<26}  {'ACTOR':<18}  "
               f"{'CLIENT':<15}  DETAIL")
         shown = 0
         for e in audit_entries(client, session_id=args.session):
             print(f"{e['seq']:>6}  {e['at'][:19]:<20}  {e['action']:<18}  "
-                  f"{e['session_id'] or '-':<26}  {e['actor']:<18}  {e['client']:<15}  "
+                  f"{e['session'] or '-':<26}  {e['actor']:<18}  {e['client']:<15}  "
                   f"{e['detail']}")
             shown += 1
             if not args.all and shown >= args.limit:
@@ -589,6 +591,7 @@ def cmd_audit_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from sessions.cli_evidence import verify_audit
     with _client(args) as client:
         report = verify_audit(client, history=_key_history(args, client))
     for finding in report.findings:

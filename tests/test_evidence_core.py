@@ -109,7 +109,7 @@ def test_the_audit_head_is_a_signed_checkpoint() -> None:
 
 @pytest.mark.parametrize("bad", [
     {"seq": -1}, {"prev": "00" * 31}, {"action": "Drop Table"}, {"actor": "a\nb"},
-    {"detail": "x" * 257}, {"session_id": 5}])
+    {"detail": "x" * 257}, {"session": 5}])
 def test_malformed_entries_are_refused(bad: dict[str, Any]) -> None:
     good = _chain(1)[0].to_json()
     with pytest.raises(AuditError):

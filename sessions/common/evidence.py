@@ -26,7 +26,7 @@ class AuditEntryModel(BaseModel):
         "rotate_keys or rotate_signing_key")
     actor: _Text = Field(description="the token id that acted (never the token)")
     client: _Text = Field(description="the client address the gateway saw")
-    session_id: _Text | None = Field(description="the session acted on, if any")
+    session: _Text | None = Field(description="the id of the session acted on, if any")
     detail: _Text = Field(description="a short summary, e.g. the bytes appended")
     prev: _Hex32 = Field(description="hex hash of the previous entry (64 zeros for entry 0)")
 

@@ -81,7 +81,7 @@ class AuditEntry:
 
     def _fields(self) -> dict[str, Any]:
         return {"v": 1, "seq": self.seq, "at": self.at, "action": self.action,
-                "actor": self.actor, "client": self.client, "session_id": self.session_id,
+                "actor": self.actor, "client": self.client, "session": self.session_id,
                 "detail": self.detail, "prev": self.prev.hex()}
 
     def to_json(self) -> dict[str, Any]:
@@ -95,7 +95,7 @@ class AuditEntry:
         """Return the entry of a JSON object from `to_json` (AuditError if malformed)."""
         try:
             return cls(seq=d["seq"], at=d["at"], action=d["action"], actor=d["actor"],
-                       client=d["client"], session_id=d["session_id"], detail=d["detail"],
+                       client=d["client"], session_id=d["session"], detail=d["detail"],
                        prev=bytes.fromhex(d["prev"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise AuditError(("malformed audit entry",)) from exc

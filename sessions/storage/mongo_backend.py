@@ -8,7 +8,7 @@ Not Motor: Motor is deprecated in favour of this API.  Documents:
     tokens    {_id: token id, name, role, secret_hash, created_at, expires_at, revoked_at,
                created_by}
     meta      {_id: "schema", version}, {_id: "audit_head", size, checkpoint}
-    audit     {_id: seq, at, action, actor, client, session_id, detail, prev}  (schema 4)
+    audit     {_id: seq, at, action, actor, client, session, detail, prev}  (schema 4)
 
 Every write is `w: majority, j: true`; retryable writes and reads are on.  The
 compare-and-set is an `update_one` filtered on (_id, revision); a commit inserts
@@ -92,7 +92,7 @@ def _v3_indexes() -> dict[str, list[IndexModel]]:
 
 def _v4_indexes() -> dict[str, list[IndexModel]]:
     """v4: the audit log; `_id` is the sequence number (unique: appends never fork the chain)."""
-    return {"audit": [IndexModel([("session_id", ASCENDING), ("_id", ASCENDING)],
+    return {"audit": [IndexModel([("session", ASCENDING), ("_id", ASCENDING)],
                                  name="by_session")]}
 
 
@@ -325,7 +325,7 @@ class MongoBackend:
                          limit: int) -> list[AuditEntry]:
         query: Doc = {"_id": {"$gte": start}}
         if session_id is not None:
-            query["session_id"] = session_id
+            query["session"] = session_id
         async with self._guard():
             docs = await self._audit.find(query).sort("_id", ASCENDING).limit(limit).to_list()
         return [_audit_entry(d) for d in docs]
@@ -402,5 +402,5 @@ def _plus_days(created_at: str, days: int) -> str:
 
 def _audit_entry(doc: Doc) -> AuditEntry:
     return AuditEntry(seq=doc["_id"], at=doc["at"], action=doc["action"], actor=doc["actor"],
-                      client=doc["client"], session_id=doc["session_id"],
+                      client=doc["client"], session_id=doc["session"],
                       detail=doc["detail"], prev=bytes(doc["prev"]))

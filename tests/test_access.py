@@ -437,6 +437,34 @@ async def test_the_rate_limit_is_per_token(tmp_path: Path) -> None:
             assert (await c.get("/v1/sessions", headers=node.auth("admin"))).status_code == 200
 
 
+async def test_a_clock_behind_the_tokens_creation_refuses_an_expiring_token() -> None:
+    """Token expiry does not act on a clock jump: a gateway whose clock reads before the
+    token was made (booted in the past) cannot know it unexpired, so it refuses it;
+    a token without an expiry is unaffected."""
+    created = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
+    tokens: dict[str, StoredToken] = {}
+    presented = {}
+    for name, expires in (("expiring", created + timedelta(days=30)), ("forever", None)):
+        token, token_id, digest = new_token()
+        tokens[token_id] = StoredToken(
+            id=token_id, name=name, role=Role.VIEWER, created_at=created.strftime(stamp),
+            expires_at=None if expires is None else expires.strftime(stamp),
+            secret_hash=digest.hex())
+        presented[name] = token
+
+    async def lookup(tid: str) -> StoredToken | None:
+        return tokens.get(tid)
+
+    now = [created - timedelta(days=400)]  # booted with the clock of last year
+    verifier = TokenVerifier("b" * 43, lookup, ttl=0, now=lambda: now[0])
+    with pytest.raises(Unauthorized, match="clock reads before"):
+        await verifier.principal(_conn(presented["expiring"]))
+    assert (await verifier.principal(_conn(presented["forever"]))).role is Role.VIEWER
+    now[0] = created + timedelta(days=1)  # NTP set the clock: the token is good again
+    assert (await verifier.principal(_conn(presented["expiring"]))).role is Role.VIEWER
+
+
 def test_an_unreadable_expiry_counts_as_expired() -> None:
     from sessions.api.auth import _expired
     now = datetime.now(UTC)

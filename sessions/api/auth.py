@@ -112,8 +112,13 @@ class TokenVerifier:
             raise _unauthorized()
         if rec.revoked_at is not None:
             raise _unauthorized("the token was revoked")
-        if rec.expires_at is not None and _expired(rec.expires_at, self._now()):
-            raise _unauthorized("the token has expired")
+        if rec.expires_at is not None:
+            now = self._now()
+            if _expired(rec.expires_at, now):
+                raise _unauthorized("the token has expired")
+            if _expired(rec.created_at, now, before=True):
+                raise _unauthorized("this gateway's clock reads before the token was created, "
+                                    "so its expiry cannot be checked")
         return Principal(rec.id, rec.role)
 
     def forget(self, token_id: str) -> None:
@@ -134,12 +139,18 @@ def _unauthorized(detail: str | None = None) -> Unauthorized:
     return Unauthorized(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _expired(text: str, now: datetime) -> bool:
-    """Return whether the expiry `text` has passed; an unreadable one has (fail closed)."""
+def _expired(text: str, now: datetime, *, before: bool = False) -> bool:
+    """Return whether the expiry `text` has passed; an unreadable one has (fail closed).
+
+    With before=True, whether `now` is still before the instant `text` (a token's
+    creation): a clock that reads so is behind (a Pi without an RTC battery boots in
+    the past), and an expiring token is refused rather than trusted on that clock.
+    """
     try:
-        return expiry(text) <= now
+        moment = expiry(text)
     except ValueError:
         return True
+    return now < moment if before else moment <= now
 
 
 class RateLimiter:

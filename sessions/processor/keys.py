@@ -152,7 +152,7 @@ def read_history(path: Path) -> tuple[KeyPeriod, ...]:
     """Return the recorded signing-key periods ((), if the file does not exist yet)."""
     try:
         return key_history_from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return ()
     except (OSError, ValueError, KeyMaterialError) as exc:
         raise ConfigError(f"signing-key history {path} is unreadable or malformed "

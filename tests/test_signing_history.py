@@ -70,3 +70,12 @@ def test_a_file_managed_key_is_not_rotated_through_the_api(tmp_path: Path) -> No
     settings = Settings(mode="local", data_dir=tmp_path, signing_key_file=key)
     with pytest.raises(KeyRotationRefused):
         rotate_signing_key(settings, load_node_keys(settings), compromised_after=None)
+
+
+def test_an_unwritable_history_is_published_all_the_same(tmp_path: Path) -> None:
+    """No writable place (the containers' read-only root): the processor starts all the same."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")  # mkdir under a file fails, for root too
+    key = NoteSigner.generate("n").verifier()
+    history = record_signing_key(blocker / "history.json", key, now="2026-01-01T00:00:00Z")
+    assert [p.verifier_key for p in history] == [key.key_text()]

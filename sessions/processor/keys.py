@@ -279,7 +279,7 @@ def read_history(path: Path) -> tuple[KeyPeriod, ...]:
     """Return the recorded signing-key periods ((), if the file does not exist yet)."""
     try:
         return key_history_from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return ()
     except (OSError, ValueError, KeyMaterialError) as exc:
         raise ConfigError(f"signing-key history {path} is unreadable or malformed "
@@ -305,7 +305,8 @@ def record_signing_key(path: Path, current: NoteVerifier, *, now: str) -> tuple[
     """Return the history with `current` as its last, open period, written back if it changed.
 
     A key seen for the first time (first start, or a key file replaced by the operator)
-    closes the previous period at `now`.  Going back to a retired key is refused.
+    closes the previous period at `now`.  Going back to a retired key is refused.  A file
+    that cannot be written (read-only root) is logged, not fatal.
     """
     history = read_history(path)
     text = current.key_text()
@@ -317,7 +318,12 @@ def record_signing_key(path: Path, current: NoteVerifier, *, now: str) -> tuple[
     if history and history[-1].not_after is None:
         history = (*history[:-1], dataclasses.replace(history[-1], not_after=now))
     history = (*history, KeyPeriod(verifier_key=text, not_before=None if not history else now))
-    _write_history(path, history)
+    try:
+        _write_history(path, history)
+    except OSError as exc:  # a read-only root (containers): publish it, say where to keep it
+        log.warning("signing-key history not written to %s (%s): GET /v1/node publishes it "
+                    "until restart; keep it in LUCID_SIGNING_KEY_HISTORY_FILE",
+                    path, exc.strerror or type(exc).__name__)
     return history
 
 

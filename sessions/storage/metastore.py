@@ -188,8 +188,11 @@ class MetadataStore:
         """Return the manifest bytes as stored, whatever the state says.
 
         None stored: InvalidState (409) unless the session is completed, NotFound if it is.
+        A deleted session's manifest is gone with it: InvalidState (409), as for its chunks.
         """
         rec = await self.get_session(session_id)
+        if rec.state is SessionState.DELETED:
+            require_state(rec.state, SessionState.COMPLETED, action="read the manifest of")
         done = None if rec.root_hash is None else await self.backend.load_finalized(session_id)
         if done is None:
             require_state(rec.state, SessionState.COMPLETED, action="read the manifest of")

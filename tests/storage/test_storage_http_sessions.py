@@ -159,6 +159,9 @@ async def test_finalize_and_manifest(client: httpx.AsyncClient, session_body: Bo
     bad = dict(final, root_hash="zz")
     error_body(await client.post(f"{API}/sessions/{sid}/finalize", json=bad), 422,
                "invalid_parameter")
+    # deleted: the manifest goes with the session (schemathesis ST301, use after free)
+    assert (await client.delete(f"{API}/sessions/{sid}")).status_code == 204
+    error_body(await client.get(f"{API}/sessions/{sid}/manifest"), 409, "invalid_state")
 
 
 async def test_delete_is_idempotent(client: httpx.AsyncClient, session_body: Body) -> None:

@@ -37,7 +37,9 @@ from tests.containers.support import DOCKER, HERE, ROOT, run, start_engine
 from tests.mongo_server import MongoServer
 
 COMPOSE_BIN = str(Path(sys.executable).parent / "docker-compose")
-PREFIX = "lucid-test/"
+# A prefix of this run's own: test runs sharing an engine (other checkouts) must not retag
+# each other's images between a build and `compose up`.
+PREFIX = f"lucid-test-{secrets.token_hex(4)}/"
 ARCH = "amd64"
 SERVICES = ("storage", "processor", "api")
 PAYLOAD = 5 * 1024 * 1024 + 12345
@@ -49,8 +51,8 @@ pytestmark = pytest.mark.containers
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Start the engine and build the three images for amd64; return their tag prefix."""
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start the engine and build the three images for amd64; yield their tag prefix."""
     start_engine()
     log = tmp_path_factory.mktemp("build") / "images-local.log"
     with log.open("w") as out:
@@ -58,7 +60,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> str:
                                 f"LOCAL_ARCH={ARCH}", f"LOCAL_PREFIX={PREFIX}"],
                                stdout=out, stderr=subprocess.STDOUT, check=False, timeout=1800)
     assert build.returncode == 0, log.read_text()[-6000:]
-    return PREFIX
+    yield PREFIX
+    tags = [f"{PREFIX}{name}:{ARCH}" for name in ("chunk-processor", "session-storage",
+                                                  "session-api")]
+    run([DOCKER, "rmi", *tags], check=False)  # BuildKit's cache keeps the layers
 
 
 @dataclass

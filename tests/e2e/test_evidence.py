@@ -111,12 +111,14 @@ def test_every_action_appears_once_with_its_actor(ev: Cluster, ev_api: httpx.Cli
     assert replay(ev_api, sid).content == data
     assert replay(ev_api, sid, "bytes=0-99").status_code == 206
     assert ev_api.post(f"/sessions/{sid}/verify").json()["ok"] is True
+    assert ev_api.put(f"/sessions/{sid}/hold").status_code == 200
+    assert ev_api.delete(f"/sessions/{sid}/hold").status_code == 200
     gone = create_session(ev_api)["id"]
     assert ev_api.delete(f"/sessions/{gone}").status_code == 204
 
     mine = audit_of(ev_api, sid)
     assert [e["action"] for e in mine] == ["create", "append", "append", "finalize", "replay",
-                                           "replay", "verify"]
+                                           "replay", "verify", "hold", "release"]
     assert [e["detail"] for e in mine[1:3]] == [f"bytes=0-{CHUNK + 99}",
                                                 f"bytes={CHUNK + 100}-{len(data) - 1}"]
     assert mine[5]["detail"] == "bytes=0-99"
@@ -135,7 +137,7 @@ def test_every_action_appears_once_with_its_actor(ev: Cluster, ev_api: httpx.Cli
     out = cli(ev, workdir, "audit", "verify").stdout
     assert f"OK: audit log: {len(everything)} entries" in out
     listed = cli(ev, workdir, "audit", "ls", "--session", sid).stdout
-    assert listed.count(sid) == 7 and "finalize" in listed
+    assert listed.count(sid) == 9 and "finalize" in listed and "release" in listed
 
 
 # -- the audit log: tampering detected (SQLite) -------------------------------------------------

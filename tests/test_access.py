@@ -297,6 +297,7 @@ async def test_the_auth_matrix(node: Node) -> None:
                 if as_who == "recorder":
                     recorder_bodies.append(resp.content)
         assert count >= 30 * len(who_all)
+        print(f"auth matrix: {count // len(who_all)} routes x {len(who_all)} principals = {count}")
         assert not wrong, "\n".join(wrong)
         # A recorder cannot read: no answer to it carries plaintext, under any route.
         assert not any(b"TOP-SECRET" in body for body in recorder_bodies)

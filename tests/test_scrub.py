@@ -94,7 +94,9 @@ async def test_the_scrub_finds_damage_by_itself(tmp_path: Path,
         db.close()
 
         deadline = time.monotonic() + 30
-        while await metric(client, "lucid_scrub_damaged_sessions") < 2:
+        # a pass reports each session as it goes: wait for the clean one too
+        while (await metric(client, "lucid_scrub_damaged_sessions") < 2
+               or await metric(client, 'lucid_scrub_sessions_total{result="ok"}') < 1):
             assert time.monotonic() < deadline, (await client.get("/metrics")).text
             await asyncio.sleep(0.1)
         assert await metric(client, "lucid_scrub_bad_chunks_total") >= 1

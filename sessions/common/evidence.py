@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from sessions.core import AuditEntry
+if TYPE_CHECKING:  # the gateway holds no keys: it serves these shapes without sessions.core
+    from sessions.core import AuditEntry
 
 _MAX_SEQ = (1 << 53) - 1  # exact in every JSON parser (RFC 8259 §6), so fuzzers agree on it
 
@@ -32,6 +33,7 @@ class AuditEntryModel(BaseModel):
 
     def to_core(self) -> AuditEntry:
         """Return the core entry (AuditError if a field breaks a core rule)."""
+        from sessions.core import AuditEntry  # here, not at the top: the gateway never needs it
         return AuditEntry.from_json(self.model_dump())
 
     @classmethod

@@ -39,12 +39,13 @@ __all__ = ["MAX_HEAD", "WireTransport", "parse_response_head"]
 
 MAX_HEAD = 64 << 10
 """Longest response head (status line and headers) accepted."""
-READ_AHEAD = 2 << 20
+READ_AHEAD = 256 << 10
 """Received bytes buffered before the socket stops being read (a slow consumer).
 
-With WRITE_AHEAD, this bounds what one exchange holds in memory; less read-ahead
-means more pauses and resumes of the socket."""
-WRITE_AHEAD = 1 << 20
+With WRITE_AHEAD, this bounds what one exchange holds in memory, so it sizes the
+gateway under 32 concurrent relays (tests/e2e/test_memory_budget.py); less
+read-ahead means more pauses and resumes of the socket."""
+WRITE_AHEAD = 256 << 10
 """Bytes queued in the socket's transport before a body write waits for it to drain."""
 _CHUNK_LINE = 4096
 

@@ -21,7 +21,7 @@ async def limited_body(request: Request, *, limit: int, count: Callable[[int], N
     aborts the upstream request like a disconnect: the processor frees the writer slot.
 
     Each piece goes upstream as it came off the socket: the service transport
-    queues it without copying and only waits once a MiB is pending, so the
+    queues it without copying and only waits once WRITE_AHEAD is pending, so the
     client's bytes keep being read while earlier ones drain to the processor.
     A client that disconnects mid-body makes Starlette raise ClientDisconnect here,
     which aborts the upstream request: the processor discards the truncated body.

@@ -105,6 +105,27 @@ class Cluster:
     def stop(self) -> None:
         loopback.stop_all(self.procs)
 
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Cluster]:
+        """Run all three services until the block ends; then assert their logs are clean."""
+        try:
+            for name in SERVICES:
+                self.start(name)
+            self.wait_ready("api")
+            yield self
+        finally:
+            self.stop()
+        problems = self.log_problems()
+        assert not problems, "\n\n".join(problems)
+
+    def peak_rss_kib(self, name: str) -> int:
+        """Return the service's peak resident set size (VmHWM) in KiB."""
+        with open(f"/proc/{self.procs[name].pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no VmHWM for {name}")
+
     def wait_ready(self, name: str = "api", timeout: float = 20.0) -> None:
         """Wait until `name`'s /ready answers 200 (for the gateway: the whole chain is up)."""
         loopback.wait_ok(name, self.procs[name], self.url(name) + "/ready", timeout=timeout,

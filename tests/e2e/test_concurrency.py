@@ -36,24 +36,9 @@ SIZES = (1, 4096, 300_000, CHUNK, CHUNK + 1, 2 * CHUNK + 12_345, 3 * CHUNK - 7, 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("concurrency"))
-    try:
-        for name in SERVICES:
-            c.start(name)
-        c.wait_ready("api")
+    with c.serving():
         yield c
-    finally:
-        c.stop()
-    problems = c.log_problems()
-    assert not problems, "\n\n".join(problems)
 
-
-def peak_kib(pid: int) -> int:
-    """Return the process's peak resident set size (VmHWM) in KiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 def one_session(cluster: Cluster, i: int) -> str:
@@ -93,7 +78,7 @@ def test_32_concurrent_sessions(fresh: Cluster, capsys: pytest.CaptureFixture[st
     with fresh.client() as api:
         listed = api.get("/sessions", params={"label": "suite:concurrency", "limit": 100}).json()
         assert {s["id"] for s in listed["items"]} == set(sids)
-    peaks = {name: peak_kib(fresh.procs[name].pid) for name in SERVICES}
+    peaks = {name: fresh.peak_rss_kib(name) for name in SERVICES}
     assert all(v > 0 for v in peaks.values())
     line = ", ".join(f"{name} {kib / 1024:.1f} MiB" for name, kib in peaks.items())
     with capsys.disabled():

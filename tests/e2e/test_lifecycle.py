@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sessions.loopback import REPO, SERVICES
+from sessions.loopback import REPO
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -46,15 +46,8 @@ def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.extra_env["*"] = {"LUCID_SWEEP_INTERVAL": "0.2", "LUCID_SWEEP_BATCH": "3",
                         "LUCID_IDLE_DEADLINE": str(IDLE_DEADLINE),
                         "LUCID_BODY_READ_TIMEOUT": "1"}
-    try:
-        for name in SERVICES:
-            c.start(name)
-        c.wait_ready("api")
+    with c.serving():
         yield c
-    finally:
-        c.stop()
-    problems = c.log_problems()
-    assert not problems, "\n\n".join(problems)
 
 
 @pytest.fixture

@@ -52,24 +52,9 @@ TIMEOUT = 300
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("memory"))
     c.extra_env["*"] = {"LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(1 << 30)}
-    try:
-        for name in SERVICES:
-            c.start(name)
-        c.wait_ready("api")
+    with c.serving():
         yield c
-    finally:
-        c.stop()
-    problems = c.log_problems()
-    assert not problems, "\n\n".join(problems)
 
-
-def peak_mb(pid: int) -> float:
-    """Return the process's peak resident set size (VmHWM) in MB (10^6 bytes)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 def data_of(size: int, seed: int) -> bytes:
@@ -143,7 +128,8 @@ def test_every_path_stays_within_the_memory_budget(cluster: Cluster, tmp_path: P
     peaks: dict[str, dict[str, float]] = {}
 
     def record(phase: str) -> None:
-        peaks[phase] = {name: peak_mb(cluster.procs[name].pid) for name in SERVICES}
+        peaks[phase] = {name: cluster.peak_rss_kib(name) * 1024 / 1e6  # MB (10^6 bytes)
+                         for name in SERVICES}
 
     streamed = one_session(cluster, SINGLE, 1, checksum=False)
     record("48 MiB streamed PATCH")

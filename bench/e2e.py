@@ -16,7 +16,7 @@ Inputs (`--profiles`), each deterministic, written once to a file in the work di
 
 Each round, for each profile, in an order rotated from round to round:
 
-* **ours**: storage, processor and gateway as three processes (`python -m sessions.cli
+* **ours**: storage, processor and gateway as three processes (`python -m sessions.client
   serve <svc>`) on free loopback ports, a fresh data dir (`--store sqlite`: the embedded
   store; `--store mongo`: a SecantusDB server, tests/mongo_server.py), `LUCID_LOG_LEVEL=
   warning`, the default chunk size unless `--chunk-size`.  Two paths (`--paths`), each its
@@ -71,10 +71,10 @@ from bench import core
 from bench.client import ClientError, patch_file, replay_sha256
 from bench.procstats import cpu_seconds, dir_bytes, peak_rss_bytes
 from bench.rivals import INSTALL_HINT, RIVALS, file_sha256
-from sessions import loopback
+from sessions.client import launcher
+from sessions.client.launcher import SERVICES
 from sessions.core import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL
 from sessions.core._sealing import ChunkSealer
-from sessions.loopback import SERVICES
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -191,34 +191,34 @@ class Services:
         self.log_dir = root / "logs"
         self.data_dir.mkdir(parents=True)
         self.log_dir.mkdir(parents=True)
-        self.ports = {name: loopback.free_port() for name in SERVICES}
+        self.ports = {name: launcher.free_port() for name in SERVICES}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
+        self.env = launcher.service_env(data_dir=self.data_dir, ports=self.ports, extra={
             "LUCID_LOG_LEVEL": "warning", "LUCID_NODE_NAME": NODE_NAME, **extra_env})
 
     def url(self, name: str) -> str:
-        return loopback.url(self.ports[name])
+        return launcher.url(self.ports[name])
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
     def log_tail(self, name: str, lines: int = 30) -> str:
-        return loopback.log_tail(self.log_path(name), lines)
+        return launcher.log_tail(self.log_path(name), lines)
 
     def start(self) -> None:
         """Start storage, then the processor, then the gateway; wait until the chain is ready."""
         for name in SERVICES:
-            self.procs[name] = loopback.spawn(
+            self.procs[name] = launcher.spawn(
                 name, env=self.env, log=self.log_path(name),
                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads run at this point
-            loopback.wait_ok(name, self.procs[name], self.url(name) + "/health",
+            launcher.wait_ok(name, self.procs[name], self.url(name) + "/health",
                              timeout=START_TIMEOUT, log=self.log_path(name))
-        loopback.wait_ok("api", self.procs["api"], self.url("api") + "/ready",
+        launcher.wait_ok("api", self.procs["api"], self.url("api") + "/ready",
                          timeout=START_TIMEOUT, log=self.log_path("api"))
 
     def stop(self) -> None:
         """Terminate every service (gateway first), killing any that does not exit in 10 s."""
-        loopback.stop_all(self.procs)
+        launcher.stop_all(self.procs)
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
@@ -331,11 +331,11 @@ def _raw_path(svc: Services, timed: _Timed, input_path: Path, size: int, sha: st
 
 
 def _cli(svc: Services, *args: str) -> str:
-    """Run `python -m sessions.cli ARGS` as a user would (token from a file); return stdout."""
+    """Run `python -m sessions.client ARGS` as a user would (token from a file); return stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
     env |= {"LUCID_URL": svc.url("api"), "XDG_CACHE_HOME": str(svc.root / "cli-cache"),
             "LUCID_TOKEN_FILE": str(svc.data_dir / "secrets" / "admin.token")}
-    proc = subprocess.run([sys.executable, "-m", "sessions.cli", *args],  # noqa: S603
+    proc = subprocess.run([sys.executable, "-m", "sessions.client", *args],  # noqa: S603
                           env=env, cwd=svc.root, capture_output=True, text=True,
                           timeout=HTTP_TIMEOUT_S, check=False)
     if proc.returncode != 0:
@@ -790,11 +790,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _cli_startup() -> float:
-    """Return the wall seconds of `python -m sessions.cli --help` (best of three)."""
+    """Return the wall seconds of `python -m sessions.client --help` (best of three)."""
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sessions.cli", "--help"],  # noqa: S603
+        subprocess.run([sys.executable, "-m", "sessions.client", "--help"],  # noqa: S603
                        capture_output=True, check=True, timeout=60)
         best = min(best, time.perf_counter() - t0)
     return best

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import GB, MB, MiB, run_ours, write_input
+from sessions.client.launcher import SERVICES
 from sessions.core import DEFAULT_CHUNK_SIZE
-from sessions.loopback import SERVICES
 
 STEPS = ("ingest", "replay", "verify")
 

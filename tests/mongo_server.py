@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from pymongo import MongoClient
 
-from sessions.loopback import free_port, log_tail
+from sessions.client.launcher import free_port, log_tail
 
 EXTERNAL_ENV = "LUCID_TEST_MONGODB_URL"
 START_TIMEOUT = 30.0

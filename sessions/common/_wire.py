@@ -12,7 +12,7 @@ httpx's own transport (sessions/common/httpclient.py).
 
 It speaks only what the services need: plain HTTP/1.1 to our own upstreams,
 persistent connections, Content-Length or chunked bodies both ways.  It reads
-responses as h11 does (tests/test_wire_differential.py holds it to h11's verdicts)
+responses as h11 does (tests/common/test_wire_differential.py holds it to h11's verdicts)
 and is stricter where h11 is lenient: it refuses Content-Length together with
 Transfer-Encoding (RFC 9112 section 6.3), any transfer coding but chunked, control
 characters in field values and reason phrases, HTTP major versions other than 1,

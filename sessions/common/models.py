@@ -73,7 +73,7 @@ UploadLengthInt = Annotated[int, Field(ge=0, le=MAX_UPLOAD_LENGTH), BeforeValida
 # Control (C0, DEL, C1) and format characters (bidi overrides, zero-width): never in a label.
 _CONTROL = frozenset({"Cc", "Cf"})
 # The characters `_CONTROL` names (Unicode 14, Python 3.11), as a regex class for the OpenAPI
-# document; tests/test_openapi_contract.py checks the two agree on every code point.
+# document; tests/e2e/test_openapi_contract.py checks the two agree on every code point.
 _CONTROL_CLASS = (
     r"\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
     r"\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions import loopback
+from sessions.client import launcher
 from tests.containers.support import DOCKER, HERE, ROOT, run, start_engine, unavailable
 
 pytestmark = pytest.mark.containers
@@ -80,7 +80,7 @@ def test_arm64_storage_answers_health_under_qemu(arm64_image: str, tmp_path: Pat
     token = tmp_path / "service.token"
     token.write_text(os.urandom(32).hex() + "\n")
     os.chmod(token, 0o444)
-    port = loopback.free_port()
+    port = launcher.free_port()
     name = f"lucid-test-arm64-{port}"
     run([DOCKER, "run", "-d", "--name", name, "--network", "host", "--read-only", *QEMU_HEALTH,
          "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",

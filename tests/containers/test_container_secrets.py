@@ -13,8 +13,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from sessions import loopback
 from sessions.api.config import Settings
+from sessions.client import launcher
 from sessions.common.secrets import ConfigError
 from sessions.core import MasterKey, NoteSigner
 
@@ -74,11 +74,11 @@ def test_tls_settings_need_both_files(tmp_path: Path) -> None:
 def test_gateway_serves_https_that_the_cli_ca_file_verifies(tmp_path: Path) -> None:
     target = tmp_path / "secrets"
     init(target)
-    port = loopback.free_port()
+    port = launcher.free_port()
     env = {**os.environ, "LUCID_DATA_DIR": str(tmp_path / "data"), "LUCID_API_PORT": str(port),
            "LUCID_TLS_CERT_FILE": str(target / "tls-cert.pem"),
            "LUCID_TLS_KEY_FILE": str(target / "tls-key.pem")}
-    proc = subprocess.Popen([sys.executable, "-m", "sessions.cli", "serve", "api"],  # noqa: S603
+    proc = subprocess.Popen([sys.executable, "-m", "sessions.client", "serve", "api"],  # noqa: S603
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from sessions import loopback
+from sessions.client import launcher
 from sessions.core import NoteSigner
 from tests.containers.support import DOCKER, HERE, ROOT, run, start_engine
 from tests.mongo_server import MongoServer
@@ -113,7 +113,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
         env.update({"LUCID_CACERT": str(self.cert), "LUCID_URL": self.url, "NO_PROXY": "127.0.0.1",
                     "LUCID_TOKEN_FILE": str(self.directory / "secrets" / "admin.token"), **extra})
-        return run([sys.executable, "-m", "sessions.cli", *args], env=env, check=check)
+        return run([sys.executable, "-m", "sessions.client", *args], env=env, check=check)
 
     def leftovers(self) -> list[str]:
         label = f"label=com.docker.compose.project={self.project}"
@@ -154,7 +154,7 @@ def stack(images: str, request: pytest.FixtureRequest,
     made = run(["make", "--no-print-directory", "-C", str(ROOT), "secrets",
                 f"SECRETS_DIR={secret_dir}"]).stdout  # the README's first step
     pin = made.split("(--pin-sha256): ")[1].split()[0]
-    ports = {name: loopback.free_port() for name in SERVICES}
+    ports = {name: launcher.free_port() for name in SERVICES}
     s = Stack(f"lucid-test-{secrets.token_hex(4)}", directory, ports, metadata, pin, mongo_url)
     try:
         up = s.compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT), check=False)

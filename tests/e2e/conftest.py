@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sessions import loopback
-from sessions.loopback import SERVICES
+from sessions.client import launcher
+from sessions.client.launcher import SERVICES
 from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequest
 from tests.mongo_server import MongoServer, mongo_server  # noqa: F401 - a fixture
 
@@ -64,7 +64,7 @@ class Cluster:
         self.log_dir = self.root / "logs"
         self.data_dir.mkdir()
         self.log_dir.mkdir()
-        self.ports = {name: loopback.free_port() for name in SERVICES}
+        self.ports = {name: launcher.free_port() for name in SERVICES}
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -74,21 +74,21 @@ class Cluster:
 
     def env_of(self, name: str) -> dict[str, str]:
         """Return the environment service `name` starts with."""
-        return loopback.service_env(data_dir=self.data_dir, ports=self.ports, extra={
+        return launcher.service_env(data_dir=self.data_dir, ports=self.ports, extra={
             "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
             "LUCID_NODE_NAME": NODE_NAME, **self.extra_env.get("*", {}),
             **self.extra_env.get(name, {})})
 
     def url(self, name: str) -> str:
-        return loopback.url(self.ports[name])
+        return launcher.url(self.ports[name])
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
     def start(self, name: str) -> None:
         """Start one service and wait until its /health answers 200."""
-        self.procs[name] = loopback.spawn(name, env=self.env_of(name), log=self.log_path(name))
-        loopback.wait_ok(name, self.procs[name], self.url(name) + "/health",
+        self.procs[name] = launcher.spawn(name, env=self.env_of(name), log=self.log_path(name))
+        launcher.wait_ok(name, self.procs[name], self.url(name) + "/health",
                          timeout=START_TIMEOUT, log=self.log_path(name))
 
     def kill(self, name: str) -> None:
@@ -103,7 +103,7 @@ class Cluster:
         self.start(name)
 
     def stop(self) -> None:
-        loopback.stop_all(self.procs)
+        launcher.stop_all(self.procs)
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Cluster]:
@@ -128,7 +128,7 @@ class Cluster:
 
     def wait_ready(self, name: str = "api", timeout: float = 20.0) -> None:
         """Wait until `name`'s /ready answers 200 (for the gateway: the whole chain is up)."""
-        loopback.wait_ok(name, self.procs[name], self.url(name) + "/ready", timeout=timeout,
+        launcher.wait_ok(name, self.procs[name], self.url(name) + "/ready", timeout=timeout,
                          log=self.log_path(name))
 
     # -- secrets, clients, files ----------------------------------------------------------------

@@ -20,12 +20,12 @@ TOKEN_RE = re.compile(r"lucid_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 
 def cli(cluster: Cluster, workdir: Path, token_file: Path, *args: str
         ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m sessions.cli ARGS` with the token in token_file."""
+    """Run `python -m sessions.client ARGS` with the token in token_file."""
     env = {k: v for k, v in cluster.env.items() if not k.startswith("LUCID_")}
     env |= {"LUCID_URL": cluster.url("api"), "XDG_CACHE_HOME": str(workdir / "cache"),
             "LUCID_TOKEN_FILE": str(token_file)}
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "sessions.cli", *args], cwd=workdir, env=env, text=True,
+        [sys.executable, "-m", "sessions.client", *args], cwd=workdir, env=env, text=True,
         capture_output=True, timeout=TIMEOUT, check=False)
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc

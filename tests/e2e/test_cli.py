@@ -25,12 +25,12 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cli(cluster: Cluster, workdir: Path, *args: str, ok: bool = True
         ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m sessions.cli ARGS` as a user would; check the exit status if `ok`."""
+    """Run `python -m sessions.client ARGS` as a user would; check the exit status if `ok`."""
     env = {k: v for k, v in cluster.env.items() if not k.startswith("LUCID_")}
     env |= {"LUCID_URL": cluster.url("api"), "XDG_CACHE_HOME": str(workdir / "cache"),
             "LUCID_TOKEN_FILE": str(cluster.data_dir / "secrets" / "admin.token")}
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "sessions.cli", *args], cwd=workdir, env=env, text=True,
+        [sys.executable, "-m", "sessions.client", *args], cwd=workdir, env=env, text=True,
         capture_output=True, timeout=TIMEOUT, check=False)
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output, output

@@ -35,7 +35,7 @@ def merged(cluster: Cluster, cwd: Path, *args: str) -> tuple[int, list[str]]:
     env |= {"LUCID_URL": cluster.url("api"), "XDG_CACHE_HOME": str(cwd / "cache"),
             "LUCID_TOKEN_FILE": str(cluster.data_dir / "secrets" / "admin.token")}
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "sessions.cli", *args], cwd=cwd, env=env,
+        [sys.executable, "-m", "sessions.client", *args], cwd=cwd, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT, check=False)
     text = proc.stdout.decode("utf-8")
     assert "Traceback" not in text, text

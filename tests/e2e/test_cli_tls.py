@@ -25,8 +25,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sessions import loopback
-from sessions.loopback import REPO, SERVICES
+from sessions.client import launcher
+from sessions.client.launcher import REPO, SERVICES
 
 INIT = REPO / "containers" / "init_secrets.py"
 CURL = shutil.which("curl")
@@ -54,7 +54,7 @@ class Gateway:
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith("LUCID_") and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
         return subprocess.run(  # noqa: S603 - our interpreter and module
-            [sys.executable, "-m", "sessions.cli", *args],
+            [sys.executable, "-m", "sessions.client", *args],
             env={**base, "LUCID_URL": self.url, "LUCID_TOKEN_FILE": str(self.token),
                  "NO_PROXY": "127.0.0.1", **env},
             capture_output=True, text=True, timeout=60, check=False)
@@ -74,18 +74,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     _init_secrets(other)
     data = root / "data"
     data.mkdir()
-    ports = {name: loopback.free_port() for name in SERVICES}
+    ports = {name: launcher.free_port() for name in SERVICES}
     tls = {"LUCID_TLS_CERT_FILE": str(secrets_dir / "tls-cert.pem"),
            "LUCID_TLS_KEY_FILE": str(secrets_dir / "tls-key.pem")}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in SERVICES:
             log = root / f"{name}.log"
-            env = loopback.service_env(data_dir=data, ports=ports,
+            env = launcher.service_env(data_dir=data, ports=ports,
                                        extra=tls if name == "api" else None)
-            procs[name] = loopback.spawn(name, env=env, log=log)
+            procs[name] = launcher.spawn(name, env=env, log=log)
             if name != "api":
-                loopback.wait_ok(name, procs[name], loopback.url(ports[name]) + "/health",
+                launcher.wait_ok(name, procs[name], launcher.url(ports[name]) + "/health",
                                  timeout=30, log=log)
         url = f"https://127.0.0.1:{ports['api']}"
         trusted = ssl.create_default_context(cafile=secrets_dir / "tls-cert.pem")
@@ -96,13 +96,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                     break
             except httpx.TransportError:
                 pass
-            assert procs["api"].poll() is None, loopback.log_tail(root / "api.log")
-            assert time.monotonic() < deadline, loopback.log_tail(root / "api.log")
+            assert procs["api"].poll() is None, launcher.log_tail(root / "api.log")
+            assert time.monotonic() < deadline, launcher.log_tail(root / "api.log")
             time.sleep(0.2)
         yield Gateway(url, secrets_dir, data / "secrets" / "admin.token",
                       other / "tls-cert.pem")
     finally:
-        loopback.stop_all(procs)
+        launcher.stop_all(procs)
 
 
 def test_cli_trusts_the_gateway_by_ca_file(gateway: Gateway) -> None:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sessions.loopback import SERVICES
+from sessions.client.launcher import SERVICES
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,

@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sessions.client.launcher import SERVICES
 from sessions.common.secrets import write_new_secret
 from sessions.core import MasterKey
-from sessions.loopback import SERVICES
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
+from sessions.client.launcher import SERVICES
 from sessions.core import NoteSigner, NoteVerifier, audit_origin, open_checkpoint, sign_note
-from sessions.loopback import SERVICES
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -75,12 +75,12 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cli(c: Cluster, workdir: Path, *args: str, ok: bool | None = True
         ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m sessions.cli ARGS`; check it exits 0 (ok), 1 (ok=False) or not (None)."""
+    """Run `python -m sessions.client ARGS`; check it exits 0 (ok), 1 (ok=False) or not (None)."""
     env = {k: v for k, v in c.env.items() if not k.startswith("LUCID_")}
     env |= {"LUCID_URL": c.url("api"), "XDG_CACHE_HOME": str(workdir / "cache"),
             "LUCID_TOKEN_FILE": str(c.data_dir / "secrets" / "admin.token")}
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "sessions.cli", *args], cwd=workdir, env=env, text=True,
+        [sys.executable, "-m", "sessions.client", *args], cwd=workdir, env=env, text=True,
         capture_output=True, timeout=TIMEOUT, check=False)
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output, output

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sessions.loopback import REPO
+from sessions.client.launcher import REPO
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,

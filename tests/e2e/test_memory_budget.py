@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.loopback import SERVICES
+from sessions.client.launcher import SERVICES
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     ID_RE,
@@ -69,12 +69,12 @@ def data_of(size: int, seed: int) -> bytes:
 
 
 def cli(cluster: Cluster, workdir: Path, *args: str) -> str:
-    """Run `python -m sessions.cli ARGS` as a user would; return its output (exit 0 required)."""
+    """Run `python -m sessions.client ARGS` as a user would; return its output (exit 0 required)."""
     env = {k: v for k, v in cluster.env.items() if not k.startswith("LUCID_")}
     env |= {"LUCID_URL": cluster.url("api"), "XDG_CACHE_HOME": str(workdir / "cache"),
             "LUCID_TOKEN_FILE": str(cluster.data_dir / "secrets" / "admin.token")}
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "sessions.cli", *args], cwd=workdir, env=env, text=True,
+        [sys.executable, "-m", "sessions.client", *args], cwd=workdir, env=env, text=True,
         capture_output=True, timeout=TIMEOUT, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, (args, output)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sessions.loopback import SERVICES
+from sessions.client.launcher import SERVICES
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import assert_error, create_session, recorded_session
 

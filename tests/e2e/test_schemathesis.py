@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.loopback import REPO, SERVICES
+from sessions.client.launcher import REPO, SERVICES
 from tests.e2e.conftest import Cluster
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from sessions.loopback import REPO, SERVICES, free_port
+from sessions.client.launcher import REPO, SERVICES, free_port
 from tests.mongo_server import MongoServer
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def test_up_stops_all_three_on_a_burst_of_signals(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
     env.update({f"LUCID_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env["PYTHONPATH"] = str(REPO)
-    up = subprocess.Popen([sys.executable, "-m", "sessions.cli", "up", "--data-dir",  # noqa: S603
+    up = subprocess.Popen([sys.executable, "-m", "sessions.client", "up", "--data-dir",  # noqa: S603
                            str(tmp_path / "data")], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -81,7 +81,7 @@ def test_up_on_a_mongodb_metadata_url(tmp_path: Path, mongo_server: MongoServer)
     env.update({f"LUCID_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env.update(PYTHONPATH=str(REPO), LUCID_METADATA_URL=url)
     data = tmp_path / "data"
-    up = subprocess.Popen([sys.executable, "-m", "sessions.cli", "up", "--data-dir",  # noqa: S603
+    up = subprocess.Popen([sys.executable, "-m", "sessions.client", "up", "--data-dir",  # noqa: S603
                            str(data)], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pymongo import AsyncMongoClient
 
+from sessions.client.launcher import REPO
 from sessions.common.errors import Conflict, InvalidParameter, InvalidState, LegalHold
 from sessions.common.states import SessionState
-from sessions.loopback import REPO
 from sessions.storage import _sql
 from sessions.storage.dburl import MetadataUrl
 from sessions.storage.metastore import MetadataStore, open_metastore, rfc3339

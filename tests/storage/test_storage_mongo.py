@@ -15,8 +15,8 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from sessions.client.launcher import REPO
 from sessions.common.secrets import ConfigError
-from sessions.loopback import REPO
 from sessions.storage.config import Settings
 from sessions.storage.dburl import parse
 from sessions.storage.main import create_app

@@ -24,7 +24,7 @@ from sessions.storage.config import Settings as StorageSettings
 from sessions.storage.dburl import parse
 from sessions.storage.main import create_app as storage_app
 from tests.mongo_server import MongoServer
-from tests.test_key_rotation import MIB, Node, record
+from tests.processor.test_key_rotation import MIB, Node, record
 
 pytestmark = pytest.mark.anyio
 

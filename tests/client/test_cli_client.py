@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sessions import cli
 from sessions.client import (
     MIB,
     ClientError,
     LucidClient,
     ResumeStore,
     UploadPlan,
+    cli,
     download_replay,
     upload_file,
 )
@@ -289,7 +289,7 @@ def test_upload_maps_the_file_once_and_hashes_the_next_request_ahead(
         sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No second pass over the file: each request's bytes are mapped, hashed and sent from
     the same pages, and the next request's checksum is computed while this one is sent."""
-    import sessions.client as client_module
+    import sessions.client._client as client_module
 
     def no_reads(*_: object) -> None:
         raise AssertionError("the upload read the file through read() (a second pass)")

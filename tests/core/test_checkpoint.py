@@ -2,7 +2,7 @@
 
 The mutation vectors (modified origin/size/root/extension line, wrong origin,
 non-canonical bodies, the real sum.golang.org checkpoint) live in
-tests/vectors/note/ and run in test_note.py::test_vector.
+tests/core/vectors/note/ and run in test_note.py::test_vector.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sessions.cli_verify import (
+from sessions.client._client import LucidClient
+from sessions.client.verify import (
     OfflineReport,
     VerificationError,
     _core,
@@ -29,7 +30,6 @@ from sessions.cli_verify import (
     signing_key_of,
     verify_offline,
 )
-from sessions.client import LucidClient
 
 _CHUNK_MEMBER = re.compile(r"chunks/([0-9]{10})\.lcs")
 MAX_META_MEMBER = 64 << 20

@@ -1,6 +1,6 @@
 """The manifest: one canonical JSON, strict parsing, consistency checks, offset lookup.
 
-Roots are computed with the naive RFC 9162 reference (tests/merkle_reference.py)
+Roots are computed with the naive RFC 9162 reference (tests/core/merkle_reference.py)
 from raw leaf data, so `check()` is cross-checked against code it shares
 nothing with.
 """

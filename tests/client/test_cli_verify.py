@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sessions.cli_verify import VerificationError, check_inclusion, verify_offline
+from sessions.client.verify import VerificationError, check_inclusion, verify_offline
 from sessions.core import (
     CIPHER_NAME,
     Checkpoint,

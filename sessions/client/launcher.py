@@ -3,7 +3,7 @@
 What the benchmark (`bench/e2e.py`) and the end-to-end tests (`tests/e2e/`) both
 need: free ports, the environment that wires the services to each other, and
 starting a service and waiting until it answers, or stopping them all.  Each
-service runs as `python -m sessions.cli serve <name>`, exactly as deployed.
+service runs as `python -m sessions.client serve <name>`, exactly as deployed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 SERVICES = ("storage", "processor", "api")
 """In start order: each one's upstream answers before it starts."""
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceFailed(RuntimeError):
@@ -75,7 +75,7 @@ def spawn(name: str, *, env: Mapping[str, str], log: Path,
     """Start `lucid-sessions serve <name>` with stdout and stderr appended to `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "sessions.cli", "serve", name], cwd=REPO, env=dict(env),
+            [sys.executable, "-m", "sessions.client", "serve", name], cwd=REPO, env=dict(env),
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **popen)
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def serve(service: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
     clean |= {"LUCID_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-m", "sessions.cli", "serve", service],  # noqa: S603
+    return subprocess.run([sys.executable, "-m", "sessions.client", "serve", service],  # noqa: S603
                           env=clean, cwd=tmp_path, capture_output=True, text=True, timeout=60,
                           check=False)
 

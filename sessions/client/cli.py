@@ -23,16 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sessions.cli_verify import (
-    OfflineReport,
-    VerificationError,
-    check_inclusion,
-    compromise_problem,
-    pinned_history,
-    signing_key_of,
-    verify_offline,
-)
-from sessions.client import (
+from sessions.client._client import (
     MIB,
     ClientError,
     LucidClient,
@@ -44,6 +35,15 @@ from sessions.client import (
     parse_pin,
     tls_verify,
     upload_file,
+)
+from sessions.client.verify import (
+    OfflineReport,
+    VerificationError,
+    check_inclusion,
+    compromise_problem,
+    pinned_history,
+    signing_key_of,
+    verify_offline,
 )
 from sessions.common.ids import is_session_id
 from sessions.common.secrets import ConfigError
@@ -267,7 +267,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _say(f"secrets: {data_dir / 'secrets'} (service.token, admin.token, master.key, "
          "signing.key; mode 0600)")
     urls = {name: f"http://{_loopback(s.host)}:{s.port}" for name, s in configs.items()}
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "LUCID_DATA_DIR": str(data_dir), "LUCID_STORAGE_URL": urls["storage"],
            "LUCID_PROCESSOR_URL": urls["processor"],
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -283,7 +283,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name in SERVICES:
             # Own session: a Ctrl-C reaches only us, and we stop the children in order.
             proc = subprocess.Popen(  # noqa: S603 - fixed argv: our interpreter, our module
-                [sys.executable, "-m", "sessions.cli", "serve", name], env=env,
+                [sys.executable, "-m", "sessions.client", "serve", name], env=env,
                 start_new_session=True)
             procs.append((name, proc))
             if not _wait_healthy(name, urls[name], proc, stop):
@@ -536,7 +536,7 @@ def _print_report(report: OfflineReport) -> int:
 
 def _verify_bundle(args: argparse.Namespace) -> int:
     """Verify a bundle with no node: every check of `verify`, on the bundle's bytes."""
-    from sessions.cli_evidence import verify_bundle  # not in the service images
+    from sessions.client.evidence import verify_bundle  # not in the service images
     out = verify_bundle(Path(args.bundle), pinned=_pinned(args))
     if args.id is not None and args.id != out.index.session_id:
         out.problems.append(f"the bundle is of session {out.index.session_id}, not {args.id}")
@@ -548,7 +548,7 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sessions.cli_evidence import export_bundle
+    from sessions.client.evidence import export_bundle
     progress = Progress(None, enabled=_progress(args))
     done = 0
 
@@ -574,7 +574,7 @@ def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_ls(args: argparse.Namespace) -> int:
-    from sessions.cli_evidence import audit_entries
+    from sessions.client.evidence import audit_entries
     with _client(args) as client:
         print(f"{'SEQ':>6}  {'AT':<20}  {'ACTION':<18}  {'SESSION':<26}  {'ACTOR':<18}  "
               f"{'CLIENT':<15}  DETAIL")
@@ -591,7 +591,7 @@ def cmd_audit_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from sessions.cli_evidence import verify_audit
+    from sessions.client.evidence import verify_audit
     with _client(args) as client:
         report = verify_audit(client, history=_key_history(args, client))
     for finding in report.findings:

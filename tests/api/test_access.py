@@ -540,7 +540,7 @@ async def test_the_gateway_documents_roles_403_and_429(node: Node) -> None:
 
 
 def test_the_token_cli_parses_roles_and_durations() -> None:
-    from sessions.cli import build_parser
+    from sessions.client.cli import build_parser
     parser = build_parser()
     args = parser.parse_args(["token", "create", "--role", "recorder", "--name", "ws-17",
                               "--expires-in", "30d"])

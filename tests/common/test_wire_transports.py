@@ -15,14 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sessions import loopback
 from sessions.api.config import Settings as ApiSettings
 from sessions.api.main import create_app
+from sessions.client import launcher
+from sessions.client.launcher import SERVICES
 from sessions.common._wire import WireTransport
 from sessions.common.httpclient import service_transport
 from sessions.common.secrets import ConfigError
 from sessions.common.settings import Transport, load
-from sessions.loopback import SERVICES
 from sessions.processor.config import Settings as ProcessorSettings
 
 MIB = 1 << 20
@@ -78,24 +78,24 @@ async def test_the_gateway_calls_the_processor_over_the_configured_transport(
 
 @pytest.fixture(params=[Transport.WIRE, Transport.HTTPX], ids=str)
 def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[httpx.Client]:
-    ports = {name: loopback.free_port() for name in SERVICES}
-    env = loopback.service_env(data_dir=tmp_path / "data", ports=ports, extra={
+    ports = {name: launcher.free_port() for name in SERVICES}
+    env = launcher.service_env(data_dir=tmp_path / "data", ports=ports, extra={
         "LUCID_CHUNK_SIZE": str(MIB), "LUCID_HTTP_TRANSPORT": str(request.param)})
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in SERVICES:
             log = tmp_path / f"{name}.log"
-            procs[name] = loopback.spawn(name, env=env, log=log)
-            loopback.wait_ok(name, procs[name], loopback.url(ports[name]) + "/health",
+            procs[name] = launcher.spawn(name, env=env, log=log)
+            launcher.wait_ok(name, procs[name], launcher.url(ports[name]) + "/health",
                              timeout=30.0, log=log)
-        loopback.wait_ok("api", procs["api"], loopback.url(ports["api"]) + "/ready",
+        launcher.wait_ok("api", procs["api"], launcher.url(ports["api"]) + "/ready",
                          timeout=30.0, log=tmp_path / "api.log")
         token = (tmp_path / "data" / "secrets" / "admin.token").read_text().strip()
-        with httpx.Client(base_url=loopback.url(ports["api"]) + "/v1", trust_env=False,
+        with httpx.Client(base_url=launcher.url(ports["api"]) + "/v1", trust_env=False,
                           headers={"Authorization": f"Bearer {token}"}, timeout=60.0) as client:
             yield client
     finally:
-        loopback.stop_all(procs)
+        launcher.stop_all(procs)
     for name in SERVICES:
         assert "Traceback" not in (tmp_path / f"{name}.log").read_text(errors="replace")
 

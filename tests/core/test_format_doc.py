@@ -29,7 +29,7 @@ from sessions.core import (
 )
 from sessions.core._sealing import _seal_with_nonce, chunk_aad
 
-DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "format.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "format.md"
 BLOCK_RE = re.compile(r"^```(\w+) example:([a-z_]+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 

@@ -1,15 +1,15 @@
 """Tests of the RFC 9162 Merkle tree in sessions.core: vectors, mutations, properties.
 
-1. Reference vectors (tests/vectors/merkle/reference-*.json): the RFC 6962 test
+1. Reference vectors (tests/core/vectors/merkle/reference-*.json): the RFC 6962 test
    tree of the Certificate Transparency implementations, copied from
    transparency-dev/merkle testonly/constants.go @ 582a6ad190b6848f1d26f8bf08ddef29955d9db1
    and proof/verify_test.go @ 02194e9afb6c1d95b5381350007963aa70fff472, the same data
    as google/certificate-transparency cpp/merkletree/merkle_tree_test.cc
    @ 0e901cacd1388fa16f78b184612f6cd16e5ceec1. Each file's "source" field says which.
-2. Mutation vectors (tests/vectors/merkle/{inclusion,consistency}-*.json): one
+2. Mutation vectors (tests/core/vectors/merkle/{inclusion,consistency}-*.json): one
    file per mutation of a reference proof, with the error class it must raise.
 3. Hypothesis properties over random trees, cross-checked against the naive
-   reference in tests/merkle_reference.py.
+   reference in tests/core/merkle_reference.py.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from sessions.core import (
     verify_consistency,
     verify_inclusion,
 )
-from tests import merkle_reference as ref
+from tests.core import merkle_reference as ref
 
 VECTORS = Path(__file__).parent / "vectors" / "merkle"
 ERRORS: dict[str, type[ProofError]] = {
@@ -61,7 +61,7 @@ PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 @cache
 def load_vector(name: str) -> dict[str, Any]:
-    """Return the parsed JSON vector file `name` from tests/vectors/merkle."""
+    """Return the parsed JSON vector file `name` from tests/core/vectors/merkle."""
     result: dict[str, Any] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
     return result
 

@@ -9,7 +9,7 @@ Two properties for each parser, on random inputs and on mutations of a valid obj
     semantically identical to the original (the same plaintext, the same signed text,
     the same checkpoint, the same manifest bytes).
 
-tests/test_sealing.py, test_note.py and test_manifest.py already cover each single
+tests/core/test_sealing.py, test_note.py and test_manifest.py already cover each single
 mutation by name (every header byte, every truncation, every flipped bit); this file
 throws arbitrary combinations at the same parsers.  The Range parser is fuzzed with the
 processor's other units.

@@ -1,4 +1,4 @@
-"""Signed notes: the vectors under tests/vectors/note/, Go interop, key texts, hypothesis.
+"""Signed notes: the vectors under tests/core/vectors/note/, Go interop, key texts, hypothesis.
 
 Each vector file is named after the mutation it makes and carries a
 description, its source (repo/path/commit, or null when signed here with the

@@ -1,4 +1,4 @@
-"""sessions.core's evidence pieces: the audit chain (vectors under tests/vectors/audit/),
+"""sessions.core's evidence pieces: the audit chain (vectors under tests/core/vectors/audit/),
 signing-key periods (which key signed a note), and the evidence bundle's index.
 
 Each audit vector is named after the mutation it makes and carries the error it must

@@ -30,7 +30,7 @@ from sessions.core import (
     root_hash,
 )
 
-DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "format.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "format.md"
 BLOCK_RE = re.compile(r"^```(\w+) canonical:([a-z_]+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 BLOCKS = {name: body for _lang, name, body in BLOCK_RE.findall(DOC.read_text(encoding="utf-8"))}
 

@@ -8,17 +8,45 @@ field such as a wrapped key can never leak.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator
 
 from sessions.common.errors import ErrorBody as ErrorBody
 from sessions.common.errors import error_responses
-from sessions.common.evidence import KeyPeriodModel
 from sessions.common.ids import is_session_id
 from sessions.common.models import CreateSession as CreateSession
 from sessions.common.models import LabelFilter as _LabelFilter
-from sessions.common.states import SessionState
+from sessions.contract.models import (
+    BadChunk as BadChunk,
+)
+from sessions.contract.models import (
+    ConsistencyProof as ConsistencyProof,
+)
+from sessions.contract.models import (
+    InclusionProof as InclusionProof,
+)
+from sessions.contract.models import (
+    MetadataFinding as MetadataFinding,
+)
+from sessions.contract.models import (
+    NodeInfo as NodeInfo,
+)
+from sessions.contract.models import (
+    Session as Session,
+)
+from sessions.contract.models import (
+    SessionPage as SessionPage,
+)
+from sessions.contract.models import (
+    UploadResult as UploadResult,
+)
+from sessions.contract.models import (
+    UploadStatus as UploadStatus,
+)
+from sessions.contract.models import (
+    VerifyReport as VerifyReport,
+)
 
 LabelFilter = _LabelFilter
 """A list filter `key:value`: the session has label key with exactly that value."""
@@ -31,116 +59,6 @@ def _session_id(value: str) -> str:
 
 
 SessionIdText = Annotated[str, AfterValidator(_session_id)]
-
-
-class Session(BaseModel):
-    """A session as clients see it (never its wrapped key)."""
-
-    id: str
-    state: SessionState
-    labels: dict[str, str]
-    created_at: str = Field(description="RFC 3339")
-    updated_at: str = Field(description="RFC 3339")
-    retention_days: int | None
-    offset: int = Field(description="committed plaintext bytes")
-    chunk_count: int
-    sealed_bytes: int
-    chunk_size: int = Field(description="plaintext bytes per chunk")
-    zstd_level: int
-    format_version: int
-    root_hash: str | None = Field(description="hex Merkle root, set at finalize")
-    integrity: Literal["ok", "mismatch", "unchecked"] = Field(
-        "unchecked", description="`ok`: the stored record agrees with what the node signed "
-        "(completed: the manifest, whose root and sizes are the ones shown; recording: the "
-        "last signed checkpoint's chunk count and sizes); `mismatch`: it does not, run verify; "
-        "`unchecked`: not checked (lists, deleted sessions)")
-    upload_length: int | None = Field(None, description="declared total bytes (tus "
-                                      "Upload-Length); the session is finalized when its "
-                                      "offset reaches it; null: not declared")
-    owner: str | None = Field(None, description="id of the API token that created it "
-                              "(`bootstrap-admin`: the admin token file); null: not recorded")
-    legal_hold: bool = Field(False, description="under legal hold: neither DELETE (409 "
-                             "`legal_hold`) nor the retention sweep erases it")
-    expires_at: str | None = Field(None, description="RFC 3339: when the retention sweep "
-                                   "erases it (created_at + retention_days); null: never")
-
-
-class SessionPage(BaseModel):
-    items: list[Session]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
-
-
-class UploadStatus(BaseModel):
-    offset: int = Field(description="committed plaintext bytes; the next PATCH starts here")
-    chunk_count: int
-    chunk_size: int = Field(description="send multiples of this many bytes per request")
-    state: SessionState
-
-
-class UploadResult(BaseModel):
-    offset: int
-    chunk_count: int
-
-
-class InclusionProof(BaseModel):
-    index: int
-    size: int
-    leaf_hash: str
-    root_hash: str
-    proof: list[str] = Field(description="hex node hashes, leaf to root (RFC 9162 §2.1.3)")
-
-
-class ConsistencyProof(BaseModel):
-    from_size: int
-    to_size: int
-    from_root: str
-    to_root: str
-    proof: list[str] = Field(description="hex node hashes (RFC 9162 §2.1.4)")
-
-
-class BadChunk(BaseModel):
-    index: int
-    reason: Literal["missing", "altered", "unopenable"]
-
-
-class MetadataFinding(BaseModel):
-    """A stored record or chunk row that disagrees with what the node signed."""
-
-    what: str = Field(description="the field: root_hash, chunk_count, offset, sealed_bytes, "
-                      "labels, created_at, chunk_size, zstd_level, format_version, state, "
-                      "manifest, checkpoint, or a chunk row's leaf_hash, offset, length, "
-                      "sealed_length, compressed, chunk_row")
-    index: int | None = Field(description="the chunk row's index; null for the session record")
-    detail: str = ""
-
-
-class VerifyReport(BaseModel):
-    session_id: str
-    chunk_count: int = Field(description="signed chunk count (the manifest's once completed)")
-    checked: int
-    sampled: bool
-    ok: bool = Field(description="no bad chunk, no metadata finding, root and signature not false")
-    root_ok: bool | None = Field(description="the chunks' bytes rebuild the signed root; null "
-                                 "when only a sample was checked")
-    signature_ok: bool | None = Field(description="the manifest (or, while recording, the last "
-                                      "signed checkpoint) verifies; null when there is none")
-    bad_chunks: list[BadChunk] = Field(description="chunk files that are missing, altered "
-                                       "or do not open")
-    metadata_findings: list[MetadataFinding] = Field(
-        default_factory=list, description="metadata damage: records and chunk rows that "
-        "disagree with what was signed, apart from the chunks themselves")
-
-
-class NodeInfo(BaseModel):
-    key_name: str
-    verifier_key: str = Field(description="C2SP signed-note verifier key of this node")
-    origin_prefix: str = Field(description="checkpoint origins are `<origin_prefix><id>`")
-    audit_origin: str | None = Field(None, description="origin of the audit log's signed head")
-    key_history: list[KeyPeriodModel] = Field(
-        default_factory=list, description="every signing key the node used, oldest first, "
-        "the current one last: a verifier picks the one a signature line names")
-    chunk_size: int | None = Field(None, description="plaintext bytes per chunk of new "
-                                   "sessions: send multiples of it per upload request")
 
 
 errors = error_responses

@@ -90,6 +90,11 @@ class Settings(CommonSettings):
         read_secret_file(self.tls_key_file, what="TLS key")
         return self.tls_cert_file, self.tls_key_file
 
+    def preflight(self) -> None:
+        """Read the service token and the admin token now (ConfigError if unusable)."""
+        super().preflight()
+        self.admin_token()
+
     def admin_token(self) -> str:
         """Return the clients' bearer token, generating it in local mode if missing."""
         text = load_or_create(self.admin_token_file, default=self.secrets_dir / "admin.token",

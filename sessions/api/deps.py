@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -10,7 +11,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sessions.api import access
-from sessions.api.auth import BOOTSTRAP, Bounded, Principal, TokenVerifier
+from sessions.api.auth import BOOTSTRAP, Bounded, Principal, RateLimiter, TokenVerifier
 from sessions.api.config import Settings
 from sessions.api.processor_client import ProcessorClient
 from sessions.common.errors import SessionNotFound
@@ -18,6 +19,23 @@ from sessions.common.ids import SESSION_ID_DOC, check_session_id
 from sessions.common.web import Metrics
 
 ADMIN = BOOTSTRAP
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the gateway's lifespan builds (`main.lifespan`): the processor client and the
+    token verifier, rate limiter and session-owner cache on top of it."""
+
+    processor: ProcessorClient
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    owners: Bounded[str, str]
+
+
+def resources(request: Request) -> Resources:
+    """Return what the app's lifespan built."""
+    built: Resources = request.app.state.resources
+    return built
 
 
 async def get_settings(request: Request) -> Settings:
@@ -28,8 +46,7 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_processor(request: Request) -> ProcessorClient:
     """Return the processor client the lifespan built."""
-    client: ProcessorClient = request.app.state.processor
-    return client
+    return resources(request).processor
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -53,11 +70,10 @@ async def authenticate(
     (`sessions.api.access.RULES`); 404 `session_not_found`: a recorder's call on a
     session another token created.  The HTTPBearer dependency only documents the scheme.
     """
-    state = request.app.state
-    verifier: TokenVerifier = state.verifier
-    principal = await verifier.principal(request)
+    built = resources(request)
+    principal = await built.verifier.principal(request)
     request.state.principal = principal
-    state.limiter.take(principal.token_id)
+    built.limiter.take(principal.token_id)
     route = request.scope.get("route")
     path = route.path if isinstance(route, APIRoute) else request.url.path
     access.authorize(principal.role, request.method, path)
@@ -72,10 +88,10 @@ async def _check_owner(request: Request, principal: Principal) -> None:
     A session's owner never changes, so it is cached (bounded) after the first look.
     """
     sid = check_session_id(str(request.path_params.get("session_id", "")))
-    owners: Bounded[str, str] = request.app.state.owners
+    owners = resources(request).owners
     owner = owners.get(sid)
     if owner is None:
-        processor: ProcessorClient = request.app.state.processor
+        processor = resources(request).processor
         owner = str((await processor.get_session(sid)).get("owner") or "")
         owners.set(sid, owner)
     if not hmac.compare_digest(owner.encode(), principal.token_id.encode()):

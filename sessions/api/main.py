@@ -8,15 +8,14 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import Depends, FastAPI
-from fastapi_offline import FastAPIOffline
+from starlette.middleware import Middleware
 from starlette.types import Scope
 
-from sessions.api import package_version
 from sessions.api.access import document_roles
 from sessions.api.actor import ActorScope
 from sessions.api.auth import AccessLog, Bounded, RateLimiter, TokenVerifier
 from sessions.api.config import Settings, load_settings
-from sessions.api.deps import authenticate
+from sessions.api.deps import Resources, authenticate
 from sessions.api.limits import JsonBodyLimit
 from sessions.api.processor_client import ProcessorClient
 from sessions.api.routes import (
@@ -30,7 +29,7 @@ from sessions.api.routes import (
     uploads,
 )
 from sessions.api.tus import TUS_PREFIX, install_tus
-from sessions.common.web import Metrics, install_common
+from sessions.common.app import build_app
 
 DESCRIPTION = """
 Keep remote-desktop session recordings safe and provable.  A recorder creates a
@@ -57,6 +56,7 @@ TAGS = [
     {"name": "health", "description": "Liveness, readiness, metrics."},
 ]
 
+ROUTES = (sessions, uploads, upload_prefix, replay, node, audit, tus, tokens)
 _UPLOAD_PATH = re.compile(r"^/v1/sessions/[^/]+/upload$")
 
 
@@ -67,40 +67,40 @@ def _is_upload(scope: Scope) -> bool:
     return scope["method"] == "PATCH" and _UPLOAD_PATH.match(scope["path"]) is not None
 
 
+@asynccontextmanager
+async def lifespan(settings: Settings, *,
+                   processor_transport: httpx.AsyncBaseTransport | None = None
+                   ) -> AsyncIterator[Resources]:
+    """Read the tokens and open the processor client; close it on the way out."""
+    client = ProcessorClient(settings.processor_url, settings.service_token(),
+                             transport=processor_transport, kind=settings.http_transport)
+    try:
+        yield Resources(processor=client,
+                        verifier=TokenVerifier(settings.admin_token(), client.find_token,
+                                               ttl=settings.token_cache_seconds),
+                        limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+                        owners=Bounded())
+    finally:
+        await client.aclose()
+
+
+async def ready(resources: Resources) -> None:
+    """Raise unless the processor answers its readiness check."""
+    await resources.processor.ready()
+
+
 def create_app(settings: Settings | None = None, *,
                processor_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Return the gateway app; its lifespan reads the tokens and opens the processor client."""
     settings = settings if settings is not None else load_settings()
-    metrics = Metrics("api")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = ProcessorClient(settings.processor_url, settings.service_token(),
-                                 transport=processor_transport, kind=settings.http_transport)
-        app.state.processor = client
-        app.state.verifier = TokenVerifier(settings.admin_token(), client.find_token,
-                                           ttl=settings.token_cache_seconds)
-        app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-        app.state.owners = Bounded()
-        try:
-            yield
-        finally:
-            await client.aclose()
-
-    async def ready() -> None:
-        await app.state.processor.ready()
-
-    app = FastAPIOffline(title="Lucid Sessions API", version=package_version(),
-                         description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload)
-    app.add_middleware(ActorScope)
-    install_common(app, metrics=metrics, ready=ready,
-                   metrics_dependencies=[Depends(authenticate)])
-    for module in (sessions, uploads, upload_prefix, replay, node, audit, tus, tokens):
-        app.include_router(module.router)
-    app.include_router(tus.hidden)
+    app = build_app(
+        "api", settings, title="Lucid Sessions API", description=DESCRIPTION, tags=TAGS,
+        internal=False, lifespan=lambda _: lifespan(settings,
+                                                    processor_transport=processor_transport),
+        routers=[*(m.router for m in ROUTES), tus.hidden], ready=ready,
+        middleware=[Middleware(JsonBodyLimit, limit=settings.max_json_bytes, exempt=_is_upload),
+                    Middleware(ActorScope)],
+        metrics_dependencies=[Depends(authenticate)])
     install_tus(app, settings.allowed_origins)
     app.add_middleware(AccessLog)  # outermost: sees every answer, tus dispatch included
     document_roles(app)

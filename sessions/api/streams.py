@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from sessions.common.bodies import client_gone_is_fine, request_body
 from sessions.common.errors import PayloadTooLarge
-from sessions.common.stalls import stall_limited
 from sessions.common.web import CutOnErrorResponse
 
 
@@ -23,13 +23,11 @@ async def limited_body(request: Request, *, limit: int, count: Callable[[int], N
     Each piece goes upstream as it came off the socket: the service transport
     queues it without copying and only waits once WRITE_AHEAD is pending, so the
     client's bytes keep being read while earlier ones drain to the processor.
-    A client that disconnects mid-body makes Starlette raise ClientDisconnect here,
-    which aborts the upstream request: the processor discards the truncated body.
+    A client that disconnects mid-body raises TruncatedBody (400) here, which aborts
+    the upstream request: the processor discards the truncated body.
     """
     received = 0
-    async for piece in stall_limited(request.stream(), per_piece=stall_timeout):
-        if not piece:
-            continue
+    async for piece in request_body(request, stall_timeout=stall_timeout):
         received += len(piece)
         if received > limit:
             raise PayloadTooLarge(f"one upload request may carry at most {limit} bytes")
@@ -52,9 +50,8 @@ class RelayResponse(CutOnErrorResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except ClientDisconnect:
-            pass  # the client went away; there is nobody left to tell
+            with client_gone_is_fine():
+                await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._on_close()

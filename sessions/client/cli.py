@@ -7,9 +7,7 @@ traceback; configuration errors exit 2.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -47,6 +45,7 @@ from sessions.client.verify import (
 )
 from sessions.common.ids import is_session_id
 from sessions.common.secrets import ConfigError
+from sessions.common.serve import tune_allocator
 from sessions.common.states import SessionState
 from sessions.common.tokens import Role
 
@@ -76,88 +75,34 @@ def _data_dir() -> Path:
 
 
 # -- serve: one service in the foreground, as a container runs it -------------------------
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
-HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit
-HEAP_TRIM_LIMIT = 16 << 20
-HEAP_ARENAS = 2
-HEAP_TUNED = ("api", "processor", "storage")
-"""Every service: the heap behaves the same whichever path (upload with or without a
-checksum, replay, verify) and however many requests run at once."""
+# Each through its own `python -m sessions.<service>` entry, imported only when served, so
+# a service's process holds no other service's code.
 
 
-def tune_allocator() -> bool:
-    """Keep MiB-sized buffers in glibc's heap instead of fresh mappings; return if it applied.
+def _serve_api() -> int:
+    from sessions.api.__main__ import main as serve_api
 
-    Bodies cross each service in pieces of 64 KiB to 8 MiB.  glibc gives each piece
-    over its (moving) mmap threshold a fresh mapping, so relayed bytes keep landing
-    on pages the kernel must fault in and zero: ~100k page faults per GiB in the
-    gateway, whether uploading or replaying.  With the threshold at glibc's maximum
-    memory is reused instead: ~4k faults, and ~0.4 CPU s less per GiB in the gateway
-    (A/B alternated, 1 GiB uploads and replays).  The CLI's `upload` and `replay` move
-    bytes the same way.  Two arenas at most, each trimmed past 16 MiB: glibc otherwise
-    opens an arena per thread (up to 8 per core), each keeping what its thread freed,
-    so a service's resident set grew with the requests it had served at once (storage
-    kept 340 MB after eight concurrent uploads).  Elsewhere than glibc nothing changes.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    applied: list[int] = [mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT),
-                          mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_LIMIT),
-                          mallopt(_M_ARENA_MAX, HEAP_ARENAS)]
-    return applied == [1, 1, 1]
+    return serve_api()
 
 
-def _configure_logging(level: str) -> None:
-    """Log to stderr; our loggers never format secrets, and httpx's per-request lines
-    (URLs of every internal call) only at debug level."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level != "debug":
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+def _serve_processor() -> int:
+    from sessions.processor.__main__ import main as serve_processor
+
+    return serve_processor()
 
 
-def _preflight(settings: Any) -> None:
-    """Read every secret the service needs now, so a missing one exits 2, not a traceback."""
-    settings.service_token()
-    if hasattr(settings, "admin_token"):
-        settings.admin_token()
-    if hasattr(settings, "metadata"):
-        settings.metadata()  # storage: a bad LUCID_METADATA_URL exits 2, redacted
+def _serve_storage() -> int:
+    from sessions.storage.__main__ import main as serve_storage
+
+    return serve_storage()
 
 
-def _pick(preferred: str, fallback: str) -> str:
-    return preferred if importlib.util.find_spec(preferred) is not None else fallback
+SERVE: dict[str, Callable[[], int]] = {"api": _serve_api, "processor": _serve_processor,
+                                       "storage": _serve_storage}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    name: str = args.service
-    if name in HEAP_TUNED:
-        tune_allocator()
-    try:
-        settings = importlib.import_module(f"sessions.{name}.config").load_settings()
-        _configure_logging(settings.log_level)
-        _preflight(settings)
-        cert, key = settings.tls_files() if hasattr(settings, "tls_files") else (None, None)
-        app = importlib.import_module(f"sessions.{name}.main").create_app(settings)
-    except ConfigError as exc:
-        print(f"error: {name}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. a data directory it may not write
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {name}: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
-        return 2
-    import uvicorn
-
-    uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
-                http=_pick("httptools", "h11"), access_log=False, lifespan="on",
-                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
-                ssl_certfile=cert, ssl_keyfile=key)
-    return 0
+    return SERVE[args.service]()
 
 
 # -- up: all three services locally, one process each --------------------------------------
@@ -680,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("up", cmd_up, "run storage, processor and api locally (Ctrl-C stops them)")
     p.add_argument("--data-dir", type=Path, help="default $LUCID_DATA_DIR or ./lucid-data")
     p = add("serve", cmd_serve, "run one service in the foreground, as a container does")
-    p.add_argument("service", choices=("api", "processor", "storage"))
+    p.add_argument("service", choices=tuple(SERVE))
     p = add("upload", cmd_upload, "upload a file into a session (resumable)", conn)
     p.add_argument("file")
     p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
@@ -40,19 +39,20 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 class ServiceTokenGate:
     """Refuses every request but `/health` and `/ready` without the service token.
 
-    It runs before routing, so the OpenAPI document, `/docs`, `/redoc`, their assets,
-    `/metrics` and unknown paths all need the token, and no body byte is read from a
-    caller the service does not trust.  The routers also depend on the token check.
+    The one token check of the internal services (`sessions.common.app.build_app`).  It
+    runs before routing, so the OpenAPI document, `/docs`, `/redoc`, their assets,
+    `/metrics`, every route and unknown paths all need the token, and no body byte is
+    read from a caller the service does not trust.
     """
 
-    def __init__(self, app: ASGIApp, state: Any) -> None:
+    def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.state = state
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             try:
-                require_token(HTTPConnection(scope), self.state.service_token)
+                require_token(HTTPConnection(scope), self.token)
             except Unauthorized as err:
                 response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
                 await response(scope, receive, send)

@@ -66,6 +66,19 @@ class CommonSettings(BaseSettings):
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
 
+    @property
+    def port(self) -> int:
+        """Return the port this service listens on (each service names its own setting)."""
+        raise NotImplementedError
+
+    def preflight(self) -> None:
+        """Read every secret the service needs, so a missing one stops it before it serves."""
+        self.service_token()
+
+    def tls_files(self) -> tuple[Path | None, Path | None]:
+        """Return the (certificate, key) files to serve HTTPS with; (None, None): plain HTTP."""
+        return None, None
+
     def service_token(self) -> str:
         """Return the internal service token, generating it in local mode if missing."""
         text = load_or_create(self.service_token_file, default=self.secrets_dir / "service.token",

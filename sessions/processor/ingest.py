@@ -22,8 +22,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from starlette.requests import ClientDisconnect
-
 from sessions.common.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -74,7 +72,8 @@ def parse_checksum(header: str | None) -> Checksum | None:
 
 @dataclass
 class _Body:
-    """The request body, counted and capped; a client disconnect ends it instead of raising."""
+    """The request body, counted and capped; a truncated one (the client went away) ends it
+    instead of raising, so the chunks received are still sealed and committed."""
 
     source: AsyncIterable[bytes]
     max_bytes: int
@@ -88,7 +87,7 @@ class _Body:
                 if self.received > self.max_bytes:
                     raise PayloadTooLarge(f"a request may carry at most {self.max_bytes} bytes")
                 yield piece
-        except ClientDisconnect:
+        except TruncatedBody:
             self.disconnected = True
 
 

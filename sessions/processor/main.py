@@ -12,19 +12,57 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import Depends, FastAPI
-from fastapi_offline import FastAPIOffline
+from fastapi import FastAPI
 
-from sessions.common.auth import ServiceTokenGate
-from sessions.common.web import Metrics, install_common
+from sessions.common.app import build_app
+from sessions.common.web import Metrics
 from sessions.processor.config import Settings, load_settings
-from sessions.processor.deps import require_service
+from sessions.processor.deps import Resources
 from sessions.processor.engine import Engine
-from sessions.processor.keys import load_node_keys
+from sessions.processor.keys import NodeKeys, load_node_keys
 from sessions.processor.routes import node, replay, sessions, tokens, upload_prefix, uploads
 from sessions.processor.scrub import Scrubber
 from sessions.processor.storage_client import StorageClient
 from sessions.processor.sweeper import Sweeper
+
+ROUTERS = [m.router for m in (sessions, uploads, upload_prefix, replay, node, tokens)]
+
+
+@asynccontextmanager
+async def lifespan(settings: Settings, metrics: Metrics, *, keys: NodeKeys,
+                   storage_transport: httpx.AsyncBaseTransport | None = None
+                   ) -> AsyncIterator[Resources]:
+    """Open the storage client and the engine, run the scrub and sweep loops; stop all after."""
+    storage = StorageClient(settings.storage_url, settings.service_token(),
+                            transport=storage_transport, kind=settings.http_transport)
+    engine = Engine(storage, keys, settings, metrics)
+    scrubber = Scrubber(engine, settings, metrics) if settings.scrub_interval > 0 else None
+    resources = Resources(storage, engine, Sweeper(engine, settings), scrubber)
+    tasks = []
+    if scrubber is not None:
+        tasks.append(asyncio.create_task(scrubber.run(), name="lucid-scrub"))
+    if settings.sweep_interval > 0:
+        tasks.append(asyncio.create_task(resources.sweeper.run(), name="lucid-sweep"))
+    try:
+        yield resources
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine.close()
+        await storage.aclose()
+
+
+async def ready(resources: Resources) -> None:
+    """Raise unless storage answers its readiness check."""
+    await resources.storage.ready()
+
+
+async def refresh_gauges(resources: Resources, metrics: Metrics) -> None:
+    """Set the sessions-by-state gauge from storage's counts."""
+    for state, n in (await resources.storage.stats()).items():
+        metrics.sessions.labels(metrics.service, state).set(n)
 
 
 def create_app(settings: Settings | None = None, *,
@@ -32,47 +70,8 @@ def create_app(settings: Settings | None = None, *,
     """Return the processor app; raise ConfigError now if its keys or token are unusable."""
     settings = settings or load_settings()
     keys = load_node_keys(settings)
-    token = settings.service_token()
-    metrics = Metrics("processor")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        storage = StorageClient(settings.storage_url, token, transport=storage_transport,
-                                kind=settings.http_transport)
-        engine = Engine(storage, keys, settings, metrics)
-        app.state.engine = engine
-        tasks = []
-        if settings.scrub_interval > 0:
-            app.state.scrubber = Scrubber(engine, settings, metrics)
-            tasks.append(asyncio.create_task(app.state.scrubber.run(), name="lucid-scrub"))
-        app.state.sweeper = Sweeper(engine, settings)
-        if settings.sweep_interval > 0:
-            tasks.append(asyncio.create_task(app.state.sweeper.run(), name="lucid-sweep"))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            engine.close()
-            await storage.aclose()
-
-    app = FastAPIOffline(title="Lucid chunk processor (internal)", lifespan=lifespan,
-                         version="0.1.0")
-    app.state.service_token = token
-    app.state.scrubber = None
-    app.state.settings = settings
-
-    async def ready() -> None:
-        await app.state.engine.storage.ready()
-
-    async def refresh_gauges() -> None:
-        for state, n in (await app.state.engine.storage.stats()).items():
-            metrics.sessions.labels("processor", state).set(n)
-
-    app.add_middleware(ServiceTokenGate, state=app.state)
-    install_common(app, metrics=metrics, ready=ready, before_scrape=refresh_gauges)
-    for module in (sessions, uploads, upload_prefix, replay, node, tokens):
-        app.include_router(module.router, dependencies=[Depends(require_service)])
-    return app
+    return build_app(
+        "processor", settings, title="Lucid chunk processor (internal)", internal=True,
+        lifespan=lambda metrics: lifespan(settings, metrics, keys=keys,
+                                          storage_transport=storage_transport),
+        routers=ROUTERS, ready=ready, before_scrape=refresh_gauges)

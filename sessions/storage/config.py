@@ -40,6 +40,11 @@ class Settings(CommonSettings):
         """Return the directory holding chunk files and the metadata database."""
         return self.data_dir / "storage"
 
+    def preflight(self) -> None:
+        """Read the service token and the metadata URL now (a bad URL is named, redacted)."""
+        super().preflight()
+        self.metadata()
+
     def metadata(self) -> MetadataUrl:
         """Return the metadata URL (from the file if set); raise ConfigError if it is bad.
 

@@ -416,7 +416,7 @@ async def test_an_expired_token_is_refused(node: Node) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with node.client() as c:
         assert (await c.get("/v1/sessions", headers=headers)).status_code == 200
-        verifier: TokenVerifier = node.gateways[0].state.verifier
+        verifier: TokenVerifier = node.gateways[0].state.resources.verifier
         verifier._now = lambda: datetime.now(UTC) + timedelta(seconds=61)  # noqa: SLF001
         r = await c.get("/v1/sessions", headers=headers)
         assert r.status_code == 401 and r.json()["detail"] == "the token has expired"
@@ -511,7 +511,7 @@ async def test_requests_are_logged_with_the_token_id_never_the_token(
 
 async def test_internal_services_answer_only_health_and_ready_without_the_token(
         node: Node) -> None:
-    processor = node.gateways[0].state.processor  # noqa: F841 - the stack is up
+    processor = node.gateways[0].state.resources.processor  # noqa: F841 - the stack is up
     bare = httpx.AsyncClient(transport=node.processor._transport,  # noqa: SLF001
                              base_url="http://processor")
     async with bare:

@@ -17,7 +17,7 @@ CHURN = """
 import resource, sys
 sys.path.insert(0, {root!r})
 if sys.argv[1] == "tuned":
-    from sessions.client.cli import tune_allocator
+    from sessions.common.serve import tune_allocator
     assert tune_allocator(), "mallopt refused the settings"
 kept = []
 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -46,7 +46,7 @@ def test_tuned_allocator_reuses_memory_instead_of_faulting_in_fresh_pages() -> N
 
 
 def test_tune_allocator_reports_whether_it_applied() -> None:
-    from sessions.client.cli import tune_allocator
+    from sessions.common.serve import tune_allocator
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
@@ -55,7 +55,7 @@ def test_tune_allocator_reports_whether_it_applied() -> None:
 def test_every_service_gets_the_same_heap_tuning() -> None:
     """`serve` (and so `up`, the loopback launcher and the container entry points, which
     all run it) tunes every service alike, the processor included."""
-    from sessions.client.cli import HEAP_TUNED
+    from sessions.common.serve import HEAP_TUNED
     from sessions.client.launcher import SERVICES
 
     assert set(HEAP_TUNED) == set(SERVICES)

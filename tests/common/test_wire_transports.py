@@ -70,7 +70,7 @@ async def test_the_gateway_calls_the_processor_over_the_configured_transport(
         tmp_path: Path, kind: Transport, expected: type, anyio_backend: str) -> None:
     app = create_app(ApiSettings(data_dir=tmp_path, http_transport=kind))
     async with app.router.lifespan_context(app):
-        assert isinstance(app.state.processor._http._transport, expected)
+        assert isinstance(app.state.resources.processor._http._transport, expected)
 
 
 # -- real hops, one cluster per transport ----------------------------------------------------

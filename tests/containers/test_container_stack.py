@@ -231,7 +231,7 @@ def test_only_the_processor_holds_the_master_key(stack: Stack) -> None:
 def test_each_image_holds_only_its_own_service(stack: Stack) -> None:
     probe = ("import importlib.util as u, sys; "
              "print(','.join(m for m in ('sessions.api', 'sessions.processor', "
-             "'sessions.storage', 'tests', 'bench') if u.find_spec(m)))")
+             "'sessions.storage', 'sessions.client', 'tests', 'bench') if u.find_spec(m)))")
     for service in SERVICES:
         result = stack.exec(service, "/usr/bin/python3", "-c", probe)
         assert result.stdout.strip() == f"sessions.{service}", service

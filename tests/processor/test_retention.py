@@ -90,7 +90,7 @@ class Node:
         app = processor_app(settings, storage_transport=httpx.ASGITransport(app=storage))
         async with storage.router.lifespan_context(storage):
             for _ in range(300):  # MongoDB is prepared in the background
-                if storage.state.readiness.reason is None:
+                if storage.state.resources.readiness.reason is None:
                     break
                 await asyncio.sleep(0.1)
             async with app.router.lifespan_context(app), httpx.AsyncClient(
@@ -153,7 +153,7 @@ async def record(client: httpx.AsyncClient, data: bytes, **body: Any) -> str:
 
 def sweeper(app: FastAPI, clock: FakeClock, **guard: float) -> Sweeper:
     """Return a sweeper of the processor app on the injected clock."""
-    return Sweeper(app.state.engine, app.state.settings, guard=ClockGuard(
+    return Sweeper(app.state.resources.engine, app.state.settings, guard=ClockGuard(
         tolerance=guard.get("tolerance", 120), settle=guard.get("settle", 3600),
         wall=lambda: clock.wall, mono=lambda: clock.mono))
 

@@ -113,7 +113,7 @@ async def test_the_scrub_finds_damage_by_itself(tmp_path: Path,
 @pytest.mark.anyio
 async def test_the_scrub_can_be_turned_off(tmp_path: Path) -> None:
     async with node(tmp_path, scrub_interval=0) as (app, client):
-        assert app.state.scrubber is None
+        assert app.state.resources.scrubber is None
         assert "lucid_scrub" not in (await client.get("/metrics")).text
 
 
@@ -123,7 +123,7 @@ async def test_a_pass_is_rate_limited_and_bounded(tmp_path: Path) -> None:
                     scrub_sample_percent=100, scrub_max_bytes_per_second=4 * MIB) as (app, client):
         for n in range(3):
             await record(client, b"y" * (MIB + n))  # 2 chunks each
-        scrubber = app.state.scrubber
+        scrubber = app.state.resources.scrubber
         started = time.monotonic()
         assert await scrubber.run_pass() == 2  # at most scrub_sessions_per_pass
         # 2 sessions x 2 chunks x 1 MiB at 4 MiB/s: at least a second of pauses.

@@ -98,7 +98,7 @@ async def test_leaf_hash_mismatch(client: httpx.AsyncClient, sid: str, leaf_of: 
                                   app: FastAPI, error_body: ErrorBody) -> None:
     resp = await put(client, sid, 0, b"sealed", leaf_of(b"other"))
     error_body(resp, 400, "leaf_hash_mismatch")
-    store: LocalChunkStore = app.state.chunkstore
+    store: LocalChunkStore = app.state.resources.chunkstore
     assert not store.session_dir(sid).exists() or list(store.session_dir(sid).iterdir()) == []
 
 
@@ -196,7 +196,7 @@ async def test_reading_chunks(client: httpx.AsyncClient, sid: str, leaf_of: Leaf
     body = error_body(await client.get(f"{API}/sessions/{sid}/chunks/1"), 404,
                       "chunk_not_found")
     assert "missing" not in body
-    store: LocalChunkStore = app.state.chunkstore
+    store: LocalChunkStore = app.state.resources.chunkstore
     store.chunk_path(sid, 0).unlink()
     body = error_body(await client.get(f"{API}/sessions/{sid}/chunks/0"), 404,
                       "chunk_not_found")
@@ -209,7 +209,7 @@ async def test_delete_erases_then_removes_files(client: httpx.AsyncClient, sid: 
                                                 leaf_of: Leaf, app: FastAPI,
                                                 error_body: ErrorBody) -> None:
     await stage_and_commit(client, sid, leaf_of, [b"zero", b"one"])
-    store: LocalChunkStore = app.state.chunkstore
+    store: LocalChunkStore = app.state.resources.chunkstore
     assert store.session_dir(sid).is_dir()
     assert (await client.delete(f"{API}/sessions/{sid}")).status_code == 204
     assert not store.session_dir(sid).exists()
@@ -229,7 +229,7 @@ async def test_a_put_racing_a_commit_cannot_replace_the_chunk(client: httpx.Asyn
         yield b"evil"
         await release.wait()
 
-    racer = asyncio.create_task(app.state.service.put_chunk(
+    racer = asyncio.create_task(app.state.resources.service.put_chunk(
         sid, 0, slow_body(), leaf_hash=leaf_of(b"evil"), content_length=None))
     await streaming.wait()
     await stage_commit_only(client, sid, [record(0, 0, b"zero", leaf_of(b"zero"), 4)])
@@ -237,7 +237,7 @@ async def test_a_put_racing_a_commit_cannot_replace_the_chunk(client: httpx.Asyn
     with pytest.raises(ChunkCommitted):
         await racer
     assert (await client.get(f"{API}/sessions/{sid}/chunks/0")).content == b"zero"
-    store: LocalChunkStore = app.state.chunkstore
+    store: LocalChunkStore = app.state.resources.chunkstore
     assert [p.name for p in store.session_dir(sid).iterdir()] == ["0000000000.lcs"]
 
 

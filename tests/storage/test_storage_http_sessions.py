@@ -204,7 +204,7 @@ async def test_unexpected_errors_are_opaque(app: FastAPI, error_body: ErrorBody,
     async def boom(session_id: str) -> None:
         raise RuntimeError("/secret/path/metadata.sqlite3 exploded")
 
-    monkeypatch.setattr(app.state.metastore, "get_session", boom)
+    monkeypatch.setattr(app.state.resources.metastore, "get_session", boom)
     # Starlette re-raises after answering so the server can log it; a server would not crash.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://storage",
@@ -216,6 +216,6 @@ async def test_unexpected_errors_are_opaque(app: FastAPI, error_body: ErrorBody,
 
 async def test_not_ready_when_the_database_is_closed(app: FastAPI, client: httpx.AsyncClient,
                                                      error_body: ErrorBody) -> None:
-    await app.state.metastore.close()
+    await app.state.resources.metastore.close()
     error_body(await client.get("/ready"), 503, "not_ready")
     error_body(await client.get(f"{API}/stats"), 503, "storage_unavailable")

@@ -101,7 +101,7 @@ def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
 async def mongo_app(own_mongo: MongoServer, tmp_path: Path,
                     monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     """The storage app on own_mongo's URL (user and password from files), server not started."""
-    monkeypatch.setattr("sessions.storage.main.MAX_RETRY", 1.0)  # keep the test short
+    monkeypatch.setattr("sessions.storage.readiness.MAX_RETRY", 1.0)  # keep the test short
     url_file = tmp_path / "metadata.url"
     url_file.write_text(own_mongo.url("lucid").replace("://", "://lucid@") + "\n")
     password_file = tmp_path / "metadata.password"

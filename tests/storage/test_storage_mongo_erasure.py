@@ -39,7 +39,7 @@ async def mongo_node(tmp_path: Path, mongo_server: MongoServer) -> AsyncIterator
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(n.storage.router.lifespan_context(n.storage))
         for _ in range(300):  # until storage has migrated the database
-            if n.storage.state.readiness.reason is None:
+            if n.storage.state.resources.readiness.reason is None:
                 break
             await asyncio.sleep(0.1)
         yield n

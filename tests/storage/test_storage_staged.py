@@ -37,7 +37,7 @@ async def sid(client: httpx.AsyncClient, session_body: Body) -> str:
 
 
 def files(app: FastAPI, sid: str) -> list[str]:
-    store: LocalChunkStore = app.state.chunkstore
+    store: LocalChunkStore = app.state.resources.chunkstore
     return _names(store.session_dir(sid))
 
 
@@ -88,7 +88,7 @@ async def test_a_put_in_flight_cannot_publish_after_a_discard(
         yield b"late"
         await release.wait()
 
-    late = asyncio.create_task(app.state.service.put_chunk(
+    late = asyncio.create_task(app.state.resources.service.put_chunk(
         sid, 1, slow_body(), leaf_hash=leaf_of(b"late"), content_length=None))
     await streaming.wait()
     assert (await client.delete(f"{API}/sessions/{sid}/staged")).json() == {"discarded": []}
@@ -134,8 +134,8 @@ async def test_start_up_sweeps_what_a_crash_left(settings: Settings, session_bod
         await put(client, kept, 1, b"one", leaf_of)
         await put(client, kept, 7, b"seven", leaf_of)
         assert (await client.delete(f"{API}/sessions/{gone}")).status_code == 204
-        kept_dir = first.state.chunkstore.session_dir(kept)
-        gone_dir: Path = first.state.chunkstore.session_dir(gone)
+        kept_dir = first.state.resources.chunkstore.session_dir(kept)
+        gone_dir: Path = first.state.resources.chunkstore.session_dir(gone)
     # What a crash between the erase and the file removal, or a dead processor, leaves:
     _plant(gone_dir / "0000000000.lcs", b"sealed bytes of an erased session")
     stranger = kept_dir.parent.parent / "7Z" / ("7Z" + "0" * 24) / "0000000000.lcs"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from sessions.api.deps import Client, Processor, authenticate
+from sessions.api.deps import Client, Processor, authenticate, resources
 from sessions.api.models import errors
 from sessions.common.tokens import (
     TOKEN_ID,
@@ -54,5 +54,5 @@ async def revoke_token(token_id: TokenId, processor: Processor, request: Request
     """Revoke the token: refused at once by this gateway, by every gateway within
     `LUCID_TOKEN_CACHE_SECONDS`.  Idempotent; the record is kept (revoked_at)."""
     await processor.revoke_token(token_id)
-    request.app.state.verifier.forget(token_id)
+    resources(request).verifier.forget(token_id)
     return Response(status_code=204)

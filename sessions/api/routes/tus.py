@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.requests import ClientDisconnect
 
 from sessions.api import tus
 from sessions.api.config import Settings
@@ -28,7 +27,6 @@ from sessions.common.errors import (
     InvalidState,
     PayloadTooLarge,
     ServiceError,
-    TruncatedBody,
     UpstreamUnavailable,
 )
 
@@ -111,8 +109,6 @@ async def _append(request: Request, processor: Processor, metrics: MetricsDep,
                         stall_timeout=request.app.state.settings.body_read_timeout)
     try:
         result, new_offset = await processor.upload(session_id, body, headers)
-    except ClientDisconnect:
-        raise TruncatedBody() from None  # nobody reads this answer; the upstream was aborted
     except InvalidState as exc:
         if exc.extra.get("state") == "deleted":
             raise tus.Gone() from None  # tus termination: the URL is gone for good

@@ -6,13 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
 from sessions.api.limits import check_upload_headers, session_room
 from sessions.api.models import UploadResult, UploadStatus, errors
 from sessions.api.streams import limited_body
-from sessions.common.errors import TruncatedBody
 from sessions.common.models import CHECKSUM_PATTERN
 from sessions.common.openapi import REQUIRED
 
@@ -79,10 +77,7 @@ async def upload(
     counter = metrics.bytes_in.labels(metrics.service, "upload")
     body = limited_body(request, limit=min(settings.max_upload_bytes, room), count=counter.inc,
                         stall_timeout=settings.body_read_timeout)
-    try:
-        result, new_offset = await processor.upload(session_id, body, headers)
-    except ClientDisconnect:
-        raise TruncatedBody() from None  # nobody reads this answer; the upstream was aborted
+    result, new_offset = await processor.upload(session_id, body, headers)
     offset = new_offset if new_offset is not None else str(result.get("offset", ""))
     return JSONResponse(UploadResult.model_validate(result).model_dump(),
                         headers={"Upload-Offset": offset, "Cache-Control": "no-store"})

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from sessions.common.bodies import request_body
 from sessions.common.errors import BadRequest, InvalidState, UnsupportedMediaType, error_responses
 from sessions.common.models import CHECKSUM_PATTERN
-from sessions.common.stalls import stall_limited
 from sessions.common.states import SessionState
 from sessions.processor.deps import AuditDep, EngineDep, SessionId
 from sessions.processor.engine import Engine
@@ -76,7 +76,7 @@ async def upload(session_id: SessionId, request: Request, engine: EngineDep,
         raise BadRequest("the Upload-Offset header is required")
     done = await engine.upload(
         session_id, offset=offset,
-        source=stall_limited(request.stream(), per_piece=engine.settings.body_read_timeout),
+        source=request_body(request, stall_timeout=engine.settings.body_read_timeout),
         checksum_header=request.headers.get("upload-checksum"),
         content_length=_non_negative(request.headers.get("content-length"), "Content-Length"),
         max_bytes=MAX_REQUEST_BYTES)

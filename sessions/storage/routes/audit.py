@@ -20,9 +20,9 @@ from sessions.common.evidence import (
 )
 from sessions.common.ids import SESSION_ID_DOC
 from sessions.core import AuditError
-from sessions.storage.deps import Meta, ServiceToken
+from sessions.storage.deps import Meta
 
-router = APIRouter(prefix="/internal/v1/audit", tags=["audit"], dependencies=[ServiceToken])
+router = APIRouter(prefix="/internal/v1/audit", tags=["audit"])
 
 
 @router.post("", status_code=201, summary="Append one entry and its signed head",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from sessions.common.errors import error_responses
-from sessions.storage.deps import Meta, ServiceToken, SessionId
+from sessions.storage.deps import Meta, SessionId
 from sessions.storage.models import CheckpointIn
 
-router = APIRouter(prefix="/internal/v1", tags=["checkpoints"], dependencies=[ServiceToken])
+router = APIRouter(prefix="/internal/v1", tags=["checkpoints"])
 
 
 @router.put("/sessions/{session_id}/checkpoint", status_code=204, response_class=Response,

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.requests import ClientDisconnect
 
+from sessions.common.bodies import request_body
 from sessions.common.errors import (
     BadRequest,
     PayloadTooLarge,
-    TruncatedBody,
     UnsupportedMediaType,
     error_responses,
 )
 from sessions.common.models import MAX_CHUNK_INDEX, MAX_TREE_SIZE
-from sessions.storage.deps import ChunkIndex, Meta, Service, ServiceToken, SessionId
+from sessions.storage.deps import ChunkIndex, Meta, Service, SessionId
 from sessions.storage.models import (
     ChunkList,
     ChunkModel,
@@ -28,7 +26,7 @@ from sessions.storage.models import (
     PutChunkOut,
 )
 
-router = APIRouter(prefix="/internal/v1", tags=["chunks"], dependencies=[ServiceToken])
+router = APIRouter(prefix="/internal/v1", tags=["chunks"])
 
 OCTET_STREAM = "application/octet-stream"
 LEAF_HASH_HEADER = "X-Lucid-Leaf-Hash"
@@ -50,7 +48,7 @@ async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
     _require_octet_stream(request)
     leaf = _leaf_hash_header(request)
     length = _content_length(request, service.max_chunk_bytes)
-    sealed = await service.put_chunk(session_id, index, _body(request), leaf_hash=leaf,
+    sealed = await service.put_chunk(session_id, index, request_body(request), leaf_hash=leaf,
                                      content_length=length)
     return PutChunkOut(index=index, sealed_length=sealed)
 
@@ -130,11 +128,3 @@ def _content_length(request: Request, max_bytes: int) -> int | None:
         raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
     return int(raw)
 
-
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    try:
-        async for piece in request.stream():
-            if piece:
-                yield piece
-    except ClientDisconnect:
-        raise TruncatedBody("the client went away before the body ended") from None

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query
 
 from sessions.common.errors import error_responses
 from sessions.common.states import SessionState
-from sessions.storage.deps import Meta, ServiceToken, SessionId
+from sessions.storage.deps import Meta, SessionId
 from sessions.storage.models import HoldIn, KeyUsageOut, SessionList, SessionOut
 
-router = APIRouter(prefix="/internal/v1", tags=["lifecycle"], dependencies=[ServiceToken])
+router = APIRouter(prefix="/internal/v1", tags=["lifecycle"])
 
 TIME_DOC = {"pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"}
 Before = Annotated[str, Query(description="RFC 3339 UTC, microseconds and Z",

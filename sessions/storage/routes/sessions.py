@@ -10,7 +10,7 @@ from pydantic import StringConstraints
 from sessions.common.errors import BadRequest, error_responses
 from sessions.common.ids import SESSION_ID_DOC
 from sessions.common.states import SessionState
-from sessions.storage.deps import Meta, Service, ServiceToken, SessionId
+from sessions.storage.deps import Meta, Service, SessionId
 from sessions.storage.models import (
     MAX_LABELS,
     CreateSessionIn,
@@ -24,7 +24,7 @@ from sessions.storage.models import (
     parse_label_filters,
 )
 
-router = APIRouter(prefix="/internal/v1", tags=["sessions"], dependencies=[ServiceToken])
+router = APIRouter(prefix="/internal/v1", tags=["sessions"])
 
 
 @router.post("/sessions", status_code=201, summary="Create a recording session",

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Path
 
 from sessions.common.errors import error_responses
 from sessions.common.tokens import TOKEN_ID, NewToken, Role, StoredToken, StoredTokenList
-from sessions.storage.deps import Meta, ServiceToken
+from sessions.storage.deps import Meta
 from sessions.storage.records import TokenRecord
 
-router = APIRouter(prefix="/internal/v1/tokens", tags=["tokens"], dependencies=[ServiceToken])
+router = APIRouter(prefix="/internal/v1/tokens", tags=["tokens"])
 TokenId = Annotated[str, Path(pattern=TOKEN_ID, description="16 hex digits")]
 
 

@@ -1,0 +1,98 @@
+"""Run one service in the foreground, as its container does: `python -m sessions.<service>`.
+
+`serve` is the one start of a service process, behind `python -m sessions.api`,
+`python -m sessions.processor`, `python -m sessions.storage` and `lucid-sessions serve`:
+tune the heap, read and check the configuration (a bad one exits 2 with a message,
+never a traceback), build the app and hand it to uvicorn.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from fastapi import FastAPI
+
+from sessions.common.secrets import ConfigError
+from sessions.common.settings import CommonSettings
+
+S = TypeVar("S", bound=CommonSettings)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
+HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit
+HEAP_TRIM_LIMIT = 16 << 20
+HEAP_ARENAS = 2
+HEAP_TUNED = ("api", "processor", "storage")
+"""Every service: the heap behaves the same whichever path (upload with or without a
+checksum, replay, verify) and however many requests run at once."""
+
+
+def tune_allocator() -> bool:
+    """Keep MiB-sized buffers in glibc's heap instead of fresh mappings; return if it applied.
+
+    Bodies cross each service in pieces of 64 KiB to 8 MiB.  glibc gives each piece
+    over its (moving) mmap threshold a fresh mapping, so relayed bytes keep landing on
+    pages the kernel must fault in and zero; with the threshold at glibc's maximum the
+    memory is reused instead.  The CLI's `upload` and `replay` move bytes the same way.
+    Two arenas at most, each trimmed past 16 MiB: glibc otherwise opens an arena per
+    thread (up to 8 per core), each keeping what its thread freed, so a service's
+    resident set grew with the requests it had served at once.  The figures are in the
+    README (Performance).  Elsewhere than glibc nothing changes.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    applied: list[int] = [mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT),
+                          mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_LIMIT),
+                          mallopt(_M_ARENA_MAX, HEAP_ARENAS)]
+    return applied == [1, 1, 1]
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr; our loggers never format secrets, and httpx's per-request lines
+    (URLs of every internal call) only at debug level."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _pick(preferred: str, fallback: str) -> str:
+    return preferred if importlib.util.find_spec(preferred) is not None else fallback
+
+
+def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], FastAPI]) -> int:
+    """Serve one service until it is stopped; return the exit status (2: bad configuration).
+
+    Every secret is read before the app is built, so a missing or malformed one exits 2
+    naming the variable, as does a data directory the service may not write.
+    """
+    if name in HEAP_TUNED:
+        tune_allocator()
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        settings.preflight()
+        cert, key = settings.tls_files()
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a data directory it may not write
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {name}: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
+                http=_pick("httptools", "h11"), access_log=False, lifespan="on",
+                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
+                ssl_certfile=cert, ssl_keyfile=key)
+    return 0

@@ -55,7 +55,7 @@ def test_tune_allocator_reports_whether_it_applied() -> None:
 def test_every_service_gets_the_same_heap_tuning() -> None:
     """`serve` (and so `up`, the loopback launcher and the container entry points, which
     all run it) tunes every service alike, the processor included."""
-    from sessions.common.serve import HEAP_TUNED
     from sessions.client.launcher import SERVICES
+    from sessions.common.serve import HEAP_TUNED
 
     assert set(HEAP_TUNED) == set(SERVICES)

@@ -27,14 +27,11 @@ MiB = 1024 * 1024
 
 MIN_CHUNK_SIZE = 1 * MiB
 MAX_CHUNK_SIZE = 16 * MiB
-# Chosen by benchmark.  `python -m bench.core` alone favours 1 MiB (a chunk stays in
-# the CPU caches between zstd, AES and SHA-256), but end to end (`python -m bench.e2e`,
-# three services, 512 MiB) every chunk also costs an HTTP PUT, a temp file, an fsync
-# and a metadata commit: 4 MiB ingested at 99.8 MB/s with 12.7 CPU s/GB against
-# 63.3 MB/s and 19.7 CPU s/GB for 1 MiB.  Once the copies and page faults were
-# gone, those per-chunk costs weighed again: against 4 MiB, 8 MiB took ~13 % less
-# CPU and ~18 % less time per 1 GiB upload, A/B alternated (README, Performance).
-# 16 MiB saved little more and put the processor's peak RSS at 178 MB.
+# Chosen by benchmark (the figures: README, Performance).  `python -m bench.core` alone
+# favours 1 MiB (a chunk stays in the CPU caches between zstd, AES and SHA-256), but end
+# to end (`python -m bench.e2e`) every chunk also costs an HTTP PUT, a temp file, an
+# fsync and a metadata commit, so larger chunks took less CPU and time per GiB, up to
+# 8 MiB; 16 MiB saved little more and raised the processor's peak RSS.
 DEFAULT_CHUNK_SIZE = 8 * MiB
 
 Piece = bytes | bytearray | memoryview

@@ -404,7 +404,7 @@ def _decompress_exact(frame: bytes | memoryview, length: int) -> bytes:
     before anything is decompressed, so a hostile frame cannot allocate more; the
     frame must also end exactly at the end of the payload.  One-shot decompression
     (unlike `decompressobj`) releases the GIL, so replay's event loop keeps moving
-    bytes while a worker thread decompresses (measured: 2 threads ~2x one).
+    bytes while worker threads decompress side by side (README has the figures).
     """
     try:
         if zstandard.frame_content_size(frame) != length:

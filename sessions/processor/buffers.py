@@ -2,8 +2,8 @@
 
 Every chunk passes through a plaintext buffer of the chunk size (8 MiB by default)
 and a sealed buffer of about the same size.  Allocating them afresh for each chunk
-costs twice: glibc either serves them from fresh mmaps (page faults and zeroing:
-~20 % of the processor's CPU, measured with perf) or from its heap, which fragments
+costs twice: glibc either serves them from fresh mmaps (page faults and zeroing, a
+large share of the processor's CPU: README, Performance) or from its heap, which fragments
 under MiB-sized blocks of varying size until the resident set is several times the
 live data.  A few buffers reused for every chunk avoid both.
 """

@@ -246,9 +246,9 @@ class Upload:
                     out: asyncio.Queue[_Sealed | None]) -> None:
         """Seal up to `parallel` chunks at once on the worker threads; pass them on in order.
 
-        zstd and SHA-256 release the GIL on large buffers (measured: 2 threads run 2.1x
-        and 2.0x faster than one), so with LUCID_SEAL_WORKERS > 1 sealing can use idle
-        cores while the event loop keeps moving bytes.
+        zstd and SHA-256 release the GIL on large buffers (README, "One service skeleton"
+        has the figures), so with LUCID_SEAL_WORKERS > 1 sealing can use idle cores while
+        the event loop keeps moving bytes.
         """
         loop = asyncio.get_running_loop()
         lane = self._lane
@@ -410,7 +410,9 @@ async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: Sessio
                  permits: tuple[int, int] | None = None) -> SessionRow:
     """Seal and commit one request body at the session's committed offset.
 
-    `buffers`, if given and of the session's chunk size, supplies reused chunk buffers;
+    `source` raises TruncatedBody when its client went away (`sessions.common.bodies`):
+    the chunks received are still committed (none with a checksum), then TruncatedBody
+    carries the committed offset.  `buffers`, if given and of the session's chunk size, supplies reused chunk buffers;
     `permits` caps how many plaintext and sealed ones it holds at once (`lane_permits`).
     """
     upload = Upload(storage=storage, sealer=sealer, session=session, executor=executor,

@@ -309,8 +309,8 @@ def _drop_cached(fd: int) -> None:
 
     A sealed chunk is written once and read rarely, so caching it only pushes out what
     is used again.  Handing the pages back also means the next chunk is written into
-    recycled memory: on a VM, first-touching fresh memory cost ~6 s/GB of kernel time
-    against ~0.4 when recycled (dd, 512 MiB, 2-core bench VM).
+    recycled memory, far cheaper for the kernel than first-touching fresh memory (README,
+    Performance, has the figures).
     """
     if hasattr(os, "posix_fadvise"):  # Linux, the services' platform; not macOS
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -412,7 +412,9 @@ async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: Sessio
 
     `source` raises TruncatedBody when its client went away (`sessions.common.bodies`):
     the chunks received are still committed (none with a checksum), then TruncatedBody
-    carries the committed offset.  `buffers`, if given and of the session's chunk size, supplies reused chunk buffers;
+    carries the committed offset.
+
+    `buffers`, if given and of the session's chunk size, supplies reused chunk buffers;
     `permits` caps how many plaintext and sealed ones it holds at once (`lane_permits`).
     """
     upload = Upload(storage=storage, sealer=sealer, session=session, executor=executor,

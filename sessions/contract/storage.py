@@ -22,7 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sessions.common.evidence import AuditAppend, AuditHead, AuditPage
 from sessions.common.ids import SESSION_ID_DOC
-from sessions.common.models import MAX_CHUNK_INDEX, JsonInt, RetentionDays, UploadLengthInt
+from sessions.common.models import (
+    LABEL_KEY,
+    MAX_CHUNK_INDEX,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    JsonInt,
+    RetentionDays,
+    UploadLengthInt,
+)
 from sessions.common.states import SessionState
 from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
 from sessions.contract.models import Session
@@ -30,7 +38,7 @@ from sessions.contract.operations import Operation
 from sessions.core import ChunkEntry, WrappedKey
 
 __all__ = [
-    "API", "AuditAppend", "AuditHead", "AuditPage", "NewToken", "StoredToken",
+    "API", "MAX_LABELS", "AuditAppend", "AuditHead", "AuditPage", "NewToken", "StoredToken",
     "StoredTokenList", "ChunkList", "ChunkModel", "CheckpointIn", "CommitIn", "CommitOut",
     "CreateSessionIn", "DiscardOut", "FinalizeIn", "HoldIn", "KeyUsageOut", "MalformedAnswer",
     "PutChunkOut", "RewrapIn", "StatsOut", "StoredSession", "StoredSessionPage",
@@ -39,10 +47,8 @@ __all__ = [
 
 API = "/internal/v1"
 HEX32 = r"^[0-9a-fA-F]{64}$"
-MAX_LABELS = 32
-MAX_LABEL_VALUE = 256
 MAX_COMMIT_CHUNKS = 10_000
-_LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_LABEL_KEY = re.compile(rf"^{LABEL_KEY}\Z")
 
 
 # -- shapes ----------------------------------------------------------------------------------
@@ -133,7 +139,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         raise ValueError(f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
         if not _LABEL_KEY.match(key):
-            raise ValueError("label keys match ^[a-z0-9][a-z0-9_.-]{0,63}$")
+            raise ValueError(f"label keys match ^{LABEL_KEY}$")
         if len(value) > MAX_LABEL_VALUE:
             raise ValueError(f"label values are at most {MAX_LABEL_VALUE} characters")
     return labels
@@ -145,7 +151,7 @@ class CreateSessionIn(BaseModel):
     id: str = Field(description="session id chosen by the processor (checked as an id)",
                     json_schema_extra=SESSION_ID_DOC)
     labels: dict[str, str] = Field(default_factory=dict, json_schema_extra={
-        "maxProperties": MAX_LABELS, "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+        "maxProperties": MAX_LABELS, "propertyNames": {"pattern": f"^{LABEL_KEY}$"},
         "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE}})
     retention_days: RetentionDays | None = None
     wrapped_key: WrappedKeyModel

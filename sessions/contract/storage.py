@@ -282,6 +282,11 @@ def _session(sid: str, tail: str = "") -> str:
     return f"{API}/sessions/{quote(sid, safe='')}{tail}"
 
 
+def ready() -> Operation:
+    """Storage's readiness probe (outside `/internal/v1`, no body): 200 once it serves."""
+    return Operation("GET", "/ready")
+
+
 def create_session(body: CreateSessionIn) -> Operation:
     return Operation("POST", f"{API}/sessions", json=_body(body))
 

@@ -104,8 +104,9 @@ class StorageClient:
         return _parsed(model, (await self._call(op)).content)
 
     async def ready(self) -> None:
+        op = ops.ready()
         try:
-            resp = await self._http.get("/ready")
+            resp = await self._http.request(op.method, op.path)
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code != 200:

@@ -36,6 +36,7 @@ from sessions.common.ids import new_session_id
 from sessions.common.models import PrefixCheckResult
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
+from sessions.contract.storage import CreateSessionIn, WrappedKeyModel
 from sessions.core import (
     CIPHER_NAME,
     FORMAT_VERSION,
@@ -304,22 +305,22 @@ class Engine:
         expires = (None if retention_days is None
                    else datetime.now(UTC) + timedelta(days=retention_days))
         wrapped = self.keys.wrapping_key(expires).wrap(new_data_key(), session_id=sid)
-        row = await self.storage.create_session({
-            "id": sid, "labels": labels, "retention_days": retention_days,
-            "wrapped_key": wrapped.to_json(), "chunk_size": self.settings.chunk_size,
-            "zstd_level": self.settings.zstd_level, "format_version": FORMAT_VERSION,
-            "upload_length": upload_length, "owner": owner})
+        row = await self.storage.create_session(CreateSessionIn(
+            id=sid, labels=labels, retention_days=retention_days,
+            wrapped_key=WrappedKeyModel.of(wrapped), chunk_size=self.settings.chunk_size,
+            zstd_level=self.settings.zstd_level, format_version=FORMAT_VERSION,
+            upload_length=upload_length, owner=owner))
         # Anchored at size 0 before the id is returned: any later chunk row must extend it.
         tree = self._trees.remember(sid, CompactRange())
         await self._keep_anchor(sid, tree, offset=0, sealed=0,
                                 labels_line=labels_extension(labels))
         if upload_length == 0:
             return await self.finalize(sid)
-        return row.public() | {"integrity": "ok"}
+        return row.public().model_dump(mode="json") | {"integrity": "ok"}
 
     async def set_upload_length(self, sid: str, length: int) -> dict[str, Any]:
         """Declare the session's total length once (the upload that reaches it finalizes)."""
-        return (await self.storage.set_upload_length(sid, length)).public()
+        return (await self.storage.set_upload_length(sid, length)).public().model_dump(mode="json")
 
     async def get(self, sid: str) -> dict[str, Any]:
         """Return the session as shown to clients, checked against what was signed.
@@ -330,7 +331,7 @@ class Engine:
         plaintext and sealed sizes).  Deleted: `unchecked`.
         """
         row = await self.storage.get_session(sid)
-        shown = row.public()
+        shown = row.public().model_dump(mode="json")
         if row.state is SessionState.DELETED:
             return shown | {"integrity": "unchecked"}
         if row.state is SessionState.COMPLETED:
@@ -346,7 +347,7 @@ class Engine:
                                             origin=self.keys.origin(sid))
         if anchor is not None and anchor.size > row.chunk_count:  # an upload moved it on
             row = await self.storage.get_session(sid)
-            shown = row.public()
+            shown = row.public().model_dump(mode="json")
         try:
             self._check_record(row, anchor)
         except MetadataCorrupt:
@@ -356,7 +357,7 @@ class Engine:
         return shown | {"integrity": "mismatch" if problem else "ok"}
 
     async def list_sessions(self, params: list[tuple[str, str]]) -> dict[str, Any]:
-        return await self.storage.list_sessions(params)
+        return (await self.storage.list_sessions(params)).model_dump(mode="json")
 
     # -- upload ------------------------------------------------------------------------------
 
@@ -399,7 +400,7 @@ class Engine:
                 tree = await self._tree(done, anchor)
                 # The labels line is carried over: labels never change after creation.
                 line = (anchor.labels_line if anchor is not None and anchor.labels_line
-                        else labels_extension(row.raw.get("labels") or {}))
+                        else labels_extension(row.labels))
                 await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done),
                                         labels_line=line)
         if done.upload_length is not None and done.offset == done.upload_length:
@@ -515,7 +516,7 @@ class Engine:
             done = await self.storage.finalize(sid, root_hash=manifest.root_hash,
                                                checkpoint=manifest.checkpoint,
                                                manifest=manifest.to_json())
-            return done.public() | {"integrity": "ok"}
+            return done.public().model_dump(mode="json") | {"integrity": "ok"}
 
     async def _checked_rows(self, row: SessionRow, anchor: Anchor | None) -> list[ChunkRow]:
         """Return an open session's chunk rows once they agree with its record and anchor.
@@ -538,11 +539,11 @@ class Engine:
         """Return the signed manifest of these checked rows."""
         root = root_hash([r.leaf_hash for r in rows])
         unsigned = Manifest(
-            session_id=row.id, labels=dict(row.raw.get("labels") or {}),
-            created_at=str(row.raw["created_at"]), plaintext_size=row.offset,
+            session_id=row.id, labels=dict(row.labels),
+            created_at=row.created_at, plaintext_size=row.offset,
             sealed_size=sum(r.sealed_length for r in rows), chunk_count=len(rows),
             chunk_size=row.chunk_size, zstd_level=row.zstd_level, cipher=CIPHER_NAME,
-            format_version=int(row.raw["format_version"]),
+            format_version=row.format_version,
             chunks=tuple(rows),
             root_hash=root, checkpoint="")
         # The final checkpoint signs the root and, in an extension line, the manifest's
@@ -742,8 +743,8 @@ class Engine:
         wrapped = row.wrapped_key
         if wrapped is None:
             raise InvalidState("the session's key was erased", extra={"state": row.state.value})
-        if bool(row.raw.get("legal_hold")) == hold:
-            return row.public()
+        if row.legal_hold == hold:
+            return row.public().model_dump(mode="json")
         try:
             data_key = self.keys.unwrap(wrapped, session_id=sid)
         except UnwrapError:
@@ -751,7 +752,7 @@ class Engine:
         target = self.keys.master if hold else self.keys.wrapping_key(_release_expiry(row))
         done = await self.storage.set_hold(sid, hold=hold, expected_key_id=wrapped.key_id,
                                            wrapped=target.wrap(data_key, session_id=sid))
-        return done.public()
+        return done.public().model_dump(mode="json")
 
     async def rotate_keys(self) -> dict[str, Any]:
         """Rewrap every stored session key under the current master key; chunks are untouched.
@@ -830,7 +831,7 @@ def _within_length(row: SessionRow, content_length: int | None, max_bytes: int) 
 def _release_expiry(row: SessionRow) -> datetime | None:
     """Return when a released session expires for its key's period: never (None), its
     expiry, or now if that is past (its own period's key may be destroyed already)."""
-    text = row.raw.get("expires_at")
+    text = row.expires_at
     if not text:
         return None
     return max(datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
@@ -838,7 +839,7 @@ def _release_expiry(row: SessionRow) -> datetime | None:
 
 
 def _sealed(row: SessionRow) -> int:
-    return int(row.raw.get("sealed_bytes", 0))
+    return row.sealed_bytes
 
 
 def _signed_fields(manifest: Manifest) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def labels_extension(labels: Mapping[str, str]) -> str:
 def labels_differ(row: SessionRow, anchor: Anchor | None) -> bool:
     """Return whether the record's labels differ from those the anchor signed."""
     return anchor is not None and anchor.labels_line is not None and (
-        labels_extension(row.raw.get("labels") or {}) != anchor.labels_line)
+        labels_extension(row.labels) != anchor.labels_line)
 
 
 def open_anchor(signed: bytes, *, verifier: NoteVerifier, origin: str) -> Anchor:
@@ -163,7 +163,7 @@ def session_findings(row: SessionRow, rows: Sequence[ChunkRow],
                              "chunk rows or signed checkpoint"))
     if labels_differ(row, anchor):
         found.append(Finding("labels", None, "differ from the labels the checkpoint signed"))
-    sealed_bytes = int(row.raw.get("sealed_bytes", 0))
+    sealed_bytes = row.sealed_bytes
     if sealed_bytes != sealed or (signed_sealed is not None and sealed_bytes != signed_sealed):
         found.append(Finding("sealed_bytes", None, "the record's sealed bytes disagree with its "
                              "chunk rows or signed checkpoint"))
@@ -180,7 +180,7 @@ def manifest_findings(row: SessionRow, rows: Sequence[ChunkRow],
         "chunk_size": manifest.chunk_size, "zstd_level": manifest.zstd_level,
         "format_version": manifest.format_version}
     found = [Finding(name, None, "differs from the signed manifest")
-             for name, value in signed.items() if row.raw.get(name) != value]
+             for name, value in signed.items() if getattr(row, name) != value]
     for i, entry in enumerate(manifest.chunks):
         stored = rows[i] if i < len(rows) else None
         if stored is None:

@@ -77,8 +77,8 @@ class Scrubber:
             params = [("limit", str(min(500, want - len(batch))))]
             params += [("cursor", self._cursor)] if self._cursor else []
             page = await self.engine.storage.list_sessions(params)
-            batch += [s["id"] for s in page["items"] if s["state"] in _SCRUBBED]
-            self._cursor = page.get("next_cursor")
+            batch += [s.id for s in page.items if s.state in _SCRUBBED]
+            self._cursor = page.next_cursor
             if self._cursor is None:
                 if wrapped:
                     break

@@ -1,14 +1,17 @@
 """The processor's client for session storage: one pooled HTTP connection set, typed calls.
 
-httpx errors are translated here, once: storage's own error bodies come back as
-the same `ServiceError`, a dead storage becomes `UpstreamUnavailable`.
+Each call is an `Operation` of `sessions/contract/storage.py` and each answer is
+parsed into that module's models, so storage's documented shapes are the ones
+read here.  httpx errors are translated here, once: storage's own error bodies come
+back (through `decode_error`) as the same `ServiceError`, a dead storage or an
+answer that does not fit the contract becomes `UpstreamUnavailable`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,9 +27,30 @@ from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditHead, Au
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
+from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
+from sessions.contract import storage as ops
+from sessions.contract.models import SessionPage
+from sessions.contract.operations import Operation, decode_error
+from sessions.contract.storage import (
+    Answer,
+    ChunkList,
+    CommitOut,
+    CreateSessionIn,
+    DiscardOut,
+    HoldIn,
+    KeyUsageOut,
+    MalformedAnswer,
+    RewrapIn,
+    StatsOut,
+    StoredSession,
+    StoredSessionPage,
+    WrappedKeyModel,
+    parse_answer,
+)
 from sessions.core import AuditEntry, ChunkEntry, WrappedKey
 
-_API = "/internal/v1"
+log = logging.getLogger(__name__)
+
 CHUNK_PAGE = 10_000
 
 
@@ -43,64 +67,12 @@ async def _whole(view: memoryview) -> AsyncIterator[memoryview]:
 
 
 ChunkRow = ChunkEntry
-"""One committed chunk as storage's metadata records it: the six facts a manifest entry holds."""
+"""One committed chunk as storage's metadata records it: the six facts a manifest entry holds
+(parsed from the contract's `ChunkModel` by `ChunkModel.to_entry`, the one place)."""
 
-
-def chunk_row_from_json(d: dict[str, Any]) -> ChunkRow:
-    return ChunkEntry(index=int(d["index"]), offset=int(d["offset"]), length=int(d["length"]),
-                      sealed_length=int(d["sealed_length"]),
-                      leaf_hash=bytes.fromhex(d["leaf_hash"]), compressed=bool(d["compressed"]))
-
-
-def chunk_row_to_json(row: ChunkRow) -> dict[str, Any]:
-    return {"index": row.index, "offset": row.offset, "length": row.length,
-            "sealed_length": row.sealed_length, "leaf_hash": row.leaf_hash.hex(),
-            "compressed": row.compressed}
-
-
-@dataclass(frozen=True)
-class SessionRow:
-    """A session record as storage returns it (the wrapped key never leaves the processor)."""
-
-    raw: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return str(self.raw["id"])
-
-    @property
-    def state(self) -> SessionState:
-        return SessionState(self.raw["state"])
-
-    @property
-    def offset(self) -> int:
-        return int(self.raw["offset"])
-
-    @property
-    def chunk_count(self) -> int:
-        return int(self.raw["chunk_count"])
-
-    @property
-    def chunk_size(self) -> int:
-        return int(self.raw["chunk_size"])
-
-    @property
-    def zstd_level(self) -> int:
-        return int(self.raw["zstd_level"])
-
-    @property
-    def upload_length(self) -> int | None:
-        value = self.raw.get("upload_length")
-        return None if value is None else int(value)
-
-    @property
-    def wrapped_key(self) -> WrappedKey | None:
-        wk = self.raw.get("wrapped_key")
-        return WrappedKey.from_json(wk) if wk else None
-
-    def public(self) -> dict[str, Any]:
-        """Return the record without the wrapped key, for clients."""
-        return {k: v for k, v in self.raw.items() if k != "wrapped_key"}
+SessionRow = StoredSession
+"""A session record as storage returns it; its wrapped key never leaves the processor
+(`.public()` drops it)."""
 
 
 class StorageClient:
@@ -115,65 +87,81 @@ class StorageClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def _call(self, op: Operation, content: Any = None) -> httpx.Response:
+        """Send op (with `content` as its body if given); raise the ServiceError of an error."""
         try:
-            resp = await self._http.request(method, _API + path, **kw)
+            resp = await self._http.request(op.method, op.path, params=op.params or None,
+                                            headers=op.headers or None, json=op.json,
+                                            content=content)
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code >= 400:
-            raise _error(resp)
+            raise _error(resp.status_code, resp.content)
         return resp
 
+    async def _answer(self, op: Operation, model: type[Answer]) -> Answer:
+        """Send op; return its answer parsed as `model` (UpstreamUnavailable if it does not fit)."""
+        return _parsed(model, (await self._call(op)).content)
+
     async def ready(self) -> None:
+        op = ops.ready()
         try:
-            resp = await self._http.get("/ready")
+            resp = await self._http.request(op.method, op.path)
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code != 200:
             raise UpstreamUnavailable("session storage is not ready")
 
-    async def create_session(self, body: dict[str, Any]) -> SessionRow:
-        return SessionRow((await self._call("POST", "/sessions", json=body)).json())
+    async def create_session(self, body: CreateSessionIn) -> SessionRow:
+        return await self._answer(ops.create_session(body), StoredSession)
 
-    async def tokens(self, method: str, path: str = "", body: dict[str, Any] | None = None) -> Any:
-        """Return the JSON answer of one call to storage's token API (`/internal/v1/tokens`)."""
-        return (await self._call(method, "/tokens" + path, json=body)).json()
+    # -- API tokens (the gateway's relay) ------------------------------------------------------
+
+    async def create_token(self, body: NewToken) -> StoredToken:
+        return await self._answer(ops.create_token(body), StoredToken)
+
+    async def list_tokens(self) -> StoredTokenList:
+        return await self._answer(ops.list_tokens(), StoredTokenList)
+
+    async def get_token(self, token_id: str) -> StoredToken:
+        return await self._answer(ops.get_token(token_id), StoredToken)
+
+    async def revoke_token(self, token_id: str) -> StoredToken:
+        return await self._answer(ops.revoke_token(token_id), StoredToken)
+
+    # -- session records -----------------------------------------------------------------------
 
     async def get_session(self, sid: str) -> SessionRow:
-        return SessionRow((await self._call("GET", f"/sessions/{sid}")).json())
+        return await self._answer(ops.get_session(sid), StoredSession)
 
-    async def list_sessions(self, params: list[tuple[str, str]]) -> dict[str, Any]:
-        page: dict[str, Any] = (await self._call("GET", "/sessions", params=params)).json()
-        page["items"] = [SessionRow(item).public() for item in page["items"]]
-        return page
+    async def list_sessions(self, params: Sequence[tuple[str, str]]) -> SessionPage:
+        """Return one page of sessions as clients see them (no wrapped keys)."""
+        page = await self._answer(ops.list_sessions(params), StoredSessionPage)
+        return SessionPage(items=[s.public() for s in page.items], next_cursor=page.next_cursor)
 
     async def all_sessions(self) -> AsyncIterator[SessionRow]:
         """Yield every session record, wrapped keys included, following storage's cursors."""
         cursor: str | None = None
         while True:
             params = [("limit", "500")] + ([("cursor", cursor)] if cursor else [])
-            page = (await self._call("GET", "/sessions", params=params)).json()
-            for item in page["items"]:
-                yield SessionRow(item)
-            cursor = page.get("next_cursor")
+            page = await self._answer(ops.list_sessions(params), StoredSessionPage)
+            for item in page.items:
+                yield item
+            cursor = page.next_cursor
             if not cursor:
                 return
 
     async def replace_wrapped_key(self, sid: str, *, expected_key_id: str,
                                   wrapped: WrappedKey) -> SessionRow:
-        body = {"expected_key_id": expected_key_id, "wrapped_key": wrapped.to_json()}
-        return SessionRow((await self._call("PUT", f"/sessions/{sid}/wrapped-key",
-                                            json=body)).json())
+        body = RewrapIn(expected_key_id=expected_key_id, wrapped_key=WrappedKeyModel.of(wrapped))
+        return await self._answer(ops.replace_wrapped_key(sid, body), StoredSession)
 
     async def set_upload_length(self, sid: str, length: int) -> SessionRow:
-        body = {"upload_length": length}
-        return SessionRow((await self._call("PUT", f"/sessions/{sid}/upload-length",
-                                            json=body)).json())
+        return await self._answer(ops.set_upload_length(sid, length), StoredSession)
 
     async def transition(self, sid: str, *, to: SessionState,
                          allowed_from: tuple[SessionState, ...]) -> SessionRow:
-        body = {"to": to.value, "from": [s.value for s in allowed_from]}
-        return SessionRow((await self._call("POST", f"/sessions/{sid}/state", json=body)).json())
+        return await self._answer(ops.transition(sid, to, allowed_from), StoredSession)
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
                         leaf_hash: bytes) -> None:
@@ -184,28 +172,25 @@ class StorageClient:
         """
         content: bytes | AsyncIterator[memoryview] = (
             data if isinstance(data, bytes) else _whole(data))
-        await self._call("PUT", f"/sessions/{sid}/chunks/{index}", content=content,
-                         headers={"Content-Type": "application/octet-stream",
-                                  "Content-Length": str(len(data)),
-                                  "X-Lucid-Leaf-Hash": leaf_hash.hex()})
+        await self._call(ops.put_chunk(sid, index, length=len(data), leaf_hash=leaf_hash),
+                         content)
 
-    async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow]) -> SessionRow:
-        body = {"expected_offset": expected_offset,
-                "chunks": [chunk_row_to_json(c) for c in chunks]}
-        return SessionRow((await self._call("POST", f"/sessions/{sid}/commit", json=body)).json())
+    async def commit(self, sid: str, *, expected_offset: int,
+                     chunks: list[ChunkRow]) -> CommitOut:
+        """Make staged chunks visible; return the new committed offset and chunk count."""
+        op = ops.commit(sid, expected_offset=expected_offset, chunks=chunks)
+        return await self._answer(op, CommitOut)
 
     async def discard_staged(self, sid: str) -> list[int]:
         """Remove the session's staged, uncommitted chunks; return their indexes."""
-        body = (await self._call("DELETE", f"/sessions/{sid}/staged")).json()
-        return [int(i) for i in body["discarded"]]
+        return (await self._answer(ops.discard_staged(sid), DiscardOut)).discarded
 
     async def chunks(self, sid: str, *, count: int) -> list[ChunkRow]:
         """Return the first `count` committed chunk rows, paging through storage."""
         rows: list[ChunkRow] = []
         while len(rows) < count:
-            params = {"start": len(rows), "limit": min(CHUNK_PAGE, count - len(rows))}
-            items = (await self._call("GET", f"/sessions/{sid}/chunks", params=params)).json()
-            page = [chunk_row_from_json(d) for d in items["items"]]
+            op = ops.list_chunks(sid, start=len(rows), limit=min(CHUNK_PAGE, count - len(rows)))
+            page = [c.to_entry() for c in (await self._answer(op, ChunkList)).items]
             if not page:
                 break
             rows.extend(page)
@@ -213,13 +198,13 @@ class StorageClient:
 
     async def leaves(self, sid: str, *, size: int) -> list[bytes]:
         """Return the first `size` committed leaf hashes."""
-        raw = (await self._call("GET", f"/sessions/{sid}/leaves", params={"size": size})).content
+        raw = (await self._call(ops.leaves(sid, size=size))).content
         if len(raw) != 32 * size:
             raise UpstreamUnavailable("session storage returned a short leaf list")
         return [raw[i:i + 32] for i in range(0, len(raw), 32)]
 
     async def get_chunk(self, sid: str, index: int) -> bytes:
-        return (await self._call("GET", f"/sessions/{sid}/chunks/{index}")).content
+        return (await self._call(ops.get_chunk(sid, index))).content
 
     async def read_chunk_into(self, sid: str, index: int, buf: memoryview) -> memoryview:
         """Read a chunk's sealed bytes into `buf`; return the view of them.
@@ -244,27 +229,26 @@ class StorageClient:
     @asynccontextmanager
     async def _stream_chunk(self, sid: str, index: int) -> AsyncIterator[httpx.Response]:
         """Yield storage's streaming 2xx response for a sealed chunk; raise its error otherwise."""
-        req = self._http.build_request("GET", f"{_API}/sessions/{sid}/chunks/{index}")
+        op = ops.get_chunk(sid, index)
+        req = self._http.build_request(op.method, op.path)
         try:
             resp = await self._http.send(req, stream=True)
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable("session storage is not answering") from exc
         try:
             if resp.status_code >= 400:
-                await resp.aread()
-                raise _error(resp)
+                raise _error(resp.status_code, await resp.aread())
             yield resp
         finally:
             await resp.aclose()
 
     async def finalize(self, sid: str, *, root_hash: bytes, checkpoint: str,
                        manifest: bytes) -> SessionRow:
-        body = {"root_hash": root_hash.hex(), "checkpoint": checkpoint,
-                "manifest": manifest.decode("utf-8")}
-        return SessionRow((await self._call("POST", f"/sessions/{sid}/finalize", json=body)).json())
+        op = ops.finalize(sid, root_hash=root_hash, checkpoint=checkpoint, manifest=manifest)
+        return await self._answer(op, StoredSession)
 
     async def manifest(self, sid: str) -> bytes:
-        return (await self._call("GET", f"/sessions/{sid}/manifest")).content
+        return (await self._call(ops.get_manifest(sid))).content
 
     async def manifest_or_none(self, sid: str) -> bytes | None:
         """Return the stored manifest bytes, or None if the session has none (404 or 409)."""
@@ -275,71 +259,75 @@ class StorageClient:
 
     async def keep_checkpoint(self, sid: str, checkpoint: bytes) -> None:
         """Store the processor's last signed checkpoint of a recording session (its anchor)."""
-        await self._call("PUT", f"/sessions/{sid}/checkpoint",
-                         json={"checkpoint": checkpoint.decode("utf-8")})
+        await self._call(ops.put_checkpoint(sid, checkpoint))
 
     async def kept_checkpoint(self, sid: str) -> bytes | None:
         """Return the last signed checkpoint storage keeps for the session, or None (204)."""
         try:
-            resp = await self._call("GET", f"/sessions/{sid}/checkpoint")
+            resp = await self._call(ops.get_checkpoint(sid))
         except NotFound:
             return None
         return resp.content if resp.status_code == 200 else None
 
     async def delete(self, sid: str) -> None:
-        await self._call("DELETE", f"/sessions/{sid}")
+        await self._call(ops.delete_session(sid))
 
     async def set_hold(self, sid: str, *, hold: bool, expected_key_id: str,
                        wrapped: WrappedKey) -> SessionRow:
-        body = {"legal_hold": hold, "expected_key_id": expected_key_id,
-                "wrapped_key": wrapped.to_json()}
-        return SessionRow((await self._call("PUT", f"/sessions/{sid}/hold", json=body)).json())
+        body = HoldIn(legal_hold=hold, expected_key_id=expected_key_id,
+                      wrapped_key=WrappedKeyModel.of(wrapped))
+        return await self._answer(ops.set_hold(sid, body), StoredSession)
 
     async def expired(self, *, before: str, limit: int) -> list[SessionRow]:
         """Return live sessions, not held, that expired at or before `before`, oldest first."""
-        page = (await self._call("GET", "/expired", params={"before": before,
-                                                            "limit": limit})).json()
-        return [SessionRow(item) for item in page["items"]]
+        return (await self._answer(ops.expired(before=before, limit=limit),
+                                   StoredSessionPage)).items
 
     async def idle(self, *, state: SessionState, before: str, limit: int) -> list[SessionRow]:
         """Return sessions in `state` unchanged since `before`, oldest first."""
-        params = {"state": state.value, "before": before, "limit": limit}
-        page = (await self._call("GET", "/idle", params=params)).json()
-        return [SessionRow(item) for item in page["items"]]
+        return (await self._answer(ops.idle(state=state, before=before, limit=limit),
+                                   StoredSessionPage)).items
 
     async def key_usage(self) -> dict[str, int]:
         """Return {key id: sessions holding a wrapped key under it}."""
-        body = (await self._call("GET", "/key-usage")).json()
-        return {str(k): int(v) for k, v in body["key_ids"].items()}
-    # -- the audit log ---------------------------------------------------------------------
+        return (await self._answer(ops.key_usage(), KeyUsageOut)).key_ids
+
+    # -- the audit log -------------------------------------------------------------------------
 
     async def audit_head(self) -> tuple[int, bytes]:
         """Return (entries stored, hash of the last entry)."""
-        head = AuditHead.model_validate((await self._call("GET", "/audit/head")).json())
+        head = await self._answer(ops.audit_head(), AuditHead)
         return head.size, bytes.fromhex(head.head)
 
     async def append_audit(self, entry: AuditEntry, checkpoint: bytes) -> None:
         """Append entry with the signed head ending with it; Conflict if the log moved on."""
         body = AuditAppend(entry=AuditEntryModel.of(entry), checkpoint=checkpoint.decode())
-        await self._call("POST", "/audit", json=body.model_dump())
+        await self._call(ops.append_audit(body))
 
-    async def audit_page(self, params: dict[str, str]) -> AuditPage:
-        return AuditPage.model_validate((await self._call("GET", "/audit", params=params)).json())
+    async def audit_page(self, params: Mapping[str, str]) -> AuditPage:
+        return await self._answer(ops.audit_page(params), AuditPage)
 
     async def audit_checkpoint(self) -> bytes | None:
         """Return the signed head of the audit log, or None before its first entry (204)."""
-        resp = await self._call("GET", "/audit/checkpoint")
+        resp = await self._call(ops.audit_checkpoint())
         return resp.content if resp.status_code == 200 else None
 
     async def stats(self) -> dict[str, int]:
-        body = (await self._call("GET", "/stats")).json()
-        return {str(k): int(v) for k, v in body.get("sessions_by_state", {}).items()}
+        return (await self._answer(ops.stats(), StatsOut)).sessions_by_state
 
 
-def _error(resp: httpx.Response) -> ServiceError:
+def _parsed(model: type[Answer], body: bytes) -> Answer:
+    """Return storage's answer as `model`; UpstreamUnavailable (logged) if it does not fit."""
     try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    return error_from_body(resp.status_code, body)
+        return parse_answer(model, body)
+    except MalformedAnswer as exc:
+        log.error("session storage answered outside the contract: %s", exc)
+        raise UpstreamUnavailable(f"session storage sent a malformed answer ({exc})") from None
 
+
+def _error(status: int, body: bytes) -> ServiceError:
+    """Return the ServiceError storage's error answer stands for (`decode_error` reads it)."""
+    reply = decode_error(status, body)
+    if not reply.recognised:
+        return error_from_body(status, None)
+    return error_from_body(status, {"error": reply.code, "detail": reply.detail, **reply.extra})

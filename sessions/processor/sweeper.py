@@ -153,7 +153,7 @@ class Sweeper:
                 report.skipped.append(row.id)
                 continue
             report.erased.append(row.id)
-            await self._audit("expire", row.id, f"expires_at={row.raw.get('expires_at')}")
+            await self._audit("expire", row.id, f"expires_at={row.expires_at}")
 
     async def _close_idle(self, now: datetime, report: SweepReport) -> None:
         due: list[SessionRow] = []

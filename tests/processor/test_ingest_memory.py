@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from sessions.contract.storage import CommitOut
 from sessions.core import ChunkSealer, sealed_length_bound
 from sessions.processor.buffers import BufferPool, ChunkBuffers
 from sessions.processor.ingest import ingest
@@ -57,8 +58,11 @@ class SlowStorage:
     """Stores PUTs after a delay, so sealing outruns storing; commits are instant."""
 
     def __init__(self) -> None:
-        self.raw: dict[str, Any] = {"id": SID, "state": "recording", "offset": 0,
-                                    "chunk_count": 0, "chunk_size": MIB, "zstd_level": 2}
+        self.raw: dict[str, Any] = {
+            "id": SID, "state": "recording", "offset": 0, "chunk_count": 0, "chunk_size": MIB,
+            "zstd_level": 2, "labels": {}, "created_at": "2025-11-27T12:00:00.000000Z",
+            "updated_at": "2025-11-27T12:00:00.000000Z", "retention_days": None,
+            "sealed_bytes": 0, "format_version": 1, "root_hash": None, "wrapped_key": None}
         self.stored: dict[int, bytes] = {}
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
@@ -67,14 +71,14 @@ class SlowStorage:
         self.stored[index] = bytes(data)
 
     async def commit(self, sid: str, *, expected_offset: int,
-                     chunks: list[ChunkRow]) -> SessionRow:
+                     chunks: list[ChunkRow]) -> CommitOut:
         assert expected_offset == self.raw["offset"]
         self.raw["offset"] += sum(c.length for c in chunks)
         self.raw["chunk_count"] += len(chunks)
-        return SessionRow(dict(self.raw))
+        return CommitOut(offset=self.raw["offset"], chunk_count=self.raw["chunk_count"])
 
     async def get_session(self, sid: str) -> SessionRow:
-        return SessionRow(dict(self.raw))
+        return SessionRow.model_validate(self.raw)
 
 
 async def _pieces(data: bytes) -> AsyncIterator[bytes]:
@@ -92,7 +96,7 @@ async def test_sealed_chunks_do_not_pile_up_while_storage_lags() -> None:
     sealer = ChunkSealer(KEY, session_id=SID, zstd_level=2)
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
         done = await ingest(storage=storage, sealer=sealer,  # type: ignore[arg-type]
-                            session=SessionRow(dict(storage.raw)), source=_pieces(data),
+                            session=SessionRow.model_validate(storage.raw), source=_pieces(data),
                             checksum=None, declared_length=len(data), max_bytes=len(data),
                             executor=executor, hasher=hasher, parallel=1, inflight=2,
                             on_commit=lambda rows: None, buffers=buffers)
@@ -128,7 +132,7 @@ async def test_a_checksummed_upload_uses_the_pools_and_stays_bounded(
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
         hasher.submit(time.sleep, 0.3)  # the digest thread starts late: chunks wait for it
         done = await ingest(storage=storage, sealer=sealer,  # type: ignore[arg-type]
-                            session=SessionRow(dict(storage.raw)), source=_pieces(data),
+                            session=SessionRow.model_validate(storage.raw), source=_pieces(data),
                             checksum=checksum, declared_length=len(data), max_bytes=len(data),
                             executor=executor, hasher=hasher, parallel=1, inflight=2,
                             on_commit=lambda rows: None, buffers=buffers, permits=permits)
@@ -156,7 +160,7 @@ async def test_a_checksum_mismatch_commits_nothing_and_returns_the_buffers() -> 
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
         with pytest.raises(ChecksumMismatch):
             await ingest(storage=storage, sealer=sealer,  # type: ignore[arg-type]
-                         session=SessionRow(dict(storage.raw)), source=_pieces(data),
+                         session=SessionRow.model_validate(storage.raw), source=_pieces(data),
                          checksum=wrong, declared_length=len(data), max_bytes=len(data),
                          executor=executor, hasher=hasher, parallel=1, inflight=2,
                          on_commit=lambda rows: None, buffers=buffers)

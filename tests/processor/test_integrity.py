@@ -64,8 +64,10 @@ def record(rows: list[ChunkRow], **overrides: object) -> SessionRow:
     raw = {"id": "01JDZ0Q3W6Y8E2V7K4N5P9R1ST", "state": "recording", "labels": {"user": "a"},
            "created_at": "2025-11-27T12:00:00.000000Z", "offset": sum(r.length for r in rows),
            "chunk_count": len(rows), "sealed_bytes": sum(r.sealed_length for r in rows),
-           "chunk_size": 10, "zstd_level": 2, "format_version": 1, "root_hash": None}
-    return SessionRow(raw | overrides)
+           "chunk_size": 10, "zstd_level": 2, "format_version": 1, "root_hash": None,
+           "updated_at": "2025-11-27T12:00:00.000000Z", "retention_days": None,
+           "wrapped_key": None}
+    return SessionRow.model_validate(raw | overrides)
 
 
 def facts_of(leaves: list[bytes], length: int = 10) -> dict[int, ChunkFacts]:

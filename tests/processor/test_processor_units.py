@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import json
 import random
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
+from sessions.contract.storage import ChunkModel, parse_answer
 from sessions.core import ChunkSealer, leaf_hash, sealed_length_bound
 from sessions.processor.buffers import BufferPool
 from sessions.processor.ingest import Checksum, parse_checksum
@@ -34,12 +36,7 @@ from sessions.processor.readback import (
     parse_range,
     sample_indexes,
 )
-from sessions.processor.storage_client import (
-    ChunkRow,
-    StorageClient,
-    chunk_row_from_json,
-    chunk_row_to_json,
-)
+from sessions.processor.storage_client import ChunkRow, StorageClient
 
 SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"
 OTHER_SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M9"
@@ -505,8 +502,9 @@ def test_a_row_claiming_another_length_is_unopenable(delta: int) -> None:
 
 def test_chunk_rows_round_trip_through_json() -> None:
     row, _ = sealed_row(PLAINTEXTS["compressible"], index=9, offset=123)
-    assert chunk_row_from_json(chunk_row_to_json(row)) == row
-    assert chunk_row_to_json(row)["leaf_hash"] == row.leaf_hash.hex()
+    wire = ChunkModel.of(row).model_dump_json().encode()
+    assert parse_answer(ChunkModel, wire).to_entry() == row
+    assert json.loads(wire)["leaf_hash"] == row.leaf_hash.hex()
 
 
 def test_parse_range_takes_huge_numbers_cleanly() -> None:

@@ -57,7 +57,8 @@ async def test_create_and_get(client: httpx.AsyncClient, session_body: Body) -> 
                             "retention_days", "offset", "chunk_count", "sealed_bytes",
                             "chunk_size", "zstd_level", "format_version", "root_hash",
                             "wrapped_key", "upload_length", "owner", "legal_hold",
-                            "expires_at"}
+                            "expires_at", "integrity"}
+    assert created["integrity"] == "unchecked"  # storage keeps records; the processor checks
     assert created["state"] == "recording" and created["wrapped_key"] == body["wrapped_key"]
     assert created["root_hash"] is None and created["offset"] == 0
     got = await client.get(f"{API}/sessions/{body['id']}")

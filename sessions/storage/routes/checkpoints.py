@@ -9,8 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from sessions.common.errors import error_responses
+from sessions.contract.storage import CheckpointIn
 from sessions.storage.deps import Meta, SessionId
-from sessions.storage.models import CheckpointIn
 
 router = APIRouter(prefix="/internal/v1", tags=["checkpoints"])
 

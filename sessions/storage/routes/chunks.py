@@ -16,8 +16,7 @@ from sessions.common.errors import (
     error_responses,
 )
 from sessions.common.models import MAX_CHUNK_INDEX, MAX_TREE_SIZE
-from sessions.storage.deps import ChunkIndex, Meta, Service, SessionId
-from sessions.storage.models import (
+from sessions.contract.storage import (
     ChunkList,
     ChunkModel,
     CommitIn,
@@ -25,6 +24,8 @@ from sessions.storage.models import (
     DiscardOut,
     PutChunkOut,
 )
+from sessions.storage.deps import ChunkIndex, Meta, Service, SessionId
+from sessions.storage.models import chunk_records
 
 router = APIRouter(prefix="/internal/v1", tags=["chunks"])
 
@@ -59,7 +60,7 @@ async def commit(session_id: SessionId, body: CommitIn, service: Service) -> Com
     """Return the new offset and chunk count; 409 `offset_mismatch` carries the actual offset,
     413 `payload_too_large` a commit past the declared `upload_length`."""
     rec = await service.commit(session_id, expected_offset=body.expected_offset,
-                               chunks=[c.to_record() for c in body.chunks])
+                               chunks=chunk_records(body.chunks))
     return CommitOut(offset=rec.offset, chunk_count=rec.chunk_count)
 
 

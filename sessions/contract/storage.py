@@ -1,0 +1,423 @@
+"""Storage's internal API (`/internal/v1`) as the processor sees it: its shapes and its operations.
+
+Storage answers with these models (`response_model` of every route) and validates
+the request bodies with them; the processor's `StorageClient` builds its requests
+with the `Operation` builders below and parses every answer with `parse_answer`,
+so a field added here is documented by storage and read by the processor at once.
+Binary fields travel as lowercase hex (hashes) or standard padded base64 (the
+wrapped key blob).  Storage's records (`sessions/storage/records.py`) stay its own;
+`sessions/storage/models.py` maps them to these shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sessions.common.evidence import AuditAppend, AuditHead, AuditPage
+from sessions.common.ids import SESSION_ID_DOC
+from sessions.common.models import (
+    LABEL_KEY,
+    MAX_CHUNK_INDEX,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    JsonInt,
+    RetentionDays,
+    UploadLengthInt,
+)
+from sessions.common.states import SessionState
+from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
+from sessions.contract.models import Session
+from sessions.contract.operations import Operation
+from sessions.core import ChunkEntry, WrappedKey
+
+__all__ = [
+    "API", "MAX_LABELS", "AuditAppend", "AuditHead", "AuditPage", "NewToken", "StoredToken",
+    "StoredTokenList", "ChunkList", "ChunkModel", "CheckpointIn", "CommitIn", "CommitOut",
+    "CreateSessionIn", "DiscardOut", "FinalizeIn", "HoldIn", "KeyUsageOut", "MalformedAnswer",
+    "PutChunkOut", "RewrapIn", "StatsOut", "StoredSession", "StoredSessionPage",
+    "TransitionIn", "UploadLengthIn", "WrappedKeyModel", "parse_answer",
+]
+
+API = "/internal/v1"
+HEX32 = r"^[0-9a-fA-F]{64}$"
+MAX_COMMIT_CHUNKS = 10_000
+_LABEL_KEY = re.compile(rf"^{LABEL_KEY}\Z")
+
+
+# -- shapes ----------------------------------------------------------------------------------
+
+class WrappedKeyModel(BaseModel):
+    """A session's wrapped data key on the wire: opaque to storage, opened by the processor."""
+
+    key_id: str = Field(min_length=1, max_length=256)
+    blob: str = Field(min_length=1, max_length=8192, description="standard base64",
+                      pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+
+    @field_validator("blob")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be standard base64") from None
+        return value
+
+    def blob_bytes(self) -> bytes:
+        """Return the decoded blob (validated as base64 on construction)."""
+        return base64.b64decode(self.blob, validate=True)
+
+    def to_core(self) -> WrappedKey:
+        """Return the processor's `WrappedKey`; raise UnwrapError if it is not a well-formed one."""
+        return WrappedKey.from_json({"key_id": self.key_id, "blob": self.blob})
+
+    @classmethod
+    def of(cls, key: WrappedKey) -> WrappedKeyModel:
+        return cls(key_id=key.key_id, blob=base64.b64encode(key.blob).decode("ascii"))
+
+
+class StoredSession(Session):
+    """A session record as storage keeps it: the public `Session` plus its wrapped key.
+
+    On the wire the key is `wrapped_key` (base64, null once erased); in Python the
+    field is `stored_key` and `.wrapped_key` is the processor's parsed `WrappedKey`.
+    """
+
+    stored_key: WrappedKeyModel | None = Field(
+        alias="wrapped_key", description="the data key wrapped by the processor; null once erased")
+
+    @property
+    def wrapped_key(self) -> WrappedKey | None:
+        """Return the parsed wrapped key, None once erased; raise UnwrapError if malformed."""
+        return None if self.stored_key is None else self.stored_key.to_core()
+
+    def public(self) -> Session:
+        """Return the session as clients see it, without the wrapped key."""
+        return Session.model_validate({name: getattr(self, name) for name in Session.model_fields})
+
+
+class StoredSessionPage(BaseModel):
+    items: list[StoredSession]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class ChunkModel(BaseModel):
+    """One committed chunk: the six facts a manifest entry holds (core's `ChunkEntry`)."""
+
+    index: JsonInt = Field(ge=0, le=MAX_CHUNK_INDEX)
+    offset: JsonInt = Field(ge=0)
+    length: JsonInt = Field(ge=1)
+    sealed_length: JsonInt = Field(ge=1)
+    leaf_hash: str = Field(pattern=HEX32)
+    compressed: bool = Field(strict=True)
+
+    def to_entry(self) -> ChunkEntry:
+        return ChunkEntry(index=self.index, offset=self.offset, length=self.length,
+                          sealed_length=self.sealed_length,
+                          leaf_hash=bytes.fromhex(self.leaf_hash), compressed=self.compressed)
+
+    @classmethod
+    def of(cls, entry: ChunkEntry) -> ChunkModel:
+        return cls(index=entry.index, offset=entry.offset, length=entry.length,
+                   sealed_length=entry.sealed_length, leaf_hash=entry.leaf_hash.hex(),
+                   compressed=entry.compressed)
+
+
+class ChunkList(BaseModel):
+    items: list[ChunkModel]
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Return labels if they keep storage's rules (count, key pattern, value length)."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"label keys match ^{LABEL_KEY}$")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValueError(f"label values are at most {MAX_LABEL_VALUE} characters")
+    return labels
+
+
+class CreateSessionIn(BaseModel):
+    """Body of `POST /sessions`: what the processor supplies (storage adds state, times...)."""
+
+    id: str = Field(description="session id chosen by the processor (checked as an id)",
+                    json_schema_extra=SESSION_ID_DOC)
+    labels: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "maxProperties": MAX_LABELS, "propertyNames": {"pattern": f"^{LABEL_KEY}$"},
+        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE}})
+    retention_days: RetentionDays | None = None
+    wrapped_key: WrappedKeyModel
+    chunk_size: JsonInt = Field(ge=1, le=1 << 30)
+    zstd_level: JsonInt = Field(ge=-(1 << 17), le=22)
+    format_version: JsonInt = Field(ge=1, le=255)
+    upload_length: UploadLengthInt | None = Field(None, description="declared total plaintext "
+                                          "bytes (tus Upload-Length); null: not known yet")
+    owner: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$",
+                              description="id of the API token that creates the session")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_labels(value)
+
+
+class TransitionIn(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    to: SessionState
+    from_: list[SessionState] | None = Field(
+        default=None, validation_alias="from", serialization_alias="from",
+        description="compare-and-set: the states the session must be in")
+
+
+class CommitIn(BaseModel):
+    expected_offset: JsonInt = Field(ge=0)
+    chunks: list[ChunkModel] = Field(max_length=MAX_COMMIT_CHUNKS)
+
+
+class CommitOut(BaseModel):
+    offset: int
+    chunk_count: int
+
+
+class PutChunkOut(BaseModel):
+    index: int
+    sealed_length: int
+
+
+class DiscardOut(BaseModel):
+    """The indexes of the staged, uncommitted chunk files a discard removed."""
+
+    discarded: list[int]
+
+
+class FinalizeIn(BaseModel):
+    root_hash: str = Field(pattern=HEX32)
+    checkpoint: str = Field(min_length=1, max_length=64 * 1024)
+    manifest: str = Field(min_length=1, max_length=64 * 1024 * 1024)
+
+
+class CheckpointIn(BaseModel):
+    """Body of `PUT /sessions/{id}/checkpoint`: the processor's last signed checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(min_length=1, max_length=64 * 1024)
+
+
+class UploadLengthIn(BaseModel):
+    """Body of `PUT /sessions/{id}/upload-length`: the total a deferred-length client declares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload_length: UploadLengthInt
+
+
+class StatsOut(BaseModel):
+    sessions_by_state: dict[str, int]
+
+
+class RewrapIn(BaseModel):
+    """Body of `PUT /sessions/{id}/wrapped-key`: the key rewrapped under a new master key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expected_key_id: str = Field(min_length=1, max_length=256)
+    wrapped_key: WrappedKeyModel
+
+
+class HoldIn(BaseModel):
+    """Body of `PUT /sessions/{id}/hold`: set or release the hold, with the key rewrapped for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    legal_hold: bool = Field(strict=True)
+    expected_key_id: str = Field(min_length=1, max_length=256)
+    wrapped_key: WrappedKeyModel
+
+
+class KeyUsageOut(BaseModel):
+    """How many sessions hold a wrapped key under each key id (erased sessions hold none)."""
+
+    key_ids: dict[str, int]
+
+
+# -- reading an answer -------------------------------------------------------------------------
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+
+class MalformedAnswer(ValueError):
+    """Storage's answer does not fit the contract (a missing or mistyped field, or not JSON)."""
+
+
+def parse_answer(model: type[Answer], body: bytes) -> Answer:
+    """Return body parsed as `model`; raise MalformedAnswer naming the fields that do not fit.
+
+    The message names fields only, never their values (a record holds a wrapped key).
+    """
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        wrong = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                          for e in exc.errors(include_input=False, include_url=False)[:5])
+        raise MalformedAnswer(f"{model.__name__}: {wrong}") from None
+
+
+# -- operations --------------------------------------------------------------------------------
+
+def _body(model: BaseModel) -> object:
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def _session(sid: str, tail: str = "") -> str:
+    return f"{API}/sessions/{quote(sid, safe='')}{tail}"
+
+
+def ready() -> Operation:
+    """Storage's readiness probe (outside `/internal/v1`, no body): 200 once it serves."""
+    return Operation("GET", "/ready")
+
+
+def create_session(body: CreateSessionIn) -> Operation:
+    return Operation("POST", f"{API}/sessions", json=_body(body))
+
+
+def get_session(sid: str) -> Operation:
+    return Operation("GET", _session(sid))
+
+
+def list_sessions(params: Sequence[tuple[str, str]]) -> Operation:
+    """List one page; params are `state`, `label` (repeatable), `cursor` and `limit`."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in params:
+        grouped.setdefault(name, []).append(value)
+    return Operation("GET", f"{API}/sessions", params=grouped)
+
+
+def replace_wrapped_key(sid: str, body: RewrapIn) -> Operation:
+    return Operation("PUT", _session(sid, "/wrapped-key"), json=_body(body))
+
+
+def set_upload_length(sid: str, length: int) -> Operation:
+    return Operation("PUT", _session(sid, "/upload-length"),
+                     json=_body(UploadLengthIn(upload_length=length)))
+
+
+def transition(sid: str, to: SessionState, allowed_from: Sequence[SessionState]) -> Operation:
+    body = TransitionIn(to=to, from_=list(allowed_from))
+    return Operation("POST", _session(sid, "/state"), json=_body(body))
+
+
+def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes) -> Operation:
+    """Stage a sealed chunk of `length` bytes; the caller's transport sends the body itself."""
+    return Operation("PUT", _session(sid, f"/chunks/{index}"), headers={
+        "Content-Type": "application/octet-stream", "Content-Length": str(length),
+        "X-Lucid-Leaf-Hash": leaf_hash.hex()})
+
+
+def get_chunk(sid: str, index: int) -> Operation:
+    return Operation("GET", _session(sid, f"/chunks/{index}"))
+
+
+def commit(sid: str, *, expected_offset: int, chunks: Sequence[ChunkEntry]) -> Operation:
+    body = CommitIn(expected_offset=expected_offset, chunks=[ChunkModel.of(c) for c in chunks])
+    return Operation("POST", _session(sid, "/commit"), json=_body(body))
+
+
+def discard_staged(sid: str) -> Operation:
+    return Operation("DELETE", _session(sid, "/staged"))
+
+
+def list_chunks(sid: str, *, start: int, limit: int) -> Operation:
+    return Operation("GET", _session(sid, "/chunks"), params={"start": start, "limit": limit})
+
+
+def leaves(sid: str, *, size: int) -> Operation:
+    """The first `size` leaf hashes, 32 bytes each, as one binary body."""
+    return Operation("GET", _session(sid, "/leaves"), params={"size": size})
+
+
+def finalize(sid: str, *, root_hash: bytes, checkpoint: str, manifest: bytes) -> Operation:
+    body = FinalizeIn(root_hash=root_hash.hex(), checkpoint=checkpoint,
+                      manifest=manifest.decode("utf-8"))
+    return Operation("POST", _session(sid, "/finalize"), json=_body(body))
+
+
+def get_manifest(sid: str) -> Operation:
+    return Operation("GET", _session(sid, "/manifest"))
+
+
+def put_checkpoint(sid: str, checkpoint: bytes) -> Operation:
+    return Operation("PUT", _session(sid, "/checkpoint"),
+                     json=_body(CheckpointIn(checkpoint=checkpoint.decode("utf-8"))))
+
+
+def get_checkpoint(sid: str) -> Operation:
+    return Operation("GET", _session(sid, "/checkpoint"))
+
+
+def delete_session(sid: str) -> Operation:
+    return Operation("DELETE", _session(sid))
+
+
+def set_hold(sid: str, body: HoldIn) -> Operation:
+    return Operation("PUT", _session(sid, "/hold"), json=_body(body))
+
+
+def expired(*, before: str, limit: int) -> Operation:
+    return Operation("GET", f"{API}/expired", params={"before": before, "limit": limit})
+
+
+def idle(*, state: SessionState, before: str, limit: int) -> Operation:
+    return Operation("GET", f"{API}/idle",
+                     params={"state": state.value, "before": before, "limit": limit})
+
+
+def key_usage() -> Operation:
+    return Operation("GET", f"{API}/key-usage")
+
+
+def stats() -> Operation:
+    return Operation("GET", f"{API}/stats")
+
+
+def create_token(body: NewToken) -> Operation:
+    return Operation("POST", f"{API}/tokens", json=_body(body))
+
+
+def list_tokens() -> Operation:
+    return Operation("GET", f"{API}/tokens")
+
+
+def get_token(token_id: str) -> Operation:
+    return Operation("GET", f"{API}/tokens/{quote(token_id, safe='')}")
+
+
+def revoke_token(token_id: str) -> Operation:
+    return Operation("POST", f"{API}/tokens/{quote(token_id, safe='')}/revoke")
+
+
+def audit_head() -> Operation:
+    return Operation("GET", f"{API}/audit/head")
+
+
+def append_audit(body: AuditAppend) -> Operation:
+    return Operation("POST", f"{API}/audit", json=_body(body))
+
+
+def audit_page(params: Mapping[str, str]) -> Operation:
+    """One page of the audit log; params are `start`, `limit` and `session_id`."""
+    return Operation("GET", f"{API}/audit", params=dict(params))
+
+
+def audit_checkpoint() -> Operation:
+    return Operation("GET", f"{API}/audit/checkpoint")

@@ -33,7 +33,7 @@ from sessions.common.errors import (
     UploadInProgress,
 )
 from sessions.common.ids import new_session_id
-from sessions.common.models import PrefixCheckResult
+from sessions.contract.models import PrefixCheckResult
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
 from sessions.core import (

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sessions.common.errors import ErrorBody as ErrorBody
 from sessions.common.evidence import AuditEntryModel as AuditEntryModel
 from sessions.common.evidence import AuditPage as AuditPage
-from sessions.common.evidence import KeyPeriodModel
+from sessions.common.evidence import KeyPeriodModel as KeyPeriodModel
 from sessions.common.evidence import RotateSigningIn as RotateSigningIn
 from sessions.common.models import CreateSession as CreateSession
 from sessions.common.models import OwnedCreateSession as OwnedCreateSession

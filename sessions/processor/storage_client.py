@@ -24,6 +24,7 @@ from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditHead, Au
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
+from sessions.contract.models import Session
 from sessions.core import AuditEntry, ChunkEntry, WrappedKey
 
 _API = "/internal/v1"
@@ -98,9 +99,9 @@ class SessionRow:
         wk = self.raw.get("wrapped_key")
         return WrappedKey.from_json(wk) if wk else None
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> Session:
         """Return the record without the wrapped key, for clients."""
-        return {k: v for k, v in self.raw.items() if k != "wrapped_key"}
+        return Session.model_validate({k: v for k, v in self.raw.items() if k != "wrapped_key"})
 
 
 class StorageClient:

@@ -3,7 +3,7 @@
 Every hop builds and parses these same models: storage answers the processor with
 them, the processor answers the gateway, the gateway answers clients, and the CLI
 parses them. A field added here reaches every hop, and `mypy --strict` names each
-place that must fill it in (tests/contract/test_add_a_field.py).
+place that must fill it in (tests/contract/test_contract_add_a_field.py).
 """
 
 from __future__ import annotations

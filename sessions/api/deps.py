@@ -92,7 +92,7 @@ async def _check_owner(request: Request, principal: Principal) -> None:
     owner = owners.get(sid)
     if owner is None:
         processor = resources(request).processor
-        owner = str((await processor.get_session(sid)).get("owner") or "")
+        owner = (await processor.get_session(sid)).owner or ""
         owners.set(sid, owner)
     if not hmac.compare_digest(owner.encode(), principal.token_id.encode()):
         raise SessionNotFound()

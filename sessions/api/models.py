@@ -1,9 +1,9 @@
-"""Pydantic models at the gateway's edges: request bodies, responses, error bodies.
+"""Pydantic models at the gateway's edges that only the gateway has: its query and path types.
 
-`CreateSession` and the label rules are shared with the processor
-(`sessions.common.models`).  Response models filter what the processor returns
-down to the public contract (docs/architecture.md, "Public API"), so an internal
-field such as a wrapped key can never leak.
+Every shape that crosses a process boundary (sessions, pages, proofs, reports, node
+info, tokens, error bodies) lives in `sessions.contract.models` and is re-exported
+here for the gateway's routes.  The public `Session` has no wrapped key, so an
+internal field can never leak.
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from sessions.common.errors import ErrorBody as ErrorBody
 from sessions.common.errors import error_responses
 from sessions.common.ids import is_session_id
-from sessions.common.models import CreateSession as CreateSession
 from sessions.common.models import LabelFilter as _LabelFilter
 from sessions.contract.models import (
     BadChunk as BadChunk,
 )
 from sessions.contract.models import (
     ConsistencyProof as ConsistencyProof,
+)
+from sessions.contract.models import (
+    CreateSession as CreateSession,
+)
+from sessions.contract.models import (
+    ErrorBody as ErrorBody,
 )
 from sessions.contract.models import (
     InclusionProof as InclusionProof,
@@ -31,6 +35,9 @@ from sessions.contract.models import (
 )
 from sessions.contract.models import (
     NodeInfo as NodeInfo,
+)
+from sessions.contract.models import (
+    OwnedCreateSession as OwnedCreateSession,
 )
 from sessions.contract.models import (
     Session as Session,

@@ -7,26 +7,44 @@ unchanged as `ServiceError`s; transport failures become `UpstreamUnavailable`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TypeVar
 
 import httpx
 
 from sessions.api.actor import actor_headers
 from sessions.common.errors import NotFound, NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
-from sessions.common.models import PrefixCheck
 from sessions.common.settings import Transport
-from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
+from sessions.contract import operations as ops
+from sessions.contract.models import (
+    AuditPage,
+    ConsistencyProof,
+    InclusionProof,
+    KeyRotation,
+    NewToken,
+    NodeInfo,
+    OwnedCreateSession,
+    PrefixCheck,
+    PrefixCheckResult,
+    RotateSigningIn,
+    Session,
+    SessionPage,
+    StoredToken,
+    StoredTokenList,
+    UploadResult,
+    UploadStatus,
+    VerifyReport,
+)
 
 log = logging.getLogger("lucid.api.processor")
 
 JSON_TIMEOUT = httpx.Timeout(300.0, connect=5.0, pool=30.0)
 STREAM_TIMEOUT = httpx.Timeout(None, connect=5.0, pool=30.0)
 _ERROR_HEADERS = ("upload-offset", "retry-after")
+T = TypeVar("T")
 
 
 @contextmanager
@@ -46,30 +64,29 @@ async def _raise_for_error(resp: httpx.Response) -> None:
         return
     with _translated():
         raw = await resp.aread()
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
     if resp.status_code == 401:
         # Not the client's fault: this gateway's service token is wrong.
         log.error("the chunk processor rejected the gateway's service token")
         raise UpstreamUnavailable("the chunk processor rejected this gateway's credentials")
-    err = error_from_body(resp.status_code, body)
+    reply = ops.decode_error(resp.status_code, raw)
+    err = error_from_body(reply.status, reply.body())
     for name in _ERROR_HEADERS:
         if name in resp.headers:
             err.headers[name.title()] = resp.headers[name]
     raise err
 
 
-def _json_of(resp: httpx.Response) -> Any:
+def _read(op: ops.Operation[T], resp: httpx.Response) -> T:
+    """Return the operation's answer read from a 2xx response."""
     try:
-        return resp.json()
-    except ValueError as exc:
+        return op.read(resp.status_code, resp.content)
+    except ops.MalformedAnswer as exc:
         raise UpstreamUnavailable("the chunk processor sent a malformed answer") from exc
 
 
 class ProcessorClient:
-    """Calls the processor's `/internal/v1`; one method per public operation."""
+    """Calls the processor's `/internal/v1`; one method per public operation
+    (`sessions.contract.operations` describes each request and answer)."""
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
@@ -81,134 +98,122 @@ class ProcessorClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, *, params: Any = None, json_body: Any = None,
-                    timeouts: httpx.Timeout = JSON_TIMEOUT) -> httpx.Response:
-        """Return the read response of one request, or raise its error."""
+    async def call(self, op: ops.Operation[T]) -> T:
+        """Return the answer of one operation, or raise its error."""
         with _translated():
-            resp = await self._http.request(method, path, params=params, json=json_body,
-                                            timeout=timeouts, headers=actor_headers())
+            resp = await self._http.request(
+                op.method, op.path, params=list(op.params), json=op.json,
+                headers={**op.headers, **actor_headers()},
+                timeout=STREAM_TIMEOUT if op.long else JSON_TIMEOUT)
         await _raise_for_error(resp)
-        return resp
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return _json_of(await self._call(method, path, **kwargs))
+        return _read(op, resp)
 
     # -- sessions ---------------------------------------------------------------------------
 
-    async def create_session(self, spec: Mapping[str, Any]) -> Any:
-        return await self._json("POST", "/sessions", json_body=dict(spec))
+    async def create_session(self, spec: OwnedCreateSession) -> Session:
+        return await self.call(ops.create_session(spec))
 
-    async def list_sessions(self, params: list[tuple[str, str]]) -> Any:
-        return await self._json("GET", "/sessions", params=params)
+    async def list_sessions(self, params: list[tuple[str, str]]) -> SessionPage:
+        return await self.call(ops.list_sessions(params))
 
-    async def get_session(self, session_id: str) -> Any:
-        return await self._json("GET", f"/sessions/{session_id}")
+    async def get_session(self, session_id: str) -> Session:
+        return await self.call(ops.get_session(session_id))
 
-    async def set_upload_length(self, session_id: str, length: int) -> Any:
-        return await self._json("PUT", f"/sessions/{session_id}/upload-length",
-                                json_body={"upload_length": length})
+    async def set_upload_length(self, session_id: str, length: int) -> Session:
+        return await self.call(ops.set_upload_length(session_id, length))
 
-    async def finalize(self, session_id: str) -> Any:
-        return await self._json("POST", f"/sessions/{session_id}/finalize")
+    async def finalize(self, session_id: str) -> Session:
+        return await self.call(ops.finalize(session_id))
 
     async def delete_session(self, session_id: str) -> None:
-        await self._call("DELETE", f"/sessions/{session_id}")
+        await self.call(ops.delete_session(session_id))
 
-    async def set_hold(self, session_id: str, hold: bool) -> Any:
-        return await self._json("PUT" if hold else "DELETE", f"/sessions/{session_id}/hold")
+    async def set_hold(self, session_id: str, hold: bool) -> Session:
+        return await self.call(ops.set_hold(session_id, hold))
 
     async def manifest(self, session_id: str) -> bytes:
-        return (await self._call("GET", f"/sessions/{session_id}/manifest")).content
+        return await self.call(ops.manifest(session_id))
 
     async def checkpoint(self, session_id: str, size: int | None) -> bytes:
-        params = {} if size is None else {"size": str(size)}
-        return (await self._call("GET", f"/sessions/{session_id}/checkpoint",
-                                 params=params)).content
+        return await self.call(ops.checkpoint(session_id, size))
 
-    async def inclusion_proof(self, session_id: str, index: int, size: int | None) -> Any:
-        params = {"index": str(index)} | ({} if size is None else {"size": str(size)})
-        return await self._json("GET", f"/sessions/{session_id}/proof/inclusion", params=params)
+    async def inclusion_proof(self, session_id: str, index: int,
+                              size: int | None) -> InclusionProof:
+        return await self.call(ops.inclusion_proof(session_id, index, size))
 
-    async def consistency_proof(self, session_id: str, first: int, second: int | None) -> Any:
-        params = {"from": str(first)} | ({} if second is None else {"to": str(second)})
-        return await self._json("GET", f"/sessions/{session_id}/proof/consistency",
-                                params=params)
+    async def consistency_proof(self, session_id: str, first: int,
+                                second: int | None) -> ConsistencyProof:
+        return await self.call(ops.consistency_proof(session_id, first, second))
 
-    async def verify(self, session_id: str, sample: float) -> Any:
-        # Verification reads every sampled chunk: no read timeout.
-        return await self._json("POST", f"/sessions/{session_id}/verify",
-                                params={"sample": f"{sample:g}"}, timeouts=STREAM_TIMEOUT)
+    async def verify(self, session_id: str, sample: float) -> VerifyReport:
+        return await self.call(ops.verify(session_id, sample))
 
-    async def node(self) -> Any:
-        return await self._json("GET", "/node")
+    async def node(self) -> NodeInfo:
+        return await self.call(ops.node())
 
-    async def rotate_keys(self) -> Any:
-        # Rewraps one small key per session: no read timeout for large catalogues.
-        return await self._json("POST", "/keys/rotate", timeouts=STREAM_TIMEOUT)
+    async def rotate_keys(self) -> KeyRotation:
+        return await self.call(ops.rotate_keys())
 
     # -- API tokens -------------------------------------------------------------------------
 
     async def create_token(self, token: NewToken) -> StoredToken:
-        return StoredToken.model_validate(await self._json(
-            "POST", "/tokens", json_body=token.model_dump(mode="json")))
+        return await self.call(ops.store_token(token))
 
     async def find_token(self, token_id: str) -> StoredToken | None:
         """Return the stored token of that id, None if there is none."""
         try:
-            return StoredToken.model_validate(await self._json("GET", f"/tokens/{token_id}"))
+            return await self.call(ops.stored_token(token_id))
         except NotFound:
             return None
 
     async def list_tokens(self) -> StoredTokenList:
-        return StoredTokenList.model_validate(await self._json("GET", "/tokens"))
+        return await self.call(ops.stored_tokens())
 
     async def revoke_token(self, token_id: str) -> StoredToken:
-        return StoredToken.model_validate(await self._json("POST", f"/tokens/{token_id}/revoke"))
+        return await self.call(ops.revoke_stored_token(token_id))
 
     # -- keys and the audit log --------------------------------------------------------------
 
-    async def rotate_signing_key(self, body: Mapping[str, Any]) -> Any:
-        return await self._json("POST", "/keys/signing/rotate", json_body=dict(body))
+    async def rotate_signing_key(self, body: RotateSigningIn) -> NodeInfo:
+        return await self.call(ops.rotate_signing_key(body))
 
-    async def audit(self, params: Mapping[str, str]) -> Any:
-        return await self._json("GET", "/audit", params=dict(params))
+    async def audit(self, *, start: int, limit: int, session_id: str | None) -> AuditPage:
+        return await self.call(ops.audit_page(start=start, limit=limit, session_id=session_id))
 
-    async def audit_checkpoint(self) -> httpx.Response:
-        return await self._call("GET", "/audit/checkpoint")
+    async def audit_checkpoint(self) -> bytes | None:
+        """Return the audit log's signed head, None before its first entry."""
+        return await self.call(ops.audit_checkpoint())
 
     # -- uploads ----------------------------------------------------------------------------
 
-    async def upload_status(self, session_id: str) -> Any:
-        return await self._json("GET", f"/sessions/{session_id}/upload")
+    async def upload_status(self, session_id: str) -> UploadStatus:
+        return await self.call(ops.upload_status(session_id))
 
     async def upload(self, session_id: str, body: AsyncIterable[bytes],
-                     headers: Mapping[str, str]) -> tuple[Any, str | None]:
-        """Stream body to the processor; return its JSON answer and Upload-Offset header.
+                     headers: Mapping[str, str]) -> tuple[UploadResult, str | None]:
+        """Stream body to the processor; return its answer and its Upload-Offset header.
 
         An exception raised by `body` (too large, client gone) aborts the upstream
         request mid-body and propagates unchanged: the processor discards a truncated body.
         """
-        request = self._http.build_request("PATCH", f"/sessions/{session_id}/upload",
-                                           content=body,
-                                           headers={**headers, **actor_headers()},
+        op = ops.upload(session_id, headers)
+        request = self._http.build_request(op.method, op.path, content=body,
+                                           headers={**op.headers, **actor_headers()},
                                            timeout=STREAM_TIMEOUT)
         with _translated():
             resp = await self._http.send(request)
         await _raise_for_error(resp)
-        return _json_of(resp), resp.headers.get("upload-offset")
+        return _read(op, resp), resp.headers.get("upload-offset")
 
-    async def prefix_check(self, session_id: str, body: PrefixCheck) -> Any:
-        # The processor reads the whole committed session back: no read timeout.
-        return await self._json("POST", f"/sessions/{session_id}/upload/prefix-check",
-                                json_body=body.model_dump(), timeouts=STREAM_TIMEOUT)
+    async def prefix_check(self, session_id: str, body: PrefixCheck) -> PrefixCheckResult:
+        return await self.call(ops.prefix_check(session_id, body.offset, body.digest()))
 
     # -- streamed reads ---------------------------------------------------------------------
 
-    async def _open(self, path: str, headers: Mapping[str, str]) -> httpx.Response:
+    async def _open(self, op: ops.Operation[T]) -> httpx.Response:
         """Return an open streaming response with a 2xx status; the caller must close it."""
-        request = self._http.build_request("GET", path, timeout=STREAM_TIMEOUT,
-                                           headers={"Accept-Encoding": "identity", **headers,
-                                                    **actor_headers()})
+        request = self._http.build_request(op.method, op.path, timeout=STREAM_TIMEOUT,
+                                           headers={**op.headers, **actor_headers()})
         with _translated():
             resp = await self._http.send(request, stream=True)
         try:
@@ -219,11 +224,10 @@ class ProcessorClient:
         return resp
 
     async def open_replay(self, session_id: str, byte_range: str | None) -> httpx.Response:
-        headers = {} if byte_range is None else {"Range": byte_range}
-        return await self._open(f"/sessions/{session_id}/replay", headers)
+        return await self._open(ops.replay(session_id, byte_range))
 
     async def open_chunk(self, session_id: str, index: int) -> httpx.Response:
-        return await self._open(f"/sessions/{session_id}/chunks/{index}", {})
+        return await self._open(ops.sealed_chunk(session_id, index))
 
     @staticmethod
     async def relay(resp: httpx.Response, *, count: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -25,17 +25,37 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sessions.common.httpclient import raise_read_size
+from sessions.common.states import SessionState
+from sessions.contract import operations as ops
+from sessions.contract.models import (
+    AuditPage,
+    CreatedToken,
+    CreateSession,
+    CreateToken,
+    InclusionProof,
+    KeyRotation,
+    NodeInfo,
+    RotateSigningIn,
+    Session,
+    SessionPage,
+    TokenList,
+    UploadResult,
+    UploadStatus,
+)
 
 MIB = 1024 * 1024
 PIECE = MIB
 UPLOAD_TYPE = "application/offset+octet-stream"
+API = "/v1"
+_RESUMABLE = (SessionState.RECORDING, SessionState.FINALIZING, SessionState.COMPLETED)
+T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -49,6 +69,13 @@ class ClientError(Exception):
         self.status = status
         self.body = body or {}
 
+    @classmethod
+    def of(cls, reply: ops.ErrorReply, reason: str = "") -> ClientError:
+        """Return the error a decoded error answer names (`http_error` if it names none)."""
+        if not reply.recognised:
+            return cls("http_error", f"HTTP {reply.status} {reason}".rstrip(), status=reply.status)
+        return cls(reply.code, reply.detail, status=reply.status, body=reply.body())
+
     @property
     def retryable(self) -> bool:
         """Return whether trying again later may succeed (network, 5xx, a busy session)."""
@@ -57,15 +84,7 @@ class ClientError(Exception):
 
 
 def _error_from(resp: httpx.Response) -> ClientError:
-    try:
-        body = json.loads(resp.read())
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return ClientError(body["error"], str(body.get("detail", "")), status=resp.status_code,
-                           body=body)
-    return ClientError("http_error", f"HTTP {resp.status_code} {resp.reason_phrase}",
-                       status=resp.status_code)
+    return ClientError.of(ops.decode_error(resp.status_code, resp.read()), resp.reason_phrase)
 
 
 class PinMismatch(ssl.SSLError):
@@ -177,107 +196,103 @@ class LucidClient:
             raise ClientError("connection_failed", f"the connection to {self.url} failed "
                               f"({type(exc).__name__})") from exc
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Return the response of one request; raise ClientError for transport or 4xx/5xx."""
+    def _send(self, op: ops.Operation[T], **kwargs: Any) -> httpx.Response:
+        """Return the response to one operation; raise ClientError for transport or 4xx/5xx."""
+        timeout = httpx.Timeout(None, connect=10.0) if op.long else httpx.USE_CLIENT_DEFAULT
         with self._translated():
-            resp = self._http.request(method, path, **kwargs)
+            resp = self._http.request(op.method, API + op.path, params=list(op.params),
+                                      json=op.json, headers=dict(op.headers), timeout=timeout,
+                                      **kwargs)
         if resp.status_code >= 400:
             raise _error_from(resp)
         return resp
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = self.request(method, path, **kwargs)
+    def call(self, op: ops.Operation[T], **kwargs: Any) -> T:
+        """Return the answer of one operation (`sessions.contract.operations`), read into its
+        model; raise ClientError on any failure (`bad_response`: not the model's shape)."""
+        resp = self._send(op, **kwargs)
         try:
-            return resp.json()
-        except ValueError as exc:
-            raise ClientError("bad_response", "the gateway sent malformed JSON") from exc
+            return op.read(resp.status_code, resp.content)
+        except ops.MalformedAnswer as exc:
+            raise ClientError("bad_response", f"the gateway sent a malformed answer ({exc})",
+                              status=resp.status_code) from exc
 
     # -- operations -------------------------------------------------------------------------
 
-    def create_session(self, labels: dict[str, str], retention_days: int | None) -> Any:
-        return self.json("POST", "/v1/sessions",
-                         json={"labels": labels, "retention_days": retention_days})
+    def create_session(self, labels: dict[str, str], retention_days: int | None) -> Session:
+        # Not validated here: the gateway's 422 is the one answer a bad value gets.
+        spec = CreateSession.model_construct(labels=labels, retention_days=retention_days,
+                                             upload_length=None)
+        return self.call(ops.create_session(spec))
 
     def list_sessions(self, *, state: str | None, labels: list[str], limit: int,
-                      cursor: str | None) -> Any:
-        params: list[tuple[str, str | int]] = [("limit", limit)]
-        params += [("state", state)] if state else []
-        params += [("label", item) for item in labels]
-        params += [("cursor", cursor)] if cursor else []
-        return self.json("GET", "/v1/sessions", params=params)
+                      cursor: str | None) -> SessionPage:
+        return self.call(ops.list_sessions(ops.session_query(
+            state=state, labels=labels, limit=limit, cursor=cursor)))
 
-    def get_session(self, session_id: str) -> Any:
-        return self.json("GET", f"/v1/sessions/{session_id}")
+    def get_session(self, session_id: str) -> Session:
+        return self.call(ops.get_session(session_id))
 
-    def create_token(self, name: str, role: str, expires_in: int | None) -> Any:
-        return self.json("POST", "/v1/tokens",
-                         json={"name": name, "role": role, "expires_in": expires_in})
+    def create_token(self, name: str, role: str, expires_in: int | None) -> CreatedToken:
+        body = CreateToken.model_construct(name=name, role=role, expires_in=expires_in)
+        return self.call(ops.create_token(body))
 
-    def list_tokens(self) -> Any:
-        return self.json("GET", "/v1/tokens")
+    def list_tokens(self) -> TokenList:
+        return self.call(ops.list_tokens())
 
     def revoke_token(self, token_id: str) -> None:
-        self.request("DELETE", f"/v1/tokens/{token_id}")
+        self.call(ops.revoke_token(token_id))
 
     def delete_session(self, session_id: str) -> None:
-        self.request("DELETE", f"/v1/sessions/{session_id}")
+        self.call(ops.delete_session(session_id))
 
-    def finalize(self, session_id: str) -> Any:
-        return self.json("POST", f"/v1/sessions/{session_id}/finalize")
+    def finalize(self, session_id: str) -> Session:
+        return self.call(ops.finalize(session_id))
 
-    def upload_status(self, session_id: str) -> Any:
-        return self.json("GET", f"/v1/sessions/{session_id}/upload")
+    def upload_status(self, session_id: str) -> UploadStatus:
+        return self.call(ops.upload_status(session_id))
 
     def prefix_check(self, session_id: str, offset: int, digest: bytes) -> bool:
         """Return whether the session's first `offset` committed bytes have SHA-256 `digest`."""
-        body = {"offset": offset, "sha256": base64.b64encode(digest).decode("ascii")}
-        answer = self.json("POST", f"/v1/sessions/{session_id}/upload/prefix-check", json=body,
-                           timeout=httpx.Timeout(None, connect=10.0))
-        return answer.get("match") is True
+        return self.call(ops.prefix_check(session_id, offset, digest)).match
 
     def manifest(self, session_id: str) -> bytes:
-        return self.request("GET", f"/v1/sessions/{session_id}/manifest").content
+        return self.call(ops.manifest(session_id))
 
     def checkpoint(self, session_id: str, size: int | None = None) -> bytes:
-        params = {} if size is None else {"size": size}
-        return self.request("GET", f"/v1/sessions/{session_id}/checkpoint", params=params).content
+        return self.call(ops.checkpoint(session_id, size))
 
-    def inclusion_proof(self, session_id: str, index: int, size: int | None) -> Any:
-        params = {"index": index} | ({} if size is None else {"size": size})
-        return self.json("GET", f"/v1/sessions/{session_id}/proof/inclusion", params=params)
+    def inclusion_proof(self, session_id: str, index: int, size: int | None) -> InclusionProof:
+        return self.call(ops.inclusion_proof(session_id, index, size))
 
     def sealed_chunk(self, session_id: str, index: int) -> bytes | None:
         """Return chunk `index` as stored, or None if the node reports it missing."""
         try:
-            return self.request("GET", f"/v1/sessions/{session_id}/chunks/{index}").content
+            return self.call(ops.sealed_chunk(session_id, index))
         except ClientError as exc:
             if exc.code == "chunk_not_found":
                 return None
             raise
 
-    def node(self) -> Any:
-        return self.json("GET", "/v1/node")
+    def node(self) -> NodeInfo:
+        return self.call(ops.node())
 
-    def rotate_signing_key(self, compromised_after: str | None) -> Any:
-        body = {} if compromised_after is None else {"compromised_after": compromised_after}
-        return self.json("POST", "/v1/keys/signing/rotate", json=body)
+    def rotate_signing_key(self, compromised_after: str | None) -> NodeInfo:
+        return self.call(ops.rotate_signing_key(
+            RotateSigningIn.model_construct(compromised_after=compromised_after)))
 
-    def audit_page(self, *, start: int, limit: int, session_id: str | None) -> Any:
-        params: dict[str, str | int] = {"start": start, "limit": limit}
-        if session_id:
-            params["session_id"] = session_id
-        return self.json("GET", "/v1/audit", params=params)
+    def audit_page(self, *, start: int, limit: int, session_id: str | None) -> AuditPage:
+        return self.call(ops.audit_page(start=start, limit=limit, session_id=session_id or None))
 
     def audit_checkpoint(self) -> bytes | None:
         """Return the audit log's signed head, or None while the log is empty (204)."""
-        resp = self.request("GET", "/v1/audit/checkpoint")
-        return resp.content if resp.status_code == 200 else None
+        return self.call(ops.audit_checkpoint())
 
-    def rotate_keys(self) -> Any:
-        return self.json("POST", "/v1/keys/rotate", timeout=None)
+    def rotate_keys(self) -> KeyRotation:
+        return self.call(ops.rotate_keys())
 
     def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
-              progress: Progress, digest: bytes | None = None) -> Any:
+              progress: Progress, digest: bytes | None = None) -> UploadResult:
         """Send file bytes [offset, offset+length) at Upload-Offset `offset`; return the answer.
 
         The bytes are mapped, not read: hashing them (unless `digest`, their SHA-256, is
@@ -297,15 +312,14 @@ class LucidClient:
             headers = {"Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
                        "Content-Length": str(length),
                        "Upload-Checksum": "sha256 " + base64.b64encode(digest).decode()}
-            return self.json("PATCH", f"/v1/sessions/{session_id}/upload", content=body(),
-                             headers=headers)
+            return self.call(ops.upload(session_id, headers), content=body())
 
     def replay_into(self, session_id: str, fh: IO[bytes], *, byte_range: str | None,
                     progress: Progress) -> tuple[int, int | None]:
         """Stream the replay into fh; return (bytes written, Content-Length or None)."""
-        headers = {"Range": byte_range} if byte_range else {}
+        op = ops.replay(session_id, byte_range or None)
         with self._translated(), self._http.stream(
-                "GET", f"/v1/sessions/{session_id}/replay", headers=headers,
+                op.method, API + op.path, headers=dict(op.headers),
                 timeout=httpx.Timeout(None, connect=10.0)) as resp:
             if resp.status_code >= 400:
                 raise _error_from(resp)
@@ -513,13 +527,13 @@ def _resume_target(client: LucidClient, store: ResumeStore, key: FileKey,
     if session_id is None:
         return None
     try:
-        status = client.upload_status(session_id)
+        status: UploadStatus | None = client.upload_status(session_id)
     except ClientError as exc:
         if exc.status not in (404, 409):
             raise
-        status = {"state": "gone"}
-    if status["state"] in ("recording", "finalizing", "completed"):
-        say(f"resuming session {session_id} of {key.path} at byte {status.get('offset', 0)}")
+        status = None  # gone
+    if status is not None and status.state in _RESUMABLE:
+        say(f"resuming session {session_id} of {key.path} at byte {status.offset}")
         return session_id
     store.forget(key)
     return None
@@ -532,16 +546,16 @@ def upload_file(client: LucidClient, path: Path, plan: UploadPlan, *, store: Res
     key = FileKey.of(path, client.url)
     session_id = plan.session_id or _resume_target(client, store, key, say)
     if session_id is None:
-        session_id = str(client.create_session(plan.labels, plan.retention_days)["id"])
+        session_id = client.create_session(plan.labels, plan.retention_days).id
         say(f"created session {session_id}")
     if plan.session_id is None:
         store.remember(key, session_id)
     status = client.upload_status(session_id)
-    if status["state"] != "recording" and status["offset"] != key.size:
-        raise ClientError("invalid_state", f"session {session_id} is {status['state']} at "
-                          f"byte {status['offset']} but the file has {key.size} bytes")
-    _check_prefix(client, session_id, path, key.size, int(status["offset"]), say)
-    if status["state"] == "recording":
+    if status.state != SessionState.RECORDING and status.offset != key.size:
+        raise ClientError("invalid_state", f"session {session_id} is {status.state.value} at "
+                          f"byte {status.offset} but the file has {key.size} bytes")
+    _check_prefix(client, session_id, path, key.size, status.offset, say)
+    if status.state == SessionState.RECORDING:
         _send(client, session_id, path, key.size, status, plan, progress_enabled, sleep)
     else:
         say(f"session {session_id} already holds all {key.size:,} bytes of {path}")
@@ -575,7 +589,7 @@ def _check_prefix(client: LucidClient, session_id: str, path: Path, size: int, o
                           "continue another file's upload")
 
 
-def _send(client: LucidClient, session_id: str, path: Path, size: int, status: dict[str, Any],
+def _send(client: LucidClient, session_id: str, path: Path, size: int, status: UploadStatus,
           plan: UploadPlan, progress_enabled: bool, sleep: Callable[[float], None]) -> None:
     """PATCH the file from the committed offset to the end, resuming after failures.
 
@@ -583,9 +597,9 @@ def _send(client: LucidClient, session_id: str, path: Path, size: int, status: d
     offset again; after 409 offset_mismatch it continues from the offset the body
     names.  More than `plan.retries` failures in a row give up.
     """
-    chunk = int(status["chunk_size"])
+    chunk = status.chunk_size
     step = max(chunk, plan.request_bytes // chunk * chunk)
-    offset: int | None = int(status["offset"])
+    offset: int | None = status.offset
     progress = Progress(size, enabled=progress_enabled, start=offset or 0)
     failures = 0
     # The next request's checksum is hashed on a thread while this one is sent, so
@@ -595,7 +609,7 @@ def _send(client: LucidClient, session_id: str, path: Path, size: int, status: d
         while offset is None or offset < size:
             try:
                 if offset is None:
-                    offset = int(client.upload_status(session_id)["offset"])
+                    offset = client.upload_status(session_id).offset
                     continue
                 length = min(step, size - offset)
                 digest = ahead[2].result() if ahead and ahead[:2] == (offset, length) else None
@@ -605,7 +619,7 @@ def _send(client: LucidClient, session_id: str, path: Path, size: int, status: d
                     span = min(step, size - following)
                     ahead = (following, span, hasher.submit(file_digest, path, following, span))
                 answer = client.patch(session_id, fh, offset, length, progress, digest)
-                offset, failures = int(answer["offset"]), 0
+                offset, failures = answer.offset, 0
             except ClientError as exc:
                 failures += 1
                 if failures > plan.retries or not (exc.retryable or exc.code == "offset_mismatch"):

@@ -48,6 +48,7 @@ from sessions.common.secrets import ConfigError
 from sessions.common.serve import tune_allocator
 from sessions.common.states import SessionState
 from sessions.common.tokens import Role
+from sessions.contract.models import Session
 
 SERVICES = ("storage", "processor", "api")
 """In start order: each one's upstream is already healthy when it starts."""
@@ -299,7 +300,8 @@ def _key_history(args: argparse.Namespace, client: LucidClient) -> list[dict[str
     _say("warning: the verifier keys were fetched from the node itself (trust on first use); "
          "pass --key or --key-file with a pinned key for an independent check")
     node = client.node()
-    return list(node.get("key_history") or [{"verifier_key": node["verifier_key"]}])
+    return ([p.model_dump() for p in node.key_history]
+            or [{"verifier_key": node.verifier_key}])
 
 
 def _signer_of(args: argparse.Namespace, client: LucidClient, signed: bytes) -> Any:
@@ -322,13 +324,13 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_sessions(items: list[dict[str, Any]], *, header: bool) -> None:
+def _print_sessions(items: list[Session], *, header: bool) -> None:
     if header:
         print(f"{'ID':<26}  {'STATE':<10}  {'BYTES':>14}  {'CHUNKS':>7}  {'CREATED':<19}  LABELS")
     for s in items:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(s.get("labels", {}).items()))
-        print(f"{s['id']:<26}  {s['state']:<10}  {s['offset']:>14,}  {s['chunk_count']:>7}  "
-              f"{str(s['created_at'])[:19]:<19}  {labels}")
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{s.id:<26}  {s.state.value:<10}  {s.offset:>14,}  {s.chunk_count:>7}  "
+              f"{s.created_at[:19]:<19}  {labels}")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -338,8 +340,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         while True:
             page = client.list_sessions(state=args.state, labels=labels, limit=args.limit,
                                         cursor=cursor)
-            _print_sessions(page["items"], header=cursor is None)
-            cursor = page.get("next_cursor")
+            _print_sessions(page.items, header=cursor is None)
+            cursor = page.next_cursor
             if not cursor or not args.all:
                 break
     if cursor:
@@ -349,7 +351,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(json.dumps(client.get_session(args.id), indent=2, sort_keys=True))
+        print(json.dumps(client.get_session(args.id).model_dump(mode="json"), indent=2,
+                         sort_keys=True))
     return 0
 
 
@@ -375,19 +378,19 @@ def _duration(text: str) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     with _client(args) as client:
         made = client.create_token(args.name, args.role, args.expires_in)
-    _say(f"token {made['id']} ({made['role']}, {made['name']}), expires "
-         f"{made['expires_at'] or 'never'}; it is shown only now:")
-    print(made["token"])
+    _say(f"token {made.id} ({made.role.value}, {made.name}), expires "
+         f"{made.expires_at or 'never'}; it is shown only now:")
+    print(made.token)
     return 0
 
 
 def cmd_token_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        items = client.list_tokens()["items"]
+        items = client.list_tokens().items
     print(f"{'ID':<16}  {'ROLE':<8}  {'NAME':<20}  {'CREATED':<19}  {'EXPIRES':<19}  REVOKED")
     for t in items:
-        print(f"{t['id']:<16}  {t['role']:<8}  {t['name'][:20]:<20}  {t['created_at'][:19]:<19}  "
-              f"{(t['expires_at'] or '-')[:19]:<19}  {(t['revoked_at'] or '-')[:19]}")
+        print(f"{t.id:<16}  {t.role.value:<8}  {t.name[:20]:<20}  {t.created_at[:19]:<19}  "
+              f"{(t.expires_at or '-')[:19]:<19}  {(t.revoked_at or '-')[:19]}")
     return 0
 
 
@@ -401,12 +404,12 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = client.rotate_keys()
-    print(json.dumps(report, indent=2))
-    if report.get("unknown_key_ids"):
+    print(json.dumps(report.model_dump(), indent=2))
+    if report.unknown_key_ids:
         _say("error: some session keys are wrapped under a master key the processor does not "
              "hold; add it to LUCID_PREVIOUS_MASTER_KEY_FILES and run again")
         return 1
-    if report.get("unreadable_session_ids"):
+    if report.unreadable_session_ids:
         _say("error: some session keys are malformed or do not open under their master key "
              "(damaged metadata); they were left as they are: run verify on those sessions")
         return 1
@@ -415,7 +418,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 def cmd_proof(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        proof = client.inclusion_proof(args.id, args.index, args.size)
+        proof = client.inclusion_proof(args.id, args.index, args.size).model_dump()
         print(json.dumps(proof, indent=2))
         checkpoint = client.checkpoint(args.id, int(proof["size"]))
         period = _signer_of(args, client, checkpoint)
@@ -514,7 +517,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(json.dumps(client.rotate_signing_key(args.compromised_after), indent=2))
+        print(json.dumps(client.rotate_signing_key(args.compromised_after).model_dump(),
+                         indent=2))
     return 0
 
 
@@ -525,9 +529,9 @@ def cmd_audit_ls(args: argparse.Namespace) -> int:
               f"{'CLIENT':<15}  DETAIL")
         shown = 0
         for e in audit_entries(client, session_id=args.session):
-            print(f"{e['seq']:>6}  {e['at'][:19]:<20}  {e['action']:<18}  "
-                  f"{e['session'] or '-':<26}  {e['actor']:<18}  {e['client']:<15}  "
-                  f"{e['detail']}")
+            print(f"{e.seq:>6}  {e.at[:19]:<20}  {e.action:<18}  "
+                  f"{e.session or '-':<26}  {e.actor:<18}  {e.client:<15}  "
+                  f"{e.detail}")
             shown += 1
             if not args.all and shown >= args.limit:
                 _say("(more entries may follow: use --all)")

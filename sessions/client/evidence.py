@@ -30,6 +30,7 @@ from sessions.client.verify import (
     signing_key_of,
     verify_offline,
 )
+from sessions.contract.models import AuditEntryModel
 
 _CHUNK_MEMBER = re.compile(r"chunks/([0-9]{10})\.lcs")
 MAX_META_MEMBER = 64 << 20
@@ -56,10 +57,11 @@ def export_bundle(client: LucidClient, session_id: str, out: Path, *,
     manifest = client.manifest(session_id)
     checkpoint = client.checkpoint(session_id)
     count = core.Manifest.from_json(manifest).chunk_count
-    history = node.get("key_history") or [{"verifier_key": node["verifier_key"]}]
+    history = ([p.model_dump() for p in node.key_history]
+               or [{"verifier_key": node.verifier_key}])
     now = time.time()
     index = core.BundleIndex(
-        session_id=session_id, chunk_count=count, key_name=str(node["key_name"]),
+        session_id=session_id, chunk_count=count, key_name=node.key_name,
         exported_at=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         key_history=core.key_history_from_json(history))
     tmp = out.with_name(out.name + ".part")
@@ -197,16 +199,16 @@ class AuditReport:
 
 
 def audit_entries(client: LucidClient, *, session_id: str | None = None,
-                  stop: int | None = None, page: int = 1000) -> Iterator[Any]:
-    """Yield the audit log's entries (JSON objects) in order, until `stop` (a seq) if given."""
+                  stop: int | None = None, page: int = 1000) -> Iterator[AuditEntryModel]:
+    """Yield the audit log's entries in order, until `stop` (a seq) if given."""
     start: int | None = 0
     while start is not None and (stop is None or start < stop):
         body = client.audit_page(start=start, limit=page, session_id=session_id)
-        for item in body["items"]:
-            if stop is not None and item["seq"] >= stop:
+        for item in body.items:
+            if stop is not None and item.seq >= stop:
                 return
             yield item
-        start = body.get("next_start")
+        start = body.next_start
 
 
 def verify_audit(client: LucidClient, *, history: list[dict[str, Any]]) -> AuditReport:
@@ -232,9 +234,9 @@ def verify_audit(client: LucidClient, *, history: list[dict[str, Any]]) -> Audit
     entries = []
     for item in audit_entries(client, stop=cp.size):
         try:
-            entries.append(core.AuditEntry.from_json(item))
+            entries.append(core.AuditEntry.from_json(item.model_dump()))
         except core.AuditError:
-            report.findings.append(f"entry {item.get('seq')} is malformed")
+            report.findings.append(f"entry {item.seq} is malformed")
             return report
     try:
         core.verify_audit_log(entries, checkpoint=cp)

@@ -168,10 +168,3 @@ class PrefixCheck(BaseModel):
     def digest(self) -> bytes:
         """Return the 32 digest bytes (the pattern admits nothing else)."""
         return base64.b64decode(self.sha256, validate=True)
-
-
-class PrefixCheckResult(BaseModel):
-    """Whether the session's committed plaintext is exactly the prefix the client hashed."""
-
-    match: bool
-    offset: int = Field(description="the committed offset the check covered")

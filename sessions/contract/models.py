@@ -3,7 +3,7 @@
 Every hop builds and parses these same models: storage answers the processor with
 them, the processor answers the gateway, the gateway answers clients, and the CLI
 parses them. A field added here reaches every hop, and `mypy --strict` names each
-place that must fill it in (tests/contract/test_add_a_field.py).
+place that must fill it in (tests/contract/test_contract_add_a_field.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,27 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from sessions.common.evidence import KeyPeriodModel
+from sessions.common.errors import ErrorBody as ErrorBody
+from sessions.common.evidence import AuditEntryModel as AuditEntryModel
+from sessions.common.evidence import AuditPage as AuditPage
+from sessions.common.evidence import KeyPeriodModel as KeyPeriodModel
+from sessions.common.evidence import RotateSigningIn as RotateSigningIn
+from sessions.common.models import CreateSession as CreateSession
+from sessions.common.models import OwnedCreateSession as OwnedCreateSession
+from sessions.common.models import PrefixCheck as PrefixCheck
+from sessions.common.models import UploadLength as UploadLength
 from sessions.common.states import SessionState
+from sessions.common.tokens import CreatedToken as CreatedToken
+from sessions.common.tokens import CreateToken as CreateToken
+from sessions.common.tokens import NewToken as NewToken
+from sessions.common.tokens import StoredToken as StoredToken
+from sessions.common.tokens import StoredTokenList as StoredTokenList
+from sessions.common.tokens import TokenInfo as TokenInfo
+from sessions.common.tokens import TokenList as TokenList
+
+# Shapes defined beside the rules they carry (request bodies with their validators, the audit
+# log's entries, tokens, the error body) are re-exported above: this module names every shape
+# that crosses a process boundary, so a hop imports them all from one place.
 
 
 class Session(BaseModel):
@@ -63,6 +82,13 @@ class UploadStatus(BaseModel):
 class UploadResult(BaseModel):
     offset: int
     chunk_count: int
+
+
+class PrefixCheckResult(BaseModel):
+    """Whether the session's committed plaintext is exactly the prefix the client hashed."""
+
+    match: bool
+    offset: int = Field(description="the committed offset the check covered")
 
 
 class InclusionProof(BaseModel):
@@ -124,3 +150,18 @@ class NodeInfo(BaseModel):
         "the current one last: a verifier picks the one a signature line names")
     chunk_size: int | None = Field(None, description="plaintext bytes per chunk of new "
                                    "sessions: send multiples of it per upload request")
+
+
+class KeyRotation(BaseModel):
+    """What rewrapping every session key under the current master key did, by count."""
+
+    master_key_id: str = Field(description="the master key every rewrapped key is under now")
+    rotated: int = Field(description="keys rewrapped now")
+    already_current: int = Field(description="keys already under the current master key")
+    erased: int = Field(description="sessions whose key was erased (deleted)")
+    period_wrapped: int = Field(description="keys under a retention period's key, not a "
+                                "master key: left as they are")
+    unknown_key_ids: list[str] = Field(description="master key ids the processor does not "
+                                       "hold: add them to LUCID_PREVIOUS_MASTER_KEY_FILES")
+    unreadable_session_ids: list[str] = Field(description="sessions whose wrapped key is "
+                                              "malformed or does not open: left as they are")

@@ -2,7 +2,7 @@
 
 Storage answers with these models (`response_model` of every route) and validates
 the request bodies with them; the processor's `StorageClient` builds its requests
-with the `Operation` builders below and parses every answer with `parse_answer`,
+with the `Operation` builders below and parses every answer with the reader each operation names,
 so a field added here is documented by storage and read by the processor at once.
 Binary fields travel as lowercase hex (hashes) or standard padded base64 (the
 wrapped key blob).  Storage's records (`sessions/storage/records.py`) stay its own;
@@ -15,10 +15,9 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sessions.common.evidence import AuditAppend, AuditHead, AuditPage
 from sessions.common.ids import SESSION_ID_DOC
@@ -34,7 +33,14 @@ from sessions.common.models import (
 from sessions.common.states import SessionState
 from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
 from sessions.contract.models import Session
-from sessions.contract.operations import Operation
+from sessions.contract.operations import (
+    MalformedAnswer,
+    Operation,
+    nothing,
+    raw_body,
+    reads,
+    unless_204,
+)
 from sessions.core import ChunkEntry, WrappedKey
 
 __all__ = [
@@ -42,7 +48,7 @@ __all__ = [
     "StoredTokenList", "ChunkList", "ChunkModel", "CheckpointIn", "CommitIn", "CommitOut",
     "CreateSessionIn", "DiscardOut", "FinalizeIn", "HoldIn", "KeyUsageOut", "MalformedAnswer",
     "PutChunkOut", "RewrapIn", "StatsOut", "StoredSession", "StoredSessionPage",
-    "TransitionIn", "UploadLengthIn", "WrappedKeyModel", "parse_answer",
+    "TransitionIn", "UploadLengthIn", "WrappedKeyModel",
 ]
 
 API = "/internal/v1"
@@ -250,28 +256,6 @@ class KeyUsageOut(BaseModel):
     key_ids: dict[str, int]
 
 
-# -- reading an answer -------------------------------------------------------------------------
-
-Answer = TypeVar("Answer", bound=BaseModel)
-
-
-class MalformedAnswer(ValueError):
-    """Storage's answer does not fit the contract (a missing or mistyped field, or not JSON)."""
-
-
-def parse_answer(model: type[Answer], body: bytes) -> Answer:
-    """Return body parsed as `model`; raise MalformedAnswer naming the fields that do not fit.
-
-    The message names fields only, never their values (a record holds a wrapped key).
-    """
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        wrong = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                          for e in exc.errors(include_input=False, include_url=False)[:5])
-        raise MalformedAnswer(f"{model.__name__}: {wrong}") from None
-
-
 # -- operations --------------------------------------------------------------------------------
 
 def _body(model: BaseModel) -> object:
@@ -282,142 +266,144 @@ def _session(sid: str, tail: str = "") -> str:
     return f"{API}/sessions/{quote(sid, safe='')}{tail}"
 
 
-def ready() -> Operation:
+def ready() -> Operation[None]:
     """Storage's readiness probe (outside `/internal/v1`, no body): 200 once it serves."""
-    return Operation("GET", "/ready")
+    return Operation("GET", "/ready", nothing)
 
 
-def create_session(body: CreateSessionIn) -> Operation:
-    return Operation("POST", f"{API}/sessions", json=_body(body))
+def create_session(body: CreateSessionIn) -> Operation[StoredSession]:
+    return Operation("POST", f"{API}/sessions", reads(StoredSession), json=_body(body))
 
 
-def get_session(sid: str) -> Operation:
-    return Operation("GET", _session(sid))
+def get_session(sid: str) -> Operation[StoredSession]:
+    return Operation("GET", _session(sid), reads(StoredSession))
 
 
-def list_sessions(params: Sequence[tuple[str, str]]) -> Operation:
+def list_sessions(params: Sequence[tuple[str, str]]) -> Operation[StoredSessionPage]:
     """List one page; params are `state`, `label` (repeatable), `cursor` and `limit`."""
-    grouped: dict[str, list[str]] = {}
-    for name, value in params:
-        grouped.setdefault(name, []).append(value)
-    return Operation("GET", f"{API}/sessions", params=grouped)
+    return Operation("GET", f"{API}/sessions", reads(StoredSessionPage), params=tuple(params))
 
 
-def replace_wrapped_key(sid: str, body: RewrapIn) -> Operation:
-    return Operation("PUT", _session(sid, "/wrapped-key"), json=_body(body))
+def replace_wrapped_key(sid: str, body: RewrapIn) -> Operation[StoredSession]:
+    return Operation("PUT", _session(sid, "/wrapped-key"), reads(StoredSession), json=_body(body))
 
 
-def set_upload_length(sid: str, length: int) -> Operation:
-    return Operation("PUT", _session(sid, "/upload-length"),
+def set_upload_length(sid: str, length: int) -> Operation[StoredSession]:
+    return Operation("PUT", _session(sid, "/upload-length"), reads(StoredSession),
                      json=_body(UploadLengthIn(upload_length=length)))
 
 
-def transition(sid: str, to: SessionState, allowed_from: Sequence[SessionState]) -> Operation:
+def transition(sid: str, to: SessionState,
+               allowed_from: Sequence[SessionState]) -> Operation[StoredSession]:
     body = TransitionIn(to=to, from_=list(allowed_from))
-    return Operation("POST", _session(sid, "/state"), json=_body(body))
+    return Operation("POST", _session(sid, "/state"), reads(StoredSession), json=_body(body))
 
 
-def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes) -> Operation:
+def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes) -> Operation[None]:
     """Stage a sealed chunk of `length` bytes; the caller's transport sends the body itself."""
-    return Operation("PUT", _session(sid, f"/chunks/{index}"), headers={
+    return Operation("PUT", _session(sid, f"/chunks/{index}"), nothing, headers={
         "Content-Type": "application/octet-stream", "Content-Length": str(length),
         "X-Lucid-Leaf-Hash": leaf_hash.hex()})
 
 
-def get_chunk(sid: str, index: int) -> Operation:
-    return Operation("GET", _session(sid, f"/chunks/{index}"))
+def get_chunk(sid: str, index: int) -> Operation[bytes]:
+    return Operation("GET", _session(sid, f"/chunks/{index}"), raw_body)
 
 
-def commit(sid: str, *, expected_offset: int, chunks: Sequence[ChunkEntry]) -> Operation:
+def commit(sid: str, *, expected_offset: int,
+           chunks: Sequence[ChunkEntry]) -> Operation[CommitOut]:
     body = CommitIn(expected_offset=expected_offset, chunks=[ChunkModel.of(c) for c in chunks])
-    return Operation("POST", _session(sid, "/commit"), json=_body(body))
+    return Operation("POST", _session(sid, "/commit"), reads(CommitOut), json=_body(body))
 
 
-def discard_staged(sid: str) -> Operation:
-    return Operation("DELETE", _session(sid, "/staged"))
+def discard_staged(sid: str) -> Operation[DiscardOut]:
+    return Operation("DELETE", _session(sid, "/staged"), reads(DiscardOut))
 
 
-def list_chunks(sid: str, *, start: int, limit: int) -> Operation:
-    return Operation("GET", _session(sid, "/chunks"), params={"start": start, "limit": limit})
+def list_chunks(sid: str, *, start: int, limit: int) -> Operation[ChunkList]:
+    return Operation("GET", _session(sid, "/chunks"), reads(ChunkList),
+                     params=(("start", str(start)), ("limit", str(limit))))
 
 
-def leaves(sid: str, *, size: int) -> Operation:
+def leaves(sid: str, *, size: int) -> Operation[bytes]:
     """The first `size` leaf hashes, 32 bytes each, as one binary body."""
-    return Operation("GET", _session(sid, "/leaves"), params={"size": size})
+    return Operation("GET", _session(sid, "/leaves"), raw_body, params=(("size", str(size)),))
 
 
-def finalize(sid: str, *, root_hash: bytes, checkpoint: str, manifest: bytes) -> Operation:
+def finalize(sid: str, *, root_hash: bytes, checkpoint: str,
+             manifest: bytes) -> Operation[StoredSession]:
     body = FinalizeIn(root_hash=root_hash.hex(), checkpoint=checkpoint,
                       manifest=manifest.decode("utf-8"))
-    return Operation("POST", _session(sid, "/finalize"), json=_body(body))
+    return Operation("POST", _session(sid, "/finalize"), reads(StoredSession), json=_body(body))
 
 
-def get_manifest(sid: str) -> Operation:
-    return Operation("GET", _session(sid, "/manifest"))
+def get_manifest(sid: str) -> Operation[bytes]:
+    return Operation("GET", _session(sid, "/manifest"), raw_body)
 
 
-def put_checkpoint(sid: str, checkpoint: bytes) -> Operation:
-    return Operation("PUT", _session(sid, "/checkpoint"),
+def put_checkpoint(sid: str, checkpoint: bytes) -> Operation[None]:
+    return Operation("PUT", _session(sid, "/checkpoint"), nothing,
                      json=_body(CheckpointIn(checkpoint=checkpoint.decode("utf-8"))))
 
 
-def get_checkpoint(sid: str) -> Operation:
-    return Operation("GET", _session(sid, "/checkpoint"))
+def get_checkpoint(sid: str) -> Operation[bytes | None]:
+    return Operation("GET", _session(sid, "/checkpoint"), unless_204)
 
 
-def delete_session(sid: str) -> Operation:
-    return Operation("DELETE", _session(sid))
+def delete_session(sid: str) -> Operation[None]:
+    return Operation("DELETE", _session(sid), nothing)
 
 
-def set_hold(sid: str, body: HoldIn) -> Operation:
-    return Operation("PUT", _session(sid, "/hold"), json=_body(body))
+def set_hold(sid: str, body: HoldIn) -> Operation[StoredSession]:
+    return Operation("PUT", _session(sid, "/hold"), reads(StoredSession), json=_body(body))
 
 
-def expired(*, before: str, limit: int) -> Operation:
-    return Operation("GET", f"{API}/expired", params={"before": before, "limit": limit})
+def expired(*, before: str, limit: int) -> Operation[StoredSessionPage]:
+    return Operation("GET", f"{API}/expired", reads(StoredSessionPage),
+                     params=(("before", before), ("limit", str(limit))))
 
 
-def idle(*, state: SessionState, before: str, limit: int) -> Operation:
-    return Operation("GET", f"{API}/idle",
-                     params={"state": state.value, "before": before, "limit": limit})
+def idle(*, state: SessionState, before: str, limit: int) -> Operation[StoredSessionPage]:
+    return Operation("GET", f"{API}/idle", reads(StoredSessionPage),
+                     params=(("state", state.value), ("before", before), ("limit", str(limit))))
 
 
-def key_usage() -> Operation:
-    return Operation("GET", f"{API}/key-usage")
+def key_usage() -> Operation[KeyUsageOut]:
+    return Operation("GET", f"{API}/key-usage", reads(KeyUsageOut))
 
 
-def stats() -> Operation:
-    return Operation("GET", f"{API}/stats")
+def stats() -> Operation[StatsOut]:
+    return Operation("GET", f"{API}/stats", reads(StatsOut))
 
 
-def create_token(body: NewToken) -> Operation:
-    return Operation("POST", f"{API}/tokens", json=_body(body))
+def create_token(body: NewToken) -> Operation[StoredToken]:
+    return Operation("POST", f"{API}/tokens", reads(StoredToken), json=_body(body))
 
 
-def list_tokens() -> Operation:
-    return Operation("GET", f"{API}/tokens")
+def list_tokens() -> Operation[StoredTokenList]:
+    return Operation("GET", f"{API}/tokens", reads(StoredTokenList))
 
 
-def get_token(token_id: str) -> Operation:
-    return Operation("GET", f"{API}/tokens/{quote(token_id, safe='')}")
+def get_token(token_id: str) -> Operation[StoredToken]:
+    return Operation("GET", f"{API}/tokens/{quote(token_id, safe='')}", reads(StoredToken))
 
 
-def revoke_token(token_id: str) -> Operation:
-    return Operation("POST", f"{API}/tokens/{quote(token_id, safe='')}/revoke")
+def revoke_token(token_id: str) -> Operation[StoredToken]:
+    return Operation("POST", f"{API}/tokens/{quote(token_id, safe='')}/revoke", reads(StoredToken))
 
 
-def audit_head() -> Operation:
-    return Operation("GET", f"{API}/audit/head")
+def audit_head() -> Operation[AuditHead]:
+    return Operation("GET", f"{API}/audit/head", reads(AuditHead))
 
 
-def append_audit(body: AuditAppend) -> Operation:
-    return Operation("POST", f"{API}/audit", json=_body(body))
+def append_audit(body: AuditAppend) -> Operation[None]:
+    return Operation("POST", f"{API}/audit", nothing, json=_body(body))
 
 
-def audit_page(params: Mapping[str, str]) -> Operation:
+def audit_page(params: Mapping[str, str]) -> Operation[AuditPage]:
     """One page of the audit log; params are `start`, `limit` and `session_id`."""
-    return Operation("GET", f"{API}/audit", params=dict(params))
+    return Operation("GET", f"{API}/audit", reads(AuditPage), params=tuple(params.items()))
 
 
-def audit_checkpoint() -> Operation:
-    return Operation("GET", f"{API}/audit/checkpoint")
+def audit_checkpoint() -> Operation[bytes | None]:
+    return Operation("GET", f"{API}/audit/checkpoint", unless_204)

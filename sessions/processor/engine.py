@@ -33,9 +33,24 @@ from sessions.common.errors import (
     UploadInProgress,
 )
 from sessions.common.ids import new_session_id
-from sessions.common.models import PrefixCheckResult
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
+from sessions.contract.models import (
+    AuditPage,
+    ConsistencyProof,
+    InclusionProof,
+    KeyPeriodModel,
+    KeyRotation,
+    NewToken,
+    NodeInfo,
+    PrefixCheckResult,
+    Session,
+    SessionPage,
+    StoredToken,
+    StoredTokenList,
+    UploadResult,
+    VerifyReport,
+)
 from sessions.contract.storage import CreateSessionIn, WrappedKeyModel
 from sessions.core import (
     CIPHER_NAME,
@@ -293,7 +308,7 @@ class Engine:
 
     async def create(self, labels: dict[str, str], retention_days: int | None,
                      upload_length: int | None = None, *,
-                     owner: str | None = None) -> dict[str, Any]:
+                     owner: str | None = None) -> Session:
         """Create a recording session; one declared empty (upload_length 0) is finalized at once.
 
         Its retention defaults to LUCID_RETENTION_DAYS; with one, its data key is wrapped
@@ -316,13 +331,13 @@ class Engine:
                                 labels_line=labels_extension(labels))
         if upload_length == 0:
             return await self.finalize(sid)
-        return row.public().model_dump(mode="json") | {"integrity": "ok"}
+        return row.public().model_copy(update={"integrity": "ok"})
 
-    async def set_upload_length(self, sid: str, length: int) -> dict[str, Any]:
+    async def set_upload_length(self, sid: str, length: int) -> Session:
         """Declare the session's total length once (the upload that reaches it finalizes)."""
-        return (await self.storage.set_upload_length(sid, length)).public().model_dump(mode="json")
+        return (await self.storage.set_upload_length(sid, length)).public()
 
-    async def get(self, sid: str) -> dict[str, Any]:
+    async def get(self, sid: str) -> Session:
         """Return the session as shown to clients, checked against what was signed.
 
         Completed: root, sizes, labels and parameters are the signed manifest's, and
@@ -331,39 +346,39 @@ class Engine:
         plaintext and sealed sizes).  Deleted: `unchecked`.
         """
         row = await self.storage.get_session(sid)
-        shown = row.public().model_dump(mode="json")
+        shown = row.public()
         if row.state is SessionState.DELETED:
-            return shown | {"integrity": "unchecked"}
+            return shown.model_copy(update={"integrity": "unchecked"})
         if row.state is SessionState.COMPLETED:
             try:
                 manifest = await self._signed_manifest(sid)
             except (CoreError, NotFound):
-                return shown | {"integrity": "mismatch"}
+                return shown.model_copy(update={"integrity": "mismatch"})
             found = [f for f in manifest_findings(row, [], manifest) if f.index is None]
-            return shown | _signed_fields(manifest) | {
-                "integrity": "mismatch" if found else "ok"}
+            return shown.model_copy(update=_signed_fields(manifest) | {
+                "integrity": "mismatch" if found else "ok"})
         kept = await self.storage.kept_checkpoint(sid)
         anchor, problem = anchor_or_finding(kept, verifier=self.keys.verifier_of(kept),
                                             origin=self.keys.origin(sid))
         if anchor is not None and anchor.size > row.chunk_count:  # an upload moved it on
             row = await self.storage.get_session(sid)
-            shown = row.public().model_dump(mode="json")
+            shown = row.public()
         try:
             self._check_record(row, anchor)
         except MetadataCorrupt:
             problem = problem or Finding("record")
         if anchor is None and row.chunk_count:
             problem = problem or Finding("checkpoint")
-        return shown | {"integrity": "mismatch" if problem else "ok"}
+        return shown.model_copy(update={"integrity": "mismatch" if problem else "ok"})
 
-    async def list_sessions(self, params: list[tuple[str, str]]) -> dict[str, Any]:
-        return (await self.storage.list_sessions(params)).model_dump(mode="json")
+    async def list_sessions(self, params: list[tuple[str, str]]) -> SessionPage:
+        return await self.storage.list_sessions(params)
 
     # -- upload ------------------------------------------------------------------------------
 
     async def upload(self, sid: str, *, offset: int, source: AsyncIterable[bytes],
                      checksum_header: str | None, content_length: int | None,
-                     max_bytes: int) -> dict[str, Any]:
+                     max_bytes: int) -> UploadResult:
         """Append one request body at `offset`; return the committed offset and chunk count."""
         checksum = parse_checksum(checksum_header)
         with self._writer(sid):
@@ -405,7 +420,7 @@ class Engine:
                                         labels_line=line)
         if done.upload_length is not None and done.offset == done.upload_length:
             await self.finalize(sid)  # the declared length is reached: the upload is complete
-        return {"offset": done.offset, "chunk_count": done.chunk_count}
+        return UploadResult(offset=done.offset, chunk_count=done.chunk_count)
 
     async def _discard_staged(self, sid: str) -> None:
         """Drop what a failed request staged but never committed (its sealed bytes are useless)."""
@@ -477,30 +492,32 @@ class Engine:
             return self._sign(sid, size, (await self._tree(row, anchor)).root())
         return self._sign(sid, size, root_hash((await self._checked_leaves(row, anchor))[:size]))
 
-    async def inclusion(self, sid: str, index: int, size: int | None) -> dict[str, Any]:
+    async def inclusion(self, sid: str, index: int, size: int | None) -> InclusionProof:
         leaves = await self._signed_leaves(sid, "prove")
         size = _check_size(size, len(leaves), "size")
         if not 0 <= index < size:
             raise InvalidParameter(f"index must satisfy 0 <= index < size ({size})")
         nodes = LeafHashes(leaves[:size])
-        return {"index": index, "size": size, "leaf_hash": leaves[index].hex(),
-                "root_hash": nodes.subtree_hash(0, size).hex(),
-                "proof": [h.hex() for h in inclusion_proof(index, size=size, nodes=nodes)]}
+        return InclusionProof(
+            index=index, size=size, leaf_hash=leaves[index].hex(),
+            root_hash=nodes.subtree_hash(0, size).hex(),
+            proof=[h.hex() for h in inclusion_proof(index, size=size, nodes=nodes)])
 
-    async def consistency(self, sid: str, old: int, new: int | None) -> dict[str, Any]:
+    async def consistency(self, sid: str, old: int, new: int | None) -> ConsistencyProof:
         leaves = await self._signed_leaves(sid, "prove")
         new = _check_size(new, len(leaves), "to")
         if not 0 <= old <= new:
             raise InvalidParameter(f"from must satisfy 0 <= from <= to ({new})")
         leaves = leaves[:new]
         nodes = LeafHashes(leaves)
-        return {"from_size": old, "to_size": new,
-                "from_root": root_hash(leaves[:old]).hex(), "to_root": root_hash(leaves).hex(),
-                "proof": [h.hex() for h in consistency_proof(old, new_size=new, nodes=nodes)]}
+        return ConsistencyProof(
+            from_size=old, to_size=new, from_root=root_hash(leaves[:old]).hex(),
+            to_root=root_hash(leaves).hex(),
+            proof=[h.hex() for h in consistency_proof(old, new_size=new, nodes=nodes)])
 
     # -- finalize ----------------------------------------------------------------------------
 
-    async def finalize(self, sid: str) -> dict[str, Any]:
+    async def finalize(self, sid: str) -> Session:
         """Close the session: manifest + final signed checkpoint. Idempotent."""
         with self._writer(sid):
             anchor, row = await self._recording(sid)
@@ -516,7 +533,7 @@ class Engine:
             done = await self.storage.finalize(sid, root_hash=manifest.root_hash,
                                                checkpoint=manifest.checkpoint,
                                                manifest=manifest.to_json())
-            return done.public().model_dump(mode="json") | {"integrity": "ok"}
+            return done.public().model_copy(update={"integrity": "ok"})
 
     async def _checked_rows(self, row: SessionRow, anchor: Anchor | None) -> list[ChunkRow]:
         """Return an open session's chunk rows once they agree with its record and anchor.
@@ -635,7 +652,7 @@ class Engine:
         finally:
             lease.release()
 
-    async def verify(self, sid: str, sample: float) -> dict[str, Any]:
+    async def verify(self, sid: str, sample: float) -> VerifyReport:
         """Return the verify report: chunk damage and metadata damage, each pinpointed.
 
         Chunk files are checked against the signed tree (the manifest's leaves once
@@ -670,7 +687,7 @@ class Engine:
         report["ok"] = (not report["bad_chunks"] and not report["metadata_findings"]
                         and report["root_ok"] is not False
                         and report["signature_ok"] is not False)
-        return report
+        return VerifyReport.model_validate(report)
 
     async def _verify_manifest(self, row: SessionRow, rows: list[ChunkRow], manifest: Manifest,
                                sample: float, findings: list[Finding]) -> dict[str, Any]:
@@ -731,7 +748,7 @@ class Engine:
         self._trees.pop(sid, None)
         self._manifests.pop(sid, None)
 
-    async def set_hold(self, sid: str, hold: bool) -> dict[str, Any]:
+    async def set_hold(self, sid: str, hold: bool) -> Session:
         """Set or release the session's legal hold; return the session.  Idempotent.
 
         A held session's data key is rewrapped under the master key, so destroying its
@@ -744,7 +761,7 @@ class Engine:
         if wrapped is None:
             raise InvalidState("the session's key was erased", extra={"state": row.state.value})
         if row.legal_hold == hold:
-            return row.public().model_dump(mode="json")
+            return row.public()
         try:
             data_key = self.keys.unwrap(wrapped, session_id=sid)
         except UnwrapError:
@@ -752,9 +769,9 @@ class Engine:
         target = self.keys.master if hold else self.keys.wrapping_key(_release_expiry(row))
         done = await self.storage.set_hold(sid, hold=hold, expected_key_id=wrapped.key_id,
                                            wrapped=target.wrap(data_key, session_id=sid))
-        return done.public().model_dump(mode="json")
+        return done.public()
 
-    async def rotate_keys(self) -> dict[str, Any]:
+    async def rotate_keys(self) -> KeyRotation:
         """Rewrap every stored session key under the current master key; chunks are untouched.
 
         Keys wrapped under a previous master key (LUCID_PREVIOUS_MASTER_KEY_FILES) are
@@ -795,22 +812,60 @@ class Engine:
             log.warning("key rotation: %d session key(s) are malformed or do not open under "
                         "their master key; left as they are (first: %s)",
                         len(unreadable), unreadable[0])
-        return {"master_key_id": current.key_id, **counts,
-                "unknown_key_ids": sorted(unknown), "unreadable_session_ids": unreadable}
+        return KeyRotation(master_key_id=current.key_id, rotated=counts["rotated"],
+                           already_current=counts["already_current"], erased=counts["erased"],
+                           period_wrapped=counts["period_wrapped"],
+                           unknown_key_ids=sorted(unknown), unreadable_session_ids=unreadable)
 
-    def rotate_signing_key(self, compromised_after: str | None) -> dict[str, Any]:
+    def rotate_signing_key(self, compromised_after: str | None) -> NodeInfo:
         """Swap in a fresh signing key; every old one stays in the published history."""
         self.keys = rotate_signing_key(self.settings, self.keys,
                                        compromised_after=compromised_after)
         return self.node()
 
-    def node(self) -> dict[str, Any]:
-        return {"key_name": self.keys.signer.name,
-                "verifier_key": self.keys.verifier.key_text(),
-                "origin_prefix": f"{self.keys.signer.name}/sessions/",
-                "audit_origin": audit_origin(self.keys.signer.name),
-                "key_history": [p.to_json() for p in self.keys.history],
-                "chunk_size": self.settings.chunk_size}
+    def node(self) -> NodeInfo:
+        return NodeInfo(key_name=self.keys.signer.name,
+                        verifier_key=self.keys.verifier.key_text(),
+                        origin_prefix=f"{self.keys.signer.name}/sessions/",
+                        audit_origin=audit_origin(self.keys.signer.name),
+                        key_history=[KeyPeriodModel.model_validate(p.to_json())
+                                     for p in self.keys.history],
+                        chunk_size=self.settings.chunk_size)
+
+    # -- records relayed to storage: API tokens, the audit log, sealed chunks ----------------
+
+    async def store_token(self, token: NewToken) -> StoredToken:
+        """Store a token the gateway made (only the hash of its secret); Conflict if its id is
+        taken."""
+        return await self.storage.create_token(token)
+
+    async def stored_tokens(self) -> StoredTokenList:
+        return await self.storage.list_tokens()
+
+    async def stored_token(self, token_id: str) -> StoredToken:
+        """Return the stored token of that id; NotFound if there is none."""
+        return await self.storage.get_token(token_id)
+
+    async def revoke_token(self, token_id: str) -> StoredToken:
+        """Revoke the token (idempotent); NotFound if there is none."""
+        return await self.storage.revoke_token(token_id)
+
+    async def audit_page(self, *, start: int, limit: int, session_id: str | None) -> AuditPage:
+        """Return the audit entries from `start` (of one session if given), one page."""
+        params = {"start": str(start), "limit": str(limit)}
+        if session_id is not None:
+            params["session_id"] = session_id
+        return await self.storage.audit_page(params)
+
+    async def audit_checkpoint(self) -> bytes | None:
+        """Return the audit log's signed head, None before its first entry."""
+        return await self.storage.audit_checkpoint()
+
+    async def sealed_chunk(self, sid: str, index: int) -> bytes:
+        """Return chunk `index` as stored (sealed: the reader verifies it), counted as sent."""
+        data = await self.storage.get_chunk(sid, index)
+        self.metrics.bytes_out.labels("processor", "sealed").inc(len(data))
+        return data
 
 
 def _within_length(row: SessionRow, content_length: int | None, max_bytes: int) -> int:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from sessions.common.errors import ServiceError
 from sessions.common.states import SessionState
 from sessions.common.web import Metrics
+from sessions.contract.models import VerifyReport
 from sessions.processor.config import Settings
 from sessions.processor.engine import Engine
 
@@ -76,8 +76,8 @@ class Scrubber:
         while len(batch) < want:
             params = [("limit", str(min(500, want - len(batch))))]
             params += [("cursor", self._cursor)] if self._cursor else []
-            page = await self.engine.storage.list_sessions(params)
-            batch += [s.id for s in page.items if s.state in _SCRUBBED]
+            page = await self.engine.list_sessions(params)
+            batch += [s.id for s in page.items if s.state.value in _SCRUBBED]
             self._cursor = page.next_cursor
             if self._cursor is None:
                 if wrapped:
@@ -85,17 +85,17 @@ class Scrubber:
                 wrapped = True  # the end of the catalogue: the next page starts over
         return list(dict.fromkeys(batch))
 
-    async def _verify(self, sid: str) -> dict[str, Any] | None:
+    async def _verify(self, sid: str) -> VerifyReport | None:
         try:
             report = await self.engine.verify(sid, self.settings.scrub_sample_percent)
         except ServiceError as exc:  # deleted meanwhile, key not held here, storage down ...
             self.sessions.labels("error").inc()
             log.warning("scrub could not verify session %s: %s", sid, exc.code)
             return None
-        bad, found = report["bad_chunks"], report["metadata_findings"]
+        bad, found = report.bad_chunks, report.metadata_findings
         self.bad_chunks.inc(len(bad))
         self.findings.inc(len(found))
-        if report["ok"]:
+        if report.ok:
             self.sessions.labels("ok").inc()
             self._damaged.discard(sid)
         else:
@@ -103,16 +103,16 @@ class Scrubber:
             self._damaged.add(sid)
             log.warning("scrub found damage in session %s: bad chunks %s; metadata %s; "
                         "root_ok %s; signature_ok %s", sid,
-                        [(b["index"], b["reason"]) for b in bad],
-                        [(f["what"], f["index"]) for f in found],
-                        report["root_ok"], report["signature_ok"])
+                        [(b.index, b.reason) for b in bad],
+                        [(f.what, f.index) for f in found],
+                        report.root_ok, report.signature_ok)
         self.damaged.set(len(self._damaged))
         return report
 
-    async def _throttle(self, report: dict[str, Any]) -> None:
+    async def _throttle(self, report: VerifyReport) -> None:
         """Sleep so that the sealed bytes read stay under scrub_max_bytes_per_second."""
         rate = self.settings.scrub_max_bytes_per_second
-        if rate <= 0 or not report["chunk_count"]:
+        if rate <= 0 or not report.chunk_count:
             return
-        read = self.settings.chunk_size * report["checked"]  # an upper bound per chunk
+        read = self.settings.chunk_size * report.checked  # an upper bound per chunk
         await asyncio.sleep(read / rate)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -23,33 +23,26 @@ from sessions.common.errors import (
     UpstreamUnavailable,
     error_from_body,
 )
-from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditHead, AuditPage
+from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditPage
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
 from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
 from sessions.contract import storage as ops
 from sessions.contract.models import SessionPage
-from sessions.contract.operations import Operation, decode_error
+from sessions.contract.operations import MalformedAnswer, Operation, decode_error
 from sessions.contract.storage import (
-    Answer,
-    ChunkList,
     CommitOut,
     CreateSessionIn,
-    DiscardOut,
     HoldIn,
-    KeyUsageOut,
-    MalformedAnswer,
     RewrapIn,
-    StatsOut,
     StoredSession,
-    StoredSessionPage,
     WrappedKeyModel,
-    parse_answer,
 )
 from sessions.core import AuditEntry, ChunkEntry, WrappedKey
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK_PAGE = 10_000
 
@@ -87,10 +80,10 @@ class StorageClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, op: Operation, content: Any = None) -> httpx.Response:
+    async def _call(self, op: Operation[Any], content: Any = None) -> httpx.Response:
         """Send op (with `content` as its body if given); raise the ServiceError of an error."""
         try:
-            resp = await self._http.request(op.method, op.path, params=op.params or None,
+            resp = await self._http.request(op.method, op.path, params=list(op.params) or None,
                                             headers=op.headers or None, json=op.json,
                                             content=content)
         except httpx.HTTPError as exc:
@@ -99,9 +92,14 @@ class StorageClient:
             raise _error(resp.status_code, resp.content)
         return resp
 
-    async def _answer(self, op: Operation, model: type[Answer]) -> Answer:
-        """Send op; return its answer parsed as `model` (UpstreamUnavailable if it does not fit)."""
-        return _parsed(model, (await self._call(op)).content)
+    async def _answer(self, op: Operation[T]) -> T:
+        """Send op; return its answer as op reads it (UpstreamUnavailable if it does not fit)."""
+        resp = await self._call(op)
+        try:
+            return op.read(resp.status_code, resp.content)
+        except MalformedAnswer as exc:
+            log.error("session storage answered outside the contract: %s", exc)
+            raise UpstreamUnavailable(f"session storage sent a malformed answer ({exc})") from None
 
     async def ready(self) -> None:
         op = ops.ready()
@@ -113,30 +111,30 @@ class StorageClient:
             raise UpstreamUnavailable("session storage is not ready")
 
     async def create_session(self, body: CreateSessionIn) -> SessionRow:
-        return await self._answer(ops.create_session(body), StoredSession)
+        return await self._answer(ops.create_session(body))
 
     # -- API tokens (the gateway's relay) ------------------------------------------------------
 
     async def create_token(self, body: NewToken) -> StoredToken:
-        return await self._answer(ops.create_token(body), StoredToken)
+        return await self._answer(ops.create_token(body))
 
     async def list_tokens(self) -> StoredTokenList:
-        return await self._answer(ops.list_tokens(), StoredTokenList)
+        return await self._answer(ops.list_tokens())
 
     async def get_token(self, token_id: str) -> StoredToken:
-        return await self._answer(ops.get_token(token_id), StoredToken)
+        return await self._answer(ops.get_token(token_id))
 
     async def revoke_token(self, token_id: str) -> StoredToken:
-        return await self._answer(ops.revoke_token(token_id), StoredToken)
+        return await self._answer(ops.revoke_token(token_id))
 
     # -- session records -----------------------------------------------------------------------
 
     async def get_session(self, sid: str) -> SessionRow:
-        return await self._answer(ops.get_session(sid), StoredSession)
+        return await self._answer(ops.get_session(sid))
 
     async def list_sessions(self, params: Sequence[tuple[str, str]]) -> SessionPage:
         """Return one page of sessions as clients see them (no wrapped keys)."""
-        page = await self._answer(ops.list_sessions(params), StoredSessionPage)
+        page = await self._answer(ops.list_sessions(params))
         return SessionPage(items=[s.public() for s in page.items], next_cursor=page.next_cursor)
 
     async def all_sessions(self) -> AsyncIterator[SessionRow]:
@@ -144,7 +142,7 @@ class StorageClient:
         cursor: str | None = None
         while True:
             params = [("limit", "500")] + ([("cursor", cursor)] if cursor else [])
-            page = await self._answer(ops.list_sessions(params), StoredSessionPage)
+            page = await self._answer(ops.list_sessions(params))
             for item in page.items:
                 yield item
             cursor = page.next_cursor
@@ -154,14 +152,14 @@ class StorageClient:
     async def replace_wrapped_key(self, sid: str, *, expected_key_id: str,
                                   wrapped: WrappedKey) -> SessionRow:
         body = RewrapIn(expected_key_id=expected_key_id, wrapped_key=WrappedKeyModel.of(wrapped))
-        return await self._answer(ops.replace_wrapped_key(sid, body), StoredSession)
+        return await self._answer(ops.replace_wrapped_key(sid, body))
 
     async def set_upload_length(self, sid: str, length: int) -> SessionRow:
-        return await self._answer(ops.set_upload_length(sid, length), StoredSession)
+        return await self._answer(ops.set_upload_length(sid, length))
 
     async def transition(self, sid: str, *, to: SessionState,
                          allowed_from: tuple[SessionState, ...]) -> SessionRow:
-        return await self._answer(ops.transition(sid, to, allowed_from), StoredSession)
+        return await self._answer(ops.transition(sid, to, allowed_from))
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
                         leaf_hash: bytes) -> None:
@@ -179,18 +177,18 @@ class StorageClient:
                      chunks: list[ChunkRow]) -> CommitOut:
         """Make staged chunks visible; return the new committed offset and chunk count."""
         op = ops.commit(sid, expected_offset=expected_offset, chunks=chunks)
-        return await self._answer(op, CommitOut)
+        return await self._answer(op)
 
     async def discard_staged(self, sid: str) -> list[int]:
         """Remove the session's staged, uncommitted chunks; return their indexes."""
-        return (await self._answer(ops.discard_staged(sid), DiscardOut)).discarded
+        return (await self._answer(ops.discard_staged(sid))).discarded
 
     async def chunks(self, sid: str, *, count: int) -> list[ChunkRow]:
         """Return the first `count` committed chunk rows, paging through storage."""
         rows: list[ChunkRow] = []
         while len(rows) < count:
             op = ops.list_chunks(sid, start=len(rows), limit=min(CHUNK_PAGE, count - len(rows)))
-            page = [c.to_entry() for c in (await self._answer(op, ChunkList)).items]
+            page = [c.to_entry() for c in (await self._answer(op)).items]
             if not page:
                 break
             rows.extend(page)
@@ -245,7 +243,7 @@ class StorageClient:
     async def finalize(self, sid: str, *, root_hash: bytes, checkpoint: str,
                        manifest: bytes) -> SessionRow:
         op = ops.finalize(sid, root_hash=root_hash, checkpoint=checkpoint, manifest=manifest)
-        return await self._answer(op, StoredSession)
+        return await self._answer(op)
 
     async def manifest(self, sid: str) -> bytes:
         return (await self._call(ops.get_manifest(sid))).content
@@ -276,27 +274,25 @@ class StorageClient:
                        wrapped: WrappedKey) -> SessionRow:
         body = HoldIn(legal_hold=hold, expected_key_id=expected_key_id,
                       wrapped_key=WrappedKeyModel.of(wrapped))
-        return await self._answer(ops.set_hold(sid, body), StoredSession)
+        return await self._answer(ops.set_hold(sid, body))
 
     async def expired(self, *, before: str, limit: int) -> list[SessionRow]:
         """Return live sessions, not held, that expired at or before `before`, oldest first."""
-        return (await self._answer(ops.expired(before=before, limit=limit),
-                                   StoredSessionPage)).items
+        return (await self._answer(ops.expired(before=before, limit=limit))).items
 
     async def idle(self, *, state: SessionState, before: str, limit: int) -> list[SessionRow]:
         """Return sessions in `state` unchanged since `before`, oldest first."""
-        return (await self._answer(ops.idle(state=state, before=before, limit=limit),
-                                   StoredSessionPage)).items
+        return (await self._answer(ops.idle(state=state, before=before, limit=limit))).items
 
     async def key_usage(self) -> dict[str, int]:
         """Return {key id: sessions holding a wrapped key under it}."""
-        return (await self._answer(ops.key_usage(), KeyUsageOut)).key_ids
+        return (await self._answer(ops.key_usage())).key_ids
 
     # -- the audit log -------------------------------------------------------------------------
 
     async def audit_head(self) -> tuple[int, bytes]:
         """Return (entries stored, hash of the last entry)."""
-        head = await self._answer(ops.audit_head(), AuditHead)
+        head = await self._answer(ops.audit_head())
         return head.size, bytes.fromhex(head.head)
 
     async def append_audit(self, entry: AuditEntry, checkpoint: bytes) -> None:
@@ -305,7 +301,7 @@ class StorageClient:
         await self._call(ops.append_audit(body))
 
     async def audit_page(self, params: Mapping[str, str]) -> AuditPage:
-        return await self._answer(ops.audit_page(params), AuditPage)
+        return await self._answer(ops.audit_page(params))
 
     async def audit_checkpoint(self) -> bytes | None:
         """Return the signed head of the audit log, or None before its first entry (204)."""
@@ -313,16 +309,7 @@ class StorageClient:
         return resp.content if resp.status_code == 200 else None
 
     async def stats(self) -> dict[str, int]:
-        return (await self._answer(ops.stats(), StatsOut)).sessions_by_state
-
-
-def _parsed(model: type[Answer], body: bytes) -> Answer:
-    """Return storage's answer as `model`; UpstreamUnavailable (logged) if it does not fit."""
-    try:
-        return parse_answer(model, body)
-    except MalformedAnswer as exc:
-        log.error("session storage answered outside the contract: %s", exc)
-        raise UpstreamUnavailable(f"session storage sent a malformed answer ({exc})") from None
+        return (await self._answer(ops.stats())).sessions_by_state
 
 
 def _error(status: int, body: bytes) -> ServiceError:

@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 
+from sessions.common.states import SessionState
+from sessions.contract.models import Session
+
 ADMIN_TOKEN = "admin-" + "a1" * 20
 SERVICE_TOKEN = "service-" + "s2" * 20
 SESSION_ID = "01JDZ0Q3W6Y8E2V7K4N5P9R1ST"
@@ -16,14 +19,23 @@ SESSION_ID = "01JDZ0Q3W6Y8E2V7K4N5P9R1ST"
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 
-def session_json(**overrides: Any) -> dict[str, Any]:
-    """Return a processor-side Session body (with a field the public API must not show)."""
-    body = {"id": SESSION_ID, "state": "recording", "labels": {}, "created_at":
-            "2025-11-27T12:00:00Z", "updated_at": "2025-11-27T12:00:00Z", "retention_days": None,
-            "offset": 0, "chunk_count": 0, "sealed_bytes": 0, "chunk_size": 1048576,
-            "zstd_level": 3, "format_version": 1, "root_hash": None, "integrity": "ok",
-            "upload_length": None, "owner": None, "legal_hold": False, "expires_at": None}
-    return body | overrides
+def session(**overrides: Any) -> Session:
+    """Return a recording session as the processor answers it (`overrides` validated)."""
+    built = Session(id=SESSION_ID, state=SessionState.RECORDING, labels={},
+                    created_at="2025-11-27T12:00:00Z", updated_at="2025-11-27T12:00:00Z",
+                    retention_days=None, offset=0, chunk_count=0, sealed_bytes=0,
+                    chunk_size=1048576, zstd_level=3, format_version=1, root_hash=None,
+                    integrity="ok", upload_length=None, owner=None, legal_hold=False,
+                    expires_at=None)
+    return Session.model_validate(built.model_dump() | overrides)
+
+
+def session_json(**extra: Any) -> dict[str, Any]:
+    """Return a processor-side Session body; keys `Session` lacks (a wrapped key, say) are
+    kept in the body, so a test can check that the gateway never shows them."""
+    fields = {k: v for k, v in extra.items() if k in Session.model_fields}
+    return session(**fields).model_dump(mode="json") | {
+        k: v for k, v in extra.items() if k not in Session.model_fields}
 
 
 @dataclass

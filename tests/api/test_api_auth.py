@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 import sessions.common.auth
+from sessions.contract.models import KeyRotation
 from tests.api.fakes import ADMIN_TOKEN, SERVICE_TOKEN, SESSION_ID, FakeProcessor, auth, error_of
 
 pytestmark = pytest.mark.anyio
@@ -99,8 +100,9 @@ async def test_health_needs_no_token(gateway: httpx.AsyncClient) -> None:
 
 async def test_key_rotation_needs_the_admin_token_and_passes_the_report_through(
         gateway: httpx.AsyncClient, fake: FakeProcessor) -> None:
-    report = {"master_key_id": "0123456789abcdef", "rotated": 3, "already_current": 1,
-              "erased": 0, "unknown_key_ids": []}
+    report = KeyRotation(master_key_id="0123456789abcdef", rotated=3, already_current=1,
+                         erased=0, period_wrapped=0, unknown_key_ids=[],
+                         unreadable_session_ids=[]).model_dump()
     fake.reply("POST", "/internal/v1/keys/rotate", body=report)
     refused = await gateway.post("/v1/keys/rotate")
     assert refused.status_code == 401 and error_of(refused) == "unauthorized"

@@ -225,10 +225,13 @@ async def test_processor_rejecting_the_service_token_is_not_the_clients_401(
 
 async def test_unexpected_failures_have_no_traceback(gateway: httpx.AsyncClient,
                                                      fake: FakeProcessor) -> None:
-    fake.reply("GET", f"{INTERNAL}/{SESSION_ID}", body={"id": SESSION_ID})  # not a Session
+    # Not a Session: the answer is parsed into the contract model at the client boundary,
+    # so a malformed one is the processor's fault (503), never a half-shown session.
+    fake.reply("GET", f"{INTERNAL}/{SESSION_ID}", body={"id": SESSION_ID})
     resp = await gateway.get(f"/v1/sessions/{SESSION_ID}", headers=auth())
-    assert resp.status_code == 500
-    assert resp.json() == {"error": "internal_error", "detail": "internal error"}
+    assert resp.status_code == 503
+    assert resp.json() == {"error": "upstream_unavailable",
+                           "detail": "the chunk processor sent a malformed answer"}
 
     async def garbage(_: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"<html>oops</html>")

@@ -22,6 +22,7 @@ from sessions.client import (
     download_replay,
     upload_file,
 )
+from tests.api.fakes import session_json
 
 SID = "01JDZ0Q3W6Y8E2V7K4N5P9R1ST"
 CHUNK = MIB
@@ -43,7 +44,7 @@ class FakeGateway:
         path, method = request.url.path, request.method
         if (method, path) == ("POST", "/v1/sessions"):
             self.created += 1
-            return httpx.Response(201, json={"id": SID, "state": "recording"})
+            return httpx.Response(201, json=session_json(id=SID, state="recording"))
         if path == f"/v1/sessions/{SID}/upload" and method == "GET":
             return httpx.Response(200, json={"offset": len(self.data), "chunk_size": CHUNK,
                                              "chunk_count": 0, "state": self.state})
@@ -53,7 +54,8 @@ class FakeGateway:
             return self.prefix_check(request)
         if path == f"/v1/sessions/{SID}/finalize":
             self.state = "completed"
-            return httpx.Response(200, json={"id": SID, "state": "completed"})
+            return httpx.Response(200, json=session_json(id=SID, state="completed",
+                                                         offset=len(self.data)))
         if path == f"/v1/sessions/{SID}/replay":
             body = bytes(self.data)
             headers = {"Content-Length": str(len(body))}

@@ -29,13 +29,13 @@ from sessions.common.states import SessionState
 from sessions.common.tokens import NewToken, Role
 from sessions.contract import storage as contract
 from sessions.contract.models import Session, SessionPage
+from sessions.contract.operations import reads
 from sessions.contract.storage import (
     CommitOut,
     CreateSessionIn,
     StoredSession,
     StoredSessionPage,
     WrappedKeyModel,
-    parse_answer,
 )
 from sessions.core import ChunkEntry, MasterKey, new_data_key
 from sessions.processor.config import Settings as ProcessorSettings
@@ -261,14 +261,14 @@ def test_the_parser_names_a_missing_field_and_never_echoes_a_value() -> None:
     record = json.loads(_record_json())
     del record["chunk_count"]
     with pytest.raises(contract.MalformedAnswer, match="chunk_count: Field required"):
-        parse_answer(StoredSession, json.dumps(record).encode())
+        reads(StoredSession)(200, json.dumps(record).encode())
     record = json.loads(_record_json())
     record["wrapped_key"] = {"key_id": "k", "blob": "!!secret-looking!!"}
     with pytest.raises(contract.MalformedAnswer) as info:
-        parse_answer(StoredSession, json.dumps(record).encode())
+        reads(StoredSession)(200, json.dumps(record).encode())
     assert "secret-looking" not in str(info.value)
     with pytest.raises(contract.MalformedAnswer):
-        parse_answer(StoredSessionPage, b"not json")
+        reads(StoredSessionPage)(200, b"not json")
 
 
 def _record_json() -> bytes:

@@ -22,7 +22,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
-from sessions.contract.storage import ChunkModel, parse_answer
+from sessions.contract.operations import reads
+from sessions.contract.storage import ChunkModel
 from sessions.core import ChunkSealer, leaf_hash, sealed_length_bound
 from sessions.processor.buffers import BufferPool
 from sessions.processor.ingest import Checksum, parse_checksum
@@ -503,7 +504,7 @@ def test_a_row_claiming_another_length_is_unopenable(delta: int) -> None:
 def test_chunk_rows_round_trip_through_json() -> None:
     row, _ = sealed_row(PLAINTEXTS["compressible"], index=9, offset=123)
     wire = ChunkModel.of(row).model_dump_json().encode()
-    assert parse_answer(ChunkModel, wire).to_entry() == row
+    assert reads(ChunkModel)(200, wire).to_entry() == row
     assert json.loads(wire)["leaf_hash"] == row.leaf_hash.hex()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -22,16 +22,14 @@ async def audit_log(processor: Processor,
                     limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_PAGE)] = 100,
                     session_id: Annotated[str | None,
                                           Query(json_schema_extra=SESSION_ID_DOC)] = None,
-                    ) -> Any:
+                    ) -> AuditPage:
     """Return entries with seq ≥ start; `next_start` continues, None after the last.
 
     Each entry commits to the previous one's hash; `GET /v1/audit/checkpoint` is the
     signed head (`lucid-sessions audit verify` checks the whole chain against it).
     """
-    params = {"start": str(start), "limit": str(limit)}
-    if session_id is not None:
-        params["session_id"] = check_session_id(session_id)
-    return await processor.audit(params)
+    return await processor.audit(start=start, limit=limit, session_id=None if session_id is None
+                                 else check_session_id(session_id))
 
 
 @router.get("/checkpoint", response_class=Response, responses={
@@ -39,7 +37,7 @@ async def audit_log(processor: Processor,
     **errors(401, 503)}, summary="The signed head of the audit log (a C2SP checkpoint)")
 async def audit_checkpoint(processor: Processor) -> Response:
     """Return `<node>/audit`, the entry count and the last entry's hash, signed by the node."""
-    resp = await processor.audit_checkpoint()
-    if resp.status_code != 200:
+    signed = await processor.audit_checkpoint()
+    if signed is None:
         return Response(status_code=204)
-    return Response(resp.content, media_type="text/plain; charset=utf-8")
+    return Response(signed, media_type="text/plain; charset=utf-8")

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
 from sessions.api.deps import Processor, authenticate
 from sessions.api.models import NodeInfo, errors
 from sessions.common.evidence import RotateSigningIn
+from sessions.contract.models import KeyRotation
 
 router = APIRouter(prefix="/v1", tags=["node"])
 
 
 @router.get("/node", response_model=NodeInfo, responses=errors(503),
             summary="The node's signed-note verifier key")
-async def node(processor: Processor) -> Any:
+async def node(processor: Processor) -> NodeInfo:
     """Return the key name, the C2SP verifier key and the checkpoint origin prefix.
 
     Needs no token.  An auditor should pin the verifier key out of band: a key
@@ -24,9 +23,10 @@ async def node(processor: Processor) -> Any:
     return await processor.node()
 
 
-@router.post("/keys/rotate", dependencies=[Depends(authenticate)], responses=errors(401, 503),
+@router.post("/keys/rotate", dependencies=[Depends(authenticate)], response_model=KeyRotation,
+             responses=errors(401, 503),
              summary="Rewrap every session key under the current master key")
-async def rotate_keys(processor: Processor) -> Any:
+async def rotate_keys(processor: Processor) -> KeyRotation:
     """Rewrap each session's data key under the processor's current master key.
 
     Restart the processor with the new key in `LUCID_MASTER_KEY_FILE` and the old one
@@ -39,7 +39,8 @@ async def rotate_keys(processor: Processor) -> Any:
 @router.post("/keys/signing/rotate", dependencies=[Depends(authenticate)],
              response_model=NodeInfo, responses=errors(401, 409, 422, 503),
              summary="Retire the node's signing key for a fresh one")
-async def rotate_signing_key(processor: Processor, body: RotateSigningIn | None = None) -> Any:
+async def rotate_signing_key(processor: Processor,
+                             body: RotateSigningIn | None = None) -> NodeInfo:
     """Generate a new signing key; every old key stays in `GET /v1/node`'s `key_history`.
 
     Old checkpoints keep verifying with the key that signed them.  After a leak, pass
@@ -47,5 +48,4 @@ async def rotate_signing_key(processor: Processor, body: RotateSigningIn | None 
     obtained them before that time (README, "Evidence").  409 `rotation_refused` when
     the key comes from `LUCID_SIGNING_KEY_FILE` (replace the file and restart instead).
     """
-    return await processor.rotate_signing_key(
-        {} if body is None else body.model_dump(exclude_none=True))
+    return await processor.rotate_signing_key(body or RotateSigningIn(compromised_after=None))

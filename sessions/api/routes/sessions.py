@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -12,6 +12,7 @@ from sessions.api.models import (
     CreateSession,
     InclusionProof,
     LabelFilter,
+    OwnedCreateSession,
     Session,
     SessionIdText,
     SessionPage,
@@ -22,6 +23,7 @@ from sessions.common.errors import InvalidParameter
 from sessions.common.ids import SESSION_ID_DOC
 from sessions.common.models import MAX_CHUNK_INDEX, MAX_LABELS, MAX_PAGE, MAX_TREE_SIZE
 from sessions.common.states import SessionState
+from sessions.contract.operations import session_query
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    dependencies=[Depends(authenticate)], responses=errors(401, 503))
@@ -30,13 +32,15 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
 @router.post("", status_code=201, response_model=Session, responses=errors(413, 422),
              summary="Create a session")
 async def create_session(processor: Processor, client: Client,
-                         body: CreateSession | None = None) -> Any:
+                         body: CreateSession | None = None) -> Session:
     """Create an empty session in state `recording`; upload to it with PATCH .../upload.
 
     The session's `owner` is the id of the token that created it.
     """
     spec = body if body is not None else CreateSession.model_validate({})
-    return await processor.create_session(spec.model_dump() | {"owner": client.token_id})
+    return await processor.create_session(OwnedCreateSession(
+        labels=spec.labels, retention_days=spec.retention_days,
+        upload_length=spec.upload_length, owner=client.token_id))
 
 
 @router.get("", response_model=SessionPage, responses=errors(422), summary="List sessions")
@@ -48,18 +52,16 @@ async def list_sessions(
     cursor: Annotated[SessionIdText | None, Query(description="next_cursor of the previous "
                                                   "page", json_schema_extra=SESSION_ID_DOC)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-) -> Any:
+) -> SessionPage:
     """Return one page of sessions, newest first, filtered by state and labels."""
-    params = [("limit", str(limit))]
-    params += [("state", state.value)] if state is not None else []
-    params += [("label", item) for item in label or []]
-    params += [("cursor", cursor)] if cursor is not None else []
-    return await processor.list_sessions(params)
+    return await processor.list_sessions(session_query(
+        state=None if state is None else state.value, labels=label or [], limit=limit,
+        cursor=cursor))
 
 
 @router.get("/{session_id}", response_model=Session, responses=errors(400, 404),
             summary="Show a session")
-async def show_session(session_id: SessionId, processor: Processor) -> Any:
+async def show_session(session_id: SessionId, processor: Processor) -> Session:
     """Return the session; a deleted one is a tombstone (`state: deleted`, no data key).
 
     Every other operation on a deleted session answers 409 `invalid_state` (DELETE
@@ -81,7 +83,7 @@ async def delete_session(session_id: SessionId, processor: Processor) -> Respons
 
 @router.put("/{session_id}/hold", response_model=Session, responses=errors(400, 404, 409),
             summary="Put a session under legal hold (admin)")
-async def set_hold(session_id: SessionId, processor: Processor) -> Any:
+async def set_hold(session_id: SessionId, processor: Processor) -> Session:
     """Block the session's deletion, by DELETE and by the retention sweep, until released.
 
     Idempotent.  Its data key is rewrapped under the node's master key, so the end of its
@@ -92,7 +94,7 @@ async def set_hold(session_id: SessionId, processor: Processor) -> Any:
 
 @router.delete("/{session_id}/hold", response_model=Session, responses=errors(400, 404, 409),
                summary="Release a session's legal hold (admin)")
-async def release_hold(session_id: SessionId, processor: Processor) -> Any:
+async def release_hold(session_id: SessionId, processor: Processor) -> Session:
     """Release the hold; a session past its expiry is erased by the next retention sweep.
 
     Idempotent.  409 `invalid_state` if the session was erased.
@@ -102,7 +104,7 @@ async def release_hold(session_id: SessionId, processor: Processor) -> Any:
 
 @router.post("/{session_id}/finalize", response_model=Session, responses=errors(400, 404, 409),
              summary="Finalize a session")
-async def finalize_session(session_id: SessionId, processor: Processor) -> Any:
+async def finalize_session(session_id: SessionId, processor: Processor) -> Session:
     """Seal the Merkle root, sign the checkpoint, write the manifest; state becomes `completed`.
 
     Idempotent: finalizing a completed session returns it unchanged.
@@ -138,7 +140,7 @@ async def checkpoint(session_id: SessionId, processor: Processor,
 async def inclusion_proof(session_id: SessionId, processor: Processor,
                           index: Annotated[int, Query(ge=0, le=MAX_CHUNK_INDEX)],
                           size: Annotated[int | None, Query(ge=1, le=MAX_TREE_SIZE)] = None,
-                          ) -> Any:
+                          ) -> InclusionProof:
     """Return the RFC 9162 audit path of chunk `index` in the tree of `size` chunks."""
     if size is not None and index >= size:
         raise InvalidParameter("index must be below size")
@@ -151,7 +153,8 @@ async def consistency_proof(session_id: SessionId, processor: Processor,
                             from_: Annotated[int, Query(alias="from", ge=0, le=MAX_TREE_SIZE)],
                             to: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE,
                                                             description="default: all "
-                                                            "committed chunks")] = None) -> Any:
+                                                            "committed chunks")] = None,
+                            ) -> ConsistencyProof:
     """Return the RFC 9162 proof that the tree of `to` chunks extends the tree of `from`."""
     if to is not None and from_ > to:
         raise InvalidParameter("from must not exceed to")
@@ -162,6 +165,7 @@ async def consistency_proof(session_id: SessionId, processor: Processor,
              responses=errors(400, 404, 409, 422), summary="Verify the stored session")
 async def verify_session(session_id: SessionId, processor: Processor,
                          sample: Annotated[float, Query(gt=0, le=100, description="percent of "
-                                                        "chunks to check")] = 100) -> Any:
+                                                        "chunks to check")] = 100,
+                         ) -> VerifyReport:
     """Check signature, root and every sampled chunk (present, unaltered, opens)."""
     return await processor.verify(session_id, sample)

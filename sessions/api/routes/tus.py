@@ -8,7 +8,6 @@ calls as the JSON API, and answers as tus says (201 + `Location`, 204 +
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -29,6 +28,8 @@ from sessions.common.errors import (
     ServiceError,
     UpstreamUnavailable,
 )
+from sessions.common.states import SessionState
+from sessions.contract.models import OwnedCreateSession, Session
 
 router = APIRouter(tags=["upload"])
 hidden = APIRouter(prefix=tus.TUS_PREFIX + "/v1/sessions", include_in_schema=False,
@@ -52,11 +53,11 @@ body: 412 `tus_version_unsupported` (another `Tus-Resumable`), 410 `session_dele
 
 async def _discovery(settings: SettingsDep, processor: Processor) -> Response:
     try:
-        chunk_size = (await processor.node()).get("chunk_size")
+        chunk_size = (await processor.node()).chunk_size
     except ServiceError:
         chunk_size = None  # discovery still answers while the processor is away
     headers = tus.discovery_headers(max_size=settings.max_session_bytes,
-                                    chunk_size=chunk_size if isinstance(chunk_size, int) else None)
+                                    chunk_size=chunk_size)
     return Response(status_code=204, headers=headers)
 
 
@@ -113,7 +114,7 @@ async def _append(request: Request, processor: Processor, metrics: MetricsDep,
         if exc.extra.get("state") == "deleted":
             raise tus.Gone() from None  # tus termination: the URL is gone for good
         raise
-    return new_offset if new_offset is not None else str(result.get("offset", ""))
+    return new_offset if new_offset is not None else str(result.offset)
 
 
 @hidden.post("", status_code=201, response_class=Response)
@@ -126,9 +127,9 @@ async def create(request: Request, processor: Processor, settings: SettingsDep,
     if request.headers.get("content-type") is not None and request.headers.get(
             "content-length") != "0":  # creation-with-upload; an empty body is no data
         data = _forwarded(request, settings, "0")
-    created = await processor.create_session({"labels": labels, "upload_length": length,
-                                              "owner": client.token_id})
-    session_id = str(created["id"])
+    created = await processor.create_session(OwnedCreateSession(
+        labels=labels, retention_days=None, upload_length=length, owner=client.token_id))
+    session_id = created.id
     headers = {"Location": _location(session_id), **_expiry(settings, _now())}
     if data is not None:
         headers["Upload-Offset"] = await _first_bytes(request, processor, metrics, session_id,
@@ -148,37 +149,37 @@ async def _first_bytes(request: Request, processor: Processor, metrics: MetricsD
     except ServiceError as exc:
         if isinstance(exc, UpstreamUnavailable):
             raise
-        return str((await processor.get_session(session_id))["offset"])
+        return str((await processor.get_session(session_id)).offset)
 
 
 @hidden.head("/{session_id}/upload", response_class=Response)
 async def offset(session_id: SessionId, processor: Processor, settings: SettingsDep) -> Response:
     """tus HEAD: Upload-Offset, Upload-Length or Upload-Defer-Length, metadata, expiry."""
     session = await processor.get_session(session_id)
-    if session["state"] == "deleted":
+    if session.state == SessionState.DELETED:
         raise tus.Gone()
-    if (session["state"] in ("recording", "finalizing")
-            and session.get("upload_length") == session["offset"]):
+    if (session.state in (SessionState.RECORDING, SessionState.FINALIZING)
+            and session.upload_length == session.offset):
         session = await processor.finalize(session_id)  # completes a finalize that was cut off
     return Response(status_code=200, headers=_head_headers(session, settings))
 
 
-def _head_headers(session: dict[str, Any], settings: Settings) -> dict[str, str]:
+def _head_headers(session: Session, settings: Settings) -> dict[str, str]:
     """Return a tus HEAD's headers; a completed session's length is its offset."""
-    headers = {"Upload-Offset": str(session["offset"]), "Cache-Control": "no-store",
-               tus.CHUNK_SIZE_HEADER: str(session["chunk_size"])}
-    length = session.get("upload_length")
-    if length is None and session["state"] == "completed":
-        length = session["offset"]  # finalized through the JSON API: nothing more can come
+    headers = {"Upload-Offset": str(session.offset), "Cache-Control": "no-store",
+               tus.CHUNK_SIZE_HEADER: str(session.chunk_size)}
+    length = session.upload_length
+    if length is None and session.state == SessionState.COMPLETED:
+        length = session.offset  # finalized through the JSON API: nothing more can come
     if length is None:
         headers["Upload-Defer-Length"] = "1"
     else:
         headers["Upload-Length"] = str(length)
-    meta = tus.metadata_header(session.get("labels") or {})
+    meta = tus.metadata_header(session.labels)
     if meta is not None:
         headers["Upload-Metadata"] = meta
-    if session["state"] == "recording":
-        last = datetime.fromisoformat(str(session["updated_at"]).replace("Z", "+00:00"))
+    if session.state == SessionState.RECORDING:
+        last = datetime.fromisoformat(session.updated_at.replace("Z", "+00:00"))
         headers |= _expiry(settings, last)
     return headers
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
 from sessions.api.deps import Processor, SessionId, authenticate
 from sessions.api.models import errors
-from sessions.common.models import PrefixCheck, PrefixCheckResult
+from sessions.common.models import PrefixCheck
+from sessions.contract.models import PrefixCheckResult
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/upload", tags=["upload"],
                    dependencies=[Depends(authenticate)])
@@ -32,5 +31,6 @@ verified as replay reads them, and compares the digest of their plaintext in con
              responses=errors(400, 401, 404, 409, 413, 422, 502, 503),
              summary="Check that the committed bytes are a file's prefix",
              description=DESCRIPTION)
-async def prefix_check(session_id: SessionId, body: PrefixCheck, processor: Processor) -> Any:
+async def prefix_check(session_id: SessionId, body: PrefixCheck,
+                       processor: Processor) -> PrefixCheckResult:
     return await processor.prefix_check(session_id, body)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
@@ -40,12 +40,12 @@ there with `PATCH`, each request carrying `Upload-Offset` = the committed offset
              summary="Committed offset (header only)", description=PROTOCOL)
 async def upload_offset(session_id: SessionId, processor: Processor) -> Response:
     status = await processor.upload_status(session_id)
-    return Response(headers={"Upload-Offset": str(status["offset"]), "Cache-Control": "no-store"})
+    return Response(headers={"Upload-Offset": str(status.offset), "Cache-Control": "no-store"})
 
 
 @router.get("", response_model=UploadStatus, summary="Upload status: offset and chunk size",
             description=PROTOCOL)
-async def upload_status(session_id: SessionId, processor: Processor) -> Any:
+async def upload_status(session_id: SessionId, processor: Processor) -> UploadStatus:
     return await processor.upload_status(session_id)
 
 
@@ -78,6 +78,6 @@ async def upload(
     body = limited_body(request, limit=min(settings.max_upload_bytes, room), count=counter.inc,
                         stall_timeout=settings.body_read_timeout)
     result, new_offset = await processor.upload(session_id, body, headers)
-    offset = new_offset if new_offset is not None else str(result.get("offset", ""))
-    return JSONResponse(UploadResult.model_validate(result).model_dump(),
+    offset = new_offset if new_offset is not None else str(result.offset)
+    return JSONResponse(result.model_dump(),
                         headers={"Upload-Offset": offset, "Cache-Control": "no-store"})

@@ -40,6 +40,5 @@ async def replay(session_id: SessionId, engine: EngineDep, audit: AuditDep,
             responses={200: _BINARY, **error_responses(404, 409)})
 async def sealed_chunk(session_id: SessionId, engine: EngineDep,
                        index: Annotated[int, Path(ge=0, le=MAX_CHUNK_INDEX)]) -> Response:
-    data = await engine.storage.get_chunk(session_id, index)
-    engine.metrics.bytes_out.labels("processor", "sealed").inc(len(data))
-    return Response(data, media_type="application/octet-stream")
+    return Response(await engine.sealed_chunk(session_id, index),
+                    media_type="application/octet-stream")

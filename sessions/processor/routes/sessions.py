@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -18,6 +18,13 @@ from sessions.common.models import (
     list_params,
 )
 from sessions.common.states import SessionState
+from sessions.contract.models import (
+    ConsistencyProof,
+    InclusionProof,
+    Session,
+    SessionPage,
+    VerifyReport,
+)
 from sessions.processor.deps import AuditDep, EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
@@ -25,10 +32,10 @@ router = APIRouter(prefix="/internal/v1/sessions", tags=["sessions"])
 
 @router.post("", status_code=201)
 async def create_session(body: OwnedCreateSession, engine: EngineDep,
-                         audit: AuditDep) -> dict[str, Any]:
+                         audit: AuditDep) -> Session:
     created = await engine.create(body.labels, body.retention_days, body.upload_length,
                                   owner=body.owner)
-    await audit("create", created["id"])
+    await audit("create", created.id)
     return created
 
 
@@ -40,33 +47,33 @@ async def list_sessions(
                          Query(max_length=MAX_LABELS)] = None,
         cursor: Annotated[str | None, Query(json_schema_extra=SESSION_ID_DOC)] = None,  # noqa: ARG001
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,  # noqa: ARG001
-) -> dict[str, Any]:
+) -> SessionPage:
     """Return one page of sessions; the parameters are checked once more by list_params."""
     return await engine.list_sessions(list_params(request.query_params.multi_items()))
 
 
 @router.get("/{session_id}", responses=error_responses(404))
-async def show_session(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+async def show_session(session_id: SessionId, engine: EngineDep) -> Session:
     return await engine.get(session_id)
 
 
 @router.post("/{session_id}/finalize", responses=error_responses(404, 409))
 async def finalize_session(session_id: SessionId, engine: EngineDep,
-                           audit: AuditDep) -> dict[str, Any]:
+                           audit: AuditDep) -> Session:
     done = await engine.finalize(session_id)
-    await audit("finalize", session_id, f"chunks={done.get('chunk_count')}")
+    await audit("finalize", session_id, f"chunks={done.chunk_count}")
     return done
 
 
 @router.put("/{session_id}/upload-length", responses=error_responses(404, 409))
 async def set_upload_length(session_id: SessionId, body: UploadLength,
-                            engine: EngineDep) -> dict[str, Any]:
+                            engine: EngineDep) -> Session:
     return await engine.set_upload_length(session_id, body.upload_length)
 
 
 @router.put("/{session_id}/hold", responses=error_responses(404, 409))
 async def set_hold(session_id: SessionId, engine: EngineDep,
-                   audit: AuditDep) -> dict[str, Any]:
+                   audit: AuditDep) -> Session:
     """Put the session under legal hold (its key is rewrapped under the master key)."""
     held = await engine.set_hold(session_id, True)
     await audit("hold", session_id)
@@ -75,7 +82,7 @@ async def set_hold(session_id: SessionId, engine: EngineDep,
 
 @router.delete("/{session_id}/hold", responses=error_responses(404, 409))
 async def release_hold(session_id: SessionId, engine: EngineDep,
-                       audit: AuditDep) -> dict[str, Any]:
+                       audit: AuditDep) -> Session:
     """Release the legal hold (the key goes back under its retention period's key)."""
     released = await engine.set_hold(session_id, False)
     await audit("release", session_id)
@@ -111,7 +118,7 @@ async def get_checkpoint(session_id: SessionId, engine: EngineDep,
 async def inclusion_proof(session_id: SessionId, engine: EngineDep,
                           index: Annotated[int, Query(ge=0, le=MAX_TREE_SIZE)],
                           size: Annotated[int | None, Query(ge=0, le=MAX_TREE_SIZE)] = None,
-                          ) -> dict[str, Any]:
+                          ) -> InclusionProof:
     return await engine.inclusion(session_id, index, size)
 
 
@@ -121,13 +128,13 @@ async def consistency_proof(session_id: SessionId, engine: EngineDep,
                                                             le=MAX_TREE_SIZE)],
                             to_size: Annotated[int | None, Query(alias="to", ge=0,
                                                                  le=MAX_TREE_SIZE)] = None,
-                            ) -> dict[str, Any]:
+                            ) -> ConsistencyProof:
     return await engine.consistency(session_id, from_size, to_size)
 
 
 @router.post("/{session_id}/verify", responses=error_responses(404, 409))
 async def verify_session(session_id: SessionId, engine: EngineDep, audit: AuditDep,
-                         sample: Annotated[float, Query(gt=0, le=100)] = 100) -> dict[str, Any]:
+                         sample: Annotated[float, Query(gt=0, le=100)] = 100) -> VerifyReport:
     report = await engine.verify(session_id, sample)
-    await audit("verify", session_id, f"sample={sample:g} ok={report.get('ok')}")
+    await audit("verify", session_id, f"sample={sample:g} ok={report.ok}")
     return report

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sessions.common.errors import error_responses
-from sessions.common.models import PrefixCheck, PrefixCheckResult
+from sessions.common.models import PrefixCheck
+from sessions.contract.models import PrefixCheckResult
 from sessions.processor.deps import EngineDep, SessionId
 
 router = APIRouter(prefix="/internal/v1/sessions", tags=["uploads"])

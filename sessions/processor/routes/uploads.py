@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -11,6 +9,7 @@ from sessions.common.bodies import request_body
 from sessions.common.errors import BadRequest, InvalidState, UnsupportedMediaType, error_responses
 from sessions.common.models import CHECKSUM_PATTERN
 from sessions.common.states import SessionState
+from sessions.contract.models import Session, UploadResult, UploadStatus
 from sessions.processor.deps import AuditDep, EngineDep, SessionId
 from sessions.processor.engine import Engine
 
@@ -41,29 +40,30 @@ _UPLOAD_DOC = {
          "schema": {"type": "string", "pattern": CHECKSUM_PATTERN}}]}
 
 
-async def _live(engine: Engine, session_id: str) -> dict[str, Any]:
+async def _live(engine: Engine, session_id: str) -> Session:
     """Return the session unless it is deleted (409 `invalid_state`: its upload is gone)."""
     session = await engine.get(session_id)
-    if session["state"] == SessionState.DELETED:
-        raise InvalidState("the session was deleted", extra={"state": session["state"]})
+    if session.state == SessionState.DELETED:
+        raise InvalidState("the session was deleted", extra={"state": session.state.value})
     return session
 
 
 @router.head("/{session_id}/upload", responses=error_responses(404, 409))
 async def upload_offset_head(session_id: SessionId, engine: EngineDep) -> Response:
     session = await _live(engine, session_id)
-    return Response(headers={"Upload-Offset": str(session["offset"]),
+    return Response(headers={"Upload-Offset": str(session.offset),
                              "Cache-Control": "no-store"})
 
 
 @router.get("/{session_id}/upload", responses=error_responses(404, 409))
-async def upload_status(session_id: SessionId, engine: EngineDep) -> dict[str, Any]:
+async def upload_status(session_id: SessionId, engine: EngineDep) -> UploadStatus:
     s = await _live(engine, session_id)
-    return {"offset": s["offset"], "chunk_count": s["chunk_count"],
-            "chunk_size": s["chunk_size"], "state": s["state"]}
+    return UploadStatus(offset=s.offset, chunk_count=s.chunk_count, chunk_size=s.chunk_size,
+                        state=s.state)
 
 
 @router.patch("/{session_id}/upload", openapi_extra=_UPLOAD_DOC,
+              response_model=UploadResult,
               responses=error_responses(404, 408, 409, 413, 415, 460, 507))
 async def upload(session_id: SessionId, request: Request, engine: EngineDep,
                  audit: AuditDep) -> Response:
@@ -80,6 +80,6 @@ async def upload(session_id: SessionId, request: Request, engine: EngineDep,
         checksum_header=request.headers.get("upload-checksum"),
         content_length=_non_negative(request.headers.get("content-length"), "Content-Length"),
         max_bytes=MAX_REQUEST_BYTES)
-    if done["offset"] > offset:
-        await audit("append", session_id, f"bytes={offset}-{done['offset'] - 1}")
-    return JSONResponse(done, headers={"Upload-Offset": str(done["offset"])})
+    if done.offset > offset:
+        await audit("append", session_id, f"bytes={offset}-{done.offset - 1}")
+    return JSONResponse(done.model_dump(), headers={"Upload-Offset": str(done.offset)})

@@ -24,7 +24,7 @@ import itertools
 import random
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -144,7 +144,7 @@ class ChunkReader:
     # -- 2. fetching ahead -------------------------------------------------------------------
 
     async def _ahead(self, indexes: Sequence[int], tasks: int,
-                     work: Callable[[int], Awaitable[T]]) -> AsyncIterator[T]:
+                     work: Callable[[int], Awaitable[T]]) -> AsyncGenerator[T, None]:
         """Yield work(i) for each index in order, keeping up to `tasks` of them running
         (tasks - 1 ahead while the one yielded is awaited)."""
         pending: deque[asyncio.Future[T]] = deque()
@@ -239,10 +239,11 @@ class ChunkReader:
         return stream
 
     @staticmethod
-    async def _send(first: tuple[ChunkRow, bytes], rest: AsyncIterator[tuple[ChunkRow, bytes]],
-                    rng: ByteRange | None, lease: Lease,
-                    sent: Callable[[int], object]) -> AsyncGenerator[bytes, None]:
-        """Yield the opened chunks, first then the rest, cut to `rng`; release the lease last."""
+    async def _send(first: tuple[ChunkRow, bytes],
+                    rest: AsyncGenerator[tuple[ChunkRow, bytes], None], rng: ByteRange | None,
+                    lease: Lease, sent: Callable[[int], object]) -> AsyncGenerator[bytes, None]:
+        """Yield the opened chunks, first then the rest, cut to `rng`; stop the read-ahead,
+        then release the lease, however the stream ends."""
         try:
             piece = _cut(*first, rng)
             sent(len(piece))
@@ -252,7 +253,10 @@ class ChunkReader:
                 sent(len(piece))
                 yield piece
         finally:
-            lease.release()
+            try:
+                await rest.aclose()  # cancels the chunks fetched ahead (a client went away)
+            finally:
+                lease.release()
 
     async def examine(self, indexes: Sequence[int]) -> dict[int, ChunkFacts]:
         """Return what each listed chunk's stored bytes are, whatever its row says.

@@ -42,8 +42,8 @@ def anyio_backend() -> str:
 class MemoryChunks:
     """Sealed chunks by index, served as `StorageClient.read_chunk_into` serves them."""
 
-    def __init__(self, stored: dict[int, bytes]) -> None:
-        self.stored = stored
+    def __init__(self, stored: dict[int, bytes], *, delay: float = 0.001) -> None:
+        self.stored, self.delay = stored, delay
         self.reading = self.most_reading = 0
         self.reads: list[int] = []
 
@@ -53,7 +53,7 @@ class MemoryChunks:
         self.reading += 1
         self.most_reading = max(self.most_reading, self.reading)
         try:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(self.delay)
             data = self.stored.get(index)
             if data is None:
                 raise ChunkNotFound()
@@ -173,6 +173,23 @@ async def test_a_stream_closed_early_or_never_started_gives_its_lease_back() -> 
     del unstarted
     gc.collect()
     assert node.budget.leased == 0 and node.budget.unpooled == 0
+
+
+@pytest.mark.anyio
+async def test_closing_a_stream_stops_the_chunks_read_ahead() -> None:
+    """A client that goes away leaves no read running on for it (storage is slow here)."""
+    rows, stored = sealed(plaintexts(8))
+    node, source = Node(prefetch=3), MemoryChunks(stored, delay=0.05)
+    stream = await node.reader(source, rows).plaintext()
+    await anext(stream)
+    await anext(stream)  # its chunk was fetched ahead; taking it sends for one more
+    await asyncio.sleep(0.01)
+    assert source.reading > 0  # the next chunk is on its way
+    await stream.aclose()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the cancellations are delivered, far sooner than the reads end
+    assert source.reading == 0
+    assert node.budget.leased == 0
 
 
 @pytest.mark.anyio

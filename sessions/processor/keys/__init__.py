@@ -22,7 +22,8 @@ from sessions.core import KeyPeriod, MasterKey, NoteSigner, NoteVerifier, Wrappe
 from sessions.processor.config import Settings
 from sessions.processor.keys.master import (
     ensure_local_master,
-    load_masters,
+    load_master,
+    load_previous_masters,
     master_for,
     unwrap_data_key,
     wrapping_key,
@@ -116,8 +117,9 @@ def load_node_keys(settings: Settings) -> NodeKeys:
                               + " pointing at secret files")
     for message in ensure_local_keys(settings):
         log.warning(message)
-    master, previous = load_masters(settings)
+    master = load_master(settings)
     signer = load_signer(settings)
+    previous = load_previous_masters(settings)
     periods = PeriodKeys(settings.kek_dir or settings.secrets_dir / "kek")
     history = record_signing_key(history_path(settings), signer.verifier(), now=timestamp())
     return NodeKeys(master=master, signer=signer, previous=previous, periods=periods,

@@ -32,12 +32,17 @@ def ensure_local_master(settings: Settings) -> str | None:
     return None
 
 
-def load_masters(settings: Settings) -> tuple[MasterKey, tuple[MasterKey, ...]]:
-    """Return the current and the previous master keys; ConfigError names a bad file."""
+def load_master(settings: Settings) -> MasterKey:
+    """Return the current master key; ConfigError says what is wrong with its file."""
     try:
-        master = MasterKey.from_file(master_path(settings))
+        return MasterKey.from_file(master_path(settings))
     except KeyMaterialError as exc:
         raise ConfigError(f"master key: {exc}") from None
+
+
+def load_previous_masters(settings: Settings) -> tuple[MasterKey, ...]:
+    """Return the previous master keys (LUCID_PREVIOUS_MASTER_KEY_FILES); ConfigError names
+    a bad one."""
     previous = []
     listed = (settings.previous_master_key_files or "").split(",")
     for name in filter(None, (p.strip() for p in listed)):
@@ -45,7 +50,7 @@ def load_masters(settings: Settings) -> tuple[MasterKey, tuple[MasterKey, ...]]:
             previous.append(MasterKey.from_file(Path(name)))
         except KeyMaterialError as exc:
             raise ConfigError(f"previous master key: {exc}") from None
-    return master, tuple(previous)
+    return tuple(previous)
 
 
 def master_for(masters: tuple[MasterKey, ...], key_id: str) -> MasterKey:

@@ -2,9 +2,9 @@
 
 A `ChunkReader` is built once per operation with everything the way out needs: where
 chunks are read from (`ChunkSource`, storage), the session's sealer, the rows it trusts
-(the signed manifest's, or storage's once they extend the signed checkpoint) and the
-node's `ReadResources` (worker threads, read-ahead, the buffer pool and the shared
-memory budget).  Each operation then runs in this module from start to end:
+(the signed manifest's, or storage's once they extend the signed checkpoint), the reused
+buffers of its chunk size and the node's `ReadResources` (worker threads, read-ahead,
+the shared memory budget).  Each operation then runs in this module from start to end:
 
 1. lease its share of the memory budget (waiting in line while it is taken: back-pressure);
 2. fetch chunks ahead, as far as the lease allows, into reused buffers of the pool;

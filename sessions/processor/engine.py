@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,11 +67,10 @@ from sessions.core import (
     new_data_key,
     rewrap,
     root_hash,
-    sealed_length_bound,
     sign_checkpoint,
 )
 from sessions.processor.audit import AuditRecorder
-from sessions.processor.buffers import ChunkBuffers, Lease, MemoryBudget
+from sessions.processor.buffers import ChunkBuffers, MemoryBudget
 from sessions.processor.config import Settings
 from sessions.processor.ingest import ingest, lane_permits, lane_sizes, lane_want, parse_checksum
 from sessions.processor.integrity import (
@@ -95,11 +93,9 @@ from sessions.processor.integrity import (
 from sessions.processor.keys import NodeKeys, rotate_signing_key
 from sessions.processor.readback import (
     ByteRange,
-    ChunkFacts,
     ChunkReader,
-    chunk_span,
+    ReadResources,
     parse_range,
-    plaintext_stream,
     sample_indexes,
 )
 from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClient
@@ -450,13 +446,8 @@ class Engine:
         hasher = hashlib.sha256()
         if rows:
             loop = asyncio.get_running_loop()
-            reader, lease = await self._reader(sid, rows, chunk_size=row.chunk_size,
-                                               chunks=len(rows), plaintext=True)
-            try:
-                async for _, plain in reader.opened(self._sealer(row), range(len(rows))):
-                    await loop.run_in_executor(self.hasher, hasher.update, plain)
-            finally:
-                lease.release()
+            async for plain in await self._reader(row, rows).plaintext():
+                await loop.run_in_executor(self.hasher, hasher.update, plain)
         return PrefixCheckResult(match=hmac.compare_digest(hasher.digest(), digest),
                                  offset=committed)
 
@@ -591,66 +582,25 @@ class Engine:
             return row, list((await self._manifest_or_corrupt(sid)).chunks)
         return row, await self._checked_rows(row, anchor)
 
-    async def _reader(self, sid: str, rows: list[ChunkRow], *, chunk_size: int, chunks: int,
-                      plaintext: bool) -> tuple[ChunkReader, Lease]:
-        """Return a reader of these rows and its lease on the memory budget (waiting for it).
-
-        Each chunk in flight holds a sealed buffer; each worker opening one, a payload
-        buffer; a reader handing out plaintext also holds each opened chunk and the one
-        being sent (outside the pools).  How far it reads ahead follows from the lease.
-        The caller releases it.
-        """
-        sealed = sealed_length_bound(chunk_size)
-        workers = max(1, self.settings.seal_workers)
-        task = sealed + (chunk_size if plaintext else 0)
-        fixed = workers * sealed + (chunk_size if plaintext else 0)
-        most = min(self.settings.prefetch_chunks + 2, max(chunks, 1))
-        lease = await self.budget.lease(fixed + most * task, least=fixed + min(2, most) * task)
-        tasks = max(1, min(most, (lease.size - fixed) // task))
-        if plaintext:
-            lease.hold_unpooled((tasks + 1) * chunk_size)
-        reader = ChunkReader(self.storage, sid, rows, executor=self.executor,
-                             prefetch=max(0, tasks - 2),
-                             buffers=self._chunk_buffers(chunk_size).sealed, workers=workers)
-        return reader, lease
+    def _reader(self, row: SessionRow, rows: list[ChunkRow]) -> ChunkReader:
+        """Return the reader of a session's chunks by these rows (KeyUnavailable if its key
+        does not open): its sealer, the buffers of its chunk size, the shared budget."""
+        resources = ReadResources(self.executor, max(1, self.settings.seal_workers),
+                                  self.settings.prefetch_chunks, self.budget)
+        return ChunkReader(self.storage, row.id, rows, sealer=self._sealer(row),
+                           buffers=self._chunk_buffers(row.chunk_size), resources=resources)
 
     async def replay(self, sid: str, range_header: str | None) -> Replay:
         """Return the verified plaintext stream; the first chunk is checked before returning."""
         row, rows = await self._trusted_rows(sid)
         size = sum(r.length for r in rows)
         rng = parse_range(range_header, size=size)
-        whole = rng or ByteRange(0, size)
         if size == 0:
             return Replay(rng, 0, _empty())
-        reader, lease = await self._reader(sid, rows, chunk_size=row.chunk_size,
-                                           chunks=len(chunk_span(rows, whole)), plaintext=True)
-        try:
-            body = plaintext_stream(reader, self._sealer(row), rows, whole)
-            first = await body.__anext__()
-        except BaseException:
-            lease.release()
-            raise
-        stream = self._count_out(_prepend(first, body), lease)
-        weakref.finalize(stream, lease.release)  # also if the stream is never started
-        return Replay(rng, size, stream)
-
-    async def _count_out(self, body: AsyncIterator[bytes], lease: Lease) -> AsyncIterator[bytes]:
         counter = self.metrics.bytes_out.labels("processor", "plaintext")
-        try:
-            async for piece in body:
-                counter.inc(len(piece))
-                yield piece
-        finally:
-            lease.release()
-
-    async def _examine(self, row: SessionRow, rows: list[ChunkRow],
-                       indexes: list[int]) -> dict[int, ChunkFacts]:
-        reader, lease = await self._reader(row.id, rows, chunk_size=row.chunk_size,
-                                           chunks=len(indexes), plaintext=False)
-        try:
-            return {f.index: f async for f in reader.examined(self._sealer(row), indexes)}
-        finally:
-            lease.release()
+        body = await self._reader(row, rows).plaintext(rng or ByteRange(0, size),
+                                                       sent=counter.inc)
+        return Replay(rng, size, body)
 
     async def verify(self, sid: str, sample: float) -> VerifyReport:
         """Return the verify report: chunk damage and metadata damage, each pinpointed.
@@ -696,7 +646,7 @@ class Engine:
         trusted = [c.leaf_hash for c in manifest.chunks]
         readable = min(manifest.chunk_count, row.chunk_count)  # storage serves no more
         indexes = sample_indexes(readable, sample)
-        facts = await self._examine(row, list(manifest.chunks), indexes)
+        facts = await self._reader(row, list(manifest.chunks)).examine(indexes)
         bad = chunk_verdicts(facts, trusted)
         root_ok: bool | None = None
         if len(indexes) == manifest.chunk_count:
@@ -718,7 +668,7 @@ class Engine:
         findings += session_findings(row, rows, anchor)
         leaves = [r.leaf_hash for r in rows]
         indexes = sample_indexes(len(rows), sample)
-        facts = await self._examine(row, rows, indexes)
+        facts = await self._reader(row, rows).examine(indexes)
         trusted, anchored = leaves, anchor is None or extends(leaves, anchor)
         hidden = anchor is not None and anchor.size > len(leaves)  # a chunk_count finding
         if anchor is not None and not anchored and not hidden:
@@ -912,12 +862,6 @@ def _check_size(size: int | None, committed: int, name: str) -> int:
     if not 0 <= size <= committed:
         raise InvalidParameter(f"{name} must satisfy 0 <= {name} <= {committed} (chunks committed)")
     return size
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for piece in rest:
-        yield piece
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -31,7 +31,7 @@ from sessions.common.errors import ServiceError
 from sessions.common.states import SessionState
 from sessions.processor.config import Settings
 from sessions.processor.engine import Engine
-from sessions.processor.keys import period_end
+from sessions.processor.keys.periods import period_end
 from sessions.processor.storage_client import SessionRow
 
 log = logging.getLogger("lucid.processor.sweep")

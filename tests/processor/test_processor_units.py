@@ -24,14 +24,15 @@ from hypothesis import strategies as st
 from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
 from sessions.contract.operations import reads
 from sessions.contract.storage import ChunkModel
-from sessions.core import ChunkSealer, leaf_hash, sealed_length_bound
-from sessions.processor.buffers import BufferPool
+from sessions.core import ChunkSealer, leaf_hash
+from sessions.processor.buffers import ChunkBuffers, MemoryBudget
 from sessions.processor.ingest import Checksum, parse_checksum
 from sessions.processor.readback import (
     BadChunk,
     ByteRange,
     ChunkFacts,
     ChunkReader,
+    ReadResources,
     check_and_open,
     chunk_span,
     parse_range,
@@ -541,13 +542,13 @@ def _examine_over(stored: dict[int, bytes], rows: list[ChunkRow]) -> list[ChunkF
     async def run() -> list[ChunkFacts]:
         storage = StorageClient("http://storage.test", "token",
                                 transport=httpx.MockTransport(serve))
-        pool = BufferPool(sealed_length_bound(1 << 20), keep=4)
+        budget = MemoryBudget(64 << 20)
         with ThreadPoolExecutor(1) as executor:
-            reader = ChunkReader(storage, SID, rows, executor=executor, prefetch=2,
-                                 buffers=pool)
+            reader = ChunkReader(storage, SID, rows, sealer=ChunkSealer(KEY, session_id=SID),
+                                 buffers=ChunkBuffers(1 << 20, keep=4, budget=budget),
+                                 resources=ReadResources(executor, 1, 2, budget))
             try:
-                sealer = ChunkSealer(KEY, session_id=SID)
-                return [f async for f in reader.examined(sealer, range(len(rows)))]
+                return list((await reader.examine(range(len(rows)))).values())
             finally:
                 await storage.aclose()
     return asyncio.run(run())

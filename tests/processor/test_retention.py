@@ -27,7 +27,7 @@ from pymongo import AsyncMongoClient
 from sessions.common.secrets import new_token, write_new_secret
 from sessions.core import MasterKey, NoteSigner
 from sessions.processor.config import Settings as ProcessorSettings
-from sessions.processor.keys import PeriodKeys, period_end, period_of
+from sessions.processor.keys.periods import PeriodKeys, period_end, period_of
 from sessions.processor.main import create_app as processor_app
 from sessions.processor.sweeper import ClockGuard, Sweeper, SweepReport
 from sessions.storage.config import Settings as StorageSettings

@@ -11,13 +11,8 @@ from sessions.common.errors import KeyRotationRefused
 from sessions.common.secrets import ConfigError
 from sessions.core import NoteSigner, sign_note
 from sessions.processor.config import Settings
-from sessions.processor.keys import (
-    history_path,
-    load_node_keys,
-    read_history,
-    record_signing_key,
-    rotate_signing_key,
-)
+from sessions.processor.keys import load_node_keys, rotate_signing_key
+from sessions.processor.keys.signing import history_path, read_history, record_signing_key
 
 
 def _local(tmp_path: Path) -> Settings:

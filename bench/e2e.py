@@ -213,9 +213,8 @@ def _store(plan: Plan, work: Path) -> Iterator[MetadataServer | None]:
                          f"(pip install -e '.[dev]'): {exc}") from None
     server = MongoServer(work / "mongo")
     server.start()
-    assert server.proc is not None
     try:
-        yield MetadataServer(server.url(), server.proc.pid)
+        yield MetadataServer(server.url(), None if server.proc is None else server.proc.pid)
     finally:
         server.remove()
 

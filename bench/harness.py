@@ -88,10 +88,11 @@ class Plan:
 
 @dataclass(frozen=True)
 class MetadataServer:
-    """The SecantusDB server of `--store mongo`: its URL, and its pid for the CPU figures."""
+    """The SecantusDB server of `--store mongo`: its URL, and its pid for the CPU figures
+    (None: an external server, LUCID_TEST_MONGODB_URL, whose CPU is not ours to read)."""
 
     url: str
-    pid: int
+    pid: int | None
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -337,7 +338,7 @@ def run_round(k: int, plan: Plan, work: Path, inputs: dict[str, tuple[Path, str]
                     extra_pids = None
                     if mongo is not None:
                         env["LUCID_METADATA_URL"] = mongo.url
-                        extra_pids = {"mongo": mongo.pid}
+                        extra_pids = None if mongo.pid is None else {"mongo": mongo.pid}
                     got.ours = run_ours(where, input_path, plan.size, sha,
                                         request_bytes=plan.request_bytes,
                                         chunk_size=plan.chunk_bytes, extra_env=env,

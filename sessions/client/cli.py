@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sessions.client import launcher
 from sessions.client._client import (
     MIB,
     ClientError,
@@ -36,7 +35,6 @@ from sessions.client._client import (
     tls_verify,
     upload_file,
 )
-from sessions.client.launcher import SERVICES, ServiceName
 from sessions.client.verify import (
     OfflineReport,
     VerificationError,
@@ -50,6 +48,9 @@ from sessions.common.ids import is_session_id
 from sessions.common.secrets import ConfigError
 from sessions.common.states import SessionState
 from sessions.common.tokens import Role
+
+if TYPE_CHECKING:  # the launcher imports every service's settings: only `up` needs them
+    from sessions.client.launcher import AnySettings, ServiceName
 
 DEFAULT_URL = "http://127.0.0.1:8087"
 STOP_GRACE = 10.0
@@ -161,14 +162,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- up: all three services locally, one process each --------------------------------------
 
 
-def _local_setup(data_dir: Path) -> dict[ServiceName, launcher.AnySettings]:
+def _local_setup(data_dir: Path) -> dict[ServiceName, AnySettings]:
     """Return each service's settings after generating the local secrets once."""
+    from sessions.client.launcher import SETTINGS
     from sessions.processor.keys import ensure_local_keys
 
     os.environ["LUCID_DATA_DIR"] = str(data_dir)
-    api, processor = launcher.SETTINGS["api"](), launcher.SETTINGS["processor"]()
-    configs: dict[ServiceName, launcher.AnySettings] = {
-        "storage": launcher.SETTINGS["storage"](), "processor": processor, "api": api}
+    api, processor = SETTINGS["api"](), SETTINGS["processor"]()
+    configs: dict[ServiceName, AnySettings] = {
+        "storage": SETTINGS["storage"](), "processor": processor, "api": api}
     api.service_token()
     api.admin_token()
     for message in ensure_local_keys(processor):
@@ -214,6 +216,8 @@ def _print_banner(urls: Mapping[ServiceName, str], data_dir: Path) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from sessions.client import launcher
+
     data_dir = (args.data_dir or _data_dir()).resolve()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls are not news
@@ -226,7 +230,7 @@ def cmd_up(args: argparse.Namespace) -> int:
          "signing.key; mode 0600)")
     # The user's LUCID_* settings reach the services; the children inherit our output, and
     # run in sessions of their own: a Ctrl-C reaches only us, and we stop them in order.
-    node = launcher.Node(data_dir, {name: configs[name].port for name in SERVICES},
+    node = launcher.Node(data_dir, {name: configs[name].port for name in launcher.SERVICES},
                          host=configs["api"].host, inherit_lucid=True, own_session=True,
                          say=_say)
     stop = StopFlag()

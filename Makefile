@@ -32,11 +32,12 @@ test: $(STAMP) $(TUS_JS)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-# The same without the tests marked heavy (crash loops, fuzzing, long runs): for a developer's loop.
+# The same without the tests marked heavy (crash loops, fuzzing, long runs) or perf (page
+# faults, page cache: facts of the machine): for a developer's loop.
 test-quick: $(STAMP)
 	$(VENV)/bin/ruff check sessions tests bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -m "not heavy"
+	$(PY) -m pytest -m "not heavy and not perf"
 
 bench-core: $(STAMP)
 	$(PY) -m bench.core

@@ -35,14 +35,19 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import cryptography
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sessions.core._chunking import DEFAULT_CHUNK_SIZE, Chunker
-from sessions.core._sealing import DEFAULT_ZSTD_LEVEL, HEADER_SIZE, ChunkSealer
+from sessions.core import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+    HEADER_SIZE,
+    Chunker,
+    ChunkSealer,
+)
 from sessions.processor.buffers import ChunkBuffers
 
 MiB = 1024 * 1024
@@ -151,7 +156,7 @@ def time_pipeline(data: memoryview, chunk_size: int, sealer: ChunkSealer) -> flo
     for off in range(0, len(data), PIECE_SIZE):
         for chunk in chunker.iter_feed(data[off : off + PIECE_SIZE]):
             sealer.seal_into(chunk, index=index, out=out)
-            pools.plain.release(chunk)
+            pools.plain.release(cast(memoryview, chunk))  # the pool's own buffer
             index += 1
     tail = chunker.flush()
     if tail is not None:

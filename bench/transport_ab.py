@@ -3,7 +3,7 @@
     python -m bench.transport_ab [--size-mib N] [--rounds R] [--transports wire,httpx]
                                  [--json PATH]
 
-Each round runs bench.e2e's `run_ours` (three fresh service processes, the same
+Each round runs bench.harness's `run_ours` (three fresh service processes, the same
 input file, sendfile uploads, SHA-256-checked replay, full verify) once per
 transport, selected with LUCID_HTTP_TRANSPORT, in an order rotated from round to
 round.  Reported per transport: medians over the rounds of CPU s/GB (each
@@ -23,54 +23,74 @@ import os
 import shutil
 import statistics
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from bench.e2e import GB, MB, MiB, run_ours, write_input
+from bench.harness import run_ours, write_input
+from bench.measure import GB, MB, MiB, PathRun
 from sessions.client.launcher import SERVICES
 from sessions.core import DEFAULT_CHUNK_SIZE
 
 STEPS = ("ingest", "replay", "verify")
 
 
+@dataclass
+class TransportRound:
+    """One round: the raw path through our services once per transport, in `order`."""
+
+    round: int
+    order: list[str]
+    runs: dict[str, PathRun]
+
+
+@dataclass
+class TransportStep:
+    """One transport on one step, over the rounds."""
+
+    mbps: float
+    cpu_s_per_gb: dict[str, float]  # each service, "services" (their sum) and "client"
+    services_cpu_per_round: list[float]
+    services_cpu_vs_first: float  # median of the per-round ratios to the first transport
+
+
 def _round(k: int, transports: list[str], work: Path, input_path: Path, size: int,
-           sha: str) -> dict[str, Any]:
+           sha: str) -> TransportRound:
     shift = (k - 1) % len(transports)
-    order = transports[shift:] + transports[:shift]
-    out: dict[str, Any] = {"round": k, "order": order}
-    for name in order:
+    out = TransportRound(k, transports[shift:] + transports[:shift], {})
+    for name in out.order:
         os.sync()
         root = work / f"round-{k}-{name}"
         try:
-            out[name] = run_ours(root, input_path, size, sha, request_bytes=256 * MiB,
-                                 chunk_size=DEFAULT_CHUNK_SIZE, extra_env={
-                                     "LUCID_HTTP_TRANSPORT": name})["raw"]
+            out.runs[name] = run_ours(root, input_path, size, sha, request_bytes=256 * MiB,
+                                      chunk_size=DEFAULT_CHUNK_SIZE, extra_env={
+                                          "LUCID_HTTP_TRANSPORT": name}).paths["raw"]
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        line = "  ".join(f"{s} {out[name][s]['cpu_s']['services'] / (size / GB):.2f} CPU s/GB "
-                         f"{size / MB / out[name][s]['wall_s']:.0f} MB/s" for s in STEPS)
+        steps = out.runs[name].steps()
+        line = "  ".join(f"{s} {steps[s].cpu_s['services'] / (size / GB):.2f} CPU s/GB "
+                         f"{size / MB / steps[s].wall_s:.0f} MB/s" for s in STEPS)
         print(f"round {k} {name:8} {line}", flush=True)
     return out
 
 
-def summarize(rounds: list[dict[str, Any]], transports: list[str], size: int) -> dict[str, Any]:
+def summarize(rounds: list[TransportRound], transports: list[str],
+              size: int) -> dict[str, dict[str, TransportStep]]:
     """Return per transport and step the medians and the paired ratios to the first transport."""
     gb, base = size / GB, transports[0]
-    summary: dict[str, Any] = {}
+    summary: dict[str, dict[str, TransportStep]] = {}
     for name in transports:
-        per: dict[str, Any] = {}
+        per: dict[str, TransportStep] = {}
         for step in STEPS:
-            runs = [r[name][step] for r in rounds]
-            per[step] = {
-                "mbps": statistics.median(size / MB / x["wall_s"] for x in runs),
-                "cpu_s_per_gb": {k: statistics.median(x["cpu_s"][k] / gb for x in runs)
-                                 for k in (*SERVICES, "services", "client")},
-                "services_cpu_per_round": [round(x["cpu_s"]["services"] / gb, 3)
-                                           for x in runs],
-                f"services_cpu_vs_{base}": statistics.median(
-                    r[name][step]["cpu_s"]["services"] / r[base][step]["cpu_s"]["services"]
-                    for r in rounds),
-            }
+            runs = [r.runs[name].steps()[step] for r in rounds]
+            firsts = [r.runs[base].steps()[step] for r in rounds]
+            per[step] = TransportStep(
+                mbps=statistics.median(size / MB / x.wall_s for x in runs),
+                cpu_s_per_gb={k: statistics.median(x.cpu_s[k] / gb for x in runs)
+                              for k in (*SERVICES, "services", "client")},
+                services_cpu_per_round=[round(x.cpu_s["services"] / gb, 3) for x in runs],
+                services_cpu_vs_first=statistics.median(
+                    x.cpu_s["services"] / y.cpu_s["services"] for x, y in zip(runs, firsts,
+                                                                              strict=True)))
         summary[name] = per
     return summary
 
@@ -96,14 +116,16 @@ def main() -> None:
     for name in transports:
         for step in STEPS:
             s = summary[name][step]
-            cpu = s["cpu_s_per_gb"]
-            print(f"{name:8} {step:7} {s['mbps']:6.0f} MB/s  services {cpu['services']:.2f} "
+            cpu = s.cpu_s_per_gb
+            print(f"{name:8} {step:7} {s.mbps:6.0f} MB/s  services {cpu['services']:.2f} "
                   f"CPU s/GB (api {cpu['api']:.2f}, processor {cpu['processor']:.2f}, storage "
-                  f"{cpu['storage']:.2f})  x{s[f'services_cpu_vs_{transports[0]}']:.3f} "
-                  f"rounds {s['services_cpu_per_round']}")
+                  f"{cpu['storage']:.2f})  x{s.services_cpu_vs_first:.3f} "
+                  f"rounds {s.services_cpu_per_round}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"size": size, "rounds": rounds, "summary": summary},
-                                        indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps({
+            "size": size, "rounds": [asdict(r) for r in rounds],
+            "summary": {n: {k: asdict(v) for k, v in per.items()} for n, per in summary.items()},
+        }, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

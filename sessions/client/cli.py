@@ -13,13 +13,12 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sessions.client._client import (
     MIB,
@@ -50,8 +49,8 @@ from sessions.common.states import SessionState
 from sessions.common.tokens import Role
 from sessions.contract.models import Session
 
-SERVICES = ("storage", "processor", "api")
-"""In start order: each one's upstream is already healthy when it starts."""
+if TYPE_CHECKING:  # the launcher imports every service's settings: only `up` needs them
+    from sessions.client.launcher import AnySettings, ServiceName
 
 DEFAULT_URL = "http://127.0.0.1:8087"
 STOP_GRACE = 10.0
@@ -109,46 +108,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- up: all three services locally, one process each --------------------------------------
 
 
-def _local_setup(data_dir: Path) -> dict[str, Any]:
+def _local_setup(data_dir: Path) -> dict[ServiceName, AnySettings]:
     """Return each service's settings after generating the local secrets once."""
+    from sessions.client.launcher import SETTINGS
     from sessions.processor.keys import ensure_local_keys
 
     os.environ["LUCID_DATA_DIR"] = str(data_dir)
-    configs = {name: importlib.import_module(f"sessions.{name}.config").load_settings()
-               for name in SERVICES}
-    configs["api"].service_token()
-    configs["api"].admin_token()
-    for message in ensure_local_keys(configs["processor"]):
+    api, processor = SETTINGS["api"](), SETTINGS["processor"]()
+    configs: dict[ServiceName, AnySettings] = {
+        "storage": SETTINGS["storage"](), "processor": processor, "api": api}
+    api.service_token()
+    api.admin_token()
+    for message in ensure_local_keys(processor):
         _say(message)
     return configs
-
-
-def _loopback(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 - we connect
-
-
-def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/health", timeout=1.0, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait_healthy(name: str, url: str, proc: subprocess.Popen[bytes],
-                  stop: StopFlag) -> bool:
-    deadline = time.monotonic() + HEALTH_TIMEOUT
-    while time.monotonic() < deadline and not stop.is_set():
-        if proc.poll() is not None:
-            _say(f"error: {name} exited with status {proc.returncode} while starting")
-            return False
-        if _healthy(url):
-            return True
-        stop.wait(0.2)
-    if not stop.is_set():
-        _say(f"error: {name} did not become healthy at {url}/health in {HEALTH_TIMEOUT:.0f} s")
-    return False
 
 
 class StopFlag:
@@ -176,20 +149,7 @@ class StopFlag:
         return self.requested
 
 
-def _stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """SIGTERM each child, newest first; kill any still running after the grace period."""
-    for name, proc in reversed(procs):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                _say(f"{name} did not stop within {STOP_GRACE:.0f} s; killing it")
-                proc.kill()
-                proc.wait()
-
-
-def _print_banner(urls: dict[str, str], data_dir: Path) -> None:
+def _print_banner(urls: Mapping[ServiceName, str], data_dir: Path) -> None:
     token = data_dir / "secrets" / "admin.token"
     print(f"Lucid Sessions is running; data and secrets in {data_dir}\n"
           f"  api        {urls['api']}   (OpenAPI: {urls['api']}/docs)\n"
@@ -202,6 +162,8 @@ def _print_banner(urls: dict[str, str], data_dir: Path) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from sessions.client import launcher
+
     data_dir = (args.data_dir or _data_dir()).resolve()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls are not news
@@ -212,11 +174,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     _say(f"secrets: {data_dir / 'secrets'} (service.token, admin.token, master.key, "
          "signing.key; mode 0600)")
-    urls = {name: f"http://{_loopback(s.host)}:{s.port}" for name, s in configs.items()}
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "LUCID_DATA_DIR": str(data_dir), "LUCID_STORAGE_URL": urls["storage"],
-           "LUCID_PROCESSOR_URL": urls["processor"],
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    # The user's LUCID_* settings reach the services; the children inherit our output, and
+    # run in sessions of their own: a Ctrl-C reaches only us, and we stop them in order.
+    node = launcher.Node(data_dir, {name: configs[name].port for name in launcher.SERVICES},
+                         host=configs["api"].host, inherit_lucid=True, own_session=True,
+                         say=_say)
     stop = StopFlag()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -224,26 +186,24 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
-        for name in SERVICES:
-            # Own session: a Ctrl-C reaches only us, and we stop the children in order.
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv: our interpreter, our module
-                [sys.executable, "-m", "sessions.client", "serve", name], env=env,
-                start_new_session=True)
-            procs.append((name, proc))
-            if not _wait_healthy(name, urls[name], proc, stop):
-                return 0 if stop.is_set() else 1
-        _print_banner(urls, data_dir)
+        try:
+            node.start_all(timeout=HEALTH_TIMEOUT, ready=False, abort=stop.is_set)
+        except launcher.StartAborted:
+            return 0
+        except launcher.ServiceFailed as exc:
+            _say(f"error: {exc}")
+            return 1
+        _print_banner(node.urls, data_dir)
         while not stop.wait(0.5):
-            for name, proc in procs:
-                if proc.poll() is not None:
-                    _say(f"error: {name} exited with status {proc.returncode}; stopping")
-                    return 1
+            dead = node.exited()
+            if dead is not None:
+                _say(f"error: {dead[0]} exited with status {dead[1]}; stopping")
+                return 1
         _say("stopping ...")
         return 0
     finally:
-        _stop_all(procs)
+        node.stop(grace=STOP_GRACE)
 
 
 # -- client commands ------------------------------------------------------------------------

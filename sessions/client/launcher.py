@@ -1,32 +1,70 @@
-"""The three services as child processes on free loopback ports, each logging to a file.
+"""The three services as child processes: start, wait until they answer, stop.
 
-What the benchmark (`bench/e2e.py`) and the end-to-end tests (`tests/e2e/`) both
-need: free ports, the environment that wires the services to each other, and
-starting a service and waiting until it answers, or stopping them all.  Each
-service runs as `python -m sessions.client serve <name>`, exactly as deployed.
+The one launcher of the project: `lucid-sessions up`, the end-to-end tests
+(`tests/e2e/conftest.py`), the container tests and the benchmarks (`bench/harness.py`)
+all run the services through a `Node`.  Each service runs as
+`python -m sessions.client serve <name>`, exactly as deployed, spawned in one place
+(`Node.spawn`).  Service settings are found through `SETTINGS`, a plain mapping from
+a service's name to its settings loader.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Final, Literal, TypedDict
 
 import httpx
 
-SERVICES = ("storage", "processor", "api")
+from sessions.api.config import Settings as ApiSettings
+from sessions.api.config import load_settings as load_api_settings
+from sessions.processor.config import Settings as ProcessorSettings
+from sessions.processor.config import load_settings as load_processor_settings
+from sessions.storage.config import Settings as StorageSettings
+from sessions.storage.config import load_settings as load_storage_settings
+
+ServiceName = Literal["storage", "processor", "api"]
+
+SERVICES: Final[tuple[ServiceName, ...]] = ("storage", "processor", "api")
 """In start order: each one's upstream answers before it starts."""
 
 REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+STOP_GRACE = 10.0
+
+
+AnySettings = StorageSettings | ProcessorSettings | ApiSettings
+
+
+class SettingsLoaders(TypedDict):
+    """Each service's settings loader (reads the LUCID_* environment), by service name."""
+
+    storage: Callable[[], StorageSettings]
+    processor: Callable[[], ProcessorSettings]
+    api: Callable[[], ApiSettings]
+
+
+SETTINGS: Final[SettingsLoaders] = {"storage": load_storage_settings,
+                                    "processor": load_processor_settings,
+                                    "api": load_api_settings}
 
 
 class ServiceFailed(RuntimeError):
     """A service exited or did not answer in time; the message ends with its log's tail."""
+
+
+class StartAborted(RuntimeError):
+    """Starting was given up because the caller asked to stop (a signal during `up`)."""
 
 
 def free_port() -> int:
@@ -36,31 +74,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
+def free_ports() -> dict[ServiceName, int]:
+    """Return a free loopback port for each service."""
+    return {name: free_port() for name in SERVICES}
 
 
-def service_env(*, data_dir: Path, ports: Mapping[str, int],
-                extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return a service's environment: this process's without LUCID_*, plus the wiring.
+def url(port: int, host: str = "127.0.0.1", scheme: str = "http") -> str:
+    """Return the base URL of a service listening on `port`."""
+    return f"{scheme}://{host}:{port}"
 
-    `extra` (LUCID_* settings of the caller's choosing) is applied last.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
-    env.update({
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        "PYTHONUNBUFFERED": "1",
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-        "LUCID_DATA_DIR": str(data_dir),
-        "LUCID_HOST": "127.0.0.1",
-        "LUCID_STORAGE_PORT": str(ports["storage"]),
-        "LUCID_PROCESSOR_PORT": str(ports["processor"]),
-        "LUCID_API_PORT": str(ports["api"]),
-        "LUCID_STORAGE_URL": url(ports["storage"]),
-        "LUCID_PROCESSOR_URL": url(ports["processor"]),
-    })
-    env.update(extra or {})
-    return env
+
+def connect_host(bind: str) -> str:
+    """Return the address to connect to for a service bound to `bind` (any address: loopback)."""
+    return "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind  # noqa: S104 - we connect
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -70,45 +96,206 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
-def spawn(name: str, *, env: Mapping[str, str], log: Path,
-          **popen: Any) -> subprocess.Popen[bytes]:
-    """Start `lucid-sessions serve <name>` with stdout and stderr appended to `log`."""
-    with log.open("ab") as out:
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "sessions.client", "serve", name], cwd=REPO, env=dict(env),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **popen)
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the child if its parent dies without stopping it."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def wait_ok(name: str, proc: subprocess.Popen[bytes], endpoint: str, *, timeout: float,
-            log: Path) -> None:
-    """Return once GET `endpoint` answers 200; raise ServiceFailed if `proc` exits first."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceFailed(f"{name} exited with {proc.returncode} while starting:\n"
-                                + log_tail(log))
+@dataclass
+class Node:
+    """The three services of one data dir as child processes: ports, urls, env, procs, logs.
+
+    `base_env` (LUCID_* settings for every service), then `extra_env["*"]`, then
+    `extra_env[name]` are laid over the wiring; a change takes effect at the next
+    `start(name)`.  With `log_dir` each service appends stdout and stderr to
+    `<log_dir>/<name>.log`; without, it inherits ours.  `inherit_lucid` keeps this
+    process's LUCID_* variables (`up`: the user's configuration); otherwise they are
+    dropped, so a test or benchmark sees only what it set.  `tls` names the services
+    that serve HTTPS, with the context that trusts them.
+    """
+
+    data_dir: Path
+    ports: dict[ServiceName, int]
+    log_dir: Path | None = None
+    base_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    tls: dict[ServiceName, ssl.SSLContext] = field(default_factory=dict)
+    inherit_lucid: bool = False
+    own_session: bool = False  # `up`: a Ctrl-C reaches only the parent, which stops the rest
+    die_with_parent: bool = False  # a benchmark killed hard takes its services with it
+    say: Callable[[str], None] | None = None  # where notices go (a service killed at stop)
+    procs: dict[ServiceName, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def in_dir(cls, root: Path, *, base_env: Mapping[str, str] | None = None,
+               die_with_parent: bool = False) -> Node:
+        """Return a node on free loopback ports with `root/data` and logs in `root/logs`."""
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        return cls(root / "data", free_ports(), root / "logs", base_env=dict(base_env or {}),
+                   die_with_parent=die_with_parent)
+
+    # -- where things are ----------------------------------------------------------------------
+
+    def url(self, name: ServiceName) -> str:
+        """Return the base URL of service `name`."""
+        scheme = "https" if name in self.tls else "http"
+        return url(self.ports[name], connect_host(self.host), scheme)
+
+    @property
+    def urls(self) -> dict[ServiceName, str]:
+        return {name: self.url(name) for name in SERVICES}
+
+    def log_path(self, name: ServiceName) -> Path | None:
+        return None if self.log_dir is None else self.log_dir / f"{name}.log"
+
+    def log_tail(self, name: ServiceName, lines: int = 30) -> str:
+        """Return the last lines of a service's log ("" without a log file)."""
+        path = self.log_path(name)
+        return "" if path is None else log_tail(path, lines)
+
+    def env_of(self, name: ServiceName | Literal["*"]) -> dict[str, str]:
+        """Return the environment service `name` starts with ("*": what they all share)."""
+        env = {k: v for k, v in os.environ.items()
+               if self.inherit_lucid or not k.startswith("LUCID_")}
+        env.update({
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+            "LUCID_DATA_DIR": str(self.data_dir),
+            "LUCID_HOST": self.host,
+            "LUCID_STORAGE_PORT": str(self.ports["storage"]),
+            "LUCID_PROCESSOR_PORT": str(self.ports["processor"]),
+            "LUCID_API_PORT": str(self.ports["api"]),
+            "LUCID_STORAGE_URL": self.url("storage"),
+            "LUCID_PROCESSOR_URL": self.url("processor"),
+        })
+        env.update(self.base_env)
+        env.update(self.extra_env.get("*", {}))
+        if name != "*":
+            env.update(self.extra_env.get(name, {}))
+        return env
+
+    def pids(self) -> dict[ServiceName, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def spawn(self, name: ServiceName) -> subprocess.Popen[bytes]:
+        """Start `python -m sessions.client serve <name>` without waiting for it."""
+        log = self.log_path(name)
+        with contextlib.ExitStack() as stack:
+            out = None if log is None else stack.enter_context(log.open("ab"))
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "sessions.client", "serve", name], cwd=REPO,
+                env=self.env_of(name), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=None if out is None else subprocess.STDOUT,
+                start_new_session=self.own_session,
+                preexec_fn=_die_with_parent if self.die_with_parent else None)  # noqa: PLW1509
+        self.procs[name] = proc
+        return proc
+
+    def start(self, name: ServiceName, *, timeout: float = START_TIMEOUT,
+              abort: Callable[[], bool] | None = None) -> None:
+        """Start one service and return once its /health answers 200.
+
+        Raises ServiceFailed if it exits or does not answer within `timeout`, and
+        StartAborted as soon as `abort()` is true.
+        """
+        self.spawn(name)
+        self.wait_ok(name, "/health", timeout=timeout, abort=abort)
+
+    def start_all(self, *, timeout: float = START_TIMEOUT, ready: bool = True,
+                  abort: Callable[[], bool] | None = None) -> None:
+        """Start storage, the processor, then the gateway, each once its upstream answers;
+        with `ready`, return once the gateway's /ready answers (the whole chain is up)."""
+        for name in SERVICES:
+            self.start(name, timeout=timeout, abort=abort)
+        if ready:
+            self.wait_ready("api", timeout=timeout)
+
+    def wait_ready(self, name: ServiceName = "api", timeout: float = 20.0) -> None:
+        """Return once `name`'s /ready answers 200 (for the gateway: the whole chain is up)."""
+        self.wait_ok(name, "/ready", timeout=timeout)
+
+    def wait_ok(self, name: ServiceName, path: str, *, timeout: float,
+                abort: Callable[[], bool] | None = None, interval: float = 0.05) -> None:
+        """Return once GET `path` of service `name` answers 200; raise ServiceFailed if the
+        process exits first or time runs out, StartAborted once `abort()` is true."""
+        proc, endpoint = self.procs[name], self.url(name) + path
+        verify: ssl.SSLContext | bool = self.tls.get(name, True)
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if abort is not None and abort():
+                raise StartAborted(f"{name}: stopped while starting")
+            if proc.poll() is not None:
+                raise ServiceFailed(self._failed(name, f"{name} exited with status "
+                                                       f"{proc.returncode} while starting"))
+            try:
+                last = httpx.get(endpoint, timeout=2.0, trust_env=False, verify=verify)
+                if last.status_code == 200:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(interval)
+        raise ServiceFailed(self._failed(name, f"{name} did not answer 200 at {endpoint} in "
+                                               f"{timeout:.0f} s ({last!r})"))
+
+    def _failed(self, name: ServiceName, message: str) -> str:
+        tail = self.log_tail(name)
+        return f"{message}:\n{tail}" if tail else message
+
+    # -- running and stopping ------------------------------------------------------------------
+
+    def exited(self) -> tuple[ServiceName, int] | None:
+        """Return the first service that has exited and its status, or None."""
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def check_alive(self) -> None:
+        """Raise ServiceFailed if a service has exited."""
+        dead = self.exited()
+        if dead is not None:
+            raise ServiceFailed(self._failed(dead[0], f"{dead[0]} died with {dead[1]}"))
+
+    def kill(self, name: ServiceName) -> None:
+        """SIGKILL one service, as a crash or the OOM killer would."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def restart(self, name: ServiceName) -> None:
+        """Kill one service if it runs, then start it again and wait for its /health."""
+        if name in self.procs:
+            self.kill(name)
+        self.start(name)
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM every service, newest first, killing any still running after `grace`."""
+        for name in reversed(list(self.procs)):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                if self.say is not None:
+                    self.say(f"{name} did not stop within {grace:.0f} s; killing it")
+                proc.kill()
+                proc.wait(timeout=grace)
+
+    @contextlib.contextmanager
+    def running(self, *, timeout: float = START_TIMEOUT) -> Iterator[Node]:
+        """Run all three services (the chain ready) until the block ends."""
         try:
-            last = httpx.get(endpoint, timeout=2.0, trust_env=False)
-            if last.status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise ServiceFailed(f"{name}: {endpoint} not OK within {timeout}s ({last!r}):\n"
-                        + log_tail(log))
+            self.start_all(timeout=timeout)
+            yield self
+        finally:
+            self.stop()
 
-
-def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    """Terminate every process (the gateway first), killing any not gone in 10 s; empty procs."""
-    for name in reversed(SERVICES):
-        proc = procs.pop(name, None)
-        if proc is None:
-            continue
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)

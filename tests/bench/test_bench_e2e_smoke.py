@@ -8,7 +8,9 @@ import pathlib
 import pytest
 
 from bench.core import make_input
-from bench.e2e import SERVICES, iter_input, main
+from bench.e2e import main
+from bench.harness import PROFILES, iter_input
+from sessions.client.launcher import SERVICES
 
 
 def test_e2e_input_is_bench_core_input() -> None:
@@ -22,53 +24,56 @@ def test_e2e_benchmark_smoke(tmp_path: pathlib.Path) -> None:
     result = main(["--size-mib", "4", "--rounds", "1", "--no-rivals", "--request-mib", "2",
                    "--chunk-size", "1M", "--profiles", "mixed,random",
                    "--ref-mib", "4", "--workdir", str(tmp_path / "work"), "--json", str(out)])
-    assert result["ok"], result["failed_rounds"]
-    assert result["rivals_run"] == []
-    (round_,) = result["rounds"]
+    assert result.ok, result.failed_rounds
+    assert result.rivals_run == []
+    (round_,) = result.rounds
     for profile in ("mixed", "random"):
-        ours = round_[profile]["ours"]
-        sha = result["config"]["inputs_sha256"][profile]
-        raw, cli = ours["raw"], ours["cli"]
-        assert raw["replay"]["sha256_ok"] and raw["replay"]["sha256"] == sha
-        assert cli["replay"]["sha256_ok"] and cli["replay"]["sha256"] == sha
-        assert raw["verify"]["ok"]
-        assert raw["session"]["chunk_count"] == 4 and raw["session"]["requests"] == 2
-        assert not ours["log_tracebacks"]
-    assert result["config"]["inputs_sha256"]["mixed"] != result["config"]["inputs_sha256"][
-        "random"]
+        ours = round_.profiles[profile].ours
+        assert ours is not None
+        sha = result.config.inputs_sha256[profile]
+        raw, cli = ours.paths["raw"], ours.paths["cli"]
+        assert raw.replayed.sha256_ok and raw.replayed.sha256 == sha
+        assert cli.replayed.sha256_ok and cli.replayed.sha256 == sha
+        assert raw.verified is not None and raw.verified.ok
+        assert raw.session is not None
+        assert raw.session.chunk_count == 4 and raw.session.requests == 2
+        assert not ours.log_tracebacks
+    assert result.config.inputs_sha256["mixed"] != result.config.inputs_sha256["random"]
 
-    s = result["summary"]
-    assert set(s["rows"]) == {"mixed/raw", "mixed/cli", "random/raw", "random/cli"}
-    for key, row in s["rows"].items():
+    s = result.summary
+    assert set(s.rows) == {"mixed/raw", "mixed/cli", "random/raw", "random/cli"}
+    for key, row in s.rows.items():
         for step in ("ingest", "replay") + (("verify",) if key.endswith("raw") else ()):
-            assert row["mbps"][step] > 0, (key, step)
+            assert (row.mbps[step] or 0) > 0, (key, step)
             for who in (*SERVICES, "services"):
-                assert row["cpu_s_per_gb"][step][who] >= 0, (key, step, who)
-            assert row["cpu_s_per_gb"][step]["services"] > 0, (key, step)
+                assert (row.cpu_s_per_gb[step][who] or 0) >= 0, (key, step, who)
+            assert (row.cpu_s_per_gb[step]["services"] or 0) > 0, (key, step)
     for profile in ("mixed", "random"):
         for name in SERVICES:
-            assert 10 < s["peak_rss_mb"][profile][name] < 10_000, name
-    assert 0.1 < s["stored_over_input"]["mixed"] < 0.9  # screen frames compress
-    assert 0.95 < s["stored_over_input"]["random"] < 1.2  # random bytes do not
-    for key in ("zstd_mbps", "aes_gcm_mbps", "sha256_mbps", "serial_limit_mbps",
-                "core_pipeline_mbps"):
-        assert s["reference"][key] > 0, key
-    kinds = {t["kind"] for t in result["targets"]}
+            assert 10 < (s.peak_rss_mb[profile][name] or 0) < 10_000, name
+    assert 0.1 < (s.stored_over_input["mixed"] or 0) < 0.9  # screen frames compress
+    assert 0.95 < (s.stored_over_input["random"] or 0) < 1.2  # random bytes do not
+    assert s.reference is not None
+    for value in (s.reference.zstd_mbps, s.reference.aes_gcm_mbps, s.reference.sha256_mbps,
+                  s.reference.serial_limit_mbps, s.reference.core_pipeline_mbps):
+        assert value > 0
+    kinds = {t.kind for t in result.targets}
     assert kinds == {"hard", "stretch"}
-    assert all(t["status"] in ("PASS", "MISS", "n/a") for t in result["targets"])
-    assert any(t["target"].startswith("mixed/cli: ingest CPU") for t in result["targets"])
-    assert result["cli_startup_s"] > 0
-    assert result["machine"]["python"]
+    assert all(t.status in ("PASS", "MISS", "n/a") for t in result.targets)
+    assert any(t.target.startswith("mixed/cli: ingest CPU") for t in result.targets)
+    assert (result.cli_startup_s or 0) > 0
+    assert result.machine["python"]
 
     written = json.loads(out.read_text())
     assert set(written) >= {"machine", "config", "rivals_run", "rounds", "failed_rounds",
                             "summary", "targets", "ok"}
-    assert written["summary"]["rows"].keys() == s["rows"].keys()
+    assert written["summary"]["rows"].keys() == s.rows.keys()
+    assert written["rounds"][0]["profiles"]["mixed"]["ours"]["paths"]["raw"]["replayed"][
+        "sha256_ok"] is True
     assert not (tmp_path / "work" / "round-1").exists()  # cleaned up without --keep
 
 
 def test_e2e_profiles_are_distinct_and_deterministic() -> None:
-    from bench.e2e import PROFILES
     seen = set()
     for name, make in PROFILES.items():
         first = b"".join(make(5 * 1024 * 1024 + 3))

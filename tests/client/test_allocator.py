@@ -36,6 +36,7 @@ def _faults(mode: str) -> int:
     return int(out.strip())
 
 
+@pytest.mark.perf  # counts the kernel's page faults: a fact of the machine
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="SKIPPED LOUDLY: the allocator tuning is for glibc on Linux only")
 def test_tuned_allocator_reuses_memory_instead_of_faulting_in_fresh_pages() -> None:

@@ -8,7 +8,6 @@ once per transport, and sends a session through both hops (gateway -> processor
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,26 +77,15 @@ async def test_the_gateway_calls_the_processor_over_the_configured_transport(
 
 @pytest.fixture(params=[Transport.WIRE, Transport.HTTPX], ids=str)
 def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[httpx.Client]:
-    ports = {name: launcher.free_port() for name in SERVICES}
-    env = launcher.service_env(data_dir=tmp_path / "data", ports=ports, extra={
+    node = launcher.Node.in_dir(tmp_path, base_env={
         "LUCID_CHUNK_SIZE": str(MIB), "LUCID_HTTP_TRANSPORT": str(request.param)})
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name in SERVICES:
-            log = tmp_path / f"{name}.log"
-            procs[name] = launcher.spawn(name, env=env, log=log)
-            launcher.wait_ok(name, procs[name], launcher.url(ports[name]) + "/health",
-                             timeout=30.0, log=log)
-        launcher.wait_ok("api", procs["api"], launcher.url(ports["api"]) + "/ready",
-                         timeout=30.0, log=tmp_path / "api.log")
-        token = (tmp_path / "data" / "secrets" / "admin.token").read_text().strip()
-        with httpx.Client(base_url=launcher.url(ports["api"]) + "/v1", trust_env=False,
+    with node.running():
+        token = (node.data_dir / "secrets" / "admin.token").read_text().strip()
+        with httpx.Client(base_url=node.url("api") + "/v1", trust_env=False,
                           headers={"Authorization": f"Bearer {token}"}, timeout=60.0) as client:
             yield client
-    finally:
-        launcher.stop_all(procs)
     for name in SERVICES:
-        assert "Traceback" not in (tmp_path / f"{name}.log").read_text(errors="replace")
+        assert "Traceback" not in node.log_tail(name, lines=100_000)
 
 
 @pytest.mark.e2e

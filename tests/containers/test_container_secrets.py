@@ -6,7 +6,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -74,27 +73,17 @@ def test_tls_settings_need_both_files(tmp_path: Path) -> None:
 def test_gateway_serves_https_that_the_cli_ca_file_verifies(tmp_path: Path) -> None:
     target = tmp_path / "secrets"
     init(target)
-    port = launcher.free_port()
-    env = {**os.environ, "LUCID_DATA_DIR": str(tmp_path / "data"), "LUCID_API_PORT": str(port),
-           "LUCID_TLS_CERT_FILE": str(target / "tls-cert.pem"),
-           "LUCID_TLS_KEY_FILE": str(target / "tls-key.pem")}
-    proc = subprocess.Popen([sys.executable, "-m", "sessions.client", "serve", "api"],  # noqa: S603
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    trusted = ssl.create_default_context(cafile=target / "tls-cert.pem")
+    node = launcher.Node(tmp_path / "data", launcher.free_ports(), tmp_path,
+                         tls={"api": trusted}, extra_env={"api": {
+                             "LUCID_TLS_CERT_FILE": str(target / "tls-cert.pem"),
+                             "LUCID_TLS_KEY_FILE": str(target / "tls-key.pem")}})
     try:
-        url = f"https://127.0.0.1:{port}/health"
-        trusted = ssl.create_default_context(cafile=target / "tls-cert.pem")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert httpx.get(url, verify=trusted).json()["status"] == "ok"
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                assert time.monotonic() < deadline, "gateway did not answer over HTTPS"
-                time.sleep(0.3)
+        node.start("api")  # /health answers without the other two
+        url = node.url("api") + "/health"
+        assert url.startswith("https://")
+        assert httpx.get(url, verify=trusted, trust_env=False).json()["status"] == "ok"
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            httpx.get(url, verify=ssl.create_default_context())
+            httpx.get(url, verify=ssl.create_default_context(), trust_env=False)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        node.stop()

@@ -1,5 +1,8 @@
 """The e2e harness: the three services as real processes on free loopback ports.
 
+`Cluster` is the launcher's `Node` (sessions/client/launcher.py, the one that
+`lucid-sessions up` and the benchmarks use) with this suite's settings and checks.
+
 One cluster serves the whole e2e session (starting three Python web services
 costs seconds, and every test makes its own sessions, so they do not interfere).
 Storage starts first and must answer /health before the processor starts, and the
@@ -17,22 +20,18 @@ appear (a failing test also gets those lines attached to its report).
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sessions.client import launcher
-from sessions.client.launcher import SERVICES
+from sessions.client.launcher import SERVICES, Node, ServiceName
 from tests.e2e.support import CHUNK, MAX_UPLOAD, NODE_NAME, UPLOAD_TYPE, RawRequest
 from tests.mongo_server import MongoServer, mongo_server  # noqa: F401 - a fixture
 
-START_TIMEOUT = 30.0
 LOG_TAIL = 120  # lines of each service's log attached to a failing test's report
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -47,89 +46,43 @@ BOTH_STORES = frozenset({"test_cli", "test_upload", "test_delete", "test_list"})
 """Test modules that also run with storage on MongoDB (the rest run on SQLite only)."""
 
 
-@dataclass
-class Cluster:
-    """Three service processes sharing one data dir, plus what tests need to poke at them."""
+class Cluster(Node):
+    """The launcher's Node on free ports under `root`, plus what tests need to poke at it."""
 
-    root: Path
-    ports: dict[str, int] = field(default_factory=dict)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    # (service, start, end) byte windows of a log where a traceback is expected: see broken_stream
-    allowed: list[tuple[str, int, int]] = field(default_factory=list)
-    # LUCID_* settings on top of the suite's, per service name ("*": all of them)
-    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.data_dir = self.root / "data"
-        self.log_dir = self.root / "logs"
+    def __init__(self, root: Path) -> None:
+        super().__init__(root / "data", launcher.free_ports(), root / "logs", base_env={
+            "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "LUCID_NODE_NAME": NODE_NAME})
+        self.root = root
         self.data_dir.mkdir()
+        self.log_dir = root / "logs"
         self.log_dir.mkdir()
-        self.ports = {name: launcher.free_port() for name in SERVICES}
-
-    # -- processes ------------------------------------------------------------------------------
+        # (service, start, end) byte windows of a log where a traceback is expected:
+        # see broken_stream
+        self.allowed: list[tuple[str, int, int]] = []
 
     @property
     def env(self) -> dict[str, str]:
         return self.env_of("*")
 
-    def env_of(self, name: str) -> dict[str, str]:
-        """Return the environment service `name` starts with."""
-        return launcher.service_env(data_dir=self.data_dir, ports=self.ports, extra={
-            "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-            "LUCID_NODE_NAME": NODE_NAME, **self.extra_env.get("*", {}),
-            **self.extra_env.get(name, {})})
-
-    def url(self, name: str) -> str:
-        return launcher.url(self.ports[name])
-
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
-
-    def start(self, name: str) -> None:
-        """Start one service and wait until its /health answers 200."""
-        self.procs[name] = launcher.spawn(name, env=self.env_of(name), log=self.log_path(name))
-        launcher.wait_ok(name, self.procs[name], self.url(name) + "/health",
-                         timeout=START_TIMEOUT, log=self.log_path(name))
-
-    def kill(self, name: str) -> None:
-        """SIGKILL one service, as a crash or the OOM killer would."""
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def restart(self, name: str) -> None:
-        if name in self.procs:
-            self.kill(name)
-        self.start(name)
-
-    def stop(self) -> None:
-        launcher.stop_all(self.procs)
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Cluster]:
         """Run all three services until the block ends; then assert their logs are clean."""
-        try:
-            for name in SERVICES:
-                self.start(name)
-            self.wait_ready("api")
+        with self.running():
             yield self
-        finally:
-            self.stop()
         problems = self.log_problems()
         assert not problems, "\n\n".join(problems)
 
-    def peak_rss_kib(self, name: str) -> int:
+    def peak_rss_kib(self, name: ServiceName) -> int:
         """Return the service's peak resident set size (VmHWM) in KiB."""
         with open(f"/proc/{self.procs[name].pid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1])
         raise AssertionError(f"no VmHWM for {name}")
-
-    def wait_ready(self, name: str = "api", timeout: float = 20.0) -> None:
-        """Wait until `name`'s /ready answers 200 (for the gateway: the whole chain is up)."""
-        launcher.wait_ok(name, self.procs[name], self.url(name) + "/ready", timeout=timeout,
-                         log=self.log_path(name))
 
     # -- secrets, clients, files ----------------------------------------------------------------
 
@@ -278,9 +231,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, store: str,
         server: MongoServer = request.getfixturevalue("mongo_server")
         c.extra_env["storage"] = {"LUCID_METADATA_URL": server.url()}
     try:
-        for name in SERVICES:
-            c.start(name)
-        c.wait_ready("api")
+        c.start_all()
         _CLUSTER = c
         yield c
     finally:
@@ -334,7 +285,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 def restartable(cluster: Cluster) -> Iterator[Cluster]:
     """The cluster, with every service guaranteed up again after the test."""
     yield cluster
-    for name in ("storage", "processor", "api"):
+    for name in SERVICES:
         if name not in cluster.procs:
             cluster.start(name)
     cluster.wait_ready("api")

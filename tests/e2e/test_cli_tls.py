@@ -15,18 +15,16 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sessions.client import launcher
-from sessions.client.launcher import REPO, SERVICES
+from sessions.client.launcher import REPO
 
 INIT = REPO / "containers" / "init_secrets.py"
 CURL = shutil.which("curl")
@@ -72,37 +70,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     secrets_dir, other = root / "secrets", root / "other"
     _init_secrets(secrets_dir)
     _init_secrets(other)
-    data = root / "data"
-    data.mkdir()
-    ports = {name: launcher.free_port() for name in SERVICES}
-    tls = {"LUCID_TLS_CERT_FILE": str(secrets_dir / "tls-cert.pem"),
-           "LUCID_TLS_KEY_FILE": str(secrets_dir / "tls-key.pem")}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name in SERVICES:
-            log = root / f"{name}.log"
-            env = launcher.service_env(data_dir=data, ports=ports,
-                                       extra=tls if name == "api" else None)
-            procs[name] = launcher.spawn(name, env=env, log=log)
-            if name != "api":
-                launcher.wait_ok(name, procs[name], launcher.url(ports[name]) + "/health",
-                                 timeout=30, log=log)
-        url = f"https://127.0.0.1:{ports['api']}"
-        trusted = ssl.create_default_context(cafile=secrets_dir / "tls-cert.pem")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/ready", verify=trusted, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert procs["api"].poll() is None, launcher.log_tail(root / "api.log")
-            assert time.monotonic() < deadline, launcher.log_tail(root / "api.log")
-            time.sleep(0.2)
-        yield Gateway(url, secrets_dir, data / "secrets" / "admin.token",
+    trusted = ssl.create_default_context(cafile=secrets_dir / "tls-cert.pem")
+    node = launcher.Node(root / "data", launcher.free_ports(), root, tls={"api": trusted},
+                         extra_env={"api": {
+                             "LUCID_TLS_CERT_FILE": str(secrets_dir / "tls-cert.pem"),
+                             "LUCID_TLS_KEY_FILE": str(secrets_dir / "tls-key.pem")}})
+    node.data_dir.mkdir()
+    with node.running():
+        assert node.url("api").startswith("https://")
+        yield Gateway(node.url("api"), secrets_dir, node.data_dir / "secrets" / "admin.token",
                       other / "tls-cert.pem")
-    finally:
-        launcher.stop_all(procs)
 
 
 def test_cli_trusts_the_gateway_by_ca_file(gateway: Gateway) -> None:

@@ -109,9 +109,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     c = Cluster(tmp_path_factory.mktemp("crash"))
     lab = Lab(c)
     try:
-        for name in SERVICES:
-            c.start(name)
-        c.wait_ready("api")
+        c.start_all()
         lab.master_keys.append(c.data_dir / "secrets" / "master.key")
         yield lab
     finally:

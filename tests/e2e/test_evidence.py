@@ -21,7 +21,6 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from sessions.client.launcher import SERVICES
 from sessions.core import NoteSigner, NoteVerifier, audit_origin, open_checkpoint, sign_note
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
@@ -44,9 +43,7 @@ def _start(root: Path, extra: dict[str, str] | None = None) -> Cluster:
     c = Cluster(root)
     if extra:
         c.extra_env["storage"] = extra
-    for name in SERVICES:
-        c.start(name)
-    c.wait_ready("api")
+    c.start_all()
     return c
 
 

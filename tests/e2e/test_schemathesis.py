@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.client.launcher import REPO, SERVICES
+from sessions.client.launcher import REPO
 from tests.e2e.conftest import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -123,9 +123,7 @@ def run_schemathesis(cluster: Cluster, service: str,
 def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("schemathesis"))
     try:
-        for name in SERVICES:
-            c.start(name)
-        c.wait_ready("api")
+        c.start_all()
         yield c
     finally:
         c.stop()

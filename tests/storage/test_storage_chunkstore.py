@@ -93,6 +93,7 @@ def _page_cache_can_be_dropped(where: Path) -> bool:
     return dropped
 
 
+@pytest.mark.perf  # reads the page cache's residency: a fact of the machine
 async def test_chunk_files_do_not_stay_in_the_page_cache(chunkstore: LocalChunkStore,
                                                           tmp_path: Path,
                                                           ids: Callable[[], str]) -> None:

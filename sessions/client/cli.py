@@ -7,7 +7,6 @@ traceback; configuration errors exit 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os

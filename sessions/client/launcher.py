@@ -3,7 +3,7 @@
 The one launcher of the project: `lucid-sessions up`, the end-to-end tests
 (`tests/e2e/conftest.py`), the container tests and the benchmarks (`bench/harness.py`)
 all run the services through a `Node`.  Each service runs as
-`python -m sessions.client serve <name>`, exactly as deployed, spawned in one place
+`python -m sessions.<name>`, exactly as the images run it, spawned in one place
 (`Node.spawn`).  Service settings are found through `SETTINGS`, a plain mapping from
 a service's name to its settings loader.
 """
@@ -184,12 +184,12 @@ class Node:
     # -- starting ------------------------------------------------------------------------------
 
     def spawn(self, name: ServiceName) -> subprocess.Popen[bytes]:
-        """Start `python -m sessions.client serve <name>` without waiting for it."""
+        """Start `python -m sessions.<name>` without waiting for it."""
         log = self.log_path(name)
         with contextlib.ExitStack() as stack:
             out = None if log is None else stack.enter_context(log.open("ab"))
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "sessions.client", "serve", name], cwd=REPO,
+                [sys.executable, "-m", f"sessions.{name}"], cwd=REPO,
                 env=self.env_of(name), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=None if out is None else subprocess.STDOUT,
                 start_new_session=self.own_session,

@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from sessions.api.deps import Processor, authenticate
-from sessions.api.models import NodeInfo, errors
-from sessions.common.evidence import RotateSigningIn
-from sessions.contract.models import KeyRotation
+from sessions.api.models import errors
+from sessions.contract.models import KeyRotation, NodeInfo, RotateSigningIn
 
 router = APIRouter(prefix="/v1", tags=["node"])
 

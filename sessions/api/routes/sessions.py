@@ -7,22 +7,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from sessions.api.deps import Client, Processor, SessionId, authenticate
-from sessions.api.models import (
-    ConsistencyProof,
-    CreateSession,
-    InclusionProof,
-    LabelFilter,
-    OwnedCreateSession,
-    Session,
-    SessionIdText,
-    SessionPage,
-    VerifyReport,
-    errors,
-)
+from sessions.api.models import LabelFilter, SessionIdText, errors
 from sessions.common.errors import InvalidParameter
 from sessions.common.ids import SESSION_ID_DOC
 from sessions.common.models import MAX_CHUNK_INDEX, MAX_LABELS, MAX_PAGE, MAX_TREE_SIZE
 from sessions.common.states import SessionState
+from sessions.contract.models import (
+    ConsistencyProof,
+    CreateSession,
+    InclusionProof,
+    OwnedCreateSession,
+    Session,
+    SessionPage,
+    VerifyReport,
+)
 from sessions.contract.operations import session_query
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],

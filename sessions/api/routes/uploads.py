@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 
 from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, authenticate
 from sessions.api.limits import check_upload_headers, session_room
-from sessions.api.models import UploadResult, UploadStatus, errors
+from sessions.api.models import errors
 from sessions.api.streams import limited_body
 from sessions.common.models import CHECKSUM_PATTERN
 from sessions.common.openapi import REQUIRED
+from sessions.contract.models import UploadResult, UploadStatus
 
 OFFSET_DOC = {"pattern": "^[0-9]{1,19}$", REQUIRED: True}
 CHECKSUM_DOC = {"pattern": CHECKSUM_PATTERN}

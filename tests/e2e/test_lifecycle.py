@@ -164,7 +164,15 @@ def test_a_stalled_patch_gets_408_and_frees_the_writer_slot(lc: Cluster,
     partial.send(data[CHUNK:CHUNK + 1000])  # a few bytes, then silence
     assert_error(partial.response(), 408, "request_timeout")
     assert head_offset(lapi, sid) == CHUNK  # committed data stays, nothing half-committed
-    r = patch(lapi, sid, CHUNK, data[CHUNK:])  # the slot is free again
+    # The slot is free again once the processor has seen the gateway abort the relay: that
+    # happens after the 408 left the gateway, so a PATCH at once may still meet it busy (409
+    # upload_in_progress, which clients retry). It must free within seconds, not stay held.
+    def resumed() -> httpx.Response | None:
+        r = patch(lapi, sid, CHUNK, data[CHUNK:])
+        busy = r.status_code == 409 and r.json().get("error") == "upload_in_progress"
+        return None if busy else r
+
+    r = wait_for(resumed, timeout=10, what="the stalled upload's writer slot to be freed")
     assert r.status_code == 200 and r.json()["offset"] == 3 * CHUNK
     assert replay(lapi, sid).content == data
 

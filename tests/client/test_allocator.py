@@ -41,8 +41,11 @@ def _faults(mode: str) -> int:
                     reason="SKIPPED LOUDLY: the allocator tuning is for glibc on Linux only")
 def test_tuned_allocator_reuses_memory_instead_of_faulting_in_fresh_pages() -> None:
     plain, tuned = _faults("plain"), _faults("tuned")
-    # 200 blocks averaging ~8 MiB touched: ~400k pages if every block were fresh.
-    assert plain > 50_000, f"glibc reused memory even untuned ({plain} faults): nothing to show"
+    # 200 blocks averaging ~8 MiB touched: ~400k pages if every block were fresh. How many
+    # an untuned glibc faults in varies by machine (110k here, 50k on a CI run: its dynamic
+    # mmap threshold and trimming depend on what the heap held), so the floor only checks
+    # there is something to show; the claim is the ratio.
+    assert plain > 20_000, f"glibc reused memory even untuned ({plain} faults): nothing to show"
     assert tuned < plain / 5, f"tuned: {tuned} page faults, untuned: {plain}"
 
 

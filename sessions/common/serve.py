@@ -13,14 +13,16 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Callable
-from typing import TypeVar
-
-from fastapi import FastAPI
+from typing import TYPE_CHECKING, TypeVar
 
 from sessions.common.secrets import ConfigError
-from sessions.common.settings import CommonSettings
 
-S = TypeVar("S", bound=CommonSettings)
+if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI's import
+    from fastapi import FastAPI
+
+    from sessions.common.settings import CommonSettings
+
+S = TypeVar("S", bound="CommonSettings")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
 HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit

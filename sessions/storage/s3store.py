@@ -11,8 +11,9 @@ object with a conditional PUT (`If-None-Match: *`) and deletes the index's other
 objects: re-staging an uncommitted index replaces it, and since the guard refuses a
 committed index, a committed chunk is never replaced or removed by a PUT.  The object
 is content-addressed, so a conditional PUT that finds it present (412) finds the very
-same bytes.  Servers without conditional PUT would fail it with an error (503); the
-fallback is the guard alone, which is what the local directory relies on too.
+same bytes.  A server that ignores `If-None-Match` can thus only overwrite an object
+with identical bytes; the guard alone (as on the local directory) keeps a committed
+index from being re-staged.
 
 The body is gathered in memory (at most `max_bytes`, one sealed chunk) and hashed
 before anything is uploaded: no object is ever visible under a leaf hash it does not

@@ -221,3 +221,22 @@ async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:
     for call in calls:
         with pytest.raises(StorageUnavailable):
             await call()
+
+
+async def test_s3_a_refused_or_replaced_attempt_leaves_no_object(
+        s3_server: S3Server, ids: Callable[[], str]) -> None:  # noqa: F811
+    url = s3_server.url()
+    store, raw, prefix = s3_store(s3_server, url), s3_server.store(), url.split("/", 3)[3]
+    sid = ids()
+    await put(store, sid, 0, b"staged")
+    await put(store, sid, 0, b"restaged")
+
+    @asynccontextmanager
+    async def refuse() -> AsyncIterator[None]:
+        raise ChunkCommitted()
+        yield  # pragma: no cover
+
+    with pytest.raises(ChunkCommitted):
+        await put(store, sid, 0, b"refused", guard=refuse)
+    keys = [o["path"] for o in await obstore.list(raw, f"{prefix}/{sid}").collect_async()]
+    assert keys == [f"{prefix}/{sid}/0000000000/{leaf_hash(b'restaged').hex()}.lcs"]

@@ -128,11 +128,15 @@ class S3Server:
             self.proc = None
 
     def remove(self) -> None:
+        """Kill the server and remove its data and the unix sockets it made in /tmp."""
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
         shutil.rmtree(self.data, ignore_errors=True)
+        for port in self.ports.values():  # weed names them /tmp/seaweedfs-<part>-<port>.sock
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):  # noqa: S108
+                sock.unlink(missing_ok=True)
 
 
 def _unavailable(reason: str) -> None:

@@ -9,6 +9,7 @@ from pydantic import Field
 from sessions.common.secrets import ConfigError, read_secret_file
 from sessions.common.settings import CommonSettings, load
 from sessions.storage.dburl import MetadataUrl, parse, redact
+from sessions.storage.s3store import S3Location, parse_s3_url
 
 DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024 + 4096
 METADATA_FILE = "metadata.sqlite3"
@@ -30,6 +31,17 @@ class Settings(CommonSettings):
                                            "(use it when the URL carries credentials)")
     metadata_password_file: Path | None = Field(None, description="file holding the password "
                                                 "of the user the metadata URL names")
+    # The S3 chunk store (sessions/storage/s3store.py); unset: the local directory.
+    chunk_store_url: str | None = Field(None, description="s3://bucket/prefix: keep sealed "
+                                        "chunks in S3-compatible object storage (no "
+                                        "credentials here; unset: the local data dir)")
+    s3_endpoint: str | None = Field(None, description="the object store's URL, e.g. "
+                                    "https://s3.example.org (unset: AWS S3)")
+    s3_region: str = Field("us-east-1", description="the object store's region")
+    s3_access_key_file: Path | None = Field(None, description="file holding the S3 access "
+                                            "key id")
+    s3_secret_key_file: Path | None = Field(None, description="file holding the S3 secret "
+                                            "access key")
 
     @property
     def port(self) -> int:
@@ -44,6 +56,7 @@ class Settings(CommonSettings):
         """Read the service token and the metadata URL now (a bad URL is named, redacted)."""
         super().preflight()
         self.metadata()
+        self.chunk_store_location()
 
     def metadata(self) -> MetadataUrl:
         """Return the metadata URL (from the file if set); raise ConfigError if it is bad.
@@ -66,6 +79,22 @@ class Settings(CommonSettings):
         if self.metadata_password_file is not None:
             password = read_secret_file(self.metadata_password_file, what="metadata password")
         return parse(text, password=password)
+
+
+    def chunk_store_location(self) -> S3Location | None:
+        """Return the S3 location of the chunks (None: the local directory); raise ConfigError
+        if the URL is bad or its credential files are missing."""
+        if self.chunk_store_url is None:
+            return None
+        bucket, prefix = parse_s3_url(self.chunk_store_url)
+        if self.s3_access_key_file is None or self.s3_secret_key_file is None:
+            raise ConfigError("LUCID_CHUNK_STORE_URL=s3://... needs LUCID_S3_ACCESS_KEY_FILE "
+                              "and LUCID_S3_SECRET_KEY_FILE")
+        return S3Location(
+            bucket=bucket, prefix=prefix, endpoint=self.s3_endpoint, region=self.s3_region,
+            access_key_id=read_secret_file(self.s3_access_key_file, what="S3 access key id"),
+            secret_access_key=read_secret_file(self.s3_secret_key_file,
+                                               what="S3 secret access key"))
 
 
 def load_settings() -> Settings:

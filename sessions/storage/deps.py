@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from sessions.common.ids import SESSION_ID_DOC, check_session_id
-from sessions.storage.chunkstore import ChunkStore, LocalChunkStore
+from sessions.storage.chunkstore import ChunkStore
 from sessions.storage.config import Settings
 from sessions.storage.metastore import MetadataStore
 from sessions.storage.readiness import MetadataReadiness
@@ -27,7 +27,7 @@ class Resources:
 
     readiness: MetadataReadiness
     metastore: MetadataStore
-    chunkstore: LocalChunkStore
+    chunkstore: ChunkStore
     service: StorageService
 
 

@@ -12,13 +12,14 @@ from fastapi import FastAPI
 from sessions.common.app import build_app
 from sessions.common.errors import NotReady
 from sessions.common.web import Metrics
-from sessions.storage.chunkstore import LocalChunkStore
+from sessions.storage.chunkstore import ChunkStore, LocalChunkStore
 from sessions.storage.config import Settings, load_settings
 from sessions.storage.deps import Resources
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import open_metastore
 from sessions.storage.readiness import MetadataReadiness
 from sessions.storage.routes import audit, checkpoints, chunks, lifecycle, sessions, tokens
+from sessions.storage.s3store import open_s3_store
 from sessions.storage.service import StorageService
 
 ROUTERS = [m.router for m in (sessions, chunks, checkpoints, tokens, lifecycle, audit)]
@@ -35,7 +36,7 @@ async def lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator[Resour
     root = settings.storage_dir
     await asyncio.to_thread(root.mkdir, mode=0o700, parents=True, exist_ok=True)
     meta = await open_metastore(url, prepare=url.scheme == "sqlite")
-    store = LocalChunkStore(root)
+    store = _chunk_store(settings)
     service = StorageService(meta, store, max_chunk_bytes=settings.max_chunk_bytes,
                              metrics=metrics, min_free_bytes=settings.min_free_bytes)
     readiness = MetadataReadiness(meta, url, on_ready=lambda: _sweep(store, service))
@@ -51,9 +52,19 @@ async def lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator[Resour
         await meta.close()
 
 
-async def _sweep(store: LocalChunkStore, service: StorageService) -> None:
+def _chunk_store(settings: Settings) -> ChunkStore:
+    """Return the chunk store the settings name: S3 if LUCID_CHUNK_STORE_URL is set, else
+    the local directory."""
+    location = settings.chunk_store_location()
+    if location is None:
+        return LocalChunkStore(settings.storage_dir)
+    log.info("sealed chunks are kept in %s", location.redacted)
+    return open_s3_store(location)
+
+
+async def _sweep(store: ChunkStore, service: StorageService) -> None:
     """Remove what a crash left (before serving, so no upload is in flight), and say so."""
-    if temps := await store.sweep_temp_files():
+    if isinstance(store, LocalChunkStore) and (temps := await store.sweep_temp_files()):
         log.warning("removed %d temp chunk file(s) left by an interrupted upload", temps)
     swept, unknown = await service.sweep()
     if swept:

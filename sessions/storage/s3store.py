@@ -1,0 +1,345 @@
+"""The chunk store on S3-compatible object storage (AWS S3, SeaweedFS, Ceph RGW, MinIO).
+
+One object per sealed chunk, keyed `<prefix>/<session id>/<index:010d>/<leaf hash hex>.lcs`,
+so a resealed retry at the same index (new nonce, new leaf hash) is a different object.
+The client is `obstore` (Rust's object_store: async, typed, one wheel with no
+dependency tree to resolve).
+
+Staging and committing are as on the local directory: a PUT uploads the chunk, then,
+inside the caller's `guard` (the session's lock, which also covers commits), creates its
+object with a conditional PUT (`If-None-Match: *`) and deletes the index's other
+objects: re-staging an uncommitted index replaces it, and since the guard refuses a
+committed index, a committed chunk is never replaced or removed by a PUT.  The object
+is content-addressed, so a conditional PUT that finds it present (412) finds the very
+same bytes.  A server that ignores `If-None-Match` can thus only overwrite an object
+with identical bytes; the guard alone (as on the local directory) keeps a committed
+index from being re-staged.
+
+The body is gathered in memory (at most `max_bytes`, one sealed chunk) and hashed
+before anything is uploaded: no object is ever visible under a leaf hash it does not
+have.  Object storage has no free-space figure, so `free_bytes` reports `UNMETERED`
+and the free-space watermark never refuses a chunk on S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, NotFoundError
+from obstore.store import S3Store
+
+from sessions.common.errors import (
+    BadRequest,
+    ChunkNotFound,
+    InvalidParameter,
+    PayloadTooLarge,
+    ServiceError,
+    TruncatedBody,
+)
+from sessions.common.ids import check_session_id, is_session_id
+from sessions.common.secrets import ConfigError
+from sessions.core import LEAF_PREFIX
+from sessions.storage.chunkstore import CHUNK_SUFFIX, READ_PIECE, Guard, check_index
+from sessions.storage.errors import LeafHashMismatch, StorageUnavailable
+from sessions.storage.records import LEAF_HASH_SIZE
+
+if TYPE_CHECKING:
+    from obstore import ObjectMeta
+
+T = TypeVar("T")
+log = logging.getLogger("sessions.storage.s3")
+
+UNMETERED = 1 << 62  # free_bytes on object storage: no volume to run out of
+TIMEOUT = timedelta(seconds=10)  # one request; a stopped server fails fast with a 503
+RETRIES = 2  # obstore retries idempotent requests and 5xx answers this many times
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+PREFIX = re.compile(r"(?:[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)?")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where the chunks live and the credentials to reach them (`repr` hides the secret)."""
+
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+
+    @property
+    def redacted(self) -> str:
+        """Return a loggable name of the location: endpoint, bucket and prefix only."""
+        return f"s3://{self.bucket}/{self.prefix} at {_redact(self.endpoint or 'AWS S3')}"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Return (bucket, prefix) of `s3://bucket[/prefix]`; raise ConfigError if it is not one.
+
+    Credentials never go in the URL (they come from files), so a URL with user info,
+    a query or a fragment is refused, and the message shows it redacted.
+    """
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if (parts.scheme != "s3" or "@" in parts.netloc or parts.query or parts.fragment
+            or not BUCKET_NAME.fullmatch(bucket) or not PREFIX.fullmatch(prefix)
+            or {".", ".."} & set(prefix.split("/"))):
+        raise ConfigError("LUCID_CHUNK_STORE_URL must look like s3://bucket/prefix (a bucket "
+                          "of 3-63 lowercase letters, digits, dots and dashes; no credentials; "
+                          f"got {_redact(url)!r})")
+    return bucket, prefix
+
+
+def _redact(url: str) -> str:
+    """Return url without user info, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def open_s3_store(location: S3Location) -> S3ChunkStore:
+    """Return the chunk store of an S3 location."""
+    return S3ChunkStore(bucket=location.bucket, prefix=location.prefix,
+                        endpoint=location.endpoint, region=location.region,
+                        access_key_id=location.access_key_id,
+                        secret_access_key=location.secret_access_key)
+
+
+async def _s3(call: Awaitable[T]) -> T:
+    """Await one object-store call; the one place its errors (bar NotFound) become 503s.
+
+    The exception's text names the endpoint and key, so only its type is logged.
+    """
+    try:
+        return await call
+    except (NotFoundError, AlreadyExistsError, StopAsyncIteration, ServiceError):
+        raise
+    except Exception as exc:
+        log.warning("object store request failed: %s", type(exc).__name__)
+        raise StorageUnavailable() from None
+
+
+def _index_of(path: str) -> int | None:
+    """Return the index a chunk object's path `<sid>/<index:010d>/<64 hex>.lcs` holds, else None."""
+    parts = path.split("/")
+    if len(parts) < 2:
+        return None
+    stem, name = parts[-2], parts[-1]
+    if (len(stem) == 10 and stem.isdigit() and name.endswith(CHUNK_SUFFIX)
+            and len(name) == 64 + len(CHUNK_SUFFIX)):
+        return int(stem)
+    return None
+
+
+class S3ChunkStore:
+    """`ChunkStore` on one bucket and key prefix of an S3-compatible object store."""
+
+    def __init__(self, *, bucket: str, prefix: str, endpoint: str | None, region: str,
+                 access_key_id: str, secret_access_key: str) -> None:
+        options: dict[str, object] = {"timeout": TIMEOUT, "connect_timeout": TIMEOUT}
+        if endpoint is not None and endpoint.startswith("http://"):
+            options["allow_http"] = True
+        self._store = S3Store(
+            bucket, prefix=prefix.strip("/") or None, endpoint=endpoint, region=region,
+            access_key_id=access_key_id, secret_access_key=secret_access_key,
+            virtual_hosted_style_request=False,
+            client_options=options,  # type: ignore[arg-type]
+            retry_config={"max_retries": RETRIES, "retry_timeout": TIMEOUT * 2})
+
+    @staticmethod
+    def _key(session_id: str, index: int, leaf_hash: bytes) -> str:
+        """Return a chunk object's key (below the prefix), after validating id and index."""
+        return (f"{check_session_id(session_id)}/{check_index(index):010d}/"
+                f"{leaf_hash.hex()}{CHUNK_SUFFIX}")
+
+    async def _objects(self, session_id: str, index: int | None = None) -> list[ObjectMeta]:
+        """Return the chunk objects of a session (of one index if given), any order."""
+        prefix = check_session_id(session_id)  # object_store prefixes are whole segments
+        if index is not None:
+            prefix += f"/{check_index(index):010d}"
+        found: list[ObjectMeta] = []
+        async for batch in obstore.list(self._store, prefix):  # noqa: B020 - paging
+            found.extend(batch)
+        return found
+
+    async def _find(self, session_id: str, index: int) -> ObjectMeta | None:
+        """Return the object of chunk `index`, or None.
+
+        Two objects of one index exist only if a PUT died between creating its object
+        and removing the one it replaced; the index is then uncommitted (the guard let
+        that PUT in), and the newest is taken.
+        """
+        try:
+            objects = await _s3(self._objects(session_id, index))
+        except NotFoundError:
+            return None
+        named = [o for o in objects if _index_of(o["path"]) == index]
+        if not named:
+            return None
+        return max(named, key=lambda o: (o["last_modified"], o["path"]))
+
+    async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
+                  expected_leaf_hash: bytes, max_bytes: int,
+                  expected_length: int | None = None, guard: Guard | None = None) -> int:
+        """Store body as chunk `index`; return its length once its object is written.
+
+        Preconditions as `LocalChunkStore.put`.  `guard`, if given, is entered around
+        creating the object and removing the index's other objects.  On any failure the
+        object this call created is removed again.
+        """
+        if len(expected_leaf_hash) != LEAF_HASH_SIZE:
+            raise BadRequest("a leaf hash is 32 bytes")
+        key = self._key(session_id, index, expected_leaf_hash)
+        if expected_length is not None and expected_length > max_bytes:
+            raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
+        data = await _receive(body, max_bytes)
+        if expected_length is not None and len(data) < expected_length:
+            raise TruncatedBody()
+        if not data:
+            raise BadRequest("a sealed chunk is never empty")
+        if hashlib.sha256(LEAF_PREFIX + data).digest() != expected_leaf_hash:
+            raise LeafHashMismatch()
+        if guard is None:
+            await self._publish(session_id, index, key, data)
+        else:
+            async with guard():
+                await self._publish(session_id, index, key, data)
+        return len(data)
+
+    async def _publish(self, session_id: str, index: int, key: str, data: bytes) -> None:
+        created = False
+        try:
+            try:
+                await _s3(obstore.put_async(self._store, key, data, mode="create"))
+                created = True
+            except AlreadyExistsError:
+                pass  # content-addressed: the very same bytes are there already
+            others = [o["path"] for o in await _s3(self._objects(session_id, index))
+                      if o["path"] != key]
+            if others:
+                await _s3(obstore.delete_async(self._store, others))
+        except BaseException:
+            if created:
+                await _forget(self._store, [key])
+            raise
+
+    async def get(self, session_id: str, index: int) -> bytes:
+        """Return the stored bytes of a chunk; raise ChunkNotFound if it has no object."""
+        found = await self._find(session_id, index)
+        if found is None:
+            raise ChunkNotFound()
+        try:
+            result = await _s3(obstore.get_async(self._store, found["path"]))
+            return bytes(await _s3(result.bytes_async()))
+        except NotFoundError:
+            raise ChunkNotFound() from None
+
+    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]:
+        """Return a chunk's length and its bytes in pieces of about READ_PIECE, read as sent."""
+        found = await self._find(session_id, index)
+        if found is None:
+            raise ChunkNotFound()
+        try:
+            result = await _s3(obstore.get_async(self._store, found["path"]))
+        except NotFoundError:
+            raise ChunkNotFound() from None
+
+        async def pieces() -> AsyncIterator[bytes]:
+            stream = result.stream(min_chunk_size=READ_PIECE)
+            while True:
+                try:
+                    piece = await _s3(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield bytes(piece)
+        return result.meta["size"], pieces()
+
+    async def size(self, session_id: str, index: int) -> int | None:
+        """Return the length of a chunk's object, or None if it has none."""
+        found = await self._find(session_id, index)
+        return None if found is None else found["size"]
+
+    async def exists(self, session_id: str, index: int) -> bool:
+        return await self.size(session_id, index) is not None
+
+    async def delete_session(self, session_id: str) -> None:
+        """Remove every object of a session, staged or committed, in batches; absent is fine."""
+        try:
+            paths = [o["path"] for o in await _s3(self._objects(session_id))]
+        except NotFoundError:
+            return
+        if paths:
+            await _s3(obstore.delete_async(self._store, paths))
+
+    async def discard_from(self, session_id: str, first: int) -> list[int]:
+        """Remove the objects of index >= first (staged, never committed); return their indexes."""
+        if first < 0:
+            raise InvalidParameter("the first index to discard must not be negative")
+        try:
+            objects = await _s3(self._objects(session_id))
+        except NotFoundError:
+            return []
+        doomed: dict[str, int] = {}
+        for o in objects:
+            index = _index_of(o["path"])
+            if index is not None and index >= first:
+                doomed[o["path"]] = index
+        if doomed:
+            await _s3(obstore.delete_async(self._store, list(doomed)))
+        return sorted(set(doomed.values()))
+
+    async def session_ids(self) -> list[str]:
+        """Return the ids of the sessions that have an object under the prefix, sorted.
+
+        Some servers (SeaweedFS) keep listing a "directory" after its last object went,
+        so each candidate is checked for an object.
+        """
+        listing = await _s3(obstore.list_with_delimiter_async(self._store))
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in listing["common_prefixes"])
+        return sorted([name for name in names
+                       if is_session_id(name) and await _s3(self._has_objects(name))])
+
+    async def _has_objects(self, prefix: str) -> bool:
+        async for batch in obstore.list(self._store, prefix, chunk_size=1):  # noqa: B020
+            if batch:
+                return True
+        return False
+
+    async def ping(self) -> None:
+        """Check that the bucket answers to these credentials (a listing of an empty prefix)."""
+        try:
+            await _s3(obstore.list_with_delimiter_async(self._store, ".ping/"))
+        except NotFoundError:
+            raise StorageUnavailable() from None
+
+    async def free_bytes(self) -> int:
+        """Return UNMETERED: object storage has no free-space figure to watch."""
+        return UNMETERED
+
+
+async def _receive(body: AsyncIterable[bytes], max_bytes: int) -> bytes:
+    """Return the whole body; raise PayloadTooLarge once it passes max_bytes."""
+    pieces: list[bytes] = []
+    total = 0
+    async for piece in body:
+        total += len(piece)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+async def _forget(store: S3Store, paths: Sequence[str]) -> None:
+    """Delete objects on a failure path; a failure here is logged, not raised."""
+    try:
+        await obstore.delete_async(store, list(paths))
+    except Exception as exc:
+        log.warning("could not remove an unpublished chunk object: %s", type(exc).__name__)

@@ -1,0 +1,242 @@
+"""The chunk-store contract: the local directory and S3 (SeaweedFS on loopback) behave alike.
+
+Every test here runs against both `ChunkStore` implementations; what only one of them
+has (file layout, fsync, temp files) stays in test_storage_chunkstore.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import obstore
+import pytest
+
+from sessions.client.launcher import free_port
+from sessions.common.errors import (
+    BadRequest,
+    ChunkNotFound,
+    InvalidId,
+    InvalidParameter,
+    PayloadTooLarge,
+    TruncatedBody,
+)
+from sessions.core import leaf_hash
+from sessions.storage.chunkstore import ChunkStore, LocalChunkStore
+from sessions.storage.errors import ChunkCommitted, LeafHashMismatch, StorageUnavailable
+from sessions.storage.s3store import UNMETERED, S3ChunkStore
+from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.anyio
+MAX = 4 * 1024 * 1024
+
+
+def s3_store(server: S3Server, url: str | None = None) -> S3ChunkStore:
+    bucket, _, prefix = (url or server.url()).removeprefix("s3://").partition("/")
+    return S3ChunkStore(bucket=bucket, prefix=prefix, endpoint=server.endpoint, region=REGION,
+                        access_key_id=server.access_key, secret_access_key=server.secret_key)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChunkStore:
+    if request.param == "local":
+        return LocalChunkStore(tmp_path / "chunkroot")
+    server: S3Server = request.getfixturevalue("s3_server")
+    return s3_store(server)
+
+
+async def stream(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def never_read() -> AsyncIterator[bytes]:
+    raise AssertionError("the body must not be read")
+    yield b""  # pragma: no cover
+
+
+async def put(store: ChunkStore, sid: str, index: int, data: bytes, **kw: object) -> int:
+    return await store.put(sid, index, stream([data]), expected_leaf_hash=leaf_hash(data),
+                           max_bytes=MAX, **kw)  # type: ignore[arg-type]
+
+
+async def test_put_get_stream_size_round_trip(store: ChunkStore, ids: Callable[[], str]) -> None:
+    sid = ids()
+    data = os.urandom(2 * 1024 * 1024 + 12345)
+    pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    size = await store.put(sid, 7, stream(pieces), expected_leaf_hash=leaf_hash(data),
+                           max_bytes=MAX, expected_length=len(data))
+    assert size == len(data)
+    assert await store.get(sid, 7) == data
+    length, body = await store.stream(sid, 7)
+    assert length == len(data) and b"".join([p async for p in body]) == data
+    assert await store.size(sid, 7) == len(data) and await store.exists(sid, 7)
+    assert await store.size(sid, 6) is None and not await store.exists(sid, 6)
+
+
+async def test_a_missing_chunk_is_not_found(store: ChunkStore, ids: Callable[[], str]) -> None:
+    sid = ids()
+    with pytest.raises(ChunkNotFound):
+        await store.get(sid, 0)
+    with pytest.raises(ChunkNotFound):
+        await store.stream(sid, 0)
+    assert await store.size(sid, 0) is None
+
+
+async def test_restaging_an_uncommitted_index_replaces_it(store: ChunkStore,
+                                                          ids: Callable[[], str]) -> None:
+    sid = ids()
+    await put(store, sid, 3, b"first attempt")
+    await put(store, sid, 3, b"the resealed retry")  # a new nonce: another leaf hash
+    assert await store.get(sid, 3) == b"the resealed retry"
+    assert await store.size(sid, 3) == len(b"the resealed retry")
+    await put(store, sid, 3, b"the resealed retry")  # the same bytes again: idempotent
+    assert await store.get(sid, 3) == b"the resealed retry"
+    assert await store.discard_from(sid, 0) == [3]  # one chunk left, not three
+    assert not await store.exists(sid, 3)
+
+
+async def test_a_refusing_guard_keeps_the_chunk_that_was_there(
+        store: ChunkStore, ids: Callable[[], str]) -> None:
+    """A committed index: the service's guard refuses, and the stored chunk stays as it was."""
+    sid = ids()
+    await put(store, sid, 0, b"committed bytes")
+
+    @asynccontextmanager
+    async def committed() -> AsyncIterator[None]:
+        raise ChunkCommitted()
+        yield  # pragma: no cover
+
+    for data in (b"another attempt", b"committed bytes"):
+        with pytest.raises(ChunkCommitted):
+            await put(store, sid, 0, data, guard=committed)
+        assert await store.get(sid, 0) == b"committed bytes"
+    assert await store.discard_from(sid, 0) == [0]
+
+
+async def test_bad_bodies_store_nothing(store: ChunkStore, ids: Callable[[], str]) -> None:
+    sid = ids()
+    with pytest.raises(LeafHashMismatch):
+        await store.put(sid, 0, stream([b"abc"]), expected_leaf_hash=leaf_hash(b"abd"),
+                        max_bytes=MAX)
+    with pytest.raises(PayloadTooLarge):
+        await store.put(sid, 0, stream([b"x" * 11]), expected_leaf_hash=leaf_hash(b"x" * 11),
+                        max_bytes=10)
+    with pytest.raises(PayloadTooLarge):
+        await store.put(sid, 0, never_read(), expected_leaf_hash=b"\0" * 32, max_bytes=10,
+                        expected_length=11)
+    with pytest.raises(TruncatedBody):
+        await store.put(sid, 0, stream([b"abc"]), expected_leaf_hash=leaf_hash(b"abc"),
+                        max_bytes=MAX, expected_length=10)
+    with pytest.raises(BadRequest):
+        await store.put(sid, 0, stream([]), expected_leaf_hash=leaf_hash(b""), max_bytes=MAX)
+    with pytest.raises(BadRequest):
+        await store.put(sid, 0, never_read(), expected_leaf_hash=b"\0" * 31, max_bytes=MAX)
+    assert not await store.exists(sid, 0)
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc/passwd", "..", "01HZZZZZZZZZZZZZZZZZZZZZZ/",
+                                    "01hzzzzzzzzzzzzzzzzzzzzzzz", ""])
+async def test_malformed_ids_and_indexes_are_refused(store: ChunkStore, bad_id: str,
+                                                     ids: Callable[[], str]) -> None:
+    with pytest.raises(InvalidId):
+        await store.put(bad_id, 0, never_read(), expected_leaf_hash=b"\0" * 32, max_bytes=MAX)
+    for call in (store.get, store.size, store.delete_session, store.discard_from):
+        with pytest.raises(InvalidId):
+            await call(bad_id, *([0] if call != store.delete_session else []))
+    for bad_index in (-1, 10**10):
+        with pytest.raises(InvalidParameter):
+            await store.put(ids(), bad_index, never_read(), expected_leaf_hash=b"\0" * 32,
+                            max_bytes=MAX)
+
+
+async def test_discard_from_and_delete_session(store: ChunkStore,
+                                               ids: Callable[[], str]) -> None:
+    sid, other = ids(), ids()
+    for s in (sid, other):
+        for i in (0, 1, 2, 5):
+            await put(store, s, i, b"c%d" % i)
+    assert await store.discard_from(sid, 2) == [2, 5]
+    assert await store.discard_from(sid, 2) == []
+    assert [await store.exists(sid, i) for i in (0, 1, 2, 5)] == [True, True, False, False]
+    with pytest.raises(InvalidParameter):
+        await store.discard_from(sid, -1)
+    assert await store.discard_from(ids(), 0) == []
+    await store.delete_session(sid)
+    await store.delete_session(sid)
+    assert not await store.exists(sid, 0) and not await store.exists(sid, 1)
+    assert await store.get(other, 5) == b"c5"
+    assert await store.session_ids() == [other]
+
+
+async def test_many_chunks_are_deleted_in_batches(store: ChunkStore,
+                                                  ids: Callable[[], str]) -> None:
+    sid = ids()
+    await asyncio.gather(*(put(store, sid, i, b"%d" % i) for i in range(120)))
+    assert await store.discard_from(sid, 20) == list(range(20, 120))
+    await store.delete_session(sid)
+    assert await store.session_ids() == []
+
+
+async def test_session_ids_lists_sessions_with_chunks(store: ChunkStore,
+                                                      ids: Callable[[], str]) -> None:
+    assert await store.session_ids() == []
+    sids = sorted([ids(), ids()])
+    for sid in sids:
+        await put(store, sid, 0, b"x")
+    assert await store.session_ids() == sids
+    await store.ping()
+    assert await store.free_bytes() > MAX
+
+
+async def test_s3_conditional_put_keeps_an_object_immutable(s3_server: S3Server,  # noqa: F811
+                                                            ids: Callable[[], str]) -> None:
+    """The object of a chunk is created with If-None-Match: *; the server refuses a second."""
+    url = s3_server.url()
+    store = s3_store(s3_server, url)
+    sid = ids()
+    await put(store, sid, 0, b"sealed")
+    raw = s3_server.store()
+    key = f"{url.split('/', 3)[3]}/{sid}/0000000000/{leaf_hash(b'sealed').hex()}.lcs"
+    with pytest.raises(obstore.exceptions.AlreadyExistsError):
+        await obstore.put_async(raw, key, b"forged", mode="create")
+    assert await store.get(sid, 0) == b"sealed"
+    assert await store.free_bytes() == UNMETERED
+
+
+async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:
+    """Nothing listening: every call is StorageUnavailable, never an obstore error."""
+    store = S3ChunkStore(bucket="b", prefix="p", endpoint=f"http://127.0.0.1:{free_port()}",
+                         region=REGION, access_key_id="k",
+                         secret_access_key=secrets.token_urlsafe(16))
+    sid = ids()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        store.ping, store.session_ids, lambda: store.get(sid, 0), lambda: store.size(sid, 0),
+        lambda: store.delete_session(sid), lambda: store.discard_from(sid, 0),
+        lambda: put(store, sid, 0, b"x")]
+    for call in calls:
+        with pytest.raises(StorageUnavailable):
+            await call()
+
+
+async def test_s3_a_refused_or_replaced_attempt_leaves_no_object(
+        s3_server: S3Server, ids: Callable[[], str]) -> None:  # noqa: F811
+    url = s3_server.url()
+    store, raw, prefix = s3_store(s3_server, url), s3_server.store(), url.split("/", 3)[3]
+    sid = ids()
+    await put(store, sid, 0, b"staged")
+    await put(store, sid, 0, b"restaged")
+
+    @asynccontextmanager
+    async def refuse() -> AsyncIterator[None]:
+        raise ChunkCommitted()
+        yield  # pragma: no cover
+
+    with pytest.raises(ChunkCommitted):
+        await put(store, sid, 0, b"refused", guard=refuse)
+    keys = [o["path"] for o in await obstore.list(raw, f"{prefix}/{sid}").collect_async()]
+    assert keys == [f"{prefix}/{sid}/0000000000/{leaf_hash(b'restaged').hex()}.lcs"]

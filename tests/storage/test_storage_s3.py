@@ -3,6 +3,7 @@ store that goes away answers 503 and acknowledges nothing, then recovers by itse
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -154,7 +155,13 @@ async def test_object_store_down_answers_503_and_acknowledges_nothing(
         assert session["chunk_count"] == 1  # nothing unwritten was acknowledged
         assert not await app.state.resources.chunkstore.exists(sid, 1)
         assert (await client.get(f"{API}/sessions/{sid}/chunks/0")).content == first
-        assert (await put(client, sid, 1, lost, leaf_of(lost))).status_code == 201
+        # SeaweedFS answers reads as soon as it is back; its volume server may take a moment
+        # more to accept writes. Storage must recover by itself within that time.
+        deadline = asyncio.get_running_loop().time() + 30
+        while (status := (await put(client, sid, 1, lost, leaf_of(lost))).status_code) == 503:
+            assert asyncio.get_running_loop().time() < deadline, "no recovery in 30 s"
+            await asyncio.sleep(0.2)
+        assert status == 201
         assert (await client.get("/ready")).status_code == 200
     logged = caplog.text
     assert server.secret_key not in logged and server.access_key not in logged

@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
 from sessions.common.secrets import ConfigError, read_secret_file
 from sessions.common.settings import CommonSettings, load
 from sessions.storage.dburl import MetadataUrl, parse, redact
-from sessions.storage.s3store import S3Location, parse_s3_url
 
 DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024 + 4096
 METADATA_FILE = "metadata.sqlite3"
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+PREFIX = re.compile(r"(?:[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)?")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where the chunks live and the credentials to reach them (`repr` hides the secret)."""
+
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+
+    @property
+    def redacted(self) -> str:
+        """Return a loggable name of the location: endpoint, bucket and prefix only."""
+        return f"s3://{self.bucket}/{self.prefix} at {_redact(self.endpoint or 'AWS S3')}"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Return (bucket, prefix) of `s3://bucket[/prefix]`; raise ConfigError if it is not one.
+
+    Credentials never go in the URL (they come from files), so a URL with user info,
+    a query or a fragment is refused, and the message shows it redacted.
+    """
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if (parts.scheme != "s3" or "@" in parts.netloc or parts.query or parts.fragment
+            or not BUCKET_NAME.fullmatch(bucket) or not PREFIX.fullmatch(prefix)
+            or {".", ".."} & set(prefix.split("/"))):
+        raise ConfigError("LUCID_CHUNK_STORE_URL must look like s3://bucket/prefix (a bucket "
+                          "of 3-63 lowercase letters, digits, dots and dashes; no credentials; "
+                          f"got {_redact(url)!r})")
+    return bucket, prefix
+
+
+def _redact(url: str) -> str:
+    """Return url without user info, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 
 
 class Settings(CommonSettings):

@@ -19,7 +19,6 @@ from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import open_metastore
 from sessions.storage.readiness import MetadataReadiness
 from sessions.storage.routes import audit, checkpoints, chunks, lifecycle, sessions, tokens
-from sessions.storage.s3store import open_s3_store
 from sessions.storage.service import StorageService
 
 ROUTERS = [m.router for m in (sessions, chunks, checkpoints, tokens, lifecycle, audit)]
@@ -59,6 +58,8 @@ def _chunk_store(settings: Settings) -> ChunkStore:
     if location is None:
         return LocalChunkStore(settings.storage_dir)
     log.info("sealed chunks are kept in %s", location.redacted)
+    from sessions.storage.s3store import open_s3_store  # noqa: PLC0415 - obstore only on S3
+
     return open_s3_store(location)
 
 

@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, NotFoundError
@@ -45,9 +42,9 @@ from sessions.common.errors import (
     TruncatedBody,
 )
 from sessions.common.ids import check_session_id, is_session_id
-from sessions.common.secrets import ConfigError
 from sessions.core import LEAF_PREFIX
 from sessions.storage.chunkstore import CHUNK_SUFFIX, READ_PIECE, Guard, check_index
+from sessions.storage.config import S3Location
 from sessions.storage.errors import LeafHashMismatch, StorageUnavailable
 from sessions.storage.records import LEAF_HASH_SIZE
 
@@ -60,51 +57,6 @@ log = logging.getLogger("sessions.storage.s3")
 UNMETERED = 1 << 62  # free_bytes on object storage: no volume to run out of
 TIMEOUT = timedelta(seconds=10)  # one request; a stopped server fails fast with a 503
 RETRIES = 2  # obstore retries idempotent requests and 5xx answers this many times
-BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-PREFIX = re.compile(r"(?:[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)?")
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """Where the chunks live and the credentials to reach them (`repr` hides the secret)."""
-
-    bucket: str
-    prefix: str
-    endpoint: str | None
-    region: str
-    access_key_id: str = field(repr=False)
-    secret_access_key: str = field(repr=False)
-
-    @property
-    def redacted(self) -> str:
-        """Return a loggable name of the location: endpoint, bucket and prefix only."""
-        return f"s3://{self.bucket}/{self.prefix} at {_redact(self.endpoint or 'AWS S3')}"
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """Return (bucket, prefix) of `s3://bucket[/prefix]`; raise ConfigError if it is not one.
-
-    Credentials never go in the URL (they come from files), so a URL with user info,
-    a query or a fragment is refused, and the message shows it redacted.
-    """
-    parts = urlsplit(url)
-    bucket, prefix = parts.netloc, parts.path.strip("/")
-    if (parts.scheme != "s3" or "@" in parts.netloc or parts.query or parts.fragment
-            or not BUCKET_NAME.fullmatch(bucket) or not PREFIX.fullmatch(prefix)
-            or {".", ".."} & set(prefix.split("/"))):
-        raise ConfigError("LUCID_CHUNK_STORE_URL must look like s3://bucket/prefix (a bucket "
-                          "of 3-63 lowercase letters, digits, dots and dashes; no credentials; "
-                          f"got {_redact(url)!r})")
-    return bucket, prefix
-
-
-def _redact(url: str) -> str:
-    """Return url without user info, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def open_s3_store(location: S3Location) -> S3ChunkStore:
     """Return the chunk store of an S3 location."""
     return S3ChunkStore(bucket=location.bucket, prefix=location.prefix,

@@ -109,11 +109,9 @@ class S3Server:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError("weed mini exited:\n" + log_tail(self.log))
-            try:
-                obstore.list_with_delimiter(store, "ready-probe/")
+            if _write_and_read_back(store):
                 return
-            except Exception:  # not up yet (or the bucket not made yet): poll again
-                time.sleep(0.2)
+            time.sleep(0.2)
         raise RuntimeError("SeaweedFS S3 did not answer in time:\n" + log_tail(self.log))
 
     def stop(self) -> None:
@@ -137,6 +135,16 @@ class S3Server:
         for port in self.ports.values():  # weed names them /tmp/seaweedfs-<part>-<port>.sock
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):  # noqa: S108
                 sock.unlink(missing_ok=True)
+
+
+def _write_and_read_back(store: S3Store) -> bool:
+    """Return whether a probe object can be written and read back (after a restart
+    SeaweedFS lists a bucket before its volumes take writes)."""
+    try:
+        obstore.put(store, "ready-probe/probe", b"probe")
+        return bytes(obstore.get(store, "ready-probe/probe").bytes()) == b"probe"
+    except Exception:  # noqa: BLE001 - not up yet (or the bucket not made yet)
+        return False
 
 
 def _unavailable(reason: str) -> None:

@@ -49,9 +49,7 @@ def test_the_public_session_is_in_both_the_gateway_and_the_processor(
 
 def test_storage_keeps_the_public_session_plus_its_wrapped_key(docs: dict[str, Doc]) -> None:
     schemas = _schemas(docs["storage"])
-    if "StoredSession" not in schemas:
-        pytest.skip("SKIPPED: storage does not serve the contract's StoredSession yet "
-                    "(the storage hop moves onto sessions/contract/storage.py)")
+    assert "StoredSession" in schemas
     stored_props, stored_required = _shape(schemas["StoredSession"])
     props, required = _shape(_schemas(docs["gateway"])["Session"])
     assert {k: v for k, v in stored_props.items() if k != "wrapped_key"} == props

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sessions.common.errors import (
+    Conflict,
     InvalidParameter,
     InvalidState,
     KeyUnavailable,
@@ -105,6 +106,7 @@ log = logging.getLogger("lucid.processor")
 _READABLE = (SessionState.RECORDING, SessionState.FINALIZING, SessionState.COMPLETED,
              SessionState.FAILED)
 _CACHE = 256
+ROTATE_ATTEMPTS = 3  # reads of one session whose key another rotation is changing
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Engine:
         self._trees = _Lru()
         self._manifests = _Lru()
         self.audit = AuditRecorder(storage, lambda: self.keys)
+        self._rotation = asyncio.Lock()  # one master-key rotation at a time
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -726,46 +729,63 @@ class Engine:
 
         Keys wrapped under a previous master key (LUCID_PREVIOUS_MASTER_KEY_FILES) are
         rewrapped with a compare-and-set on their key id; once none is left, the previous
-        key files can be destroyed.  Idempotent.
+        key files can be destroyed.  Idempotent, and safe beside another rotation (one
+        whose caller went away keeps running): a key that changed under it is read again.
         """
-        current = self.keys.master
-        counts = {"rotated": 0, "already_current": 0, "erased": 0, "period_wrapped": 0}
-        unknown: set[str] = set()
-        unreadable: list[str] = []  # damaged wrapped keys: reported, left as they are
-        async for row in self.storage.all_sessions():
-            try:
-                wrapped = row.wrapped_key
-            except UnwrapError:
-                unreadable.append(row.id)
-                continue
-            if wrapped is None:
-                counts["erased"] += 1
-            elif wrapped.key_id == current.key_id:
-                counts["already_current"] += 1
-            elif self.keys.periods is not None and self.keys.periods.get(wrapped.key_id):
-                counts["period_wrapped"] += 1  # under its retention period's key, not a master
-            else:
-                try:
-                    old = self.keys.master_for(wrapped.key_id)
-                except UnwrapError:
-                    unknown.add(wrapped.key_id)
-                    continue
-                try:
-                    new = rewrap(wrapped, session_id=row.id, old=old, new=current)
-                except UnwrapError:
+        async with self._rotation:
+            counts = {"rotated": 0, "already_current": 0, "erased": 0, "period_wrapped": 0}
+            unknown: set[str] = set()
+            unreadable: list[str] = []  # damaged wrapped keys: reported, left as they are
+            async for row in self.storage.all_sessions():
+                for _ in range(ROTATE_ATTEMPTS):
+                    try:
+                        outcome = await self._rotate_one(row)
+                        break
+                    except Conflict:  # rewrapped meanwhile (by another processor): look again
+                        row = await self.storage.get_session(row.id)
+                else:
+                    raise Conflict("a session's key kept changing during the rotation; retry")
+                if outcome in counts:
+                    counts[outcome] += 1
+                elif outcome == "unreadable":
                     unreadable.append(row.id)
-                    continue
-                await self.storage.replace_wrapped_key(row.id, expected_key_id=wrapped.key_id,
-                                                       wrapped=new)
-                counts["rotated"] += 1
+                else:
+                    unknown.add(outcome)
         if unreadable:
             log.warning("key rotation: %d session key(s) are malformed or do not open under "
                         "their master key; left as they are (first: %s)",
                         len(unreadable), unreadable[0])
-        return KeyRotation(master_key_id=current.key_id, rotated=counts["rotated"],
+        return KeyRotation(master_key_id=self.keys.master.key_id, rotated=counts["rotated"],
                            already_current=counts["already_current"], erased=counts["erased"],
                            period_wrapped=counts["period_wrapped"],
                            unknown_key_ids=sorted(unknown), unreadable_session_ids=unreadable)
+
+    async def _rotate_one(self, row: SessionRow) -> str:
+        """Rewrap one session's key if it is under a previous master key; return what was
+        found: a KeyRotation count's name, "unreadable", or an unknown master key id.
+        Raises Conflict if the stored key changed since `row` was read."""
+        current = self.keys.master
+        try:
+            wrapped = row.wrapped_key
+        except UnwrapError:
+            return "unreadable"
+        if wrapped is None:
+            return "erased"
+        if wrapped.key_id == current.key_id:
+            return "already_current"
+        if self.keys.periods is not None and self.keys.periods.get(wrapped.key_id):
+            return "period_wrapped"  # under its retention period's key, not a master
+        try:
+            old = self.keys.master_for(wrapped.key_id)
+        except UnwrapError:
+            return wrapped.key_id
+        try:
+            new = rewrap(wrapped, session_id=row.id, old=old, new=current)
+        except UnwrapError:
+            return "unreadable"
+        await self.storage.replace_wrapped_key(row.id, expected_key_id=wrapped.key_id,
+                                               wrapped=new)
+        return "rotated"
 
     def rotate_signing_key(self, compromised_after: str | None) -> NodeInfo:
         """Swap in a fresh signing key; every old one stays in the published history."""

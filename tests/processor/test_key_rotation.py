@@ -7,6 +7,7 @@ built with other key files, as an operator would restart it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -169,3 +170,21 @@ async def test_a_damaged_wrapped_key_is_reported_not_a_500(node: Node) -> None:
         assert report["rotated"] == 1
         assert sorted(report["unreadable_session_ids"]) == sorted(damaged)
         assert (await k2.get(f"/sessions/{good}/replay")).content == b"y" * 1000
+
+
+@pytest.mark.anyio
+async def test_two_rotations_at_once_both_finish(node: Node) -> None:
+    """A rotation whose caller went away keeps running; another (on this processor or on
+    another one) rewraps beside it: each key is rewrapped once, and neither answers 409."""
+    async with node.processor("k1") as k1:
+        sids = [await record(k1, os.urandom(1000)) for _ in range(6)]
+    async with node.processor("k2", "k1") as a, node.processor("k2", "k1") as b:
+        answers = await asyncio.gather(a.post("/keys/rotate"), b.post("/keys/rotate"),
+                                       a.post("/keys/rotate"))
+        assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+        reports = [r.json() for r in answers]
+        assert sum(r["rotated"] for r in reports) == len(sids)
+        assert all(r["rotated"] + r["already_current"] == len(sids) for r in reports)
+    async with node.processor("k2") as k2:
+        for sid in sids:
+            assert (await k2.get(f"/sessions/{sid}/replay")).status_code == 200

@@ -40,10 +40,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, No
     """Storage and processor A (a Cluster), and processor B on the same data dir and storage."""
     root = tmp_path_factory.mktemp("two-processors")
     a = Cluster(root)
-    a.extra_env["*"] = {"LUCID_LEASE_SECONDS": str(LEASE_SECONDS)}
+    a.base_env["LUCID_LEASE_SECONDS"] = str(LEASE_SECONDS)
     (root / "logs-b").mkdir()
     b = Node(a.data_dir, {**a.ports, "processor": launcher.free_port()}, root / "logs-b",
-             base_env=dict(a.base_env), extra_env={"*": dict(a.extra_env["*"])})
+             base_env=dict(a.base_env))
     try:
         a.start("storage")
         a.start("processor")  # first: it makes the node's keys, which B then reads

@@ -258,6 +258,7 @@ class CheckpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(min_length=1, max_length=64 * 1024)
+    lease_token: LeaseToken | None = None
 
 
 class UploadLengthIn(BaseModel):
@@ -402,9 +403,10 @@ def get_manifest(sid: str) -> Operation[bytes]:
     return Operation("GET", _session(sid, "/manifest"), raw_body)
 
 
-def put_checkpoint(sid: str, checkpoint: bytes) -> Operation[None]:
-    return Operation("PUT", _session(sid, "/checkpoint"), nothing,
-                     json=_body(CheckpointIn(checkpoint=checkpoint.decode("utf-8"))))
+def put_checkpoint(sid: str, checkpoint: bytes,
+                   lease_token: int | None = None) -> Operation[None]:
+    body = CheckpointIn(checkpoint=checkpoint.decode("utf-8"), lease_token=lease_token)
+    return Operation("PUT", _session(sid, "/checkpoint"), nothing, json=_body(body))
 
 
 def get_checkpoint(sid: str) -> Operation[bytes | None]:

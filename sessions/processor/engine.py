@@ -219,11 +219,11 @@ class Engine:
             raise MetadataCorrupt("the session's kept checkpoint fails its signature") from None
 
     async def _keep_anchor(self, sid: str, tree: CompactRange, *, offset: int, sealed: int,
-                           labels_line: str) -> None:
+                           labels_line: str, lease_token: int | None = None) -> None:
         """Sign the tree with the committed sizes and labels; keep it as the new anchor."""
         note = self._sign(sid, tree.size, tree.root(),
                           (sizes_extension(offset, sealed), labels_line))
-        await self.storage.keep_checkpoint(sid, note)
+        await self.storage.keep_checkpoint(sid, note, lease_token=lease_token)
 
     async def _recording(self, sid: str) -> tuple[Anchor | None, SessionRow]:
         """Return an open session's anchor and its record (no anchor once completed or deleted:
@@ -431,7 +431,7 @@ class Engine:
                 line = (anchor.labels_line if anchor is not None and anchor.labels_line
                         else labels_extension(row.labels))
                 await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done),
-                                        labels_line=line)
+                                        labels_line=line, lease_token=token)
         if done.upload_length is not None and done.offset == done.upload_length:
             await self.finalize(sid)  # the declared length is reached: the upload is complete
         return UploadResult(offset=done.offset, chunk_count=done.chunk_count)

@@ -271,9 +271,10 @@ class StorageClient:
         except (NotFound, InvalidState):
             return None
 
-    async def keep_checkpoint(self, sid: str, checkpoint: bytes) -> None:
+    async def keep_checkpoint(self, sid: str, checkpoint: bytes, *,
+                              lease_token: int | None = None) -> None:
         """Store the processor's last signed checkpoint of a recording session (its anchor)."""
-        await self._call(ops.put_checkpoint(sid, checkpoint))
+        await self._call(ops.put_checkpoint(sid, checkpoint, lease_token))
 
     async def kept_checkpoint(self, sid: str) -> bytes | None:
         """Return the last signed checkpoint storage keeps for the session, or None (204)."""

@@ -365,14 +365,17 @@ class MetadataStore:
             return Update(self._next(rec, upload_length=length))
         return await self._cas(session_id, decide)
 
-    async def set_checkpoint(self, session_id: str, checkpoint: str) -> None:
+    async def set_checkpoint(self, session_id: str, checkpoint: str,
+                             lease_token: int | None = None) -> None:
         """Keep the processor's last signed checkpoint of a recording or finalizing session.
 
         The record itself (updated_at included) is unchanged; only its revision moves.
+        Fenced like a commit (`check_lease`): a stalled writer cannot move the anchor back.
         """
         def decide(rec: SessionRecord) -> Update:
             require_state(rec.state, SessionState.RECORDING, SessionState.FINALIZING,
                           action="keep a checkpoint of")
+            check_lease(rec, lease_token)
             return Update(dataclasses.replace(rec, revision=rec.revision + 1),
                           checkpoint=checkpoint)
         await self._cas(session_id, decide)

@@ -225,3 +225,15 @@ async def test_http_lease_bodies_are_validated(
         "Content-Type": "application/octet-stream", "X-Lucid-Leaf-Hash": "0" * 64,
         "X-Lucid-Lease-Token": "-1"})
     error_body(bad, 400, "bad_request")
+
+
+async def test_a_stale_token_cannot_move_the_kept_checkpoint(
+        meta: MetadataStore, new_session: MakeSession) -> None:
+    sid = (await meta.create_session(new_session())).id
+    old = (await meta.acquire_lease(sid, holder="a", ttl=TTL, now=at(0))).lease_token
+    await meta.set_checkpoint(sid, "signed at 1", old)
+    new = (await meta.acquire_lease(sid, holder="b", ttl=TTL, now=at(TTL * 2))).lease_token
+    await meta.set_checkpoint(sid, "signed at 2", new)
+    with pytest.raises(LeaseLost):
+        await meta.set_checkpoint(sid, "signed at 1 again", old)
+    assert await meta.get_checkpoint(sid) == "signed at 2"

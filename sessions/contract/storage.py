@@ -186,9 +186,10 @@ class TransitionIn(BaseModel):
         description="compare-and-set: the states the session must be in")
 
 
-LeaseToken = Annotated[int, Field(ge=1, le=2**63 - 1, strict=True, description=(
+MAX_LEASE_TOKEN = (1 << 53) - 1  # a JSON-safe integer: tokens grow by one per acquire
+LeaseToken = Annotated[int, Field(ge=1, le=MAX_LEASE_TOKEN, description=(
     "the fencing token of the writer's lease (`POST /sessions/{id}/lease`); refused with "
-    "409 `lease_lost` once it is not the session's current one"))]
+    "409 `lease_lost` once it is not the session's current one")), *JsonInt.__metadata__]
 LEASE_TOKEN_HEADER = "X-Lucid-Lease-Token"  # noqa: S105 (a header name)
 
 

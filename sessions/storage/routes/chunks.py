@@ -18,6 +18,7 @@ from sessions.common.errors import (
 from sessions.common.models import MAX_CHUNK_INDEX, MAX_TREE_SIZE
 from sessions.contract.storage import (
     LEASE_TOKEN_HEADER,
+    MAX_LEASE_TOKEN,
     ChunkList,
     ChunkModel,
     CommitIn,
@@ -47,7 +48,7 @@ _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "bi
                                {"name": LEASE_TOKEN_HEADER, "in": "header", "required": False,
                                 "description": "the writer lease's fencing token; "
                                                "409 `lease_lost` if stale",
-                                "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}]})
+                                "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,14}$"}}]})
 async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
                     service: Service) -> PutChunkOut:
     """Stream the body to a staged file, checking its leaf hash; return its sealed length.
@@ -108,7 +109,8 @@ async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) 
                summary="Discard staged chunks that were never committed",
                responses=error_responses(404, 409))
 async def discard_staged(session_id: SessionId, service: Service,
-                         lease_token: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None
+                         lease_token: Annotated[int | None,
+                                                Query(ge=1, le=MAX_LEASE_TOKEN)] = None
                          ) -> DiscardOut:
     """Remove every staged, uncommitted chunk file and fence off PUTs in flight.
 
@@ -129,7 +131,7 @@ def _lease_token_header(request: Request) -> int | None:
     raw = request.headers.get(LEASE_TOKEN_HEADER)
     if raw is None:
         return None
-    if _DIGITS.fullmatch(raw) is None or not 1 <= int(raw) < 2**63:
+    if _DIGITS.fullmatch(raw) is None or not 1 <= int(raw) <= MAX_LEASE_TOKEN:
         raise BadRequest(f"{LEASE_TOKEN_HEADER} must be a positive decimal integer")
     return int(raw)
 

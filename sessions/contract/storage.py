@@ -177,6 +177,13 @@ class CreateSessionIn(BaseModel):
         return check_labels(value)
 
 
+MAX_LEASE_TOKEN = (1 << 53) - 1  # a JSON-safe integer: tokens grow by one per acquire
+LeaseToken = Annotated[int, Field(ge=1, le=MAX_LEASE_TOKEN, description=(
+    "the fencing token of the writer's lease (`POST /sessions/{id}/lease`); refused with "
+    "409 `lease_lost` once it is not the session's current one")), *JsonInt.__metadata__]
+LEASE_TOKEN_HEADER = "X-Lucid-Lease-Token"  # noqa: S105 (a header name)
+
+
 class TransitionIn(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -184,13 +191,7 @@ class TransitionIn(BaseModel):
     from_: list[SessionState] | None = Field(
         default=None, validation_alias="from", serialization_alias="from",
         description="compare-and-set: the states the session must be in")
-
-
-MAX_LEASE_TOKEN = (1 << 53) - 1  # a JSON-safe integer: tokens grow by one per acquire
-LeaseToken = Annotated[int, Field(ge=1, le=MAX_LEASE_TOKEN, description=(
-    "the fencing token of the writer's lease (`POST /sessions/{id}/lease`); refused with "
-    "409 `lease_lost` once it is not the session's current one")), *JsonInt.__metadata__]
-LEASE_TOKEN_HEADER = "X-Lucid-Lease-Token"  # noqa: S105 (a header name)
+    lease_token: LeaseToken | None = None
 
 
 class CommitIn(BaseModel):
@@ -251,6 +252,7 @@ class FinalizeIn(BaseModel):
     root_hash: str = Field(pattern=HEX32)
     checkpoint: str = Field(min_length=1, max_length=64 * 1024)
     manifest: str = Field(min_length=1, max_length=64 * 1024 * 1024)
+    lease_token: LeaseToken | None = None
 
 
 class CheckpointIn(BaseModel):
@@ -336,9 +338,9 @@ def set_upload_length(sid: str, length: int) -> Operation[StoredSession]:
                      json=_body(UploadLengthIn(upload_length=length)))
 
 
-def transition(sid: str, to: SessionState,
-               allowed_from: Sequence[SessionState]) -> Operation[StoredSession]:
-    body = TransitionIn(to=to, from_=list(allowed_from))
+def transition(sid: str, to: SessionState, allowed_from: Sequence[SessionState],
+               lease_token: int | None = None) -> Operation[StoredSession]:
+    body = TransitionIn(to=to, from_=list(allowed_from), lease_token=lease_token)
     return Operation("POST", _session(sid, "/state"), reads(StoredSession), json=_body(body))
 
 
@@ -393,10 +395,10 @@ def leaves(sid: str, *, size: int) -> Operation[bytes]:
     return Operation("GET", _session(sid, "/leaves"), raw_body, params=(("size", str(size)),))
 
 
-def finalize(sid: str, *, root_hash: bytes, checkpoint: str,
-             manifest: bytes) -> Operation[StoredSession]:
+def finalize(sid: str, *, root_hash: bytes, checkpoint: str, manifest: bytes,
+             lease_token: int | None = None) -> Operation[StoredSession]:
     body = FinalizeIn(root_hash=root_hash.hex(), checkpoint=checkpoint,
-                      manifest=manifest.decode("utf-8"))
+                      manifest=manifest.decode("utf-8"), lease_token=lease_token)
     return Operation("POST", _session(sid, "/finalize"), reads(StoredSession), json=_body(body))
 
 

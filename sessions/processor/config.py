@@ -102,6 +102,11 @@ class Settings(CommonSettings):
     def port(self) -> int:
         return self.processor_port
 
+    @property
+    def lease_holder_dir(self) -> Path:
+        """Return where this data dir's writer-lease holder ids live (`lease.holder_identity`)."""
+        return self.data_dir / "processor" / "lease-holders"
+
 
 def load_settings() -> Settings:
     """Return validated processor settings from the environment (ConfigError if invalid)."""

@@ -91,7 +91,7 @@ from sessions.processor.integrity import (
     verify_report,
 )
 from sessions.processor.keys import NodeKeys, rotate_signing_key
-from sessions.processor.lease import new_holder_id, writer_lease
+from sessions.processor.lease import writer_lease
 from sessions.processor.readback import (
     ByteRange,
     ChunkReader,
@@ -134,14 +134,14 @@ class Engine:
     """Session operations for the processor's routes."""
 
     def __init__(self, storage: StorageClient, keys: NodeKeys, settings: Settings,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, holder: str) -> None:
         self.storage, self.keys, self.settings, self.metrics = storage, keys, settings, metrics
         workers = max(1, settings.seal_workers)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lucid-seal")
         # One thread, so digests of a request's chunks are updated in submission order.
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lucid-digest")
         self._writers: set[str] = set()
-        self.holder = new_holder_id()  # this process, as a holder of sessions' writer leases
+        self.holder = holder  # this processor, as a holder of sessions' writer leases
         self._buffers: dict[int, ChunkBuffers] = {}
         # Shared by every upload, replay and verify at once: beyond it they wait their turn.
         self.budget = MemoryBudget(settings.memory_budget_mb << 20)
@@ -528,7 +528,7 @@ class Engine:
 
     async def finalize(self, sid: str) -> Session:
         """Close the session: manifest + final signed checkpoint. Idempotent."""
-        async with self._writing(sid):
+        async with self._writing(sid) as token:
             anchor, row = await self._recording(sid)
             if row.state is SessionState.COMPLETED:
                 return await self.get(sid)
@@ -537,11 +537,12 @@ class Engine:
             rows = await self._checked_rows(row, anchor)  # before anything changes
             await self.storage.transition(
                 sid, to=SessionState.FINALIZING,
-                allowed_from=(SessionState.RECORDING, SessionState.FINALIZING))
+                allowed_from=(SessionState.RECORDING, SessionState.FINALIZING),
+                lease_token=token)
             manifest = self._manifest(row, rows)
             done = await self.storage.finalize(sid, root_hash=manifest.root_hash,
                                                checkpoint=manifest.checkpoint,
-                                               manifest=manifest.to_json())
+                                               manifest=manifest.to_json(), lease_token=token)
             return done.public().model_copy(update={"integrity": "ok"})
 
     async def _checked_rows(self, row: SessionRow, anchor: Anchor | None) -> list[ChunkRow]:

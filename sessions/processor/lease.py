@@ -5,16 +5,25 @@ store (`POST /internal/v1/sessions/{id}/lease`), with an expiry and a fencing to
 that every write carries.  A processor that stalls past its lease (a pause, a GC,
 SIGSTOP) finds its writes refused with 409 `lease_lost` once another processor took
 the session over: correctness comes from the token, not from the renewals.
+
+The holder id names a processor *instance of a data dir*, not a boot: a processor
+restarted after a crash claims its dead predecessor's id (`holder_identity`) and so
+takes the leases it left behind over at once instead of waiting for them to lapse.
+Every acquire, one's own included, still gets a new, larger fencing token, so
+whatever the predecessor had in flight is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from sessions.common.errors import LeaseLost, ServiceError
 from sessions.processor.storage_client import StorageClient
@@ -22,9 +31,55 @@ from sessions.processor.storage_client import StorageClient
 log = logging.getLogger("lucid.processor.lease")
 
 
-def new_holder_id() -> str:
-    """Return a random id naming this process as a lease holder (`pid-` and 16 hex digits)."""
-    return f"{os.getpid()}-{secrets.token_hex(8)}"
+HOLDER_SUFFIX = ".holder"
+_HOLDER = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@contextlib.contextmanager
+def holder_identity(directory: Path, node_name: str) -> Iterator[str]:
+    """Hold a lease-holder id of this data dir for the block's duration; yield it.
+
+    Each id is a file `<id>.holder` in `directory`, held with an exclusive flock while
+    a processor runs (the kernel drops it when the process dies, SIGKILL included).
+    The first id no live process holds is reused: a restarted processor becomes its
+    predecessor again and may take that one's unexpired leases over at once.  Only
+    when every id is held (several processors on one data dir) is a new one made,
+    `<node name>.<12 hex digits>`.  Another processor never shares an id with a live one.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    while True:
+        for path in sorted(directory.glob("*" + HOLDER_SUFFIX)):
+            holder = path.name.removesuffix(HOLDER_SUFFIX)
+            fd = _lock(path) if _HOLDER.fullmatch(holder) else None
+            if fd is not None:
+                break
+        else:
+            holder = f"{node_name[:48]}.{secrets.token_hex(6)}"
+            path = directory / (holder + HOLDER_SUFFIX)
+            fd = _lock(path, create=True)
+            if fd is None:  # another starting processor locked the new file first
+                continue
+        break
+    log.info("writer lease holder id %s", holder)
+    try:
+        yield holder
+    finally:
+        os.close(fd)
+
+
+def _lock(path: Path, *, create: bool = False) -> int | None:
+    """Return an fd of path holding its exclusive flock, or None if a live process holds it."""
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except (FileExistsError, FileNotFoundError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 @contextlib.asynccontextmanager

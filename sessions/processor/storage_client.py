@@ -159,8 +159,9 @@ class StorageClient:
         return await self._answer(ops.set_upload_length(sid, length))
 
     async def transition(self, sid: str, *, to: SessionState,
-                         allowed_from: tuple[SessionState, ...]) -> SessionRow:
-        return await self._answer(ops.transition(sid, to, allowed_from))
+                         allowed_from: tuple[SessionState, ...],
+                         lease_token: int | None = None) -> SessionRow:
+        return await self._answer(ops.transition(sid, to, allowed_from, lease_token))
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
                         leaf_hash: bytes, *, lease_token: int | None = None) -> None:
@@ -257,8 +258,9 @@ class StorageClient:
             await resp.aclose()
 
     async def finalize(self, sid: str, *, root_hash: bytes, checkpoint: str,
-                       manifest: bytes) -> SessionRow:
-        op = ops.finalize(sid, root_hash=root_hash, checkpoint=checkpoint, manifest=manifest)
+                       manifest: bytes, lease_token: int | None = None) -> SessionRow:
+        op = ops.finalize(sid, root_hash=root_hash, checkpoint=checkpoint, manifest=manifest,
+                          lease_token=lease_token)
         return await self._answer(op)
 
     async def manifest(self, sid: str) -> bytes:

@@ -257,10 +257,16 @@ class MetadataStore:
         return rec
 
     async def transition(self, session_id: str, *, to: SessionState,
-                         allowed_from: Collection[SessionState] | None = None
-                         ) -> SessionRecord:
-        """Return the record in state `to`; raise InvalidState unless the machine allows it."""
+                         allowed_from: Collection[SessionState] | None = None,
+                         lease_token: int | None = None) -> SessionRecord:
+        """Return the record in state `to`; raise InvalidState unless the machine allows it.
+
+        With a lease_token, fenced like a commit (`check_lease`, 409 lease_lost) in the
+        same compare-and-set; without one, not fenced (the gateway's and admin's changes).
+        """
         def decide(rec: SessionRecord) -> Update:
+            if lease_token is not None:
+                check_lease(rec, lease_token)
             if allowed_from is not None:
                 require_state(rec.state, *allowed_from, action="change the state of")
             check_transition(rec.state, to)
@@ -296,10 +302,12 @@ class MetadataStore:
                 return after
 
     async def finalize(self, session_id: str, *, root_hash: bytes, checkpoint: str,
-                       manifest: bytes) -> SessionRecord:
+                       manifest: bytes, lease_token: int | None = None) -> SessionRecord:
         """Complete a finalizing session; a repeat with the same root hash is a no-op.
 
-        Preconditions: len(root_hash) == 32; state == finalizing, or completed with root_hash.
+        Preconditions: len(root_hash) == 32; state == finalizing, or completed with root_hash;
+        a lease_token, if given, passes `check_lease` (409 lease_lost), in the same
+        compare-and-set.
         """
         if len(root_hash) != LEAF_HASH_SIZE:
             raise BadRequest("root_hash must be 32 bytes")
@@ -310,6 +318,8 @@ class MetadataStore:
                     raise Conflict("the session was completed with another root hash")
                 return None
             require_state(rec.state, SessionState.FINALIZING, action="finalize")
+            if lease_token is not None:
+                check_lease(rec, lease_token)
             return Update(self._next(rec, state=SessionState.COMPLETED, root_hash=root_hash),
                           finalized=Finalized(checkpoint=checkpoint, manifest=manifest))
         return await self._cas(session_id, decide)

@@ -181,11 +181,13 @@ class StorageService:
             return await self._discard(gate, rec)
 
     async def transition(self, session_id: str, *, to: SessionState,
-                         allowed_from: Collection[SessionState] | None) -> SessionRecord:
+                         allowed_from: Collection[SessionState] | None,
+                         lease_token: int | None = None) -> SessionRecord:
         """Change the session's state (compare-and-set); leaving recording discards staged files."""
         gate = self._gate(session_id)
         async with gate.lock:
-            rec = await self.meta.transition(session_id, to=to, allowed_from=allowed_from)
+            rec = await self.meta.transition(session_id, to=to, allowed_from=allowed_from,
+                                             lease_token=lease_token)
             if rec.state is not SessionState.RECORDING:
                 await self._discard(gate, rec)
             return rec

@@ -8,7 +8,10 @@ is storage's lease API called directly, as another processor would.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import pytest
 from sessions.api.config import Settings as ApiSettings
 from sessions.api.main import create_app as api_app
 from sessions.processor.config import Settings as ProcessorSettings
+from sessions.processor.lease import holder_identity
 from sessions.processor.main import create_app as processor_app
 from sessions.storage.config import Settings as StorageSettings
 from sessions.storage.main import create_app as storage_app
@@ -157,3 +161,119 @@ async def test_a_lease_taken_over_mid_upload_is_a_clean_409(stack: Stack) -> Non
     assert r.status_code == 409 and r.json()["error"] == "lease_lost", r.text
     assert await stack.offset(sid) == MIB  # nothing after the takeover was committed
     assert stack.lease(sid) == (2, "other-proc")  # and the loser released nothing
+
+
+# -- the holder id: a restarted processor is its dead predecessor again --------------------------
+
+_HOLD = ("import sys, time\n"
+         "from pathlib import Path\n"
+         "from sessions.processor.lease import holder_identity\n"
+         "with holder_identity(Path(sys.argv[1]), 'child') as holder:\n"
+         "    print(holder, flush=True)\n"
+         "    time.sleep(120)\n")
+
+
+def test_a_killed_holder_s_id_is_claimed_again_and_a_live_one_s_never(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)],  # noqa: S603
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        dead = child.stdout.readline().strip()
+        assert dead.startswith("child.")
+        with holder_identity(tmp_path, "node") as beside:  # the child lives: another id
+            assert beside != dead and beside.startswith("node.")
+            with holder_identity(tmp_path, "node") as third:
+                assert third not in (dead, beside)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        # the kernel dropped the killed one's flock: its id is free again, no new one is made
+        with holder_identity(tmp_path, "node") as a, holder_identity(tmp_path, "node") as b, \
+                holder_identity(tmp_path, "node") as c:
+            assert {a, b, c} == {dead, beside, third}
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def test_a_holder_id_survives_restarts_and_is_unique_among_live_processes(
+        tmp_path: Path) -> None:
+    with holder_identity(tmp_path, "node") as one:
+        with holder_identity(tmp_path, "node") as two:
+            assert one != two
+    with holder_identity(tmp_path, "node") as again:
+        assert again == min(one, two)  # no new id while an old one is free
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{h}.holder" for h in (one, two))
+
+
+def _apps(data_dir: Path, storage: Any) -> tuple[Any, Any]:
+    processor = processor_app(ProcessorSettings(data_dir=data_dir, chunk_size=MIB,
+                                                lease_seconds=3600, storage_url="http://storage"),
+                              storage_transport=httpx.ASGITransport(app=storage))
+    api = api_app(ApiSettings(data_dir=data_dir, processor_url="http://processor"),
+                  processor_transport=httpx.ASGITransport(app=processor))
+    return processor, api
+
+
+async def _started(stack: AsyncExitStack, *apps: Any) -> None:
+    for app in apps:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+
+
+async def _gateway(stack: AsyncExitStack, api: Any, admin: str) -> httpx.AsyncClient:
+    return await stack.enter_async_context(httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api), base_url="http://api/v1",
+        headers={"Authorization": f"Bearer {admin}"}, timeout=60))
+
+
+async def test_a_restarted_processor_takes_its_dead_predecessor_s_lease_over_at_once(
+        tmp_path: Path) -> None:
+    """The crash-restart regression: a lease left by a processor that died (its holder id
+    now free) does not block the processor restarted on the same data dir for the
+    lease's hour; a live one beside it (another holder id) is still refused."""
+    storage = storage_app(StorageSettings(data_dir=tmp_path))
+    async with AsyncExitStack() as outer:
+        await _started(outer, storage)
+        service = (tmp_path / "secrets" / "service.token").read_text().strip()
+        internal = await outer.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=storage), base_url="http://storage/internal/v1",
+            headers={"Authorization": f"Bearer {service}"}, timeout=60))
+        processor_b, api_b = _apps(tmp_path, storage)  # another processor on the data dir
+        await _started(outer, processor_b, api_b)
+        admin = (tmp_path / "secrets" / "admin.token").read_text().strip()
+        via_b = await _gateway(outer, api_b, admin)
+        async with AsyncExitStack() as first:
+            processor, api = _apps(tmp_path, storage)
+            await _started(first, processor, api)
+            holder = processor.state.resources.engine.holder
+            sid = (await (await _gateway(first, api, admin)).post("/sessions", json={})
+                   ).json()["id"]
+            # the predecessor dies holding the session's lease for an hour
+            held = await internal.post(f"/sessions/{sid}/lease",
+                                       json={"holder": holder, "ttl_seconds": 3600})
+            assert held.status_code == 200 and held.json()["token"] == 1
+        # (a processor started after the death would claim the dead one's id: the same node)
+        assert processor_b.state.resources.engine.holder != holder
+        r = await via_b.patch(f"/sessions/{sid}/upload", content=b"x" * 1000,
+                              headers={**UPLOAD, "Upload-Offset": "0"})
+        assert r.status_code == 409 and r.json()["error"] == "upload_in_progress", r.text
+
+        async with AsyncExitStack() as restarted:
+            processor, api = _apps(tmp_path, storage)
+            await _started(restarted, processor, api)
+            assert processor.state.resources.engine.holder == holder
+            data = session_bytes(MIB + 99, seed=4)
+            r = await (await _gateway(restarted, api, admin)).patch(
+                f"/sessions/{sid}/upload", content=data,
+                headers={**UPLOAD, "Upload-Offset": "0"})
+            assert r.status_code == 200 and r.json()["offset"] == len(data), r.text
+        # the takeover fenced the predecessor's token off: token 2, then released
+        stale = await internal.post(f"/sessions/{sid}/lease/renew", json={
+            "holder": holder, "token": 1, "ttl_seconds": 60})
+        assert stale.status_code == 409 and stale.json()["error"] == "lease_lost"
+        db = sqlite3.connect(tmp_path / "storage" / "metadata.sqlite3")
+        try:
+            assert db.execute("SELECT lease_token, lease_holder FROM sessions WHERE id = ?",
+                              (sid,)).fetchone() == (2, None)
+        finally:
+            db.close()

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from sessions.common.errors import InvalidParameter, LeaseLost, UploadInProgress
+from sessions.common.states import SessionState
 from sessions.storage.metastore import MetadataStore
 from sessions.storage.records import ChunkRecord, NewSession
 
@@ -237,3 +238,58 @@ async def test_a_stale_token_cannot_move_the_kept_checkpoint(
     with pytest.raises(LeaseLost):
         await meta.set_checkpoint(sid, "signed at 1 again", old)
     assert await meta.get_checkpoint(sid) == "signed at 2"
+
+
+async def test_its_own_holder_takes_an_unexpired_lease_over_with_a_new_token(
+        meta: MetadataStore, new_session: MakeSession) -> None:
+    """A restarted processor (the same holder id, `lease.holder_identity`) need not wait for
+    its dead predecessor's lease to lapse, yet the predecessor's token is fenced off."""
+    sid = (await meta.create_session(new_session())).id
+    old = (await meta.acquire_lease(sid, holder="node.a", ttl=TTL, now=at(0))).lease_token
+    again = await meta.acquire_lease(sid, holder="node.a", ttl=TTL, now=at(1))
+    assert (again.lease_holder, again.lease_token) == ("node.a", old + 1)
+    with pytest.raises(LeaseLost):
+        await meta.commit_chunks(sid, expected_offset=0, chunks=[chunk(0, 0, 1)],
+                                 lease_token=old)
+    with pytest.raises(LeaseLost):
+        await meta.renew_lease(sid, holder="node.a", token=old, ttl=TTL, now=at(2))
+    await meta.release_lease(sid, holder="node.a", token=old)  # the dead one's: a no-op
+    assert (await meta.get_session(sid)).lease_holder == "node.a"
+    with pytest.raises(UploadInProgress):  # another holder still waits for the expiry
+        await meta.acquire_lease(sid, holder="node.b", ttl=TTL, now=at(2))
+
+
+async def test_a_stale_token_can_neither_change_the_state_nor_finalize(
+        meta: MetadataStore, new_session: MakeSession) -> None:
+    sid = (await meta.create_session(new_session())).id
+    old = (await meta.acquire_lease(sid, holder="a", ttl=TTL, now=at(0))).lease_token
+    new = (await meta.acquire_lease(sid, holder="b", ttl=TTL, now=at(TTL * 2))).lease_token
+    with pytest.raises(LeaseLost):
+        await meta.transition(sid, to=SessionState.FINALIZING, lease_token=old)
+    assert (await meta.get_session(sid)).state is SessionState.RECORDING
+    await meta.transition(sid, to=SessionState.FINALIZING, lease_token=new)
+    root = bytes(32)
+    with pytest.raises(LeaseLost):
+        await meta.finalize(sid, root_hash=root, checkpoint="c", manifest=b"{}",
+                            lease_token=old)
+    assert (await meta.get_session(sid)).state is SessionState.FINALIZING
+    done = await meta.finalize(sid, root_hash=root, checkpoint="c", manifest=b"{}",
+                               lease_token=new)
+    assert done.state is SessionState.COMPLETED
+
+
+async def test_http_state_changes_carry_the_fencing_token(
+        client: httpx.AsyncClient, session_body: Callable[..., dict[str, Any]],
+        error_body: Callable[..., dict[str, Any]]) -> None:
+    sid = await _session(client, session_body)
+    lease = await client.post(f"{API}/sessions/{sid}/lease",
+                              json={"holder": "proc-a", "ttl_seconds": 30})
+    token = lease.json()["token"]
+    state = f"{API}/sessions/{sid}/state"
+    error_body(await client.post(state, json={"to": "finalizing", "lease_token": token + 1}),
+               409, "lease_lost")
+    ok = await client.post(state, json={"to": "finalizing", "lease_token": token})
+    assert ok.status_code == 200 and ok.json()["state"] == "finalizing", ok.text
+    stale = await client.post(f"{API}/sessions/{sid}/finalize", json={
+        "root_hash": "00" * 32, "checkpoint": "c", "manifest": "{}", "lease_token": token + 1})
+    error_body(stale, 409, "lease_lost")

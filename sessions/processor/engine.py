@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sessions.common.errors import (
+    Conflict,
     InvalidParameter,
     InvalidState,
     KeyUnavailable,
@@ -774,8 +775,17 @@ class Engine:
                 except UnwrapError:
                     unreadable.append(row.id)
                     continue
-                await self.storage.replace_wrapped_key(row.id, expected_key_id=wrapped.key_id,
-                                                       wrapped=new)
+                try:
+                    await self.storage.replace_wrapped_key(
+                        row.id, expected_key_id=wrapped.key_id, wrapped=new)
+                except Conflict:
+                    # Another rotation got there first (one still running after its caller
+                    # went away) or the session was erased: count it as it is now.
+                    now = (await self.storage.get_session(row.id)).wrapped_key
+                    if now is not None and now.key_id != current.key_id:
+                        raise
+                    counts["already_current" if now is not None else "erased"] += 1
+                    continue
                 counts["rotated"] += 1
         if unreadable:
             log.warning("key rotation: %d session key(s) are malformed or do not open under "

@@ -7,6 +7,7 @@ built with other key files, as an operator would restart it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -169,3 +170,22 @@ async def test_a_damaged_wrapped_key_is_reported_not_a_500(node: Node) -> None:
         assert report["rotated"] == 1
         assert sorted(report["unreadable_session_ids"]) == sorted(damaged)
         assert (await k2.get(f"/sessions/{good}/replay")).content == b"y" * 1000
+
+
+@pytest.mark.anyio
+async def test_two_rotations_at_once_both_succeed(node: Node) -> None:
+    """A rotation whose caller went away runs on (the crash suite kills the gateway
+    mid-rotation); the operator's next one meets keys it already rewrapped, which
+    storage's compare-and-set refuses: counted as current, not a 409 `conflict`."""
+    async with node.processor("k1") as k1:
+        sids = [await record(k1, b"z" * 100) for _ in range(4)]
+    async with node.processor("k2", "k1") as rotating:
+        first, second = await asyncio.gather(rotating.post("/keys/rotate"),
+                                             rotating.post("/keys/rotate"))
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    reports = [first.json(), second.json()]
+    assert sum(r["rotated"] for r in reports) == len(sids)
+    assert all(r["rotated"] + r["already_current"] == len(sids) for r in reports), reports
+    async with node.processor("k2") as k2:
+        for sid in sids:
+            assert (await k2.get(f"/sessions/{sid}/replay")).content == b"z" * 100

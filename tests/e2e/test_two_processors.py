@@ -1,4 +1,4 @@
-"""Two processors in front of one storage (one SQLite file): the writer lease holds across them.
+"""Two processors in front of one storage: the writer lease holds across them.
 
 Processor A is paused with SIGSTOP mid-upload, past its writer lease.  Processor B
 resumes the session where storage says it stands (its Merkle state rebuilt from
@@ -6,10 +6,17 @@ storage's leaves: B never saw the session), A is continued with SIGCONT and ever
 write it still tries carries its old fencing token, so storage refuses it with 409
 `lease_lost`; A's client gets that 409 and nothing of A's late bytes is acknowledged
 or visible.  The session then finalizes, replays byte for byte and verifies.
+
+Two gateways, each in front of its own processor (one storage, on SQLite and on
+MongoDB): processor A is killed with SIGKILL mid-upload through gateway A; through
+gateway B processor B is refused while A's lease runs, then takes the session over
+once it lapses, finishes and finalizes it; it replays byte for byte through both
+gateways (processor A restarted) and verifies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -25,11 +32,18 @@ from tests.e2e.support import (
     CHUNK,
     UPLOAD_TYPE,
     RawRequest,
+    RawResponse,
+    assert_error,
+    committed_prefix_ok,
+    create_session,
     finalize,
     head_offset,
+    patch,
     replay,
+    resume,
     session_bytes,
     upload,
+    wait_for,
 )
 
 LEASE_SECONDS = 3
@@ -113,3 +127,100 @@ def test_a_processor_paused_past_its_lease_is_fenced_off(pair: tuple[Cluster, No
 
     for log in (Path(a.log_path("processor")), b.log_dir / "processor.log"):  # type: ignore[operator]
         assert "Traceback" not in log.read_text(encoding="utf-8"), log
+
+
+# -- two gateways, two processors: a processor killed mid-upload, resumed through the other -----
+
+FRONTED_LEASE_SECONDS = 6  # long enough that B's probe right after the kill meets A's lease
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
+def fronted(tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Node]]:
+    """Storage, processor A and gateway A (a Cluster), and gateway B in front of processor B
+    (a Node on the same data dir and storage: the gateway's LUCID_PROCESSOR_URL is its own
+    node's processor)."""
+    store: str = request.param
+    root = tmp_path_factory.mktemp(f"two-gateways-{store}")
+    a = Cluster(root)
+    a.base_env["LUCID_LEASE_SECONDS"] = str(FRONTED_LEASE_SECONDS)
+    if store == "mongodb":
+        a.extra_env["storage"] = {
+            "LUCID_METADATA_URL": request.getfixturevalue("mongo_server").url()}
+    (root / "logs-b").mkdir()
+    b: Node | None = None
+    try:
+        a.start_all()
+        ports = launcher.free_ports()
+        b = Node(a.data_dir, {**a.ports, "processor": ports["processor"], "api": ports["api"]},
+                 root / "logs-b", base_env=dict(a.base_env))
+        b.start("processor")
+        b.start("api")
+        yield a, b
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+
+
+def _gateway(node: Node, admin: str) -> httpx.Client:
+    return httpx.Client(base_url=node.url("api") + "/v1", trust_env=False,
+                        headers={"Authorization": f"Bearer {admin}"},
+                        timeout=httpx.Timeout(60.0, connect=5.0))
+
+
+def _answer(req: RawRequest) -> RawResponse | None:
+    try:
+        return req.response()
+    except (ConnectionError, TimeoutError):
+        return None
+
+
+def test_a_processor_killed_mid_upload_is_taken_over_through_the_other_gateway(
+        fronted: tuple[Cluster, Node]) -> None:
+    a, b = fronted
+    assert b.env_of("api")["LUCID_PROCESSOR_URL"] == b.url("processor") != a.url("processor")
+    data = session_bytes(6 * CHUNK + 4321, seed=72)
+    with a.client() as via_a, _gateway(b, a.admin_token) as via_b:
+        sid = create_session(via_a, {"case": "takeover"})["id"]
+        upload(via_a, sid, data[:2 * CHUNK])
+        acked = 2 * CHUNK  # acknowledged through gateway A
+
+        late = a.open_upload(sid, length=len(data) - acked, offset=acked, timeout=30)
+        late.send(data[acked:acked + CHUNK * 3 // 2])
+        wait_for(lambda: head_offset(via_b, sid) >= acked + CHUNK, timeout=30,
+                 what="processor A to commit a chunk of the open request")
+        a.kill("processor")  # SIGKILL, holding the session's writer lease
+        # B is another holder: A's unexpired lease refuses it (nothing changes) ...
+        offset = head_offset(via_b, sid)
+        assert offset == acked + CHUNK
+        assert_error(patch(via_b, sid, offset, b""), 409, "upload_in_progress")
+        # ... until the lease lapses; then B takes the session over from storage's state
+        assert committed_prefix_ok(via_b, sid, data, offset)
+        seen = resume(via_b, sid, data, timeout=FRONTED_LEASE_SECONDS * 6)
+        assert seen[0] == offset and seen[-1] == len(data), seen
+        done = finalize(via_b, sid)
+        assert done["offset"] == len(data) and done["chunk_count"] == 7
+        got = replay(via_b, sid)
+        assert got.status_code == 200 and got.content == data
+        report = via_b.post(f"/sessions/{sid}/verify")
+        assert report.status_code == 200 and report.json()["ok"] is True, report.text
+
+        # A's client sends the rest of its body: gateway A, its processor gone, refuses it
+        with contextlib.suppress(OSError):
+            late.send(data[acked + CHUNK * 3 // 2:])
+        cut = _answer(late)
+        assert cut is None or cut.status_code >= 500, cut  # never acknowledged
+
+        a.start("processor")  # the restarted A reads what B wrote, byte for byte
+        a.wait_ready("api")
+        again = replay(via_a, sid)
+        assert again.status_code == 200 and again.content == data
+        assert via_a.get(f"/sessions/{sid}").json()["root_hash"] == done["root_hash"]
+
+    problems = a.log_problems()
+    for name in ("processor", "api"):
+        text = (b.log_dir / f"{name}.log").read_text(encoding="utf-8")  # type: ignore[operator]
+        if "Traceback" in text:
+            problems.append(f"node B's {name} log has a traceback:\n{text[-3000:]}")
+    assert not problems, "\n\n".join(problems)

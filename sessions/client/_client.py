@@ -80,7 +80,7 @@ class ClientError(Exception):
     def retryable(self) -> bool:
         """Return whether trying again later may succeed (network, 5xx, a busy session)."""
         return (self.status is None or self.status >= 500
-                or self.code in ("upload_in_progress", "checksum_mismatch"))
+                or self.code in ("upload_in_progress", "lease_lost", "checksum_mismatch"))
 
 
 def _error_from(resp: httpx.Response) -> ClientError:

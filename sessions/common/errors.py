@@ -118,6 +118,14 @@ class UploadInProgress(ServiceError):
     status, code, detail = 409, "upload_in_progress", "another writer is uploading to this session"
 
 
+class LeaseLost(ServiceError):
+    """A write carried a fencing token that is no longer the session's lease (another writer
+    took the session over, or the lease was released); nothing of it was stored."""
+
+    status, code = 409, "lease_lost"
+    detail = "this writer's lease on the session was lost; another writer took it over"
+
+
 class KeyUnavailable(ServiceError):
     status, code = 409, "key_unavailable"
     detail = "the session's key is erased or does not open under this node's master key"

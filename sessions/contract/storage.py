@@ -15,6 +15,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
+from typing import Annotated
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -46,7 +47,8 @@ from sessions.core import ChunkEntry, WrappedKey
 __all__ = [
     "API", "MAX_LABELS", "AuditAppend", "AuditHead", "AuditPage", "NewToken", "StoredToken",
     "StoredTokenList", "ChunkList", "ChunkModel", "CheckpointIn", "CommitIn", "CommitOut",
-    "CreateSessionIn", "DiscardOut", "FinalizeIn", "HoldIn", "KeyUsageOut", "MalformedAnswer",
+    "CreateSessionIn", "DiscardOut", "FinalizeIn", "HoldIn", "KeyUsageOut", "LeaseIn",
+    "LeaseOut", "LeaseRelease", "LeaseRenew", "MalformedAnswer",
     "PutChunkOut", "RewrapIn", "StatsOut", "StoredSession", "StoredSessionPage",
     "TransitionIn", "UploadLengthIn", "WrappedKeyModel",
 ]
@@ -175,6 +177,13 @@ class CreateSessionIn(BaseModel):
         return check_labels(value)
 
 
+MAX_LEASE_TOKEN = (1 << 53) - 1  # a JSON-safe integer: tokens grow by one per acquire
+LeaseToken = Annotated[int, Field(ge=1, le=MAX_LEASE_TOKEN, description=(
+    "the fencing token of the writer's lease (`POST /sessions/{id}/lease`); refused with "
+    "409 `lease_lost` once it is not the session's current one")), *JsonInt.__metadata__]
+LEASE_TOKEN_HEADER = "X-Lucid-Lease-Token"  # noqa: S105 (a header name)
+
+
 class TransitionIn(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -182,11 +191,45 @@ class TransitionIn(BaseModel):
     from_: list[SessionState] | None = Field(
         default=None, validation_alias="from", serialization_alias="from",
         description="compare-and-set: the states the session must be in")
+    lease_token: LeaseToken | None = None
 
 
 class CommitIn(BaseModel):
     expected_offset: JsonInt = Field(ge=0)
     chunks: list[ChunkModel] = Field(max_length=MAX_COMMIT_CHUNKS)
+    lease_token: LeaseToken | None = None
+
+
+class LeaseIn(BaseModel):
+    """Body of `POST /sessions/{id}/lease`: take the session's writer lease for ttl seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    holder: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    ttl_seconds: float = Field(gt=0, le=3600)
+
+
+class LeaseRenew(LeaseIn):
+    """Body of `POST /sessions/{id}/lease/renew`: extend the lease the token names."""
+
+    token: LeaseToken
+
+
+class LeaseRelease(BaseModel):
+    """Body of `POST /sessions/{id}/lease/release`: give up the lease the token names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    holder: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    token: LeaseToken
+
+
+class LeaseOut(BaseModel):
+    """A held writer lease: its fencing token (strictly increasing per session) and expiry."""
+
+    holder: str
+    token: int
+    expires_at: str
 
 
 class CommitOut(BaseModel):
@@ -209,6 +252,7 @@ class FinalizeIn(BaseModel):
     root_hash: str = Field(pattern=HEX32)
     checkpoint: str = Field(min_length=1, max_length=64 * 1024)
     manifest: str = Field(min_length=1, max_length=64 * 1024 * 1024)
+    lease_token: LeaseToken | None = None
 
 
 class CheckpointIn(BaseModel):
@@ -217,6 +261,7 @@ class CheckpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(min_length=1, max_length=64 * 1024)
+    lease_token: LeaseToken | None = None
 
 
 class UploadLengthIn(BaseModel):
@@ -293,31 +338,51 @@ def set_upload_length(sid: str, length: int) -> Operation[StoredSession]:
                      json=_body(UploadLengthIn(upload_length=length)))
 
 
-def transition(sid: str, to: SessionState,
-               allowed_from: Sequence[SessionState]) -> Operation[StoredSession]:
-    body = TransitionIn(to=to, from_=list(allowed_from))
+def transition(sid: str, to: SessionState, allowed_from: Sequence[SessionState],
+               lease_token: int | None = None) -> Operation[StoredSession]:
+    body = TransitionIn(to=to, from_=list(allowed_from), lease_token=lease_token)
     return Operation("POST", _session(sid, "/state"), reads(StoredSession), json=_body(body))
 
 
-def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes) -> Operation[None]:
+def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes,
+              lease_token: int | None = None) -> Operation[None]:
     """Stage a sealed chunk of `length` bytes; the caller's transport sends the body itself."""
-    return Operation("PUT", _session(sid, f"/chunks/{index}"), nothing, headers={
-        "Content-Type": "application/octet-stream", "Content-Length": str(length),
-        "X-Lucid-Leaf-Hash": leaf_hash.hex()})
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
+               "X-Lucid-Leaf-Hash": leaf_hash.hex()}
+    if lease_token is not None:
+        headers[LEASE_TOKEN_HEADER] = str(lease_token)
+    return Operation("PUT", _session(sid, f"/chunks/{index}"), nothing, headers=headers)
 
 
 def get_chunk(sid: str, index: int) -> Operation[bytes]:
     return Operation("GET", _session(sid, f"/chunks/{index}"), raw_body)
 
 
-def commit(sid: str, *, expected_offset: int,
-           chunks: Sequence[ChunkEntry]) -> Operation[CommitOut]:
-    body = CommitIn(expected_offset=expected_offset, chunks=[ChunkModel.of(c) for c in chunks])
+def commit(sid: str, *, expected_offset: int, chunks: Sequence[ChunkEntry],
+           lease_token: int | None = None) -> Operation[CommitOut]:
+    body = CommitIn(expected_offset=expected_offset, chunks=[ChunkModel.of(c) for c in chunks],
+                    lease_token=lease_token)
     return Operation("POST", _session(sid, "/commit"), reads(CommitOut), json=_body(body))
 
 
-def discard_staged(sid: str) -> Operation[DiscardOut]:
-    return Operation("DELETE", _session(sid, "/staged"), reads(DiscardOut))
+def discard_staged(sid: str, lease_token: int | None = None) -> Operation[DiscardOut]:
+    params = () if lease_token is None else (("lease_token", str(lease_token)),)
+    return Operation("DELETE", _session(sid, "/staged"), reads(DiscardOut), params=params)
+
+
+def acquire_lease(sid: str, *, holder: str, ttl_seconds: float) -> Operation[LeaseOut]:
+    body = LeaseIn(holder=holder, ttl_seconds=ttl_seconds)
+    return Operation("POST", _session(sid, "/lease"), reads(LeaseOut), json=_body(body))
+
+
+def renew_lease(sid: str, *, holder: str, token: int, ttl_seconds: float) -> Operation[LeaseOut]:
+    body = LeaseRenew(holder=holder, token=token, ttl_seconds=ttl_seconds)
+    return Operation("POST", _session(sid, "/lease/renew"), reads(LeaseOut), json=_body(body))
+
+
+def release_lease(sid: str, *, holder: str, token: int) -> Operation[None]:
+    body = LeaseRelease(holder=holder, token=token)
+    return Operation("POST", _session(sid, "/lease/release"), nothing, json=_body(body))
 
 
 def list_chunks(sid: str, *, start: int, limit: int) -> Operation[ChunkList]:
@@ -330,10 +395,10 @@ def leaves(sid: str, *, size: int) -> Operation[bytes]:
     return Operation("GET", _session(sid, "/leaves"), raw_body, params=(("size", str(size)),))
 
 
-def finalize(sid: str, *, root_hash: bytes, checkpoint: str,
-             manifest: bytes) -> Operation[StoredSession]:
+def finalize(sid: str, *, root_hash: bytes, checkpoint: str, manifest: bytes,
+             lease_token: int | None = None) -> Operation[StoredSession]:
     body = FinalizeIn(root_hash=root_hash.hex(), checkpoint=checkpoint,
-                      manifest=manifest.decode("utf-8"))
+                      manifest=manifest.decode("utf-8"), lease_token=lease_token)
     return Operation("POST", _session(sid, "/finalize"), reads(StoredSession), json=_body(body))
 
 
@@ -341,9 +406,10 @@ def get_manifest(sid: str) -> Operation[bytes]:
     return Operation("GET", _session(sid, "/manifest"), raw_body)
 
 
-def put_checkpoint(sid: str, checkpoint: bytes) -> Operation[None]:
-    return Operation("PUT", _session(sid, "/checkpoint"), nothing,
-                     json=_body(CheckpointIn(checkpoint=checkpoint.decode("utf-8"))))
+def put_checkpoint(sid: str, checkpoint: bytes,
+                   lease_token: int | None = None) -> Operation[None]:
+    body = CheckpointIn(checkpoint=checkpoint.decode("utf-8"), lease_token=lease_token)
+    return Operation("PUT", _session(sid, "/checkpoint"), nothing, json=_body(body))
 
 
 def get_checkpoint(sid: str) -> Operation[bytes | None]:

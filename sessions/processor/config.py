@@ -85,6 +85,10 @@ class Settings(CommonSettings):
     clock_settle: float = Field(3600.0, ge=0, le=30 * 86400, description="seconds the wall "
                                 "clock must run steadily after a jump before the sweep acts "
                                 "again")
+    lease_seconds: float = Field(30.0, ge=1, le=3600, description="seconds a session's writer "
+                                 "lease lasts without renewal (renewed every third of it "
+                                 "while an upload runs); after a processor stalls or dies, "
+                                 "another may take the session over once it lapses")
     body_read_timeout: float = Field(60.0, ge=1, le=3600, description="seconds an upload body "
                                      "may send nothing before the request fails (408) and "
                                      "frees the session's writer slot")
@@ -97,6 +101,11 @@ class Settings(CommonSettings):
     @property
     def port(self) -> int:
         return self.processor_port
+
+    @property
+    def lease_holder_dir(self) -> Path:
+        """Return where this data dir's writer-lease holder ids live (`lease.holder_identity`)."""
+        return self.data_dir / "processor" / "lease-holders"
 
 
 def load_settings() -> Settings:

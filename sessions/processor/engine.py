@@ -15,7 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,6 +92,7 @@ from sessions.processor.integrity import (
     verify_report,
 )
 from sessions.processor.keys import NodeKeys, rotate_signing_key
+from sessions.processor.lease import writer_lease
 from sessions.processor.readback import (
     ByteRange,
     ChunkReader,
@@ -135,13 +136,14 @@ class Engine:
     """Session operations for the processor's routes."""
 
     def __init__(self, storage: StorageClient, keys: NodeKeys, settings: Settings,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, holder: str) -> None:
         self.storage, self.keys, self.settings, self.metrics = storage, keys, settings, metrics
         workers = max(1, settings.seal_workers)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lucid-seal")
         # One thread, so digests of a request's chunks are updated in submission order.
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lucid-digest")
         self._writers: set[str] = set()
+        self.holder = holder  # this processor, as a holder of sessions' writer leases
         self._buffers: dict[int, ChunkBuffers] = {}
         # Shared by every upload, replay and verify at once: beyond it they wait their turn.
         self.budget = MemoryBudget(settings.memory_budget_mb << 20)
@@ -167,6 +169,20 @@ class Engine:
             yield
         finally:
             self._writers.discard(sid)
+
+    @asynccontextmanager
+    async def _writing(self, sid: str) -> AsyncIterator[int]:
+        """Hold the session's writer slot here and its writer lease in storage; yield the
+        lease's fencing token, which every write of the block carries.
+
+        The slot refuses a second writer of this process at once (409); the lease, one of
+        another processor (409 `upload_in_progress`), and fences this one off once
+        another took an expired lease over (409 `lease_lost`).
+        """
+        with self._writer(sid):
+            async with writer_lease(self.storage, sid, holder=self.holder,
+                                    ttl=self.settings.lease_seconds) as token:
+                yield token
 
     def _chunk_buffers(self, chunk_size: int) -> ChunkBuffers:
         """Return the reused buffers for chunks of this size (one set per size seen)."""
@@ -206,11 +222,11 @@ class Engine:
             raise MetadataCorrupt("the session's kept checkpoint fails its signature") from None
 
     async def _keep_anchor(self, sid: str, tree: CompactRange, *, offset: int, sealed: int,
-                           labels_line: str) -> None:
+                           labels_line: str, lease_token: int | None = None) -> None:
         """Sign the tree with the committed sizes and labels; keep it as the new anchor."""
         note = self._sign(sid, tree.size, tree.root(),
                           (sizes_extension(offset, sealed), labels_line))
-        await self.storage.keep_checkpoint(sid, note)
+        await self.storage.keep_checkpoint(sid, note, lease_token=lease_token)
 
     async def _recording(self, sid: str) -> tuple[Anchor | None, SessionRow]:
         """Return an open session's anchor and its record (no anchor once completed or deleted:
@@ -380,7 +396,7 @@ class Engine:
                      max_bytes: int) -> UploadResult:
         """Append one request body at `offset`; return the committed offset and chunk count."""
         checksum = parse_checksum(checksum_header)
-        with self._writer(sid):
+        async with self._writing(sid) as token:
             anchor, row = await self._recording(sid)
             require_state(row.state, SessionState.RECORDING, action="upload to")
             await self._tree(row, anchor)
@@ -402,11 +418,13 @@ class Engine:
                     on_commit=lambda rows: self._grow_tree(sid, rows),
                     buffers=self._chunk_buffers(row.chunk_size),
                     permits=lane_permits(lease.size, plain=plain, sealed=sealed,
-                                         parallel=parallel, inflight=inflight))
+                                         parallel=parallel, inflight=inflight),
+                    lease_token=token)
             except BaseException:
                 self._trees.pop(sid, None)
-                # Still holding the writer slot: no other request of ours is staging now.
-                await asyncio.shield(self._discard_staged(sid))
+                # Still holding the writer slot: no other request of ours is staging now
+                # (and the token keeps us from discarding a new lease holder's chunks).
+                await asyncio.shield(self._discard_staged(sid, token))
                 raise
             finally:
                 lease.release()
@@ -416,15 +434,15 @@ class Engine:
                 line = (anchor.labels_line if anchor is not None and anchor.labels_line
                         else labels_extension(row.labels))
                 await self._keep_anchor(sid, tree, offset=done.offset, sealed=_sealed(done),
-                                        labels_line=line)
+                                        labels_line=line, lease_token=token)
         if done.upload_length is not None and done.offset == done.upload_length:
             await self.finalize(sid)  # the declared length is reached: the upload is complete
         return UploadResult(offset=done.offset, chunk_count=done.chunk_count)
 
-    async def _discard_staged(self, sid: str) -> None:
+    async def _discard_staged(self, sid: str, token: int) -> None:
         """Drop what a failed request staged but never committed (its sealed bytes are useless)."""
         try:
-            discarded = await self.storage.discard_staged(sid)
+            discarded = await self.storage.discard_staged(sid, lease_token=token)
         except ServiceError as exc:
             # Storage discards them anyway when the session leaves recording or restarts.
             log.warning("could not discard the staged chunks of session %s: %s", sid, exc.code)
@@ -513,7 +531,7 @@ class Engine:
 
     async def finalize(self, sid: str) -> Session:
         """Close the session: manifest + final signed checkpoint. Idempotent."""
-        with self._writer(sid):
+        async with self._writing(sid) as token:
             anchor, row = await self._recording(sid)
             if row.state is SessionState.COMPLETED:
                 return await self.get(sid)
@@ -522,11 +540,12 @@ class Engine:
             rows = await self._checked_rows(row, anchor)  # before anything changes
             await self.storage.transition(
                 sid, to=SessionState.FINALIZING,
-                allowed_from=(SessionState.RECORDING, SessionState.FINALIZING))
+                allowed_from=(SessionState.RECORDING, SessionState.FINALIZING),
+                lease_token=token)
             manifest = self._manifest(row, rows)
             done = await self.storage.finalize(sid, root_hash=manifest.root_hash,
                                                checkpoint=manifest.checkpoint,
-                                               manifest=manifest.to_json())
+                                               manifest=manifest.to_json(), lease_token=token)
             return done.public().model_copy(update={"integrity": "ok"})
 
     async def _checked_rows(self, row: SessionRow, anchor: Anchor | None) -> list[ChunkRow]:
@@ -741,7 +760,7 @@ class Engine:
                     try:
                         outcome = await self._rotate_one(row)
                         break
-                    except Conflict:  # rewrapped meanwhile (by another processor): look again
+                    except (Conflict, InvalidState):  # rewrapped or erased meanwhile: look again
                         row = await self.storage.get_session(row.id)
                 else:
                     raise Conflict("a session's key kept changing during the rotation; retry")

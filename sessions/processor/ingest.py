@@ -192,6 +192,8 @@ class Upload:
     on_commit: Callable[[list[ChunkRow]], None]
     buffers: ChunkBuffers | None = None
     permits: tuple[int, int] | None = None
+    lease_token: int | None = None
+    """The fencing token of the session's writer lease, sent with every PUT and commit."""
     offset: int = field(init=False)
     chunk_count: int = field(init=False)
 
@@ -319,7 +321,7 @@ class Upload:
             chunk = sealed.chunk
             try:
                 await self.storage.put_chunk(self.session.id, chunk.index, chunk.data,
-                                             chunk.leaf_hash)
+                                             chunk.leaf_hash, lease_token=self.lease_token)
             finally:
                 slots.release()
                 self._lane.give_sealed(sealed.buffer)
@@ -364,7 +366,7 @@ class Upload:
 
     async def _commit(self, rows: list[ChunkRow]) -> None:
         committed = await self.storage.commit(self.session.id, expected_offset=self.offset,
-                                              chunks=rows)
+                                              chunks=rows, lease_token=self.lease_token)
         self.offset, self.chunk_count = committed.offset, committed.chunk_count
         self.on_commit(rows)
 
@@ -407,7 +409,8 @@ async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: Sessio
                  hasher: Executor, parallel: int, inflight: int,
                  on_commit: Callable[[list[ChunkRow]], None],
                  buffers: ChunkBuffers | None = None,
-                 permits: tuple[int, int] | None = None) -> SessionRow:
+                 permits: tuple[int, int] | None = None,
+                 lease_token: int | None = None) -> SessionRow:
     """Seal and commit one request body at the session's committed offset.
 
     `source` raises TruncatedBody when its client went away (`sessions.common.bodies`):
@@ -416,8 +419,11 @@ async def ingest(*, storage: StorageClient, sealer: ChunkSealer, session: Sessio
 
     `buffers`, if given and of the session's chunk size, supplies reused chunk buffers;
     `permits` caps how many plaintext and sealed ones it holds at once (`lane_permits`).
+    `lease_token` fences every write: once another writer took the session over,
+    storage refuses them with 409 `lease_lost` and nothing more is committed.
     """
     upload = Upload(storage=storage, sealer=sealer, session=session, executor=executor,
                     hasher=hasher, parallel=parallel, inflight=inflight, checksum=checksum,
-                    on_commit=on_commit, buffers=buffers, permits=permits)
+                    on_commit=on_commit, buffers=buffers, permits=permits,
+                    lease_token=lease_token)
     return await upload.run(_Body(source, max_bytes), declared_length=declared_length)

@@ -20,6 +20,7 @@ from sessions.processor.config import Settings, load_settings
 from sessions.processor.deps import Resources
 from sessions.processor.engine import Engine
 from sessions.processor.keys import NodeKeys, load_node_keys
+from sessions.processor.lease import holder_identity
 from sessions.processor.routes import node, replay, sessions, tokens, upload_prefix, uploads
 from sessions.processor.scrub import Scrubber
 from sessions.processor.storage_client import StorageClient
@@ -35,23 +36,24 @@ async def lifespan(settings: Settings, metrics: Metrics, *, keys: NodeKeys,
     """Open the storage client and the engine, run the scrub and sweep loops; stop all after."""
     storage = StorageClient(settings.storage_url, settings.service_token(),
                             transport=storage_transport, kind=settings.http_transport)
-    engine = Engine(storage, keys, settings, metrics)
-    scrubber = Scrubber(engine, settings, metrics) if settings.scrub_interval > 0 else None
-    resources = Resources(storage, engine, Sweeper(engine, settings), scrubber)
-    tasks = []
-    if scrubber is not None:
-        tasks.append(asyncio.create_task(scrubber.run(), name="lucid-scrub"))
-    if settings.sweep_interval > 0:
-        tasks.append(asyncio.create_task(resources.sweeper.run(), name="lucid-sweep"))
-    try:
-        yield resources
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        engine.close()
-        await storage.aclose()
+    tasks: list[asyncio.Task[None]] = []
+    with holder_identity(settings.lease_holder_dir, settings.node_name) as holder:
+        engine = Engine(storage, keys, settings, metrics, holder=holder)
+        scrubber = Scrubber(engine, settings, metrics) if settings.scrub_interval > 0 else None
+        resources = Resources(storage, engine, Sweeper(engine, settings), scrubber)
+        if scrubber is not None:
+            tasks.append(asyncio.create_task(scrubber.run(), name="lucid-scrub"))
+        if settings.sweep_interval > 0:
+            tasks.append(asyncio.create_task(resources.sweeper.run(), name="lucid-sweep"))
+        try:
+            yield resources
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            engine.close()
+            await storage.aclose()
 
 
 async def ready(resources: Resources) -> None:

@@ -35,6 +35,7 @@ from sessions.contract.storage import (
     CommitOut,
     CreateSessionIn,
     HoldIn,
+    LeaseOut,
     RewrapIn,
     StoredSession,
     WrappedKeyModel,
@@ -158,11 +159,12 @@ class StorageClient:
         return await self._answer(ops.set_upload_length(sid, length))
 
     async def transition(self, sid: str, *, to: SessionState,
-                         allowed_from: tuple[SessionState, ...]) -> SessionRow:
-        return await self._answer(ops.transition(sid, to, allowed_from))
+                         allowed_from: tuple[SessionState, ...],
+                         lease_token: int | None = None) -> SessionRow:
+        return await self._answer(ops.transition(sid, to, allowed_from, lease_token))
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
-                        leaf_hash: bytes) -> None:
+                        leaf_hash: bytes, *, lease_token: int | None = None) -> None:
         """Stage a sealed chunk; a memoryview (of a pooled buffer) is sent without a copy.
 
         httpx takes only `bytes` or an iterable as content, so a view goes as a
@@ -170,18 +172,33 @@ class StorageClient:
         """
         content: bytes | AsyncIterator[memoryview] = (
             data if isinstance(data, bytes) else _whole(data))
-        await self._call(ops.put_chunk(sid, index, length=len(data), leaf_hash=leaf_hash),
-                         content)
+        op = ops.put_chunk(sid, index, length=len(data), leaf_hash=leaf_hash,
+                           lease_token=lease_token)
+        await self._call(op, content)
 
-    async def commit(self, sid: str, *, expected_offset: int,
-                     chunks: list[ChunkRow]) -> CommitOut:
+    async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow],
+                     lease_token: int | None = None) -> CommitOut:
         """Make staged chunks visible; return the new committed offset and chunk count."""
-        op = ops.commit(sid, expected_offset=expected_offset, chunks=chunks)
+        op = ops.commit(sid, expected_offset=expected_offset, chunks=chunks,
+                        lease_token=lease_token)
         return await self._answer(op)
 
-    async def discard_staged(self, sid: str) -> list[int]:
+    async def discard_staged(self, sid: str, *, lease_token: int | None = None) -> list[int]:
         """Remove the session's staged, uncommitted chunks; return their indexes."""
-        return (await self._answer(ops.discard_staged(sid))).discarded
+        return (await self._answer(ops.discard_staged(sid, lease_token))).discarded
+
+    async def acquire_lease(self, sid: str, *, holder: str, ttl_seconds: float) -> LeaseOut:
+        """Take the session's writer lease; 409 upload_in_progress while another holds it."""
+        return await self._answer(ops.acquire_lease(sid, holder=holder, ttl_seconds=ttl_seconds))
+
+    async def renew_lease(self, sid: str, *, holder: str, token: int,
+                          ttl_seconds: float) -> LeaseOut:
+        """Extend the held lease; 409 lease_lost once another writer took it over."""
+        return await self._answer(ops.renew_lease(sid, holder=holder, token=token,
+                                                  ttl_seconds=ttl_seconds))
+
+    async def release_lease(self, sid: str, *, holder: str, token: int) -> None:
+        await self._call(ops.release_lease(sid, holder=holder, token=token))
 
     async def chunks(self, sid: str, *, count: int) -> list[ChunkRow]:
         """Return the first `count` committed chunk rows, paging through storage."""
@@ -241,8 +258,9 @@ class StorageClient:
             await resp.aclose()
 
     async def finalize(self, sid: str, *, root_hash: bytes, checkpoint: str,
-                       manifest: bytes) -> SessionRow:
-        op = ops.finalize(sid, root_hash=root_hash, checkpoint=checkpoint, manifest=manifest)
+                       manifest: bytes, lease_token: int | None = None) -> SessionRow:
+        op = ops.finalize(sid, root_hash=root_hash, checkpoint=checkpoint, manifest=manifest,
+                          lease_token=lease_token)
         return await self._answer(op)
 
     async def manifest(self, sid: str) -> bytes:
@@ -255,9 +273,10 @@ class StorageClient:
         except (NotFound, InvalidState):
             return None
 
-    async def keep_checkpoint(self, sid: str, checkpoint: bytes) -> None:
+    async def keep_checkpoint(self, sid: str, checkpoint: bytes, *,
+                              lease_token: int | None = None) -> None:
         """Store the processor's last signed checkpoint of a recording session (its anchor)."""
-        await self._call(ops.put_checkpoint(sid, checkpoint))
+        await self._call(ops.put_checkpoint(sid, checkpoint, lease_token))
 
     async def kept_checkpoint(self, sid: str) -> bytes | None:
         """Return the last signed checkpoint storage keeps for the session, or None (204)."""

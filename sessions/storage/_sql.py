@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sessions.common.secrets import ConfigError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -128,8 +128,18 @@ _V6 = (
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
 )
 
+# v7: the writer lease of a session: its fencing token (grows by one per acquire, never
+# reused, kept when released), holder and expiry.  Changed only by the compare-and-set.
+_V7 = (
+    "ALTER TABLE sessions ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0 "
+    "CHECK (lease_token >= 0)",
+    "ALTER TABLE sessions ADD COLUMN lease_holder TEXT",
+    "ALTER TABLE sessions ADD COLUMN lease_expires TEXT",
+)
+
 # MIGRATIONS[v] takes a database from schema v - 1 to schema v.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6,
+                                          7: _V7}
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -159,7 +169,7 @@ def truncate_wal(db: sqlite3.Connection) -> None:
 _SESSION_COLUMNS = ("SELECT id, state, created_at, updated_at, retention_days, plain_offset, "
                     "chunk_count, sealed_bytes, chunk_size, zstd_level, format_version, "
                     "root_hash, key_id, key_blob, upload_length, revision, owner, legal_hold, "
-                    "expires_at FROM sessions")
+                    "expires_at, lease_token, lease_holder, lease_expires FROM sessions")
 SELECT_SESSION_BY_ID = _SESSION_COLUMNS + " WHERE id = ?"
 INSERT_SESSION = ("INSERT OR IGNORE INTO sessions (id, state, created_at, updated_at, "
                   "retention_days, chunk_size, zstd_level, format_version, key_id, key_blob, "
@@ -169,7 +179,8 @@ INSERT_LABEL = "INSERT INTO session_labels (session_id, key, value) VALUES (?, ?
 # The one compare-and-set: every field the rules may change, if the revision is the one read.
 UPDATE_SESSION = ("UPDATE sessions SET state = ?, updated_at = ?, plain_offset = ?, "
                   "chunk_count = ?, sealed_bytes = ?, root_hash = ?, key_id = ?, key_blob = ?, "
-                  "upload_length = ?, revision = ?, legal_hold = ?, expires_at = ? "
+                  "upload_length = ?, revision = ?, legal_hold = ?, expires_at = ?, "
+                  "lease_token = ?, lease_holder = ?, lease_expires = ? "
                   "WHERE id = ? AND revision = ?")
 SET_FINALIZED = "UPDATE sessions SET checkpoint = ?, manifest = ? WHERE id = ?"
 # The processor's last signed checkpoint of a session (the `checkpoint` column; finalize

@@ -18,10 +18,18 @@ from sessions.storage.deps import Resources
 from sessions.storage.errors import StorageUnavailable
 from sessions.storage.metastore import open_metastore
 from sessions.storage.readiness import MetadataReadiness
-from sessions.storage.routes import audit, checkpoints, chunks, lifecycle, sessions, tokens
+from sessions.storage.routes import (
+    audit,
+    checkpoints,
+    chunks,
+    leases,
+    lifecycle,
+    sessions,
+    tokens,
+)
 from sessions.storage.service import StorageService
 
-ROUTERS = [m.router for m in (sessions, chunks, checkpoints, tokens, lifecycle, audit)]
+ROUTERS = [m.router for m in (sessions, chunks, checkpoints, tokens, lifecycle, audit, leases)]
 log = logging.getLogger("lucid.storage")
 
 

@@ -25,10 +25,12 @@ from sessions.common.errors import (
     Conflict,
     InvalidParameter,
     InvalidState,
+    LeaseLost,
     LegalHold,
     MetadataCorrupt,
     NotFound,
     SessionNotFound,
+    UploadInProgress,
 )
 from sessions.common.ids import check_session_id
 from sessions.common.states import SessionState, check_transition, require_state
@@ -46,12 +48,14 @@ from sessions.storage.records import (
     Update,
     WrappedKey,
     check_commit,
+    check_lease,
     check_upload_length,
 )
 
 Label = tuple[str, str]
 T = TypeVar("T")
 MAX_RACES = 20
+MAX_LEASE_SECONDS = 3600.0
 """A compare-and-set lost this many times in a row means a hot spot: fail with 503, not spin."""
 
 
@@ -253,10 +257,16 @@ class MetadataStore:
         return rec
 
     async def transition(self, session_id: str, *, to: SessionState,
-                         allowed_from: Collection[SessionState] | None = None
-                         ) -> SessionRecord:
-        """Return the record in state `to`; raise InvalidState unless the machine allows it."""
+                         allowed_from: Collection[SessionState] | None = None,
+                         lease_token: int | None = None) -> SessionRecord:
+        """Return the record in state `to`; raise InvalidState unless the machine allows it.
+
+        With a lease_token, fenced like a commit (`check_lease`, 409 lease_lost) in the
+        same compare-and-set; without one, not fenced (the gateway's and admin's changes).
+        """
         def decide(rec: SessionRecord) -> Update:
+            if lease_token is not None:
+                check_lease(rec, lease_token)
             if allowed_from is not None:
                 require_state(rec.state, *allowed_from, action="change the state of")
             check_transition(rec.state, to)
@@ -266,9 +276,12 @@ class MetadataStore:
         return await self._cas(session_id, decide)
 
     async def commit_chunks(self, session_id: str, *, expected_offset: int,
-                            chunks: Sequence[ChunkRecord]) -> SessionRecord:
+                            chunks: Sequence[ChunkRecord],
+                            lease_token: int | None = None) -> SessionRecord:
         """Append chunks at the committed offset; return the record after.
 
+        The fencing token is checked first (`check_lease`, 409 lease_lost), in the same
+        compare-and-set as the append: a lease taken over meanwhile moves the revision.
         A repeat of a commit that already went through (every chunk committed, identical)
         returns the record unchanged; a different chunk at a committed index is refused
         (409 chunk_committed).  Otherwise the preconditions of `check_commit` hold.
@@ -276,6 +289,7 @@ class MetadataStore:
         batch = tuple(chunks)
         while True:
             rec = await self.get_session(session_id)
+            check_lease(rec, lease_token)
             if await self._already_committed(rec, batch):
                 return rec
             check_commit(rec, expected_offset=expected_offset, chunks=batch)
@@ -288,10 +302,12 @@ class MetadataStore:
                 return after
 
     async def finalize(self, session_id: str, *, root_hash: bytes, checkpoint: str,
-                       manifest: bytes) -> SessionRecord:
+                       manifest: bytes, lease_token: int | None = None) -> SessionRecord:
         """Complete a finalizing session; a repeat with the same root hash is a no-op.
 
-        Preconditions: len(root_hash) == 32; state == finalizing, or completed with root_hash.
+        Preconditions: len(root_hash) == 32; state == finalizing, or completed with root_hash;
+        a lease_token, if given, passes `check_lease` (409 lease_lost), in the same
+        compare-and-set.
         """
         if len(root_hash) != LEAF_HASH_SIZE:
             raise BadRequest("root_hash must be 32 bytes")
@@ -302,6 +318,8 @@ class MetadataStore:
                     raise Conflict("the session was completed with another root hash")
                 return None
             require_state(rec.state, SessionState.FINALIZING, action="finalize")
+            if lease_token is not None:
+                check_lease(rec, lease_token)
             return Update(self._next(rec, state=SessionState.COMPLETED, root_hash=root_hash),
                           finalized=Finalized(checkpoint=checkpoint, manifest=manifest))
         return await self._cas(session_id, decide)
@@ -357,17 +375,79 @@ class MetadataStore:
             return Update(self._next(rec, upload_length=length))
         return await self._cas(session_id, decide)
 
-    async def set_checkpoint(self, session_id: str, checkpoint: str) -> None:
+    async def set_checkpoint(self, session_id: str, checkpoint: str,
+                             lease_token: int | None = None) -> None:
         """Keep the processor's last signed checkpoint of a recording or finalizing session.
 
         The record itself (updated_at included) is unchanged; only its revision moves.
+        Fenced like a commit (`check_lease`): a stalled writer cannot move the anchor back.
         """
         def decide(rec: SessionRecord) -> Update:
             require_state(rec.state, SessionState.RECORDING, SessionState.FINALIZING,
                           action="keep a checkpoint of")
+            check_lease(rec, lease_token)
             return Update(dataclasses.replace(rec, revision=rec.revision + 1),
                           checkpoint=checkpoint)
         await self._cas(session_id, decide)
+
+    # -- writer leases: one writer per session across processes, fenced by a token -----------
+
+    async def acquire_lease(self, session_id: str, *, holder: str, ttl: float,
+                            now: datetime | None = None) -> SessionRecord:
+        """Take the session's writer lease for ttl seconds; return the record holding it.
+
+        The new fencing token is the last one plus one (never reused).  A lease another
+        holder still holds (expires_at > now) is refused with 409 `upload_in_progress`;
+        an expired one is taken over.  Re-acquiring one's own lease fences the old token.
+        Preconditions: holder is 1..64 characters; 0 < ttl <= MAX_LEASE_SECONDS.
+        """
+        moment = self._lease_args(holder, ttl, now)
+
+        def decide(rec: SessionRecord) -> Update:
+            if rec.state is SessionState.DELETED:
+                raise InvalidState("the session was deleted", extra={"state": rec.state.value})
+            if (rec.lease_holder is not None and rec.lease_holder != holder
+                    and rec.lease_expires is not None and rec.lease_expires > rfc3339(moment)):
+                raise UploadInProgress("another writer holds the session's lease",
+                                       extra={"lease_expires": rec.lease_expires})
+            return Update(dataclasses.replace(
+                rec, revision=rec.revision + 1, lease_token=rec.lease_token + 1,
+                lease_holder=holder, lease_expires=rfc3339(moment + timedelta(seconds=ttl))))
+        return await self._cas(session_id, decide)
+
+    async def renew_lease(self, session_id: str, *, holder: str, token: int, ttl: float,
+                          now: datetime | None = None) -> SessionRecord:
+        """Extend the lease to now + ttl; 409 `lease_lost` unless holder still holds token."""
+        moment = self._lease_args(holder, ttl, now)
+
+        def decide(rec: SessionRecord) -> Update:
+            if rec.lease_holder != holder:
+                raise LeaseLost(extra={"lease_token": rec.lease_token})
+            check_lease(rec, token)
+            return Update(dataclasses.replace(
+                rec, revision=rec.revision + 1,
+                lease_expires=rfc3339(moment + timedelta(seconds=ttl))))
+        return await self._cas(session_id, decide)
+
+    async def release_lease(self, session_id: str, *, holder: str, token: int) -> SessionRecord:
+        """Give the lease up if holder still holds token (else nothing: idempotent).
+
+        The token counter stays: the next acquire gets a larger one.
+        """
+        def decide(rec: SessionRecord) -> Update | None:
+            if rec.lease_holder != holder or rec.lease_token != token:
+                return None
+            return Update(dataclasses.replace(rec, revision=rec.revision + 1,
+                                              lease_holder=None, lease_expires=None))
+        return await self._cas(session_id, decide)
+
+    def _lease_args(self, holder: str, ttl: float, now: datetime | None) -> datetime:
+        """Return the moment to reckon from (now, or the clock's); check holder and ttl."""
+        if not 1 <= len(holder) <= 64 or not holder.isprintable():
+            raise InvalidParameter("a lease holder is 1 to 64 printable characters")
+        if not 0 < ttl <= MAX_LEASE_SECONDS:
+            raise InvalidParameter(f"a lease lasts 0 < ttl <= {MAX_LEASE_SECONDS:.0f} seconds")
+        return self._clock() if now is None else now
 
     # -- API tokens: stored hashed, revoked (never deleted) -----------------------------------
 

@@ -49,7 +49,7 @@ from sessions.storage.records import (
 log = logging.getLogger("lucid.storage.mongo")
 Doc = dict[str, Any]
 Label = tuple[str, str]
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DURABLE = WriteConcern(w="majority", j=True)
 SELECTION_TIMEOUT_MS = 5000
 
@@ -96,8 +96,16 @@ def _v4_indexes() -> dict[str, list[IndexModel]]:
                                  name="by_session")]}
 
 
+def _v5_indexes() -> dict[str, list[IndexModel]]:
+    """v5: a session's writer lease (lease_token, lease_holder, lease_expires) lives in its
+    document and changes only through the revision compare-and-set: no index.  Documents
+    from before read as never leased (token 0)."""
+    return {}
+
+
 # MIGRATIONS[v] takes a database from schema v - 1 to v; each step is idempotent.
-MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes, 3: _v3_indexes, 4: _v4_indexes}
+MIGRATIONS = {1: _v1_indexes, 2: _v2_indexes, 3: _v3_indexes, 4: _v4_indexes,
+              5: _v5_indexes}
 
 
 class MongoBackend:
@@ -361,6 +369,8 @@ def _session_fields(rec: SessionRecord) -> Doc:
         "upload_length": rec.upload_length, "revision": rec.revision,
         "labels": [f"{k}={v}" for k, v in rec.labels.items()], "owner": rec.owner,
         "legal_hold": rec.legal_hold, "expires_at": rec.expires_at,
+        "lease_token": rec.lease_token, "lease_holder": rec.lease_holder,
+        "lease_expires": rec.lease_expires,
     }
 
 
@@ -384,7 +394,9 @@ def _record(doc: Doc) -> SessionRecord:
         root_hash=None if doc["root_hash"] is None else bytes(doc["root_hash"]),
         wrapped_key=key, upload_length=doc["upload_length"], revision=doc["revision"],
         owner=doc.get("owner"),
-        legal_hold=bool(doc.get("legal_hold", False)), expires_at=doc.get("expires_at"))
+        legal_hold=bool(doc.get("legal_hold", False)), expires_at=doc.get("expires_at"),
+        lease_token=int(doc.get("lease_token", 0)), lease_holder=doc.get("lease_holder"),
+        lease_expires=doc.get("lease_expires"))
 
 
 def _token(doc: Doc) -> TokenRecord:

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sessions.common.errors import BadRequest, Conflict, OffsetMismatch, PayloadTooLarge
+from sessions.common.errors import (
+    BadRequest,
+    Conflict,
+    LeaseLost,
+    OffsetMismatch,
+    PayloadTooLarge,
+)
 from sessions.common.states import SessionState, require_state
 from sessions.core import ChunkEntry
 
@@ -73,6 +79,13 @@ class SessionRecord:
     """Set by an admin: the session may not be deleted (by DELETE or the retention sweep)."""
     expires_at: str | None = None
     """created_at + retention_days (RFC 3339 UTC); None: kept until deleted, or erased."""
+    lease_token: int = 0
+    """The fencing token of the session's latest writer lease: grows by one per acquire,
+    never reused (0: never leased)."""
+    lease_holder: str | None = None
+    """Who holds the lease (a processor's random id); None: released or never taken."""
+    lease_expires: str | None = None
+    """When the held lease lapses (RFC 3339 UTC); another holder may take it over then."""
 
 
 @dataclass(frozen=True)
@@ -168,3 +181,19 @@ def check_upload_length(rec: SessionRecord, length: int) -> bool:
         raise Conflict(f"{rec.offset} bytes are already committed",
                        extra={"offset": rec.offset})
     return True
+
+
+def check_lease(rec: SessionRecord, token: int | None) -> None:
+    """Check that a write fenced with `token` may go to rec; raise LeaseLost (409) if not.
+
+    With a token: it is rec's current lease token and the lease is held (not released).
+    An expired lease nobody took over still fences correctly (no newer token exists).
+    Without a token (a writer that takes no lease): only while no lease is held.
+    """
+    if token is None:
+        if rec.lease_holder is not None:
+            raise LeaseLost("the session is leased to a writer; send its fencing token",
+                            extra={"lease_token": rec.lease_token})
+        return
+    if token != rec.lease_token or rec.lease_holder is None:
+        raise LeaseLost(extra={"lease_token": rec.lease_token})

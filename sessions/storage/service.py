@@ -27,7 +27,7 @@ from sessions.common.web import Metrics
 from sessions.storage.chunkstore import ChunkStore
 from sessions.storage.errors import ChunkCommitted, ChunkNotStaged, StagingDiscarded
 from sessions.storage.metastore import MetadataStore
-from sessions.storage.records import ChunkRecord, SessionRecord, check_commit
+from sessions.storage.records import ChunkRecord, SessionRecord, check_commit, check_lease
 
 SWEEP_PAGE = 500
 
@@ -62,20 +62,23 @@ class StorageService:
         return gate
 
     async def put_chunk(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
-                        leaf_hash: bytes, content_length: int | None) -> int:
+                        leaf_hash: bytes, content_length: int | None,
+                        lease_token: int | None = None) -> int:
         """Stage chunk `index` of a recording session; return its sealed length.
 
         Preconditions: state == recording; index >= chunk_count (else 409 chunk_committed);
-        the body hashes to leaf_hash and is at most max_chunk_bytes long.
+        the lease admits lease_token (`check_lease`, else 409 lease_lost; checked again
+        right before the file is published); the body hashes to leaf_hash and is at most
+        max_chunk_bytes long.
         """
         gate = self._gate(session_id)
         discards = gate.discards
-        _check_writable(await self.meta.get_session(session_id), index)
+        _check_writable(await self.meta.get_session(session_id), index, lease_token)
         await self._check_free_space(content_length)
         size = await self.chunks.put(
             session_id, index, body, expected_leaf_hash=leaf_hash,
             max_bytes=self.max_chunk_bytes, expected_length=content_length,
-            guard=lambda: self._still_writable(gate, discards, session_id, index))
+            guard=lambda: self._still_writable(gate, discards, session_id, index, lease_token))
         if self._metrics is not None:
             self._metrics.bytes_in.labels(self._metrics.service, "sealed").inc(size)
             self._metrics.chunks_in.labels(self._metrics.service).inc()
@@ -97,23 +100,25 @@ class StorageService:
 
     @asynccontextmanager
     async def _still_writable(self, gate: _Gate, discards: int, session_id: str,
-                              index: int) -> AsyncIterator[None]:
+                              index: int, lease_token: int | None) -> AsyncIterator[None]:
         async with gate.lock:
-            _check_writable(await self.meta.get_session(session_id), index)
+            _check_writable(await self.meta.get_session(session_id), index, lease_token)
             if gate.discards != discards:
                 raise StagingDiscarded(extra={"index": index})
             yield
 
     async def commit(self, session_id: str, *, expected_offset: int,
-                     chunks: Sequence[ChunkRecord]) -> SessionRecord:
+                     chunks: Sequence[ChunkRecord],
+                     lease_token: int | None = None) -> SessionRecord:
         """Make staged chunks visible: check them against the record and the files, then append.
 
-        Preconditions: those of `check_commit`, and a staged file of exactly
-        sealed_length bytes for every chunk.
+        Preconditions: the lease admits lease_token (`check_lease`, 409 lease_lost), those
+        of `check_commit`, and a staged file of exactly sealed_length bytes for every chunk.
         """
         gate = self._gate(session_id)
         async with gate.lock:
             rec = await self.meta.get_session(session_id)
+            check_lease(rec, lease_token)
             fresh = [c for c in chunks if c.index >= rec.chunk_count]
             if len(fresh) == len(chunks):  # else the metadata store judges a repeated commit
                 check_commit(rec, expected_offset=expected_offset, chunks=chunks)
@@ -123,7 +128,7 @@ class StorageService:
                                          f"{chunk.sealed_length} bytes",
                                          extra={"index": chunk.index})
             return await self.meta.commit_chunks(session_id, expected_offset=expected_offset,
-                                                 chunks=chunks)
+                                                 chunks=chunks, lease_token=lease_token)
 
     async def stream_chunk(self, session_id: str, index: int
                            ) -> tuple[int, AsyncIterator[bytes]]:
@@ -160,23 +165,29 @@ class StorageService:
             await self.meta.erase(session_id)
             await self.chunks.delete_session(session_id)
 
-    async def discard_staged(self, session_id: str) -> list[int]:
+    async def discard_staged(self, session_id: str, lease_token: int | None = None) -> list[int]:
         """Remove the session's staged, uncommitted chunk files; return their indexes.
 
         Every PUT of the session already in flight is fenced off: it fails with 409
         `staging_discarded` instead of publishing.  The processor calls this, while it
-        holds the session's one writer slot, when a request that staged chunks fails.
+        holds the session's lease, when a request that staged chunks fails; with a stale
+        lease_token it is refused (409 lease_lost): the new writer's files stay.
         """
         gate = self._gate(session_id)
         async with gate.lock:
-            return await self._discard(gate, await self.meta.get_session(session_id))
+            rec = await self.meta.get_session(session_id)
+            if lease_token is not None:
+                check_lease(rec, lease_token)
+            return await self._discard(gate, rec)
 
     async def transition(self, session_id: str, *, to: SessionState,
-                         allowed_from: Collection[SessionState] | None) -> SessionRecord:
+                         allowed_from: Collection[SessionState] | None,
+                         lease_token: int | None = None) -> SessionRecord:
         """Change the session's state (compare-and-set); leaving recording discards staged files."""
         gate = self._gate(session_id)
         async with gate.lock:
-            rec = await self.meta.transition(session_id, to=to, allowed_from=allowed_from)
+            rec = await self.meta.transition(session_id, to=to, allowed_from=allowed_from,
+                                             lease_token=lease_token)
             if rec.state is not SessionState.RECORDING:
                 await self._discard(gate, rec)
             return rec
@@ -213,8 +224,9 @@ class StorageService:
         return swept, sorted(on_disk)
 
 
-def _check_writable(rec: SessionRecord, index: int) -> None:
+def _check_writable(rec: SessionRecord, index: int, lease_token: int | None) -> None:
     require_state(rec.state, SessionState.RECORDING, action="write chunks to")
+    check_lease(rec, lease_token)
     if index < rec.chunk_count:
         raise ChunkCommitted(f"chunk {index} is committed and immutable",
                              extra={"chunk_count": rec.chunk_count})

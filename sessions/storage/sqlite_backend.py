@@ -223,7 +223,8 @@ class SqliteBackend:
                 rec.state.value, rec.updated_at, rec.offset, rec.chunk_count, rec.sealed_bytes,
                 rec.root_hash, None if key is None else key.key_id,
                 None if key is None else key.blob, rec.upload_length, rec.revision,
-                int(rec.legal_hold), rec.expires_at, rec.id, rec.revision - 1))
+                int(rec.legal_hold), rec.expires_at, rec.lease_token, rec.lease_holder,
+                rec.lease_expires, rec.id, rec.revision - 1))
             if cur.rowcount != 1:
                 return False
             db.executemany(_sql.INSERT_CHUNK, [
@@ -276,7 +277,8 @@ def _labels_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, dict[str
 
 def _record(row: Sequence[Any], labels: dict[str, str] | None) -> SessionRecord:
     (sid, state, created, updated, retention, offset, count, sealed, chunk_size, level,
-     version, root, key_id, key_blob, upload_length, revision, owner, hold, expires) = row
+     version, root, key_id, key_blob, upload_length, revision, owner, hold, expires,
+     lease_token, lease_holder, lease_expires) = row
     key = None if key_id is None else WrappedKey(key_id=key_id, blob=bytes(key_blob))
     return SessionRecord(
         id=sid, state=SessionState(state), labels=labels or {}, created_at=created,
@@ -284,7 +286,8 @@ def _record(row: Sequence[Any], labels: dict[str, str] | None) -> SessionRecord:
         sealed_bytes=sealed, chunk_size=chunk_size, zstd_level=level, format_version=version,
         root_hash=None if root is None else bytes(root), wrapped_key=key,
         upload_length=upload_length, revision=revision, owner=owner, legal_hold=bool(hold),
-        expires_at=expires)
+        expires_at=expires, lease_token=lease_token, lease_holder=lease_holder,
+        lease_expires=lease_expires)
 
 
 def _token(row: Sequence[Any]) -> TokenRecord:

@@ -192,11 +192,17 @@ async def test_storage_client_parses_every_answer_of_the_real_storage(
 
     data = b"sealed chunk bytes"
     leaf = hashlib.sha256(b"\x00" + data).digest()
-    await client.put_chunk(SID, 0, data, leaf)
+    lease = await client.acquire_lease(SID, holder="proc-1", ttl_seconds=30)
+    assert (lease.holder, lease.token) == ("proc-1", 1) and lease.expires_at.endswith("Z")
+    await client.put_chunk(SID, 0, data, leaf, lease_token=lease.token)
     row = ChunkEntry(index=0, offset=0, length=10, sealed_length=len(data), leaf_hash=leaf,
                      compressed=False)
-    committed = await client.commit(SID, expected_offset=0, chunks=[row])
+    committed = await client.commit(SID, expected_offset=0, chunks=[row],
+                                    lease_token=lease.token)
     assert committed == CommitOut(offset=10, chunk_count=1)
+    renewed = await client.renew_lease(SID, holder="proc-1", token=1, ttl_seconds=30)
+    assert renewed.token == 1
+    await client.release_lease(SID, holder="proc-1", token=1)
     assert await client.chunks(SID, count=1) == [row]
     assert await client.leaves(SID, size=1) == [leaf]
     assert await client.get_chunk(SID, 0) == data

@@ -52,7 +52,9 @@ class Cluster(Node):
     def __init__(self, root: Path) -> None:
         super().__init__(root / "data", launcher.free_ports(), root / "logs", base_env={
             "LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-            "LUCID_NODE_NAME": NODE_NAME})
+            "LUCID_NODE_NAME": NODE_NAME,
+            # a processor killed mid-upload holds its writer lease until it lapses: keep that short
+            "LUCID_LEASE_SECONDS": "3"})
         self.root = root
         self.data_dir.mkdir()
         self.log_dir = root / "logs"

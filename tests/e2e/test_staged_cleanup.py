@@ -109,6 +109,7 @@ def test_a_crash_leaves_no_orphan(restartable: Cluster, api: httpx.Client) -> No
 
     cluster.start("processor")
     cluster.wait_ready("api")
+    # the restarted processor takes its killed predecessor's writer leases over at once
     done = finalize(api, finalized)
     assert done["chunk_count"] == 1
     assert chunk_files(cluster, finalized) == committed_names(1)

@@ -308,7 +308,7 @@ async def test_failed_metadata_commit_is_never_acknowledged(stack: Stack, faults
     if prefix:
         assert (await _patch(stack, sid, 0, data[:prefix], checksum=False)).status_code == 200
     before = stack.rows()[0][sid]
-    faults.arm("meta_commit", 1)
+    faults.arm("meta_commit", 2)  # 1 takes the writer lease; 2 is the first chunk commit
     r = await _patch(stack, sid, prefix, data[prefix:], checksum=checksum)
     faults.disarm()
     assert faults.fired
@@ -330,7 +330,8 @@ async def test_failed_commit_during_finalize(stack: Stack, faults: Faults, nth: 
     data = session_bytes(2 * MIB + 1, seed=30)
     sid = await _new(stack)
     assert (await _patch(stack, sid, 0, data, checksum=True)).status_code == 200
-    faults.arm("meta_commit", nth)  # 1: recording -> finalizing; 2: the manifest and root
+    # commit 1 takes the writer lease; then nth 1: recording -> finalizing; 2: the manifest
+    faults.arm("meta_commit", nth + 1)
     r = await stack.client.post(f"/sessions/{sid}/finalize")
     faults.disarm()
     _assert_unavailable(r)

@@ -66,12 +66,12 @@ class SlowStorage:
         self.stored: dict[int, bytes] = {}
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
-                        leaf_hash: bytes) -> None:
+                        leaf_hash: bytes, *, lease_token: int | None = None) -> None:
         await asyncio.sleep(0.02)
         self.stored[index] = bytes(data)
 
-    async def commit(self, sid: str, *, expected_offset: int,
-                     chunks: list[ChunkRow]) -> CommitOut:
+    async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow],
+                     lease_token: int | None = None) -> CommitOut:
         assert expected_offset == self.raw["offset"]
         self.raw["offset"] += sum(c.length for c in chunks)
         self.raw["chunk_count"] += len(chunks)

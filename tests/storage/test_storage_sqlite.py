@@ -73,7 +73,7 @@ async def test_schema_is_versioned(tmp_path: Path, new_session: MakeSession) -> 
     await store.close()
     assert path.stat().st_mode & 0o077 == 0
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 7
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     reopened = await _open(path)
     assert (await reopened.get_session(rec.id)).id == rec.id

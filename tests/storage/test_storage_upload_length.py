@@ -93,7 +93,7 @@ async def test_a_schema_1_database_is_migrated_and_its_sessions_stay_readable(
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION == 7
     db.close()
 
 

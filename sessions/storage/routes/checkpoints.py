@@ -19,8 +19,9 @@ router = APIRouter(prefix="/internal/v1", tags=["checkpoints"])
             summary="Keep the last signed checkpoint of a recording session",
             responses=error_responses(404, 409))
 async def put_checkpoint(session_id: SessionId, body: CheckpointIn, meta: Meta) -> Response:
-    """Store it; 409 `invalid_state` unless the session is recording or finalizing."""
-    await meta.set_checkpoint(session_id, body.checkpoint)
+    """Store it; 409 `invalid_state` unless the session is recording or finalizing, 409
+    `lease_lost` if `lease_token` is stale (as for a commit)."""
+    await meta.set_checkpoint(session_id, body.checkpoint, body.lease_token)
     return Response(status_code=204)
 
 

@@ -17,6 +17,8 @@ from sessions.common.errors import (
 )
 from sessions.common.models import MAX_CHUNK_INDEX, MAX_TREE_SIZE
 from sessions.contract.storage import (
+    LEASE_TOKEN_HEADER,
+    MAX_LEASE_TOKEN,
     ChunkList,
     ChunkModel,
     CommitIn,
@@ -42,15 +44,24 @@ _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "bi
                 "requestBody": {**_BINARY, "required": True},
                 "parameters": [{"name": LEAF_HASH_HEADER, "in": "header", "required": True,
                                 "description": "hex SHA-256 leaf hash of the body (RFC 9162)",
-                                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}]})
+                                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}},
+                               {"name": LEASE_TOKEN_HEADER, "in": "header", "required": False,
+                                "description": "the writer lease's fencing token; "
+                                               "409 `lease_lost` if stale",
+                                "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,14}$"}}]})
 async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
                     service: Service) -> PutChunkOut:
-    """Stream the body to a staged file, checking its leaf hash; return its sealed length."""
+    """Stream the body to a staged file, checking its leaf hash; return its sealed length.
+
+    409 `lease_lost` if `X-Lucid-Lease-Token` is not the session's current lease token
+    (or is absent while a lease is held); checked before and right before publishing.
+    """
     _require_octet_stream(request)
     leaf = _leaf_hash_header(request)
     length = _content_length(request, service.max_chunk_bytes)
     sealed = await service.put_chunk(session_id, index, request_body(request), leaf_hash=leaf,
-                                     content_length=length)
+                                     content_length=length,
+                                     lease_token=_lease_token_header(request))
     return PutChunkOut(index=index, sealed_length=sealed)
 
 
@@ -58,9 +69,10 @@ async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
              responses=error_responses(404, 409, 413))
 async def commit(session_id: SessionId, body: CommitIn, service: Service) -> CommitOut:
     """Return the new offset and chunk count; 409 `offset_mismatch` carries the actual offset,
-    413 `payload_too_large` a commit past the declared `upload_length`."""
+    413 `payload_too_large` a commit past the declared `upload_length`, 409 `lease_lost` a
+    `lease_token` that is not the session's current lease (nothing of it becomes visible)."""
     rec = await service.commit(session_id, expected_offset=body.expected_offset,
-                               chunks=chunk_records(body.chunks))
+                               chunks=chunk_records(body.chunks), lease_token=body.lease_token)
     return CommitOut(offset=rec.offset, chunk_count=rec.chunk_count)
 
 
@@ -95,20 +107,33 @@ async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) 
 
 @router.delete("/sessions/{session_id}/staged",
                summary="Discard staged chunks that were never committed",
-               responses=error_responses(404))
-async def discard_staged(session_id: SessionId, service: Service) -> DiscardOut:
+               responses=error_responses(404, 409))
+async def discard_staged(session_id: SessionId, service: Service,
+                         lease_token: Annotated[int | None,
+                                                Query(ge=1, le=MAX_LEASE_TOKEN)] = None
+                         ) -> DiscardOut:
     """Remove every staged, uncommitted chunk file and fence off PUTs in flight.
 
     A PUT of this session that started before the discard fails with 409
-    `staging_discarded` instead of publishing its file.
+    `staging_discarded` instead of publishing its file.  With `lease_token`, 409
+    `lease_lost` (nothing removed) unless it is the session's current lease token.
     """
-    return DiscardOut(discarded=await service.discard_staged(session_id))
+    return DiscardOut(discarded=await service.discard_staged(session_id, lease_token))
 
 
 def _require_octet_stream(request: Request) -> None:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != OCTET_STREAM:
         raise UnsupportedMediaType(f"a chunk is sent as {OCTET_STREAM}")
+
+
+def _lease_token_header(request: Request) -> int | None:
+    raw = request.headers.get(LEASE_TOKEN_HEADER)
+    if raw is None:
+        return None
+    if _DIGITS.fullmatch(raw) is None or not 1 <= int(raw) <= MAX_LEASE_TOKEN:
+        raise BadRequest(f"{LEASE_TOKEN_HEADER} must be a positive decimal integer")
+    return int(raw)
 
 
 def _leaf_hash_header(request: Request) -> bytes:

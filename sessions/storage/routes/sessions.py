@@ -65,20 +65,26 @@ async def get_session(session_id: SessionId, meta: Meta) -> StoredSession:
              responses=error_responses(404, 409))
 async def change_state(session_id: SessionId, body: TransitionIn,
                        service: Service) -> StoredSession:
-    """Return the session in state `to`; 409 `invalid_state` unless it was in `from`."""
+    """Return the session in state `to`; 409 `invalid_state` unless it was in `from`,
+    409 `lease_lost` if `lease_token` is given and stale (as for a commit)."""
     if body.to is SessionState.DELETED:
         raise BadRequest("delete a session with DELETE /internal/v1/sessions/{id}")
     return stored_session(await service.transition(session_id, to=body.to,
-                                                   allowed_from=body.from_))
+                                                   allowed_from=body.from_,
+                                                   lease_token=body.lease_token))
 
 
 @router.post("/sessions/{session_id}/finalize", summary="Complete a finalizing session",
              responses=error_responses(404, 409))
 async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> StoredSession:
-    """Return the completed session; a repeat with the same root hash is a no-op."""
+    """Return the completed session; a repeat with the same root hash is a no-op.
+
+    409 `lease_lost` if `lease_token` is given and stale (unless already completed so).
+    """
     rec = await meta.finalize(session_id, root_hash=bytes.fromhex(body.root_hash),
                               checkpoint=body.checkpoint,
-                              manifest=body.manifest.encode("utf-8"))
+                              manifest=body.manifest.encode("utf-8"),
+                              lease_token=body.lease_token)
     return stored_session(rec)
 
 

@@ -1,0 +1,279 @@
+"""The processor's writer lease: taken per upload, renewed while it runs, released after,
+and a lost lease turned into a clean 409 with nothing more committed.
+
+Storage, processor and gateway run in process (httpx ASGITransport); a second writer
+is storage's lease API called directly, as another processor would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sessions.api.config import Settings as ApiSettings
+from sessions.api.main import create_app as api_app
+from sessions.processor.config import Settings as ProcessorSettings
+from sessions.processor.lease import holder_identity
+from sessions.processor.main import create_app as processor_app
+from sessions.storage.config import Settings as StorageSettings
+from sessions.storage.main import create_app as storage_app
+from tests.e2e.support import session_bytes
+
+pytestmark = pytest.mark.anyio
+MIB = 1 << 20
+UPLOAD = {"Content-Type": "application/offset+octet-stream"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Stack:
+    api: httpx.AsyncClient
+    storage: httpx.AsyncClient  # storage's internal API, as another processor calls it
+    data_dir: Path
+
+    def lease(self, sid: str) -> tuple[int, str | None]:
+        db = sqlite3.connect(self.data_dir / "storage" / "metadata.sqlite3")
+        try:
+            token, holder = db.execute("SELECT lease_token, lease_holder FROM sessions "
+                                       "WHERE id = ?", (sid,)).fetchone()
+        finally:
+            db.close()
+        return int(token), holder
+
+    async def new(self) -> str:
+        r = await self.api.post("/sessions", json={"labels": {"suite": "leases"}})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def committed(self, sid: str, at_least: int) -> None:
+        """Return once the session's committed offset reaches at_least (polled)."""
+        for _ in range(600):
+            if await self.offset(sid) >= at_least:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"nothing committed up to {at_least}")
+
+    async def offset(self, sid: str) -> int:
+        return int((await self.api.head(f"/sessions/{sid}/upload")).headers["upload-offset"])
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    common: dict[str, Any] = {"data_dir": tmp_path}
+    storage = storage_app(StorageSettings(**common))
+    processor = processor_app(ProcessorSettings(**common, chunk_size=MIB, lease_seconds=1,
+                                                storage_url="http://storage"),
+                              storage_transport=httpx.ASGITransport(app=storage))
+    api = api_app(ApiSettings(**common, processor_url="http://processor"),
+                  processor_transport=httpx.ASGITransport(app=processor))
+    async with AsyncExitStack() as stack:
+        for app in (storage, processor, api):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        admin = (tmp_path / "secrets" / "admin.token").read_text().strip()
+        service = (tmp_path / "secrets" / "service.token").read_text().strip()
+        client = await stack.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api), base_url="http://api/v1",
+            headers={"Authorization": f"Bearer {admin}"}, timeout=60))
+        internal = await stack.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=storage), base_url="http://storage/internal/v1",
+            headers={"Authorization": f"Bearer {service}"}, timeout=60))
+        yield Stack(client, internal, tmp_path)
+
+
+async def test_an_upload_takes_and_releases_the_lease(stack: Stack) -> None:
+    sid = await stack.new()
+    data = session_bytes(2 * MIB + 7, seed=1)
+    r = await stack.api.patch(f"/sessions/{sid}/upload", content=data,
+                              headers={**UPLOAD, "Upload-Offset": "0"})
+    assert r.status_code == 200, r.text
+    assert stack.lease(sid) == (1, None)  # taken once, released at the end
+
+
+async def test_another_writer_s_lease_refuses_the_upload(stack: Stack) -> None:
+    sid = await stack.new()
+    held = await stack.storage.post(f"/sessions/{sid}/lease",
+                                    json={"holder": "other-proc", "ttl_seconds": 60})
+    assert held.status_code == 200
+    r = await stack.api.patch(f"/sessions/{sid}/upload", content=b"x" * 1000,
+                              headers={**UPLOAD, "Upload-Offset": "0"})
+    assert r.status_code == 409 and r.json()["error"] == "upload_in_progress", r.text
+    assert await stack.offset(sid) == 0 and stack.lease(sid) == (1, "other-proc")
+
+
+async def _stalling(first: bytes, rest: bytes, gate: asyncio.Event) -> AsyncIterator[bytes]:
+    yield first
+    await gate.wait()
+    yield rest
+
+
+async def test_renewals_keep_the_lease_past_its_seconds_while_a_body_stalls(
+        stack: Stack) -> None:
+    sid = await stack.new()
+    data = session_bytes(2 * MIB + 3, seed=2)
+    gate = asyncio.Event()
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    await asyncio.sleep(2.5)  # 2.5 lease lengths: only the renewals keep it
+    other = await stack.storage.post(f"/sessions/{sid}/lease",
+                                     json={"holder": "other-proc", "ttl_seconds": 60})
+    assert other.status_code == 409 and other.json()["error"] == "upload_in_progress"
+    gate.set()
+    r = await upload
+    assert r.status_code == 200 and r.json()["offset"] == len(data), r.text
+
+
+async def test_a_lease_taken_over_mid_upload_is_a_clean_409(stack: Stack) -> None:
+    sid = await stack.new()
+    data = session_bytes(3 * MIB + 3, seed=3)
+    gate = asyncio.Event()
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    # as if this processor had stalled past its lease: it lapses, another writer takes over
+    db = sqlite3.connect(stack.data_dir / "storage" / "metadata.sqlite3")
+    with db:
+        db.execute("UPDATE sessions SET lease_expires = '2000-01-01T00:00:00.000000Z', "
+                   "revision = revision + 1 WHERE id = ?", (sid,))
+    db.close()
+    other = await stack.storage.post(f"/sessions/{sid}/lease",
+                                     json={"holder": "other-proc", "ttl_seconds": 60})
+    assert other.status_code == 200, other.text
+    gate.set()
+    r = await upload
+    assert r.status_code == 409 and r.json()["error"] == "lease_lost", r.text
+    assert await stack.offset(sid) == MIB  # nothing after the takeover was committed
+    assert stack.lease(sid) == (2, "other-proc")  # and the loser released nothing
+
+
+# -- the holder id: a restarted processor is its dead predecessor again --------------------------
+
+_HOLD = ("import sys, time\n"
+         "from pathlib import Path\n"
+         "from sessions.processor.lease import holder_identity\n"
+         "with holder_identity(Path(sys.argv[1]), 'child') as holder:\n"
+         "    print(holder, flush=True)\n"
+         "    time.sleep(120)\n")
+
+
+def test_a_killed_holder_s_id_is_claimed_again_and_a_live_one_s_never(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)],  # noqa: S603
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        dead = child.stdout.readline().strip()
+        assert dead.startswith("child.")
+        with holder_identity(tmp_path, "node") as beside:  # the child lives: another id
+            assert beside != dead and beside.startswith("node.")
+            with holder_identity(tmp_path, "node") as third:
+                assert third not in (dead, beside)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        # the kernel dropped the killed one's flock: its id is free again, no new one is made
+        with holder_identity(tmp_path, "node") as a, holder_identity(tmp_path, "node") as b, \
+                holder_identity(tmp_path, "node") as c:
+            assert {a, b, c} == {dead, beside, third}
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def test_a_holder_id_survives_restarts_and_is_unique_among_live_processes(
+        tmp_path: Path) -> None:
+    with holder_identity(tmp_path, "node") as one:
+        with holder_identity(tmp_path, "node") as two:
+            assert one != two
+    with holder_identity(tmp_path, "node") as again:
+        assert again == min(one, two)  # no new id while an old one is free
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{h}.holder" for h in (one, two))
+
+
+def _apps(data_dir: Path, storage: Any) -> tuple[Any, Any]:
+    processor = processor_app(ProcessorSettings(data_dir=data_dir, chunk_size=MIB,
+                                                lease_seconds=3600, storage_url="http://storage"),
+                              storage_transport=httpx.ASGITransport(app=storage))
+    api = api_app(ApiSettings(data_dir=data_dir, processor_url="http://processor"),
+                  processor_transport=httpx.ASGITransport(app=processor))
+    return processor, api
+
+
+async def _started(stack: AsyncExitStack, *apps: Any) -> None:
+    for app in apps:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+
+
+async def _gateway(stack: AsyncExitStack, api: Any, admin: str) -> httpx.AsyncClient:
+    return await stack.enter_async_context(httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api), base_url="http://api/v1",
+        headers={"Authorization": f"Bearer {admin}"}, timeout=60))
+
+
+async def test_a_restarted_processor_takes_its_dead_predecessor_s_lease_over_at_once(
+        tmp_path: Path) -> None:
+    """The crash-restart regression: a lease left by a processor that died (its holder id
+    now free) does not block the processor restarted on the same data dir for the
+    lease's hour; a live one beside it (another holder id) is still refused."""
+    storage = storage_app(StorageSettings(data_dir=tmp_path))
+    async with AsyncExitStack() as outer:
+        await _started(outer, storage)
+        service = (tmp_path / "secrets" / "service.token").read_text().strip()
+        internal = await outer.enter_async_context(httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=storage), base_url="http://storage/internal/v1",
+            headers={"Authorization": f"Bearer {service}"}, timeout=60))
+        processor_b, api_b = _apps(tmp_path, storage)  # another processor on the data dir
+        await _started(outer, processor_b, api_b)
+        admin = (tmp_path / "secrets" / "admin.token").read_text().strip()
+        via_b = await _gateway(outer, api_b, admin)
+        async with AsyncExitStack() as first:
+            processor, api = _apps(tmp_path, storage)
+            await _started(first, processor, api)
+            holder = processor.state.resources.engine.holder
+            sid = (await (await _gateway(first, api, admin)).post("/sessions", json={})
+                   ).json()["id"]
+            # the predecessor dies holding the session's lease for an hour
+            held = await internal.post(f"/sessions/{sid}/lease",
+                                       json={"holder": holder, "ttl_seconds": 3600})
+            assert held.status_code == 200 and held.json()["token"] == 1
+        # (a processor started after the death would claim the dead one's id: the same node)
+        assert processor_b.state.resources.engine.holder != holder
+        r = await via_b.patch(f"/sessions/{sid}/upload", content=b"x" * 1000,
+                              headers={**UPLOAD, "Upload-Offset": "0"})
+        assert r.status_code == 409 and r.json()["error"] == "upload_in_progress", r.text
+
+        async with AsyncExitStack() as restarted:
+            processor, api = _apps(tmp_path, storage)
+            await _started(restarted, processor, api)
+            assert processor.state.resources.engine.holder == holder
+            data = session_bytes(MIB + 99, seed=4)
+            r = await (await _gateway(restarted, api, admin)).patch(
+                f"/sessions/{sid}/upload", content=data,
+                headers={**UPLOAD, "Upload-Offset": "0"})
+            assert r.status_code == 200 and r.json()["offset"] == len(data), r.text
+        # the takeover fenced the predecessor's token off: token 2, then released
+        stale = await internal.post(f"/sessions/{sid}/lease/renew", json={
+            "holder": holder, "token": 1, "ttl_seconds": 60})
+        assert stale.status_code == 409 and stale.json()["error"] == "lease_lost"
+        db = sqlite3.connect(tmp_path / "storage" / "metadata.sqlite3")
+        try:
+            assert db.execute("SELECT lease_token, lease_holder FROM sessions WHERE id = ?",
+                              (sid,)).fetchone() == (2, None)
+        finally:
+            db.close()

@@ -25,7 +25,7 @@ from tests.e2e.support import (
     upload,
 )
 from tests.e2e.test_cli import cli
-from tests.storage.rgw_server import RgwServer, rgw_server  # noqa: F401 - a fixture
+from tests.storage.rgw_server import RgwServer
 from tests.storage.s3_server import S3Server, s3_server, weed_binary  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.e2e

@@ -31,7 +31,7 @@ from sessions.core import leaf_hash
 from sessions.storage.chunkstore import ChunkStore, LocalChunkStore
 from sessions.storage.errors import ChunkCommitted, LeafHashMismatch, StorageUnavailable
 from sessions.storage.s3store import UNMETERED, S3ChunkStore
-from tests.storage.rgw_server import RgwServer, rgw_server  # noqa: F401 - a fixture
+from tests.storage.rgw_server import RgwServer
 from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.anyio

@@ -65,6 +65,7 @@ crash dir = {root}/crash
 admin socket = {root}/run/$name.asok
 pid file = {root}/run/$name.pid
 log file = {root}/log/$name.log
+mon cluster log file = {root}/log/$cluster.$channel.log
 keyring = {root}/keyring
 [mon]
 mon data = {root}/mon/$name

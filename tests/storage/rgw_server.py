@@ -154,7 +154,7 @@ class RgwServer:
         self._spawn("rgw", "radosgw", "-n", "client.rgw")
         self._wait_gateway()
         self._run("radosgw-admin", "user", "create", "--uid", "lucid", "--display-name", "lucid",
-                  "--access-key", self.access_key, "--secret-key", self.secret_key)
+                  f"--access-key={self.access_key}", f"--secret-key={self.secret_key}")
         self._create_bucket()
         self.bootstrapped = True
 

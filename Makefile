@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-quick bench bench-core bench-e2e bench-deps lint typecheck clean
+.PHONY: run test test-quick bench bench-core bench-e2e bench-deps lint typecheck clean rgw-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,27 @@ $(TUS_JS): tests/tus/package.json tests/tus/package-lock.json
 run: $(STAMP)
 	$(VENV)/bin/lucid-sessions up
 
-test: $(STAMP) $(TUS_JS)
+# Ceph (one monitor, one in-memory OSD, radosgw) for the chunk-store contract suite on radosgw
+# (tests/storage/rgw_server.py): Debian packages, installed only if missing. Without them
+# those tests skip and say so (CI sets LUCID_REQUIRE_RGW=1, which makes that a failure).
+RGW_BINARIES := ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool
+rgw-deps:
+	@missing=; for b in $(RGW_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then \
+		echo "rgw-deps: ceph-mon ceph-osd radosgw present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+		apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
+			ceph-mon ceph-osd radosgw ceph-common \
+		|| echo "rgw-deps: apt-get install FAILED: the radosgw tests will be SKIPPED"; \
+	else \
+		echo "rgw-deps:$$missing missing and cannot be installed here (not root, or no apt-get):"; \
+		echo "rgw-deps: the radosgw tests will be SKIPPED; install with:"; \
+		echo "rgw-deps: sudo apt-get install --no-install-recommends ceph-mon ceph-osd radosgw ceph-common"; \
+	fi
+
+test: $(STAMP) $(TUS_JS) rgw-deps
 	$(VENV)/bin/ruff check sessions tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

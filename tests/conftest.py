@@ -8,3 +8,7 @@ from hypothesis import settings
 # the code (the machine runs many suites at once), and a test must not depend on speed.
 settings.register_profile("lucid", deadline=None)
 settings.load_profile("lucid")
+
+# The Ceph cluster of tests/storage/rgw_server.py is registered here, once for every test
+# directory: a session fixture imported into several test modules would start one per module.
+from tests.storage.rgw_server import rgw_server  # noqa: E402, F401 - a fixture

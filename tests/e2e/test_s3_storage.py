@@ -1,6 +1,7 @@
-"""The three services with storage's chunks on S3 (SeaweedFS on loopback): a session is
-uploaded, replayed and verified; with the object store stopped an upload answers 503 and
-nothing unwritten is acknowledged; once it is back the session resumes and verifies."""
+"""The three services with storage's chunks on S3 (SeaweedFS, and Ceph radosgw, on loopback):
+a session is uploaded, replayed and verified; with the object store stopped an upload
+answers 503 and nothing unwritten is acknowledged; once it is back the session resumes
+and verifies."""
 
 from __future__ import annotations
 
@@ -24,37 +25,54 @@ from tests.e2e.support import (
     upload,
 )
 from tests.e2e.test_cli import cli
+from tests.storage.rgw_server import RgwServer
 from tests.storage.s3_server import S3Server, s3_server, weed_binary  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def s3_cluster(tmp_path: Path, s3_server: S3Server,  # noqa: F811 - skips with it
-               ) -> Iterator[tuple[Cluster, S3Server]]:
-    """Storage on an S3 server of this test alone (the test stops and restarts it)."""
+def own_s3_server(tmp_path: Path, request: pytest.FixtureRequest,
+                  ) -> Iterator[S3Server | RgwServer]:
+    """An S3 server the test may stop and restart: a SeaweedFS of its own, or the run's Ceph
+    cluster (whose gateway alone is stopped and restarted; it is running again afterwards)."""
+    if request.param == "rgw":
+        cluster: RgwServer = request.getfixturevalue("rgw_server")
+        yield cluster
+        cluster.start()
+        return
+    request.getfixturevalue("s3_server")  # skips with it
     binary = weed_binary()
     assert binary is not None
     server = S3Server(tmp_path / "s3", binary)
     server.root.mkdir()
     server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def s3_cluster(tmp_path: Path, own_s3_server: S3Server | RgwServer,
+               ) -> Iterator[tuple[Cluster, S3Server | RgwServer]]:
+    """Storage on an S3 server the test stops and restarts."""
+    server = own_s3_server
     key, secret = server.write_credentials(tmp_path / "s3-secrets")
     (tmp_path / "cluster").mkdir()
     cluster = Cluster(tmp_path / "cluster")
     cluster.extra_env["storage"] = {
         "LUCID_CHUNK_STORE_URL": server.url("lucid/e2e"), "LUCID_S3_ENDPOINT": server.endpoint,
         "LUCID_S3_ACCESS_KEY_FILE": str(key), "LUCID_S3_SECRET_KEY_FILE": str(secret)}
-    try:
-        with cluster.serving():
-            yield cluster, server
-    finally:
-        server.remove()
+    with cluster.serving():
+        yield cluster, server
     logs = "".join(cluster.log_text(name) for name in ("storage", "processor", "api"))
     assert server.secret_key not in logs and server.access_key not in logs
 
 
-def test_upload_replay_verify_on_s3_and_an_outage(s3_cluster: tuple[Cluster, S3Server],
-                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize("own_s3_server", ["seaweedfs", "rgw"], indirect=True)
+def test_upload_replay_verify_on_s3_and_an_outage(
+        s3_cluster: tuple[Cluster, S3Server | RgwServer], tmp_path: Path) -> None:
     cluster, server = s3_cluster
     data = session_bytes(3 * MIB + 4321, seed=170)
     with cluster.client() as api:

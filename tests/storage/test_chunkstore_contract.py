@@ -1,6 +1,8 @@
-"""The chunk-store contract: the local directory and S3 (SeaweedFS on loopback) behave alike.
+"""The chunk-store contract: the local directory and S3 behave alike, on two S3 servers
+started on loopback: SeaweedFS (tests/storage/s3_server.py) and Ceph's radosgw
+(tests/storage/rgw_server.py).
 
-Every test here runs against both `ChunkStore` implementations; what only one of them
+Every test here runs against the local directory and both servers; what only one store
 has (file layout, fsync, temp files) stays in test_storage_chunkstore.py.
 """
 
@@ -29,24 +31,35 @@ from sessions.core import leaf_hash
 from sessions.storage.chunkstore import ChunkStore, LocalChunkStore
 from sessions.storage.errors import ChunkCommitted, LeafHashMismatch, StorageUnavailable
 from sessions.storage.s3store import UNMETERED, S3ChunkStore
+from tests.storage.rgw_server import RgwServer
 from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.anyio
 MAX = 4 * 1024 * 1024
 
 
-def s3_store(server: S3Server, url: str | None = None) -> S3ChunkStore:
+# The S3 servers by fixture name (each is started once per test session, on first use).
+SERVERS = {"seaweedfs": "s3_server", "rgw": "rgw_server"}
+
+
+def s3_store(server: S3Server | RgwServer, url: str | None = None) -> S3ChunkStore:
     bucket, _, prefix = (url or server.url()).removeprefix("s3://").partition("/")
     return S3ChunkStore(bucket=bucket, prefix=prefix, endpoint=server.endpoint, region=REGION,
                         access_key_id=server.access_key, secret_access_key=server.secret_key)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=list(SERVERS))
+def any_s3(request: pytest.FixtureRequest) -> S3Server | RgwServer:
+    """Each S3 server in turn."""
+    server: S3Server | RgwServer = request.getfixturevalue(SERVERS[request.param])
+    return server
+
+
+@pytest.fixture(params=["local", *SERVERS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChunkStore:
     if request.param == "local":
         return LocalChunkStore(tmp_path / "chunkroot")
-    server: S3Server = request.getfixturevalue("s3_server")
-    return s3_store(server)
+    return s3_store(request.getfixturevalue(SERVERS[request.param]))
 
 
 async def stream(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -193,14 +206,14 @@ async def test_session_ids_lists_sessions_with_chunks(store: ChunkStore,
     assert await store.free_bytes() > MAX
 
 
-async def test_s3_conditional_put_keeps_an_object_immutable(s3_server: S3Server,  # noqa: F811
+async def test_s3_conditional_put_keeps_an_object_immutable(any_s3: S3Server | RgwServer,
                                                             ids: Callable[[], str]) -> None:
     """The object of a chunk is created with If-None-Match: *; the server refuses a second."""
-    url = s3_server.url()
-    store = s3_store(s3_server, url)
+    url = any_s3.url()
+    store = s3_store(any_s3, url)
     sid = ids()
     await put(store, sid, 0, b"sealed")
-    raw = s3_server.store()
+    raw = any_s3.store()
     key = f"{url.split('/', 3)[3]}/{sid}/0000000000/{leaf_hash(b'sealed').hex()}.lcs"
     with pytest.raises(obstore.exceptions.AlreadyExistsError):
         await obstore.put_async(raw, key, b"forged", mode="create")
@@ -224,9 +237,9 @@ async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:
 
 
 async def test_s3_a_refused_or_replaced_attempt_leaves_no_object(
-        s3_server: S3Server, ids: Callable[[], str]) -> None:  # noqa: F811
-    url = s3_server.url()
-    store, raw, prefix = s3_store(s3_server, url), s3_server.store(), url.split("/", 3)[3]
+        any_s3: S3Server | RgwServer, ids: Callable[[], str]) -> None:
+    url = any_s3.url()
+    store, raw, prefix = s3_store(any_s3, url), any_s3.store(), url.split("/", 3)[3]
     sid = ids()
     await put(store, sid, 0, b"staged")
     await put(store, sid, 0, b"restaged")

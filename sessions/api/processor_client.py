@@ -8,6 +8,7 @@ unchanged as `ServiceError`s; transport failures become `UpstreamUnavailable`.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
@@ -90,10 +91,11 @@ class ProcessorClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 kind: Transport = Transport.WIRE) -> None:
+                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None) -> None:
         self._ready_url = f"{base_url}/ready"
         self._http = service_client(f"{base_url}/internal/v1", token, timeout=JSON_TIMEOUT,
-                                    transport=transport, kind=kind, max_connections=256)
+                                    transport=transport, kind=kind, max_connections=256,
+                                    tls=tls)
 
     async def aclose(self) -> None:
         await self._http.aclose()

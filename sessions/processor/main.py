@@ -34,7 +34,8 @@ async def lifespan(settings: Settings, metrics: Metrics, *, keys: NodeKeys,
                    ) -> AsyncIterator[Resources]:
     """Open the storage client and the engine, run the scrub and sweep loops; stop all after."""
     storage = StorageClient(settings.storage_url, settings.service_token(),
-                            transport=storage_transport, kind=settings.http_transport)
+                            transport=storage_transport, kind=settings.http_transport,
+                            tls=settings.upstream_tls())
     engine = Engine(storage, keys, settings, metrics)
     scrubber = Scrubber(engine, settings, metrics) if settings.scrub_interval > 0 else None
     resources = Resources(storage, engine, Sweeper(engine, settings), scrubber)

@@ -10,6 +10,7 @@ answer that does not fit the contract becomes `UpstreamUnavailable`.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -73,8 +74,8 @@ class StorageClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 kind: Transport = Transport.WIRE) -> None:
-        self._http = service_client(base_url, token, transport=transport, kind=kind,
+                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None) -> None:
+        self._http = service_client(base_url, token, transport=transport, kind=kind, tls=tls,
                                     timeout=httpx.Timeout(60.0, connect=5.0))
 
     async def aclose(self) -> None:

@@ -19,6 +19,7 @@ from sessions.api.actor import actor_headers
 from sessions.common.errors import NotFound, NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
+from sessions.common.tls import log_tls_failure
 from sessions.contract import operations as ops
 from sessions.contract.models import (
     AuditPage,
@@ -56,6 +57,7 @@ def _translated() -> Iterator[None]:
     except httpx.TimeoutException as exc:
         raise UpstreamUnavailable("the chunk processor did not answer in time") from exc
     except httpx.TransportError as exc:
+        log_tls_failure(log, exc, "the chunk processor")
         raise UpstreamUnavailable("the chunk processor is not answering") from exc
 
 

@@ -15,12 +15,13 @@ never the file's contents.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
 from sessions.common.secrets import ConfigError, read_secret_file
 
-__all__ = ["client_context", "server_files", "tls_failure"]
+__all__ = ["client_context", "log_tls_failure", "server_files", "tls_failure"]
 
 
 def _no_password() -> bytes:
@@ -98,3 +99,14 @@ def tls_failure(exc: BaseException) -> str | None:
             return f"TLS handshake failed ({seen.reason or type(seen).__name__})"
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def log_tls_failure(log: logging.Logger, exc: BaseException, upstream: str) -> None:
+    """Log, as an error, why TLS to `upstream` failed, if that is what ended exc.
+
+    A refused certificate is a misconfiguration only the operator can fix, so the
+    reason goes to the log; the caller's answer stays a plain 503.
+    """
+    why = tls_failure(exc)
+    if why is not None:
+        log.error("TLS to %s failed: %s", upstream, why)

@@ -28,6 +28,7 @@ from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditPage
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
+from sessions.common.tls import log_tls_failure
 from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
 from sessions.contract import storage as ops
 from sessions.contract.models import SessionPage
@@ -88,6 +89,7 @@ class StorageClient:
                                             headers=op.headers or None, json=op.json,
                                             content=content)
         except httpx.HTTPError as exc:
+            log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code >= 400:
             raise _error(resp.status_code, resp.content)
@@ -107,6 +109,7 @@ class StorageClient:
         try:
             resp = await self._http.request(op.method, op.path)
         except httpx.HTTPError as exc:
+            log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code != 200:
             raise UpstreamUnavailable("session storage is not ready")
@@ -233,6 +236,7 @@ class StorageClient:
         try:
             resp = await self._http.send(req, stream=True)
         except httpx.HTTPError as exc:
+            log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         try:
             if resp.status_code >= 400:

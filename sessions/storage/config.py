@@ -11,7 +11,7 @@ from pydantic import Field
 
 from sessions.common.secrets import ConfigError, read_secret_file
 from sessions.common.settings import CommonSettings, load
-from sessions.storage.dburl import MetadataUrl, parse, redact
+from sessions.storage.dburl import MetadataUrl, holds_secret, parse
 
 DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024 + 4096
 METADATA_FILE = "metadata.sqlite3"
@@ -116,7 +116,7 @@ class Settings(CommonSettings):
             text = read_secret_file(self.metadata_url_file, what="metadata URL")
         elif self.metadata_url is not None:
             text = self.metadata_url
-            if redact(text) != text and ":" in text.split("://", 1)[1].split("@", 1)[0]:
+            if holds_secret(text):
                 raise ConfigError("LUCID_METADATA_URL must not hold a password; put the URL in "
                                   "LUCID_METADATA_URL_FILE or the password in "
                                   "LUCID_METADATA_PASSWORD_FILE")

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from sessions.common.secrets import ConfigError, read_secret_file
 from sessions.common.settings import CommonSettings, load
+from sessions.common.tls import client_context
 from sessions.storage.dburl import MetadataUrl, holds_secret, parse
 
 DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024 + 4096
@@ -29,6 +30,7 @@ class S3Location:
     region: str
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
+    root_certificate: str | None = field(default=None, repr=False)  # PEM: LUCID_S3_CA_FILE
 
     @property
     def redacted(self) -> str:
@@ -89,6 +91,8 @@ class Settings(CommonSettings):
                                             "key id")
     s3_secret_key_file: Path | None = Field(None, description="file holding the S3 secret "
                                             "access key")
+    s3_ca_file: Path | None = Field(None, description="PEM CA bundle trusted for an https:// "
+                                    "S3 endpoint, besides the system's CAs (README, TLS)")
 
     @property
     def port(self) -> int:
@@ -141,7 +145,19 @@ class Settings(CommonSettings):
             bucket=bucket, prefix=prefix, endpoint=self.s3_endpoint, region=self.s3_region,
             access_key_id=read_secret_file(self.s3_access_key_file, what="S3 access key id"),
             secret_access_key=read_secret_file(self.s3_secret_key_file,
-                                               what="S3 secret access key"))
+                                               what="S3 secret access key"),
+            root_certificate=self._s3_root_certificate())
+
+    def _s3_root_certificate(self) -> str | None:
+        """Return the PEM text of LUCID_S3_CA_FILE (None if unset); ConfigError if it is not
+        a CA bundle, or if the endpoint is not https (the file would go unused)."""
+        if self.s3_ca_file is None:
+            return None
+        if not (self.s3_endpoint or "").lower().startswith("https://"):
+            raise ConfigError("LUCID_S3_CA_FILE is set, but LUCID_S3_ENDPOINT is not an "
+                              "https:// URL: use https, or unset it")
+        client_context(self.s3_ca_file, env="LUCID_S3_CA_FILE")  # parses, or names the file
+        return read_secret_file(self.s3_ca_file, what="LUCID_S3_CA_FILE")
 
 
 def load_settings() -> Settings:

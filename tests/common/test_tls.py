@@ -82,6 +82,7 @@ def test_a_client_context_verifies_chain_and_name_and_names_a_bad_ca_file(
     context = client_context(pki.ca)
     assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert context.verify_flags & ssl.VERIFY_X509_STRICT  # as Python 3.13, the images' Python
     assert client_context(None).cert_store_stats()["x509_ca"] >= 0  # the system's CAs
     with pytest.raises(ConfigError, match="LUCID_TLS_CA_FILE: file .* does not exist"):
         client_context(tmp_path / "absent.pem")

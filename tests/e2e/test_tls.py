@@ -12,6 +12,8 @@ never reaches a log.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from sessions.client.launcher import SERVICES, Node, free_ports
+from sessions.client.launcher import REPO, SERVICES, Node, free_ports
 from sessions.common.tls import client_context
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import ID_RE, MIB, session_bytes
@@ -210,3 +212,23 @@ def test_a_hop_to_a_server_another_ca_signed_is_refused_and_logged(
     assert "Traceback" not in log
     for name in SERVICES:
         assert pki.key_text.strip() not in (tmp_path / f"{name}.log").read_text()
+
+
+@pytest.mark.parametrize("name", ["processor", "storage"])
+def test_the_images_healthcheck_probes_a_service_serving_mutual_tls(
+        tls_cluster: Cluster, pki: Pki, name: str) -> None:
+    """The HEALTHCHECK command of sessions/Dockerfile.<name>, run as the container would."""
+    text = (REPO / "sessions" / f"Dockerfile.{name}").read_text()
+    found = re.search(r"^HEALTHCHECK .*\n\s+CMD (\[.*\])$", text, re.M)
+    assert found is not None
+    probe = json.loads(found.group(1))
+    env = {k: v for k, v in tls_cluster.env_of(name).items() if not k.startswith("LUCID_")}
+    env |= {f"LUCID_{name.upper()}_PORT": str(tls_cluster.ports[name]),
+            "LUCID_TLS_CERT_FILE": str(pki.cert), "LUCID_TLS_KEY_FILE": str(pki.key),
+            "LUCID_TLS_CLIENT_CA_FILE": str(pki.ca)}
+    command = [sys.executable, *probe[1:]]
+    assert subprocess.run(command, env=env, capture_output=True, timeout=60,  # noqa: S603
+                          check=False).returncode == 0
+    del env["LUCID_TLS_CLIENT_CA_FILE"]  # no client certificate shown: refused
+    assert subprocess.run(command, env=env, capture_output=True, timeout=60,  # noqa: S603
+                          check=False).returncode != 0

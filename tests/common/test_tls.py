@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +24,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from sessions.api.config import Settings as ApiSettings
+from sessions.client.launcher import REPO
 from sessions.common.httpclient import service_client
 from sessions.common.secrets import ConfigError
 from sessions.common.settings import Transport
@@ -230,3 +234,28 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Pki, other
                                       tls=tls) as client:
                 with pytest.raises(httpx.HTTPError):  # TLS 1.3: refused after the handshake
                     await client.get("/")
+
+
+@pytest.mark.parametrize(("service", "env", "needle"), [
+    ("storage", {"LUCID_TLS_KEY_FILE": "{other.key}"}, "LUCID_TLS_KEY_FILE"),
+    ("processor", {"LUCID_TLS_CA_FILE": "{pki.ca}"}, "LUCID_TLS_CA_FILE set, but the upstream"),
+    ("api", {"LUCID_PROCESSOR_URL": "https://127.0.0.1:1", "LUCID_TLS_CA_FILE": "{garbage}"},
+     "holds no PEM CA certificate"),
+])
+def test_a_bad_tls_setting_stops_a_service_at_start(
+        tmp_path: Path, pki: Pki, other: Pki, service: str, env: dict[str, str],
+        needle: str) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("nothing\n")
+    values = {"LUCID_TLS_CERT_FILE": str(pki.cert), "LUCID_TLS_KEY_FILE": str(pki.key)}
+    values |= {k: v.format(pki=pki, other=other, garbage=garbage) for k, v in env.items()}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
+    result = subprocess.run(  # noqa: S603 - our interpreter and module
+        [sys.executable, "-m", f"sessions.{service}"], cwd=REPO, timeout=60, check=False,
+        env={**clean, "LUCID_DATA_DIR": str(tmp_path / "data"), "LUCID_API_PORT": "1",
+             "LUCID_PROCESSOR_PORT": "1", "LUCID_STORAGE_PORT": "1", **values},
+        capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {service}: ") and needle in last, result.stderr
+    assert "Traceback" not in result.stderr and "PRIVATE KEY" not in result.stderr

@@ -1,4 +1,4 @@
-"""The transport setting: wire (default) or httpx, each carrying real service hops (TLS: test_tls).
+"""The transport setting: wire (default) or httpx, each carrying real service hops (TLS: elsewhere).
 
 The end-to-end test starts the three services as processes on loopback ports,
 once per transport, and sends a session through both hops (gateway -> processor

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -48,6 +49,8 @@ class MongoServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "secantus.log"
         self.data = root / "data"
+        self.extra_args: list[str] = []  # e.g. SecantusDB's --tls-* flags (tests/e2e/test_tls.py)
+        self.client_options: dict[str, Any] = {}  # what a client then needs (tls=True, ...)
 
     @property
     def can_restart(self) -> bool:
@@ -78,7 +81,7 @@ class MongoServer:
                  "--host", "127.0.0.1", "--port", str(self.port),
                  "--storage-path", str(self.data), "--log-level", "WARNING",
                  "--cache-size", "64M",
-                 "--sync-on-commit"],  # j: true means fsync'd, as with mongod
+                 "--sync-on-commit", *self.extra_args],  # j: true means fsync'd, as mongod
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent)
         self.wait_answering()
@@ -90,7 +93,8 @@ class MongoServer:
                 raise RuntimeError("SecantusDB exited:\n" + log_tail(self.log))
             try:
                 with MongoClient(f"mongodb://127.0.0.1:{self.port}/",
-                                 serverSelectionTimeoutMS=500, directConnection=True) as c:
+                                 serverSelectionTimeoutMS=500, directConnection=True,
+                                 **self.client_options) as c:
                     c.admin.command("ping")
                 return
             except Exception:  # not up yet: poll again

@@ -9,14 +9,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from sessions.common.secrets import (
-    ConfigError,
-    check_token,
-    load_or_create,
-    new_token,
-    read_secret_file,
-)
-from sessions.common.settings import CommonSettings, load, plain_http_url
+from sessions.common.secrets import check_token, load_or_create, new_token
+from sessions.common.settings import CommonSettings, load, service_url
 
 log = logging.getLogger("lucid.config")
 
@@ -51,14 +45,11 @@ class Settings(CommonSettings):
                                      "request_timeout and frees the session's writer slot")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS "
                               "(e.g. https://rec.example.com); empty: CORS off")
-    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve "
-                                       "HTTPS with; set with LUCID_TLS_KEY_FILE")
-    tls_key_file: Path | None = Field(None, description="PEM private key of LUCID_TLS_CERT_FILE")
 
     @field_validator("processor_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
-        return plain_http_url(v)
+        return service_url(v)
 
     @field_validator("cors_origins")
     @classmethod
@@ -77,18 +68,9 @@ class Settings(CommonSettings):
     def port(self) -> int:
         return self.api_port
 
-    def tls_files(self) -> tuple[Path | None, Path | None]:
-        """Return the (certificate, key) files to serve HTTPS with, (None, None) for HTTP.
-
-        Raises ConfigError unless both or neither are set, and both readable and non-empty.
-        """
-        if self.tls_cert_file is None and self.tls_key_file is None:
-            return None, None
-        if self.tls_cert_file is None or self.tls_key_file is None:
-            raise ConfigError("set both LUCID_TLS_CERT_FILE and LUCID_TLS_KEY_FILE, or neither")
-        read_secret_file(self.tls_cert_file, what="TLS certificate")
-        read_secret_file(self.tls_key_file, what="TLS key")
-        return self.tls_cert_file, self.tls_key_file
+    @property
+    def upstream_url(self) -> str:
+        return self.processor_url
 
     def preflight(self) -> None:
         """Read the service token and the admin token now (ConfigError if unusable)."""

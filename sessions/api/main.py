@@ -73,7 +73,8 @@ async def lifespan(settings: Settings, *,
                    ) -> AsyncIterator[Resources]:
     """Read the tokens and open the processor client; close it on the way out."""
     client = ProcessorClient(settings.processor_url, settings.service_token(),
-                             transport=processor_transport, kind=settings.http_transport)
+                             transport=processor_transport, kind=settings.http_transport,
+                             tls=settings.upstream_tls())
     try:
         yield Resources(processor=client,
                         verifier=TokenVerifier(settings.admin_token(), client.find_token,

@@ -8,6 +8,7 @@ unchanged as `ServiceError`s; transport failures become `UpstreamUnavailable`.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
@@ -18,6 +19,7 @@ from sessions.api.actor import actor_headers
 from sessions.common.errors import NotFound, NotReady, UpstreamUnavailable, error_from_body
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
+from sessions.common.tls import log_tls_failure
 from sessions.contract import operations as ops
 from sessions.contract.models import (
     AuditPage,
@@ -55,6 +57,7 @@ def _translated() -> Iterator[None]:
     except httpx.TimeoutException as exc:
         raise UpstreamUnavailable("the chunk processor did not answer in time") from exc
     except httpx.TransportError as exc:
+        log_tls_failure(log, exc, "the chunk processor")
         raise UpstreamUnavailable("the chunk processor is not answering") from exc
 
 
@@ -90,10 +93,11 @@ class ProcessorClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 kind: Transport = Transport.WIRE) -> None:
+                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None) -> None:
         self._ready_url = f"{base_url}/ready"
         self._http = service_client(f"{base_url}/internal/v1", token, timeout=JSON_TIMEOUT,
-                                    transport=transport, kind=kind, max_connections=256)
+                                    transport=transport, kind=kind, max_connections=256,
+                                    tls=tls)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -10,8 +10,9 @@ transport or aiohttp's) because it costs the services measurably less CPU per GB
 README, "Service transport decision".  `LUCID_HTTP_TRANSPORT=httpx` falls back to
 httpx's own transport (sessions/common/httpclient.py).
 
-It speaks only what the services need: plain HTTP/1.1 to our own upstreams,
-persistent connections, Content-Length or chunked bodies both ways.  It reads
+It speaks only what the services need: HTTP/1.1 to our own upstreams, in the clear
+or over TLS (`https://`: the peer verified by the transport's `ssl.SSLContext`, host
+name included), persistent connections, Content-Length or chunked bodies both ways.  It reads
 responses as h11 does (tests/common/test_wire_differential.py holds it to h11's verdicts)
 and is stricter where h11 is lenient: it refuses Content-Length together with
 Transfer-Encoding (RFC 9112 section 6.3), any transfer coding but chunked, control
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -34,6 +36,8 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 import httpx
+
+from sessions.common.tls import tls_failure
 
 __all__ = ["MAX_HEAD", "WireTransport", "parse_response_head"]
 
@@ -72,7 +76,7 @@ class _Wire(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._read_paused = False
-        self.key: tuple[str, int] = ("", 0)
+        self.key: tuple[str, str, int] = ("", "", 0)
         self.idle_since = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -284,27 +288,34 @@ class _Response(httpx.AsyncByteStream):
 
 
 class WireTransport(httpx.AsyncBaseTransport):
-    """Plain-HTTP/1.1 transport with a pool of persistent connections per upstream.
+    """HTTP/1.1 transport (http:// or https://) with a pool of persistent connections per upstream.
 
     At most `max_connections` exchanges run at once (more wait up to the pool
     timeout); at most `max_idle` idle connections are kept, each for at most
     `keepalive_expiry` seconds, which must stay below the upstream's own
     keep-alive timeout (uvicorn: 5 s) so a reused connection is never half-closed.
+    An https:// upstream is verified with `tls` (None: the system's CAs, host name
+    checked); a context that does not verify the peer is refused.
     """
 
     def __init__(self, *, max_connections: int = 64, max_idle: int = 32,
-                 keepalive_expiry: float = 4.0) -> None:
+                 keepalive_expiry: float = 4.0, tls: ssl.SSLContext | None = None) -> None:
         if max_connections < 1 or max_idle < 0 or keepalive_expiry <= 0:
             raise ValueError("connection limits must be positive")
+        if tls is not None and (tls.verify_mode is not ssl.CERT_REQUIRED
+                                or not tls.check_hostname):
+            raise ValueError("the service transport verifies its peers: the TLS context must "
+                             "require a certificate and check the host name")
         self._max_connections, self._max_idle = max_connections, max_idle
         self._expiry = keepalive_expiry
-        self._idle: dict[tuple[str, int], list[_Wire]] = {}
+        self._tls = tls
+        self._idle: dict[tuple[str, str, int], list[_Wire]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme != "http":
-            raise httpx.UnsupportedProtocol("the service transport speaks plain http only")
+        if request.url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol("the service transport speaks http and https only")
         timeouts = request.extensions.get("timeout", {})
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
@@ -323,7 +334,8 @@ class WireTransport(httpx.AsyncBaseTransport):
 
     async def _checkout(self, request: httpx.Request, seconds: float | None) -> _Wire:
         """Return an idle live connection to the request's host, or a new one."""
-        key = (request.url.host, request.url.port or 80)
+        scheme, host = request.url.scheme, request.url.host
+        key = (scheme, host, request.url.port or (443 if scheme == "https" else 80))
         idle = self._idle.get(key, [])
         now = time.monotonic()
         while idle:
@@ -332,12 +344,20 @@ class WireTransport(httpx.AsyncBaseTransport):
                 return wire
             wire.close()
         loop = asyncio.get_running_loop()
+        tls: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
         try:
             async with _deadline(seconds, httpx.ConnectTimeout, "the upstream did not accept "
                                  "a connection in time"):
-                _, wire = await loop.create_connection(_Wire, *key)
+                _, wire = await loop.create_connection(
+                    _Wire, host, key[2], ssl=tls, server_hostname=host if tls else None)
         except OSError as exc:
-            raise httpx.ConnectError(f"cannot connect to {key[0]}:{key[1]}") from exc
+            why = tls_failure(exc)
+            raise httpx.ConnectError(f"cannot connect to {host}:{key[2]}"
+                                     + (f": {why}" if why else "")) from exc
         wire.key = key
         return wire
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
+import ssl
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -93,8 +94,11 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
         return 2
     import uvicorn
 
+    client_ca = settings.tls_client_ca_file if cert is not None else None
     uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
                 http=_pick("httptools", "h11"), access_log=False, lifespan="on",
                 timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
-                ssl_certfile=cert, ssl_keyfile=key)
+                ssl_certfile=cert, ssl_keyfile=key,
+                ssl_ca_certs=None if client_ca is None else str(client_ca),
+                ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
     return 0

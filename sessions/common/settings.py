@@ -8,6 +8,7 @@ whose message names every bad variable, without echoing secret values.
 from __future__ import annotations
 
 import logging
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -16,6 +17,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sessions.common.secrets import ConfigError, check_token, load_or_create, new_token
+from sessions.common.tls import client_context, server_files
 
 log = logging.getLogger("lucid.config")
 
@@ -34,11 +36,8 @@ class Transport(StrEnum):
     HTTPX = "httpx"  # httpx's own transport (httpcore and h11): the fallback
 
 
-def plain_http_url(url: str) -> str:
-    """Return a service URL without its trailing slash; refuse https (no TLS between services)."""
-    if url.lower().startswith("https://"):
-        raise ValueError("https is not supported between services yet: use http:// to a "
-                         "service on this host or a private network")
+def service_url(url: str) -> str:
+    """Return a service URL (http:// or https://) without its trailing slash."""
     return url.rstrip("/")
 
 
@@ -57,6 +56,19 @@ class CommonSettings(BaseSettings):
                                             "service token")
     http_transport: Transport = Field(Transport.WIRE, description="client transport for calls "
                                       "to the other services: wire, or httpx (the fallback)")
+    # TLS (sessions/common/tls.py; README, "TLS")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve "
+                                       "HTTPS with; set with LUCID_TLS_KEY_FILE")
+    tls_key_file: Path | None = Field(None, description="PEM private key of LUCID_TLS_CERT_FILE "
+                                      "(a secret file)")
+    tls_ca_file: Path | None = Field(None, description="PEM CA bundle an https:// upstream "
+                                     "service must chain to (unset: the system's CAs)")
+    tls_client_ca_file: Path | None = Field(None, description="mutual TLS: accept only clients "
+                                            "presenting a certificate this CA bundle signed")
+    tls_client_cert_file: Path | None = Field(None, description="mutual TLS: the certificate "
+                                              "this service presents to its upstream")
+    tls_client_key_file: Path | None = Field(None, description="mutual TLS: the private key of "
+                                             "LUCID_TLS_CLIENT_CERT_FILE (a secret file)")
 
     @property
     def production(self) -> bool:
@@ -71,13 +83,45 @@ class CommonSettings(BaseSettings):
         """Return the port this service listens on (each service names its own setting)."""
         raise NotImplementedError
 
+    @property
+    def upstream_url(self) -> str | None:
+        """Return the URL of the service this one calls (None: it calls none)."""
+        return None
+
     def preflight(self) -> None:
         """Read every secret the service needs, so a missing one stops it before it serves."""
         self.service_token()
+        self.tls_files()
+        self.upstream_tls()
 
     def tls_files(self) -> tuple[Path | None, Path | None]:
-        """Return the (certificate, key) files to serve HTTPS with; (None, None): plain HTTP."""
-        return None, None
+        """Return the (certificate, key) files to serve HTTPS with, (None, None) for HTTP.
+
+        Raises ConfigError unless both or neither are set, readable, and a matching pair.
+        """
+        return server_files(self.tls_cert_file, self.tls_key_file,
+                            client_ca=self.tls_client_ca_file)
+
+    def upstream_tls(self) -> ssl.SSLContext | None:
+        """Return the context verifying an https:// upstream; None for http:// or none.
+
+        Raises ConfigError if a TLS client setting is given for a plain-http upstream
+        (it would be silently unused), or if its files are unusable.
+        """
+        url = self.upstream_url
+        if url is None:
+            return None
+        if not url.lower().startswith("https://"):
+            given = [name for name, value in (
+                ("LUCID_TLS_CA_FILE", self.tls_ca_file),
+                ("LUCID_TLS_CLIENT_CERT_FILE", self.tls_client_cert_file),
+                ("LUCID_TLS_CLIENT_KEY_FILE", self.tls_client_key_file)) if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} set, but the upstream {url} is plain "
+                                  "http: use an https:// URL, or unset them")
+            return None
+        return client_context(self.tls_ca_file, cert=self.tls_client_cert_file,
+                              key=self.tls_client_key_file)
 
     def service_token(self) -> str:
         """Return the internal service token, generating it in local mode if missing."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from sessions.common.settings import CommonSettings, load, plain_http_url
+from sessions.common.settings import CommonSettings, load, service_url
 from sessions.core import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_ZSTD_LEVEL,
@@ -96,7 +96,7 @@ class Settings(CommonSettings):
     @field_validator("storage_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
-        return plain_http_url(v)
+        return service_url(v)
 
     @property
     def port(self) -> int:
@@ -106,6 +106,10 @@ class Settings(CommonSettings):
     def lease_holder_dir(self) -> Path:
         """Return where this data dir's writer-lease holder ids live (`lease.holder_identity`)."""
         return self.data_dir / "processor" / "lease-holders"
+
+    @property
+    def upstream_url(self) -> str:
+        return self.storage_url
 
 
 def load_settings() -> Settings:

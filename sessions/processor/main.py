@@ -35,7 +35,8 @@ async def lifespan(settings: Settings, metrics: Metrics, *, keys: NodeKeys,
                    ) -> AsyncIterator[Resources]:
     """Open the storage client and the engine, run the scrub and sweep loops; stop all after."""
     storage = StorageClient(settings.storage_url, settings.service_token(),
-                            transport=storage_transport, kind=settings.http_transport)
+                            transport=storage_transport, kind=settings.http_transport,
+                            tls=settings.upstream_tls())
     tasks: list[asyncio.Task[None]] = []
     with holder_identity(settings.lease_holder_dir, settings.node_name) as holder:
         engine = Engine(storage, keys, settings, metrics, holder=holder)

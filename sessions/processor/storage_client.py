@@ -10,6 +10,7 @@ answer that does not fit the contract becomes `UpstreamUnavailable`.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from sessions.common.evidence import AuditAppend, AuditEntryModel, AuditPage
 from sessions.common.httpclient import service_client
 from sessions.common.settings import Transport
 from sessions.common.states import SessionState
+from sessions.common.tls import log_tls_failure
 from sessions.common.tokens import NewToken, StoredToken, StoredTokenList
 from sessions.contract import storage as ops
 from sessions.contract.models import SessionPage
@@ -74,8 +76,8 @@ class StorageClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 kind: Transport = Transport.WIRE) -> None:
-        self._http = service_client(base_url, token, transport=transport, kind=kind,
+                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None) -> None:
+        self._http = service_client(base_url, token, transport=transport, kind=kind, tls=tls,
                                     timeout=httpx.Timeout(60.0, connect=5.0))
 
     async def aclose(self) -> None:
@@ -88,6 +90,7 @@ class StorageClient:
                                             headers=op.headers or None, json=op.json,
                                             content=content)
         except httpx.HTTPError as exc:
+            log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code >= 400:
             raise _error(resp.status_code, resp.content)
@@ -107,6 +110,7 @@ class StorageClient:
         try:
             resp = await self._http.request(op.method, op.path)
         except httpx.HTTPError as exc:
+            log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         if resp.status_code != 200:
             raise UpstreamUnavailable("session storage is not ready")
@@ -249,6 +253,7 @@ class StorageClient:
         try:
             resp = await self._http.send(req, stream=True)
         except httpx.HTTPError as exc:
+            log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         try:
             if resp.status_code >= 400:

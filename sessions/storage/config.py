@@ -11,7 +11,8 @@ from pydantic import Field
 
 from sessions.common.secrets import ConfigError, read_secret_file
 from sessions.common.settings import CommonSettings, load
-from sessions.storage.dburl import MetadataUrl, parse, redact
+from sessions.common.tls import client_context
+from sessions.storage.dburl import MetadataUrl, holds_secret, parse
 
 DEFAULT_MAX_CHUNK_BYTES = 16 * 1024 * 1024 + 4096
 METADATA_FILE = "metadata.sqlite3"
@@ -29,6 +30,7 @@ class S3Location:
     region: str
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
+    root_certificate: str | None = field(default=None, repr=False)  # PEM: LUCID_S3_CA_FILE
 
     @property
     def redacted(self) -> str:
@@ -89,6 +91,8 @@ class Settings(CommonSettings):
                                             "key id")
     s3_secret_key_file: Path | None = Field(None, description="file holding the S3 secret "
                                             "access key")
+    s3_ca_file: Path | None = Field(None, description="PEM CA bundle trusted for an https:// "
+                                    "S3 endpoint, besides the system's CAs (README, TLS)")
 
     @property
     def port(self) -> int:
@@ -116,7 +120,7 @@ class Settings(CommonSettings):
             text = read_secret_file(self.metadata_url_file, what="metadata URL")
         elif self.metadata_url is not None:
             text = self.metadata_url
-            if redact(text) != text and ":" in text.split("://", 1)[1].split("@", 1)[0]:
+            if holds_secret(text):
                 raise ConfigError("LUCID_METADATA_URL must not hold a password; put the URL in "
                                   "LUCID_METADATA_URL_FILE or the password in "
                                   "LUCID_METADATA_PASSWORD_FILE")
@@ -141,7 +145,19 @@ class Settings(CommonSettings):
             bucket=bucket, prefix=prefix, endpoint=self.s3_endpoint, region=self.s3_region,
             access_key_id=read_secret_file(self.s3_access_key_file, what="S3 access key id"),
             secret_access_key=read_secret_file(self.s3_secret_key_file,
-                                               what="S3 secret access key"))
+                                               what="S3 secret access key"),
+            root_certificate=self._s3_root_certificate())
+
+    def _s3_root_certificate(self) -> str | None:
+        """Return the PEM text of LUCID_S3_CA_FILE (None if unset); ConfigError if it is not
+        a CA bundle, or if the endpoint is not https (the file would go unused)."""
+        if self.s3_ca_file is None:
+            return None
+        if not (self.s3_endpoint or "").lower().startswith("https://"):
+            raise ConfigError("LUCID_S3_CA_FILE is set, but LUCID_S3_ENDPOINT is not an "
+                              "https:// URL: use https, or unset it")
+        client_context(self.s3_ca_file, env="LUCID_S3_CA_FILE")  # parses, or names the file
+        return read_secret_file(self.s3_ca_file, what="LUCID_S3_CA_FILE")
 
 
 def load_settings() -> Settings:

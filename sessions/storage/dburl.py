@@ -3,6 +3,7 @@
     sqlite:///absolute/path/metadata.sqlite3        (sqlite:////abs or sqlite:///rel also work)
     mongodb://user@host1,host2/lucid?replicaSet=rs0   (the database is the URL's path)
     mongodb+srv://cluster.example.net/lucid
+    mongodb://db.example.net/lucid?tls=true&tlsCAFile=/run/secrets/mongo-ca.pem   (PyMongo TLS)
 
 A URL holding a password is a secret: it comes from a file (`LUCID_METADATA_URL_FILE`),
 or its password from `LUCID_METADATA_PASSWORD_FILE`.  `MetadataUrl.redacted` is the
@@ -21,11 +22,21 @@ from sessions.common.secrets import ConfigError
 SCHEMES = ("sqlite", "mongodb", "mongodb+srv")
 _DB_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _USERINFO = re.compile(r"(?<=://)[^@/]*@")
+_SECRET_OPTION = re.compile(r"(?i)([?&]tlsCertificateKeyFilePassword=)[^&#]*")
+"""The one URL option holding a secret: the passphrase of a TLS client key."""
 
 
 def redact(url: str) -> str:
-    """Return url with any user:password@ part replaced by `***@`; never raises."""
-    return _USERINFO.sub("***@", url)
+    """Return url with any user:password@ part, and a TLS key's passphrase, replaced by `***`;
+    never raises."""
+    return _SECRET_OPTION.sub(r"\1***", _USERINFO.sub("***@", url))
+
+
+def holds_secret(url: str) -> bool:
+    """Return whether url carries a password or a TLS key's passphrase (then it must come
+    from a file)."""
+    userinfo = _USERINFO.search(url)
+    return (userinfo is not None and ":" in userinfo.group()) or bool(_SECRET_OPTION.search(url))
 
 
 @dataclass(frozen=True)

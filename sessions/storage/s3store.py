@@ -62,7 +62,8 @@ def open_s3_store(location: S3Location) -> S3ChunkStore:
     return S3ChunkStore(bucket=location.bucket, prefix=location.prefix,
                         endpoint=location.endpoint, region=location.region,
                         access_key_id=location.access_key_id,
-                        secret_access_key=location.secret_access_key)
+                        secret_access_key=location.secret_access_key,
+                        root_certificate=location.root_certificate)
 
 
 async def _s3(call: Awaitable[T]) -> T:
@@ -95,10 +96,13 @@ class S3ChunkStore:
     """`ChunkStore` on one bucket and key prefix of an S3-compatible object store."""
 
     def __init__(self, *, bucket: str, prefix: str, endpoint: str | None, region: str,
-                 access_key_id: str, secret_access_key: str) -> None:
+                 access_key_id: str, secret_access_key: str,
+                 root_certificate: str | None = None) -> None:
         options: dict[str, object] = {"timeout": TIMEOUT, "connect_timeout": TIMEOUT}
         if endpoint is not None and endpoint.startswith("http://"):
             options["allow_http"] = True
+        if root_certificate is not None:  # https: trusted besides the system's CAs
+            options["root_certificate"] = root_certificate
         self._store = S3Store(
             bucket, prefix=prefix.strip("/") or None, endpoint=endpoint, region=region,
             access_key_id=access_key_id, secret_access_key=secret_access_key,

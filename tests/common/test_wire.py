@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -192,10 +193,14 @@ async def test_an_unreachable_upstream_is_a_connect_error() -> None:
             await client.get(f"http://127.0.0.1:{port}/")
 
 
-async def test_https_is_refused() -> None:
-    async with httpx.AsyncClient(transport=WireTransport()) as client:
-        with pytest.raises(httpx.UnsupportedProtocol):
-            await client.get("https://127.0.0.1:1/")
+def test_a_tls_context_that_does_not_verify_the_peer_is_refused() -> None:
+    lax = ssl.create_default_context()
+    lax.check_hostname = False
+    with pytest.raises(ValueError, match="verifies its peers"):
+        WireTransport(tls=lax)
+    lax.verify_mode = ssl.CERT_NONE
+    with pytest.raises(ValueError, match="verifies its peers"):
+        WireTransport(tls=lax)
 
 
 # -- scripted upstreams: raw TCP servers that answer exactly what a test says ----------------

@@ -60,6 +60,7 @@ class S3Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "weed.log"
         self.data = root / "data"
+        self.extra_args: list[str] = []  # e.g. -s3.port.https and its certificate (test_s3_tls)
 
     @property
     def endpoint(self) -> str:
@@ -90,7 +91,7 @@ class S3Server:
         args = [self.binary, "mini", f"-dir={self.data}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", f"-s3.config={config}", f"-bucket={BUCKET}",
                 "-webdav=false", "-admin.ui=false", "-master.telemetry=false"]
-        args += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        args += [f"-{flag}={port}" for flag, port in self.ports.items()] + self.extra_args
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - the dev dependency's binary
                 args, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out,

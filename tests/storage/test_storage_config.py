@@ -97,3 +97,20 @@ def test_credentials_come_from_files_and_never_show(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError) as info:
         load_settings().metadata()
     assert secret not in str(info.value)
+
+
+def test_a_tls_url_keeps_its_options_and_hides_a_key_passphrase(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = "/run/secrets/mongo-ca.pem"
+    url = parse(f"mongodb://db:27017/lucid?replicaSet=rs0&tls=true&tlsCAFile={ca}")
+    assert url.url.endswith(f"tlsCAFile={ca}") and url.redacted == url.url
+    phrase = "k3y-" + "q" * 20
+    keyed = parse(f"mongodb://db/lucid?tls=true&tlsCertificateKeyFile=/k.pem"
+                  f"&tlsCertificateKeyFilePassword={phrase}&w=majority")
+    assert phrase in keyed.url and phrase not in keyed.redacted
+    assert keyed.redacted.endswith("tlsCertificateKeyFilePassword=***&w=majority")
+    monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LUCID_METADATA_URL", keyed.url)
+    with pytest.raises(ConfigError, match="must not hold a password") as info:
+        load_settings().metadata()
+    assert phrase not in str(info.value)

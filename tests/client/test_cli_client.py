@@ -117,7 +117,8 @@ def test_upload_sends_chunk_multiples_and_finalizes(sample: Path, tmp_path: Path
     gw = FakeGateway()
     assert run_upload(gw, sample, tmp_path) == SID
     assert gw.data == sample.read_bytes()
-    assert [n for _, n in gw.patches][:-1] == [2 * CHUNK] * (len(gw.patches) - 1)
+    # one chunk first (hashed while nothing is sent), then doubling up to the request size
+    assert [n for _, n in gw.patches][:-1] == [CHUNK] + [2 * CHUNK] * (len(gw.patches) - 2)
     assert gw.state == "completed"
     assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {"uploads": []}
 
@@ -133,7 +134,7 @@ def test_upload_follows_offset_mismatch(sample: Path, tmp_path: Path) -> None:
     gw = FakeGateway()
     gw.data += sample.read_bytes()[:CHUNK]  # someone already sent the first chunk
     run_upload(gw, sample, tmp_path, session_id=SID)
-    assert gw.patches[0] == (CHUNK, 2 * CHUNK)  # GET .../upload said where to start
+    assert gw.patches[0] == (CHUNK, CHUNK)  # GET .../upload said where to start
     assert gw.data == sample.read_bytes()
     assert gw.created == 0
 

@@ -21,6 +21,7 @@ an https gateway is reached through httpx.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ MAX_ANSWER = 1 << 20
 """Largest body read into memory (a JSON answer or an error); a replay goes to a file."""
 
 Sink = Callable[[memoryview], None]
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""Refused in a trailer's value, as the service transport refuses it (h11 does not)."""
 
 
 @dataclass(frozen=True)
@@ -64,24 +67,30 @@ class Exchange:
     nothing beside it, and no idle connection can have been closed under us.
     """
 
-    def __init__(self, request: httpx.Request, *, connect_timeout: float,
-                 timeout: float | None) -> None:
+    def __init__(self, method: str, head: bytes, sock: socket.socket) -> None:
+        self._method = method
+        self._head = head
+        self._sock = sock
+        self._reply_head = self._rest = b""  # the final head, and bytes received past it
+        self._write_failure: OSError | None = None
+
+    @classmethod
+    def connect(cls, request: httpx.Request, *, connect_timeout: float,
+                timeout: float | None) -> Exchange:
+        """Return an exchange of `request` (its head checked) on a new connection to its host."""
         url = request.url
         if url.scheme != "http":
             raise ValueError(f"a bulk exchange is plain http, not {url.scheme}")
-        self._method = request.method
-        self._head = _head(request)
+        head = _head(request)
         try:
-            self._sock = socket.create_connection((url.host, url.port or 80),
-                                                  timeout=connect_timeout)
+            sock = socket.create_connection((url.host, url.port or 80), timeout=connect_timeout)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc), request=request) from exc
         except OSError as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
-        self._sock.settimeout(timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._rest = b""  # bytes received past the head
-        self._write_failure: OSError | None = None
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(request.method, head, sock)
 
     def close(self) -> None:
         self._sock.close()
@@ -212,8 +221,13 @@ class Exchange:
                 elif isinstance(event, h11.Data):
                     sink(memoryview(event.data))
                     got += len(event.data)
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                elif isinstance(event, h11.EndOfMessage):
+                    if any(_CONTROL.search(value) for _, value in event.headers):
+                        raise httpx.RemoteProtocolError("the gateway sent a malformed trailer")
                     return got
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise httpx.RemoteProtocolError("the gateway closed the connection "
+                                                    "before the body's end")
         except h11.RemoteProtocolError as exc:
             raise httpx.RemoteProtocolError(str(exc)) from exc
 

@@ -315,7 +315,7 @@ class LucidClient:
         request = httpx.Request(op.method, self.url + API + op.path, params=list(op.params),
                                 headers={**self._headers, **op.headers})
         with self._translated():
-            return _bulk.Exchange(request, connect_timeout=10.0, timeout=None)
+            return _bulk.Exchange.connect(request, connect_timeout=10.0, timeout=None)
 
     def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
               progress: Progress, digest: bytes | None = None) -> UploadResult:

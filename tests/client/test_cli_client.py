@@ -193,10 +193,18 @@ def test_upload_sends_chunk_multiples_and_finalizes(sample: Path, tmp_path: Path
     gw = FakeGateway()
     assert run_upload(gw, sample, tmp_path) == SID
     assert gw.data == sample.read_bytes()
-    # one chunk first (hashed while nothing is sent), then doubling up to the request size
+    # one chunk first (hashed while nothing is sent), then growing up to the request size
     assert [n for _, n in gw.patches][:-1] == [CHUNK] + [2 * CHUNK] * (len(gw.patches) - 2)
     assert gw.state == "completed"
     assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {"uploads": []}
+
+
+def test_upload_requests_grow_fourfold_from_one_chunk(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    run_upload(gw, sample, tmp_path, request_bytes=16 * CHUNK)
+    size = sample.stat().st_size
+    assert [n for _, n in gw.patches] == [CHUNK, 4 * CHUNK, size - 5 * CHUNK]
+    assert gw.data == sample.read_bytes()
 
 
 def test_upload_resumes_after_errors(sample: Path, tmp_path: Path) -> None:

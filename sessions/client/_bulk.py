@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-import h11
 import httpx
 
 from sessions.common._wire import MAX_HEAD, _framing, _head, parse_response_head
@@ -208,6 +207,8 @@ class Exchange:
 
     def _h11_body(self, sink: Sink) -> int:
         """Decode a body not framed by Content-Length with h11, from the head on."""
+        import h11  # the gateway frames its bodies by Content-Length: rarely needed
+
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         conn.send(h11.Request(method=self._method, target="/", headers=[("Host", "gateway")]))
         conn.send(h11.EndOfMessage())

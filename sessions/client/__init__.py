@@ -6,7 +6,14 @@ checks evidence bundles and the audit log, `launcher.py` runs the three services
 ports (`lucid-sessions up`, the end-to-end tests and the bench), `cli.py` is the command line.
 """
 
-from sessions.client._client import (
+import sys
+
+# httpx imports its own command line (`httpx.main`: click, rich and pygments, where they
+# are installed) with itself; no command here uses it, and it cost each one ~50 ms.
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: import refused
+
+from sessions.client._client import (  # noqa: E402 - after the guard above
     MIB,
     ClientError,
     FileKey,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -28,10 +29,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from sessions.common.httpclient import raise_read_size
+from sessions.client import _bulk
 from sessions.common.states import SessionState
 from sessions.contract import operations as ops
 from sessions.contract.models import (
@@ -52,6 +51,7 @@ from sessions.contract.models import (
 
 MIB = 1024 * 1024
 PIECE = MIB
+HASH_WINDOW = 16 * MIB
 UPLOAD_TYPE = "application/offset+octet-stream"
 API = "/v1"
 _RESUMABLE = (SessionState.RECORDING, SessionState.FINALIZING, SessionState.COMPLETED)
@@ -109,6 +109,9 @@ def parse_pin(value: str) -> bytes:
 
 def public_key_pin(cert_der: bytes) -> bytes:
     """Return the SHA-256 of a DER certificate's SubjectPublicKeyInfo (the pinned value)."""
+    from cryptography import x509  # only a pinned gateway needs it: not on every command
+    from cryptography.hazmat.primitives import serialization
+
     spki = x509.load_der_x509_certificate(cert_der).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()
@@ -159,19 +162,35 @@ def _tls_failure(exc: BaseException) -> str | None:
 
 
 class LucidClient:
-    """Calls the gateway at `url` with a bearer token; raises ClientError on any failure."""
+    """Calls the gateway at `url` with a bearer token; raises ClientError on any failure.
+
+    Upload bodies and replays of a plain-http gateway move on a socket of their own
+    (`sessions/client/_bulk.py`: sendfile out, one reused buffer in); everything else,
+    and every exchange with an https gateway or through an injected `transport`, goes
+    through httpx.
+    """
 
     def __init__(self, url: str, token: str | None, *,
                  transport: httpx.BaseTransport | None = None,
                  verify: ssl.SSLContext | bool = True) -> None:
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        raise_read_size()  # replay arrives in MiB pieces: 64 KiB reads cost a parse each
-        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
-                                  verify=verify, timeout=httpx.Timeout(300.0, connect=10.0))
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._https = self.url.lower().startswith("https://")
+        self._bulk = transport is None and not self._https
+        self._transport = transport
+        self._verify = verify
+
+    @functools.cached_property
+    def _http(self) -> httpx.Client:
+        """The httpx client, built at its first use: a replay to a plain-http gateway never
+        needs it (its transport loads httpcore, and a default TLS context every CA)."""
+        return httpx.Client(base_url=self.url, headers=self._headers, transport=self._transport,
+                            verify=self._verify if self._https else False,
+                            timeout=httpx.Timeout(300.0, connect=10.0))
 
     def close(self) -> None:
-        self._http.close()
+        if "_http" in self.__dict__:
+            self._http.close()
 
     def __enter__(self) -> LucidClient:
         return self
@@ -291,33 +310,95 @@ class LucidClient:
     def rotate_keys(self) -> KeyRotation:
         return self.call(ops.rotate_keys())
 
+    def _exchange(self, op: ops.Operation[T]) -> _bulk.Exchange:
+        """Return a bulk exchange of `op` (no read timeout: op is long), its head built."""
+        request = httpx.Request(op.method, self.url + API + op.path, params=list(op.params),
+                                headers={**self._headers, **op.headers})
+        with self._translated():
+            return _bulk.Exchange.connect(request, connect_timeout=10.0, timeout=None)
+
     def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
               progress: Progress, digest: bytes | None = None) -> UploadResult:
         """Send file bytes [offset, offset+length) at Upload-Offset `offset`; return the answer.
 
-        The bytes are mapped, not read: hashing them (unless `digest`, their SHA-256, is
-        given) and sending them both touch the same page-cache pages, so the file is
-        read from disk once, and memory stays at the pages in flight.
+        `digest` is their SHA-256 (hashed here when not given).  To a plain-http
+        gateway the body goes out with sendfile(2), straight from the page cache;
+        otherwise through httpx from a read-only mapping of the file.  Either way
+        the file is read from disk once and memory stays at the pages in flight.
         """
-        with _mapped(fh, offset, length) as view:
-            if digest is None:
-                digest = hashlib.sha256(view).digest()
+        if os.fstat(fh.fileno()).st_size < offset + length:
+            raise ClientError("file_changed", "the file got shorter while uploading")
+        if digest is None:
+            digest = _digest(fh, offset, length)
+        op = ops.upload(session_id, {
+            "Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
+            "Content-Length": str(length), "Accept-Encoding": "identity",
+            "Upload-Checksum": "sha256 " + base64.b64encode(digest).decode()})
+        if not self._bulk:
+            return self._patch_httpx(op, fh, offset, length, progress)
+        with self._exchange(op) as exchange, self._translated():
+            exchange.send(fh, offset, length, lambda sent: progress.update(offset + sent))
+            reply = exchange.read_reply()
+            body = exchange.read_answer(reply)
+        if reply.status >= 400:
+            raise ClientError.of(ops.decode_error(reply.status, body),
+                                 reply.reason.decode("latin-1"))
+        try:
+            return op.read(reply.status, body)
+        except ops.MalformedAnswer as exc:
+            raise ClientError("bad_response", f"the gateway sent a malformed answer ({exc})",
+                              status=reply.status) from exc
 
+    def _patch_httpx(self, op: ops.Operation[UploadResult], fh: IO[bytes], offset: int,
+                     length: int, progress: Progress) -> UploadResult:
+        """Send the body through httpx, from a read-only mapping of the file."""
+        with _mapped(fh, offset, length) as view:
             def body() -> Iterator[bytes]:
                 for at in range(0, length, PIECE):
                     piece = view[at:at + PIECE]
                     yield piece  # type: ignore[misc]  # a view: httpx sends any buffer
                     progress.update(offset + at + len(piece))
 
-            headers = {"Upload-Offset": str(offset), "Content-Type": UPLOAD_TYPE,
-                       "Content-Length": str(length),
-                       "Upload-Checksum": "sha256 " + base64.b64encode(digest).decode()}
-            return self.call(ops.upload(session_id, headers), content=body())
+            return self.call(op, content=body())
 
     def replay_into(self, session_id: str, fh: IO[bytes], *, byte_range: str | None,
                     progress: Progress) -> tuple[int, int | None]:
         """Stream the replay into fh; return (bytes written, Content-Length or None)."""
         op = ops.replay(session_id, byte_range or None)
+        if not self._bulk:
+            return self._replay_httpx(op, fh, progress)
+        written = 0
+        sink = _bulk.write_all(fh.fileno())
+
+        def write(piece: memoryview) -> None:
+            nonlocal written
+            sink(piece)
+            written += len(piece)
+            progress.update(written)
+
+        with self._exchange(op) as exchange:
+            with self._translated():
+                exchange.send()
+                reply = exchange.read_reply()
+                if reply.status >= 400:
+                    body = exchange.read_answer(reply)
+                    raise ClientError.of(ops.decode_error(reply.status, body),
+                                         reply.reason.decode("latin-1"))
+            declared = reply.header("content-length")
+            expected = int(declared) if declared and declared.isdigit() else None
+            progress.total = expected
+            try:
+                exchange.read_body(reply, write)
+            except httpx.TransportError as exc:
+                raise _truncated(written, expected) from exc
+        return written, expected
+
+    def _replay_httpx(self, op: ops.Operation[None], fh: IO[bytes],
+                      progress: Progress) -> tuple[int, int | None]:
+        """Stream the replay into fh through httpx."""
+        from sessions.common.httpclient import raise_read_size  # loads the services' settings
+
+        raise_read_size()  # replay arrives in MiB pieces: 64 KiB reads cost a parse each
         with self._translated(), self._http.stream(
                 op.method, API + op.path, headers=dict(op.headers),
                 timeout=httpx.Timeout(None, connect=10.0)) as resp:
@@ -333,11 +414,16 @@ class LucidClient:
                     written += len(piece)
                     progress.update(written)
             except httpx.TransportError as exc:
-                total = "?" if expected is None else f"{expected:,}"
-                raise ClientError("truncated", f"the node cut the replay after {written:,} of "
-                                  f"{total} bytes (a chunk may have failed verification: try "
-                                  "`lucid-sessions verify`)") from exc
+                raise _truncated(written, expected) from exc
         return written, expected
+
+
+def _truncated(written: int, expected: int | None) -> ClientError:
+    """Return the error of a replay the node cut short."""
+    total = "?" if expected is None else f"{expected:,}"
+    return ClientError("truncated", f"the node cut the replay after {written:,} of {total} "
+                       "bytes (a chunk may have failed verification: try `lucid-sessions "
+                       "verify`)")
 
 
 @contextmanager
@@ -361,9 +447,21 @@ def _mapped(fh: IO[bytes], offset: int, length: int) -> Iterator[memoryview]:
 
 
 def file_digest(path: Path, offset: int, length: int) -> bytes:
-    """Return the SHA-256 of file bytes [offset, offset+length), hashed from a mapping."""
-    with path.open("rb") as fh, _mapped(fh, offset, length) as view:
-        return hashlib.sha256(view).digest()
+    """Return the SHA-256 of file bytes [offset, offset+length), hashed from a mapping.
+
+    Mapped a window at a time, so the pages this process maps stay few whatever the
+    request's size (hashlib lets go of the GIL while it hashes each window).
+    """
+    with path.open("rb") as fh:
+        return _digest(fh, offset, length)
+
+
+def _digest(fh: IO[bytes], offset: int, length: int) -> bytes:
+    digest = hashlib.sha256()
+    for at in range(offset, offset + length, HASH_WINDOW):
+        with _mapped(fh, at, min(HASH_WINDOW, offset + length - at)) as view:
+            digest.update(view)
+    return digest.digest()
 
 
 def _file_range(fh: IO[bytes], offset: int, length: int) -> Iterator[bytes]:
@@ -596,14 +694,21 @@ def _send(client: LucidClient, session_id: str, path: Path, size: int, status: U
     After a connection error, a 5xx or a busy session it backs off and asks the
     offset again; after 409 offset_mismatch it continues from the offset the body
     names.  More than `plan.retries` failures in a row give up.
+
+    Requests start at one chunk and grow fourfold up to `plan.request_bytes`: a
+    request's checksum must be known before its first byte is sent, so only the
+    first (small) one is hashed while nothing is on the wire.  Fourfold, not
+    twofold: each request costs the services some CPU of its own (about 10-20 ms
+    over the three, measured), so the ramp is kept short.
     """
     chunk = status.chunk_size
-    step = max(chunk, plan.request_bytes // chunk * chunk)
+    most = max(chunk, plan.request_bytes // chunk * chunk)
+    step = chunk
     offset: int | None = status.offset
     progress = Progress(size, enabled=progress_enabled, start=offset or 0)
     failures = 0
     # The next request's checksum is hashed on a thread while this one is sent, so
-    # hashing is off the path the bytes take (it reads the pages this request maps).
+    # hashing is off the path the bytes take (it maps the pages the request sends).
     ahead: tuple[int, int, Future[bytes]] | None = None
     with path.open("rb") as fh, ThreadPoolExecutor(1, thread_name_prefix="lucid-hash") as hasher:
         while offset is None or offset < size:
@@ -615,6 +720,7 @@ def _send(client: LucidClient, session_id: str, path: Path, size: int, status: U
                 digest = ahead[2].result() if ahead and ahead[:2] == (offset, length) else None
                 following = offset + length
                 ahead = None
+                step = min(most, 4 * step)
                 if following < size:
                     span = min(step, size - following)
                     ahead = (following, span, hasher.submit(file_digest, path, following, span))

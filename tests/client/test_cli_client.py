@@ -1,12 +1,20 @@
-"""The CLI's client side against a fake gateway: resumable upload, replay download, errors."""
+"""The CLI's client side against a fake gateway: resumable upload, replay download, errors.
+
+Every test that talks to the fake gateway runs twice: through httpx.MockTransport
+(httpx's path, the one an https gateway takes) and served on a loopback socket by
+the standard library's HTTP server (the bulk path: sendfile out, one buffer in).
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -89,6 +97,74 @@ class FakeGateway:
         return httpx.Response(200, json={"offset": len(self.data), "chunk_count": 0})
 
 
+class _Served(BaseHTTPRequestHandler):
+    """Hands each request to the server's `app` (a FakeGateway) and writes its answer.
+
+    An answer body shorter than its Content-Length is written as it is and the
+    connection closed (a node cutting a replay); a fault that raises an httpx
+    transport error closes the connection without an answer (a dropped one).
+    """
+
+    protocol_version = "HTTP/1.1"
+    server: ThreadingHTTPServer
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def _any(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        request = httpx.Request(self.command, "http://gw.test" + self.path,
+                                headers=list(self.headers.items()), content=body)
+        try:
+            resp: httpx.Response = self.server.app(request)  # type: ignore[attr-defined]
+        except httpx.TransportError:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        content = resp.read()
+        self.send_response(resp.status_code)
+        for name, value in resp.headers.multi_items():
+            if name.lower() != "transfer-encoding":
+                self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(content)
+        if len(content) != int(resp.headers.get("content-length", len(content))):
+            self.close_connection = True
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _any
+
+
+_servers: dict[int, ThreadingHTTPServer] = {}  # one per app: its URL keys resumes
+
+
+@pytest.fixture(autouse=True, params=["httpx", "socket"])
+def via(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test through httpx.MockTransport, then through a real loopback socket."""
+    global VIA
+    VIA = request.param
+    yield request.param
+    while _servers:
+        _, server = _servers.popitem()
+        server.shutdown()
+        server.server_close()
+
+
+VIA = "httpx"
+
+
+def client_for(app: Callable[[httpx.Request], httpx.Response], token: str | None) -> LucidClient:
+    """Return a client of `app`: through MockTransport, or served on a loopback port."""
+    if VIA == "httpx":
+        return LucidClient("http://gw.test", token, transport=httpx.MockTransport(app))
+    server = _servers.get(id(app))
+    if server is None:
+        server = _servers[id(app)] = ThreadingHTTPServer(("127.0.0.1", 0), _Served)
+        server.daemon_threads = True
+        server.app = app  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    return LucidClient(f"http://127.0.0.1:{server.server_port}", token)
+
+
 def status(code: int, error: str, **extra: object) -> Callable[[httpx.Request], httpx.Response]:
     return lambda _: httpx.Response(code, json={"error": error, "detail": "x", **extra})
 
@@ -105,7 +181,7 @@ def sample(tmp_path: Path) -> Path:
 
 
 def run_upload(gw: FakeGateway, path: Path, tmp_path: Path, **plan: object) -> str:
-    client = LucidClient("http://gw.test", "t" * 40, transport=httpx.MockTransport(gw))
+    client = client_for(gw, "t" * 40)
     full = {"labels": {}, "retention_days": None, "request_bytes": 2 * CHUNK + 5,
             "finalize": True} | plan
     return upload_file(client, path, UploadPlan(**full), store=ResumeStore(
@@ -117,9 +193,18 @@ def test_upload_sends_chunk_multiples_and_finalizes(sample: Path, tmp_path: Path
     gw = FakeGateway()
     assert run_upload(gw, sample, tmp_path) == SID
     assert gw.data == sample.read_bytes()
-    assert [n for _, n in gw.patches][:-1] == [2 * CHUNK] * (len(gw.patches) - 1)
+    # one chunk first (hashed while nothing is sent), then growing up to the request size
+    assert [n for _, n in gw.patches][:-1] == [CHUNK] + [2 * CHUNK] * (len(gw.patches) - 2)
     assert gw.state == "completed"
     assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {"uploads": []}
+
+
+def test_upload_requests_grow_fourfold_from_one_chunk(sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway()
+    run_upload(gw, sample, tmp_path, request_bytes=16 * CHUNK)
+    size = sample.stat().st_size
+    assert [n for _, n in gw.patches] == [CHUNK, 4 * CHUNK, size - 5 * CHUNK]
+    assert gw.data == sample.read_bytes()
 
 
 def test_upload_resumes_after_errors(sample: Path, tmp_path: Path) -> None:
@@ -133,7 +218,7 @@ def test_upload_follows_offset_mismatch(sample: Path, tmp_path: Path) -> None:
     gw = FakeGateway()
     gw.data += sample.read_bytes()[:CHUNK]  # someone already sent the first chunk
     run_upload(gw, sample, tmp_path, session_id=SID)
-    assert gw.patches[0] == (CHUNK, 2 * CHUNK)  # GET .../upload said where to start
+    assert gw.patches[0] == (CHUNK, CHUNK)  # GET .../upload said where to start
     assert gw.data == sample.read_bytes()
     assert gw.created == 0
 
@@ -217,14 +302,15 @@ def test_a_changed_file_starts_a_new_session(sample: Path, tmp_path: Path) -> No
 
 def test_replay_renames_only_a_complete_body(tmp_path: Path) -> None:
     gw = FakeGateway(data=bytearray(b"x" * 5000))
-    client = LucidClient("http://gw.test", None, transport=httpx.MockTransport(gw))
+    client = client_for(gw, None)
     out = tmp_path / "out.bin"
     assert download_replay(client, SID, out, byte_range=None, progress_enabled=False) == 5000
     assert out.read_bytes() == b"x" * 5000
     gw.replay_cut = 3000
-    with pytest.raises(ClientError, match="3000 of 5000"):
+    with pytest.raises(ClientError, match="3,?000 of 5,?000") as info:
         download_replay(client, SID, tmp_path / "short.bin", byte_range=None,
                         progress_enabled=False)
+    assert info.value.code == "truncated"
     assert not (tmp_path / "short.bin").exists()
     assert not (tmp_path / "short.bin.part").exists()
 
@@ -316,7 +402,7 @@ def test_a_file_shorter_than_the_request_is_file_changed_not_a_crash(tmp_path: P
 
     path = tmp_path / "short.bin"
     path.write_bytes(b"x" * 1000)
-    client = LucidClient("http://gw.test", None, transport=httpx.MockTransport(FakeGateway()))
+    client = client_for(FakeGateway(), None)
     with path.open("rb") as fh, pytest.raises(ClientError) as caught:
         client.patch(SID, fh, 0, 2000, Progress(None, enabled=False))
     assert caught.value.code == "file_changed"

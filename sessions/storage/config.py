@@ -89,6 +89,9 @@ class Settings(CommonSettings):
                                             "key id")
     s3_secret_key_file: Path | None = Field(None, description="file holding the S3 secret "
                                             "access key")
+    s3_put_buffer_mb: int = Field(17, ge=1, le=4096, description="MiB of chunk bodies held "
+                                  "in memory at once for their PUTs to S3; further uploads "
+                                  "wait their turn (sized for storage's 100 MB budget)")
 
     @property
     def port(self) -> int:

@@ -352,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> Result:
     measured = all(row.rounds > 0 for row in summary.rows.values())
     result = Result(machine=info, config=config, rivals_requested=plan.wanted_rivals,
                     rivals_run=rivals, rounds=rounds, failed_rounds=failed, summary=summary,
-                    targets=targets(summary, rivals), ok=not failed and measured,
+                    targets=targets(summary, rivals, plan.chunk_store),
+                    ok=not failed and measured,
                     cli_startup_s=startup)
     print(format_report(result))
     path = command.json or REPO / "bench-results" / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"

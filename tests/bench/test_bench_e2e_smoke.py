@@ -106,3 +106,4 @@ def test_e2e_benchmark_smoke_on_s3(tmp_path: pathlib.Path) -> None:
     parts = sum(ingest[n] for n in (*SERVICES, "seaweedfs"))
     assert ingest["services"] == pytest.approx(parts)
     assert "seaweedfs" in result.summary.rows["mixed/raw"].cpu_s_per_gb["ingest"]
+    assert any(t.target.startswith("peak RSS of storage <= 130 MB") for t in result.targets)

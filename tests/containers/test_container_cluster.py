@@ -49,6 +49,9 @@ def test_cluster_compose_runs_the_three_pi_images_and_no_database(
         assert svc["image"] == pi["services"][name]["image"], name
         assert list(svc["networks"]) == ["lucid-cluster-network"], name
     assert cluster["networks"]["lucid-cluster-network"]["name"] == "lucid-cluster-network"
+    # `make secrets` names the signing key after the same default node name
+    assert (cluster["services"]["processor"]["environment"]["LUCID_NODE_NAME"]
+            == pi["services"]["processor"]["environment"]["LUCID_NODE_NAME"])
     published = [n for n, s in cluster["services"].items() if s.get("ports")]
     assert published == ["api"]
     assert [p["target"] for p in cluster["services"]["api"]["ports"]] == [8087]

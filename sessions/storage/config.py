@@ -93,6 +93,9 @@ class Settings(CommonSettings):
                                             "access key")
     s3_ca_file: Path | None = Field(None, description="PEM CA bundle trusted for an https:// "
                                     "S3 endpoint, besides the system's CAs (README, TLS)")
+    s3_put_buffer_mb: int = Field(17, ge=1, le=4096, description="MiB of chunk bodies held "
+                                  "in memory at once for their PUTs to S3; further uploads "
+                                  "wait their turn (sized for storage's 100 MB budget)")
 
     @property
     def port(self) -> int:

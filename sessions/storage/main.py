@@ -68,7 +68,7 @@ def _chunk_store(settings: Settings) -> ChunkStore:
     log.info("sealed chunks are kept in %s", location.redacted)
     from sessions.storage.s3store import open_s3_store  # noqa: PLC0415 - obstore only on S3
 
-    return open_s3_store(location)
+    return open_s3_store(location, buffer_bytes=settings.s3_put_buffer_mb << 20)
 
 
 async def _sweep(store: ChunkStore, service: StorageService) -> None:

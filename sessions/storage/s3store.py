@@ -15,17 +15,22 @@ same bytes.  A server that ignores `If-None-Match` can thus only overwrite an ob
 with identical bytes; the guard alone (as on the local directory) keeps a committed
 index from being re-staged.
 
-The body is gathered in memory (at most `max_bytes`, one sealed chunk) and hashed
-before anything is uploaded: no object is ever visible under a leaf hash it does not
-have.  Object storage has no free-space figure, so `free_bytes` reports `UNMETERED`
-and the free-space watermark never refuses a chunk on S3.
+The body is gathered in memory (at most `max_bytes`, one sealed chunk; one copy, hashed
+as it arrives) before anything is uploaded: no object is ever visible under a leaf hash
+it does not have.  The bodies gathered at once share one byte budget (`buffer_bytes`,
+`LUCID_S3_PUT_BUFFER_MB`): a PUT that would pass it waits, before reading its body, for
+earlier ones to finish, so storage's memory stays bounded however many uploads run.
+Object storage has no free-space figure, so `free_bytes` reports `UNMETERED` and the
+free-space watermark never refuses a chunk on S3.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -43,7 +48,7 @@ from sessions.common.errors import (
 )
 from sessions.common.ids import check_session_id, is_session_id
 from sessions.core import LEAF_PREFIX
-from sessions.storage.chunkstore import CHUNK_SUFFIX, READ_PIECE, Guard, check_index
+from sessions.storage.chunkstore import CHUNK_SUFFIX, Guard, check_index
 from sessions.storage.config import S3Location
 from sessions.storage.errors import LeafHashMismatch, StorageUnavailable
 from sessions.storage.records import LEAF_HASH_SIZE
@@ -57,13 +62,47 @@ log = logging.getLogger("sessions.storage.s3")
 UNMETERED = 1 << 62  # free_bytes on object storage: no volume to run out of
 TIMEOUT = timedelta(seconds=10)  # one request; a stopped server fails fast with a 503
 RETRIES = 2  # obstore retries idempotent requests and 5xx answers this many times
-def open_s3_store(location: S3Location) -> S3ChunkStore:
+DEFAULT_BUFFER_BYTES = 17 << 20  # chunk bodies gathered at once: two sealed 8 MiB chunks
+# Pieces of a GET handed to Python: obstore joins the HTTP frames up to this size, and
+# larger joins cost resident memory for every stream read at once (README: memory on S3).
+S3_READ_PIECE = 256 << 10
+
+
+def open_s3_store(location: S3Location, *,
+                  buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> S3ChunkStore:
     """Return the chunk store of an S3 location."""
     return S3ChunkStore(bucket=location.bucket, prefix=location.prefix,
                         endpoint=location.endpoint, region=location.region,
                         access_key_id=location.access_key_id,
                         secret_access_key=location.secret_access_key,
-                        root_certificate=location.root_certificate)
+                        root_certificate=location.root_certificate, buffer_bytes=buffer_bytes)
+
+
+class ByteBudget:
+    """Bytes held at once by its holders; `hold(n)` waits until n more fit (first come,
+    first served).  A request for more than the whole budget takes all of it."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a byte budget is at least one byte")
+        self.limit = limit
+        self.held = 0
+        self._turn = asyncio.Lock()  # the head of the queue waits here for room
+        self._freed = asyncio.Event()
+
+    @asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        n = min(max(n, 0), self.limit)
+        async with self._turn:
+            while self.held + n > self.limit:
+                self._freed.clear()
+                await self._freed.wait()
+            self.held += n
+        try:
+            yield
+        finally:
+            self.held -= n
+            self._freed.set()
 
 
 async def _s3(call: Awaitable[T]) -> T:
@@ -97,7 +136,8 @@ class S3ChunkStore:
 
     def __init__(self, *, bucket: str, prefix: str, endpoint: str | None, region: str,
                  access_key_id: str, secret_access_key: str,
-                 root_certificate: str | None = None) -> None:
+                 root_certificate: str | None = None,
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> None:
         options: dict[str, object] = {"timeout": TIMEOUT, "connect_timeout": TIMEOUT}
         if endpoint is not None and endpoint.startswith("http://"):
             options["allow_http"] = True
@@ -109,6 +149,7 @@ class S3ChunkStore:
             virtual_hosted_style_request=False,
             client_options=options,  # type: ignore[arg-type]
             retry_config={"max_retries": RETRIES, "retry_timeout": TIMEOUT * 2})
+        self.buffers = ByteBudget(buffer_bytes)
 
     @staticmethod
     def _key(session_id: str, index: int, leaf_hash: bytes) -> str:
@@ -149,28 +190,30 @@ class S3ChunkStore:
 
         Preconditions as `LocalChunkStore.put`.  `guard`, if given, is entered around
         creating the object and removing the index's other objects.  On any failure the
-        object this call created is removed again.
+        object this call created is removed again.  The body's bytes count against the
+        store's buffer budget from before it is read until its object is written.
         """
         if len(expected_leaf_hash) != LEAF_HASH_SIZE:
             raise BadRequest("a leaf hash is 32 bytes")
         key = self._key(session_id, index, expected_leaf_hash)
         if expected_length is not None and expected_length > max_bytes:
             raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
-        data = await _receive(body, max_bytes)
-        if expected_length is not None and len(data) < expected_length:
-            raise TruncatedBody()
-        if not data:
-            raise BadRequest("a sealed chunk is never empty")
-        if hashlib.sha256(LEAF_PREFIX + data).digest() != expected_leaf_hash:
-            raise LeafHashMismatch()
-        if guard is None:
-            await self._publish(session_id, index, key, data)
-        else:
-            async with guard():
+        async with self.buffers.hold(max_bytes if expected_length is None else expected_length):
+            data, leaf_hash = await _receive(body, max_bytes, expected_length or 0)
+            if expected_length is not None and len(data) < expected_length:
+                raise TruncatedBody()
+            if not data:
+                raise BadRequest("a sealed chunk is never empty")
+            if leaf_hash != expected_leaf_hash:
+                raise LeafHashMismatch()
+            if guard is None:
                 await self._publish(session_id, index, key, data)
-        return len(data)
+            else:
+                async with guard():
+                    await self._publish(session_id, index, key, data)
+            return len(data)
 
-    async def _publish(self, session_id: str, index: int, key: str, data: bytes) -> None:
+    async def _publish(self, session_id: str, index: int, key: str, data: bytearray) -> None:
         created = False
         try:
             try:
@@ -199,7 +242,7 @@ class S3ChunkStore:
             raise ChunkNotFound() from None
 
     async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]:
-        """Return a chunk's length and its bytes in pieces of about READ_PIECE, read as sent."""
+        """Return a chunk's length and its bytes in pieces of about S3_READ_PIECE, read as sent."""
         found = await self._find(session_id, index)
         if found is None:
             raise ChunkNotFound()
@@ -209,7 +252,7 @@ class S3ChunkStore:
             raise ChunkNotFound() from None
 
         async def pieces() -> AsyncIterator[bytes]:
-            stream = result.stream(min_chunk_size=READ_PIECE)
+            stream = result.stream(min_chunk_size=S3_READ_PIECE)
             while True:
                 try:
                     piece = await _s3(stream.__anext__())
@@ -281,16 +324,25 @@ class S3ChunkStore:
         return UNMETERED
 
 
-async def _receive(body: AsyncIterable[bytes], max_bytes: int) -> bytes:
-    """Return the whole body; raise PayloadTooLarge once it passes max_bytes."""
-    pieces: list[bytes] = []
-    total = 0
+async def _receive(body: AsyncIterable[bytes], max_bytes: int,
+                   size_hint: int) -> tuple[bytearray, bytes]:
+    """Return the whole body and its leaf hash; raise PayloadTooLarge once it passes max_bytes.
+
+    The body goes into one buffer of `size_hint` bytes (the announced length), grown
+    only if more arrives: no joined or reallocated copy.
+    """
+    data = bytearray(size_hint)
+    filled = 0
+    leaf = hashlib.sha256(LEAF_PREFIX)
     async for piece in body:
-        total += len(piece)
-        if total > max_bytes:
+        end = filled + len(piece)
+        if end > max_bytes:
             raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
-        pieces.append(piece)
-    return b"".join(pieces)
+        data[filled:min(end, size_hint)] = piece  # in place while within the hint
+        filled = end
+        leaf.update(piece)
+    del data[filled:]
+    return data, leaf.digest()
 
 
 async def _forget(store: S3Store, paths: Sequence[str]) -> None:

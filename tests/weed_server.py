@@ -43,7 +43,27 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
-class S3Server:
+class S3Credentials:
+    """What every S3 test server hands out: generated keys and fresh prefixes of its bucket."""
+
+    access_key: str
+    secret_key: str
+
+    def url(self, prefix: str | None = None) -> str:
+        """Return an s3:// chunk-store URL of a fresh prefix (a random name unless given)."""
+        return f"s3://{BUCKET}/{prefix or 't' + uuid.uuid4().hex[:12]}"
+
+    def write_credentials(self, directory: Path) -> tuple[Path, Path]:
+        """Write the access key id and the secret to two files (mode 0600); return their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        key, secret = directory / "s3-access-key", directory / "s3-secret-key"
+        for path, text in ((key, self.access_key), (secret, self.secret_key)):
+            path.write_text(text + "\n")
+            path.chmod(0o600)
+        return key, secret
+
+
+class S3Server(S3Credentials):
     """One SeaweedFS; `url()` names a fresh prefix of its bucket for one test."""
 
     def __init__(self, root: Path, binary: str) -> None:
@@ -60,19 +80,6 @@ class S3Server:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
-
-    def url(self, prefix: str | None = None) -> str:
-        """Return an s3:// chunk-store URL of a fresh prefix (a random name unless given)."""
-        return f"s3://{BUCKET}/{prefix or 't' + uuid.uuid4().hex[:12]}"
-
-    def write_credentials(self, directory: Path) -> tuple[Path, Path]:
-        """Write the access key id and the secret to two files (mode 0600); return their paths."""
-        directory.mkdir(parents=True, exist_ok=True)
-        key, secret = directory / "s3-access-key", directory / "s3-secret-key"
-        for path, text in ((key, self.access_key), (secret, self.secret_key)):
-            path.write_text(text + "\n")
-            path.chmod(0o600)
-        return key, secret
 
     def start(self) -> None:
         """Start `weed mini` (its data survives restarts) and wait until the bucket answers."""

@@ -33,6 +33,7 @@ from obstore.store import S3Store
 from sessions.client.launcher import free_port, log_tail
 from tests.mongo_server import _die_with_parent
 from tests.storage.s3_server import BUCKET, REGION, _write_and_read_back
+from tests.weed_server import S3Credentials
 
 REQUIRE_ENV = "LUCID_REQUIRE_RGW"
 START_TIMEOUT = 120.0
@@ -84,7 +85,7 @@ def missing_binaries() -> list[str]:
     return [name for name in BINARIES if shutil.which(name) is None]
 
 
-class RgwServer:
+class RgwServer(S3Credentials):
     """One Ceph cluster with radosgw; `url()` names a fresh prefix of its bucket for one test.
 
     `stop()` and `start()` stop and restart the gateway (the S3 server) alone: its data
@@ -104,19 +105,6 @@ class RgwServer:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.rgw_port}"
-
-    def url(self, prefix: str | None = None) -> str:
-        """Return an s3:// chunk-store URL of a fresh prefix (a random name unless given)."""
-        return f"s3://{BUCKET}/{prefix or 't' + uuid.uuid4().hex[:12]}"
-
-    def write_credentials(self, directory: Path) -> tuple[Path, Path]:
-        """Write the access key id and the secret to two files (mode 0600); return their paths."""
-        directory.mkdir(parents=True, exist_ok=True)
-        key, secret = directory / "s3-access-key", directory / "s3-secret-key"
-        for path, text in ((key, self.access_key), (secret, self.secret_key)):
-            path.write_text(text + "\n")
-            path.chmod(0o600)
-        return key, secret
 
     def store(self) -> S3Store:
         return S3Store(BUCKET, endpoint=self.endpoint, region=REGION,

@@ -104,6 +104,7 @@ from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClien
 
 log = logging.getLogger("lucid.processor")
 
+_SNAPSHOT_ATTEMPTS = 5  # verify's reads, repeated while the session changes under them
 _READABLE = (SessionState.RECORDING, SessionState.FINALIZING, SessionState.COMPLETED,
              SessionState.FAILED)
 _CACHE = 256
@@ -634,11 +635,7 @@ class Engine:
         """
         if not 0 < sample <= 100:
             raise InvalidParameter("sample must satisfy 0 < sample <= 100")
-        anchor_raw = await self.storage.kept_checkpoint(sid)
-        row = await self.storage.get_session(sid)
-        require_state(row.state, *_READABLE, action="verify")
-        rows = await self.storage.chunks(sid, count=row.chunk_count)
-        raw = await self.storage.manifest_or_none(sid)
+        anchor_raw, row, rows, raw = await self._verify_snapshot(sid)
         findings: list[Finding] = []
         manifest: Manifest | None = None
         if raw is not None:
@@ -660,6 +657,25 @@ class Engine:
                         and report["root_ok"] is not False
                         and report["signature_ok"] is not False)
         return VerifyReport.model_validate(report)
+
+    async def _verify_snapshot(self, sid: str) -> tuple[
+            bytes | None, SessionRow, list[ChunkRow], bytes | None]:
+        """Read what verify checks (kept checkpoint, record, chunk rows, manifest) as one
+        snapshot: the record is read again last, and the reads are repeated while the
+        session changed state under them (a finalize landed between them), so a session
+        that completes while it is verified is not reported as damaged.  Chunks committed
+        meanwhile do not matter: the rows are read up to the count first read."""
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            anchor_raw = await self.storage.kept_checkpoint(sid)
+            row = await self.storage.get_session(sid)
+            require_state(row.state, *_READABLE, action="verify")
+            rows = await self.storage.chunks(sid, count=row.chunk_count)
+            raw = await self.storage.manifest_or_none(sid)
+            again = await self.storage.get_session(sid)
+            if (again.state, again.root_hash) == (row.state, row.root_hash):
+                return anchor_raw, row, rows, raw
+        raise Conflict("the session kept changing while it was verified; verify it again",
+                       extra={"state": again.state.value})
 
     async def _verify_manifest(self, row: SessionRow, rows: list[ChunkRow], manifest: Manifest,
                                sample: float, findings: list[Finding]) -> dict[str, Any]:

@@ -130,3 +130,32 @@ async def test_a_pass_is_rate_limited_and_bounded(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 1.0
         assert await scrubber.run_pass() == 2  # the next pass goes on where this one stopped
         assert await metric(client, 'lucid_scrub_sessions_total{result="ok"}') == 4
+
+
+@pytest.mark.anyio
+async def test_a_finalize_landing_during_verify_is_not_damage(tmp_path: Path) -> None:
+    """Verify reads the record, then the manifest; a finalize between the two once made
+    the scrub report a clean session as damaged (state and root_hash findings)."""
+    async with node(tmp_path, scrub_interval=3600) as (app, client):
+        sid: str = (await client.post("/internal/v1/sessions", json={})).json()["id"]
+        r = await client.patch(f"/internal/v1/sessions/{sid}/upload", content=b"fine" * 1000,
+                               headers={"Upload-Offset": "0",
+                                        "Content-Type": "application/offset+octet-stream"})
+        assert r.status_code == 200, r.text
+        engine = app.state.resources.engine
+        storage = engine.storage
+        read_manifest = storage.manifest_or_none
+        landed: list[int] = []
+
+        async def finalize_first(session_id: str) -> bytes | None:
+            if not landed:  # the finalize lands after the record was read, once
+                landed.append(1)
+                await engine.finalize(session_id)
+            return await read_manifest(session_id)
+
+        storage.manifest_or_none = finalize_first
+        report = await engine.verify(sid, 100)
+        assert landed, "the finalize did not land between verify's reads"
+        assert report.ok, report
+        assert report.metadata_findings == [] and report.signature_ok is True
+        assert (await storage.get_session(sid)).state.value == "completed"

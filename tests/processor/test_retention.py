@@ -311,6 +311,13 @@ def test_period_keys_are_0600_files_destroyed_only_under_the_id_checked(tmp_path
     assert keys.destroy("2026-12", key_id=first.key_id) is True and not path.exists()
     assert keys.destroy("2026-12", key_id=first.key_id) is False
     assert keys.get(first.key_id) is None
+    # two processors sharing the directory: a key one destroys is gone for the other too
+    mine, theirs = PeriodKeys(tmp_path / "kek"), PeriodKeys(tmp_path / "kek")
+    second = mine.for_period("2027-01")
+    assert theirs.get(second.key_id) is not None  # cached by the other processor now
+    assert mine.destroy("2027-01", key_id=second.key_id) is True
+    assert theirs.get(second.key_id) is None and "2027-01" not in theirs.periods()
+    assert theirs.for_period("2027-01").key_id != second.key_id  # remade, not revived
     assert period_end("2026-12") == datetime(2027, 1, 1, tzinfo=UTC)
     assert period_end("2027-02") == datetime(2027, 3, 1, tzinfo=UTC)
     assert period_of(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"

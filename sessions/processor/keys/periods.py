@@ -52,6 +52,8 @@ class PeriodKeys:
 
     Made on first use (O_EXCL: two processors sharing the directory agree on one key),
     read again from the directory when asked for an id not cached, destroyed by the sweep.
+    The directory is the truth: a key is served from the cache only while its file still
+    holds it, so a key another processor's sweep destroyed is gone here too.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -71,9 +73,17 @@ class PeriodKeys:
             except KeyMaterialError as exc:
                 raise ConfigError(f"retention period key: {exc}") from None
 
+    def _cached(self, period: str) -> MasterKey | None:
+        """Return the cached key of a period while its file is still there (one stat)."""
+        key = self._by_period.get(period)
+        if key is not None and not (self.directory / f"{period}.key").exists():
+            del self._by_period[period]  # destroyed by another processor sharing the directory
+            return None
+        return key
+
     def for_period(self, period: str) -> MasterKey:
         """Return the period's key, creating its file (mode 0600) if there is none."""
-        key = self._by_period.get(period)
+        key = self._cached(period)
         if key is None:
             period_end(period)  # checks the form
             path = self.directory / f"{period}.key"
@@ -94,9 +104,9 @@ class PeriodKeys:
     def get(self, key_id: str) -> MasterKey | None:
         """Return the period key with this id, looking in the directory again if needed."""
         for attempt in range(2):
-            for key in self._by_period.values():
+            for period, key in list(self._by_period.items()):
                 if key.key_id == key_id:
-                    return key
+                    return self._cached(period)
             if attempt == 0:
                 self.load()  # another processor may have made it
         return None

@@ -68,6 +68,8 @@ async def finalize_session(session_id: SessionId, engine: EngineDep,
 @router.put("/{session_id}/upload-length", responses=error_responses(404, 409))
 async def set_upload_length(session_id: SessionId, body: UploadLength,
                             engine: EngineDep) -> Session:
+    """Return the session with its total length declared (once); 409 `conflict` if another
+    was, `upload_in_progress` while another request or processor writes the session."""
     return await engine.set_upload_length(session_id, body.upload_length)
 
 

@@ -163,6 +163,78 @@ async def test_a_lease_taken_over_mid_upload_is_a_clean_409(stack: Stack) -> Non
     assert stack.lease(sid) == (2, "other-proc")  # and the loser released nothing
 
 
+# -- the declared length is a write too; an admin's changes cannot be undone by a writer ------
+
+
+async def test_a_declared_length_is_written_under_the_lease(stack: Stack) -> None:
+    """tus `Upload-Length` on a PATCH: the processor declares it under the writer lease, so
+    while another processor holds the session it declares nothing (409, not a length)."""
+    sid = await stack.new()
+    held = await stack.storage.post(f"/sessions/{sid}/lease",
+                                    json={"holder": "other-proc", "ttl_seconds": 60})
+    tus = {**UPLOAD, "Upload-Offset": "0", "Upload-Length": "1000", "Tus-Resumable": "1.0.0"}
+    r = await stack.api.patch(f"/sessions/{sid}/upload", content=b"", headers=tus)
+    assert r.status_code == 409 and r.json()["error"] == "upload_in_progress", r.text
+    assert (await stack.storage.get(f"/sessions/{sid}")).json()["upload_length"] is None
+    await stack.storage.post(f"/sessions/{sid}/lease/release",
+                             json={"holder": "other-proc", "token": held.json()["token"]})
+    r = await stack.api.patch(f"/sessions/{sid}/upload", content=b"x" * 1000, headers=tus)
+    assert r.status_code == 204, r.text
+    row = (await stack.storage.get(f"/sessions/{sid}")).json()
+    assert (row["upload_length"], row["offset"], row["state"]) == (1000, 1000, "completed")
+    assert stack.lease(sid) == (4, None)  # declare, upload, finalize: each its own lease
+
+
+async def test_a_hold_set_mid_upload_survives_the_writer_s_later_commits(stack: Stack) -> None:
+    """The hold (and the key rewrapped with it) changes the record under a writer: the
+    writer's next commits are decided on a fresh read, so they keep both."""
+    r = await stack.api.post("/sessions", json={"labels": {"suite": "leases"},
+                                                 "retention_days": 7})
+    sid = r.json()["id"]
+    key_before = (await stack.storage.get(f"/sessions/{sid}")).json()["wrapped_key"]["key_id"]
+    data = session_bytes(3 * MIB + 11, seed=5)
+    gate = asyncio.Event()
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    held = await stack.api.put(f"/sessions/{sid}/hold")
+    assert held.status_code == 200 and held.json()["legal_hold"] is True, held.text
+    gate.set()
+    r = await upload
+    assert r.status_code == 200 and r.json()["offset"] == len(data), r.text
+    row = (await stack.storage.get(f"/sessions/{sid}")).json()
+    assert row["legal_hold"] is True and row["wrapped_key"]["key_id"] != key_before
+    assert (await stack.api.post(f"/sessions/{sid}/finalize")).status_code == 200
+    got = await stack.api.get(f"/sessions/{sid}/replay")
+    assert got.status_code == 200 and got.content == data
+
+
+async def test_an_operator_s_state_change_mid_upload_refuses_the_writer_s_next_commit(
+        stack: Stack) -> None:
+    """An unfenced change (no token: an operator marks the session failed) while a writer
+    holds the lease: the writer's next write is refused by the state, nothing more lands."""
+    sid = await stack.new()
+    data = session_bytes(3 * MIB + 3, seed=6)
+    gate = asyncio.Event()
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    assert stack.lease(sid)[1] is not None  # the writer holds the lease
+    failed = await stack.storage.post(f"/sessions/{sid}/state", json={"to": "failed"})
+    assert failed.status_code == 200, failed.text
+    gate.set()
+    r = await upload
+    assert r.status_code == 409 and r.json()["error"] == "invalid_state", r.text
+    row = (await stack.storage.get(f"/sessions/{sid}")).json()
+    assert (row["state"], row["offset"], row["chunk_count"]) == ("failed", MIB, 1)
+    assert stack.lease(sid) == (1, None)  # released after the refusal
+    files = sorted(p.name for p in (stack.data_dir / "storage" / "chunks" / sid[:2] / sid
+                                    ).iterdir())
+    assert files == [f"{0:010d}.lcs"]  # the committed chunk; nothing staged stays behind
+
+
 # -- the holder id: a restarted processor is its dead predecessor again --------------------------
 
 _HOLD = ("import sys, time\n"

@@ -40,11 +40,33 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+class Pause(httpx.AsyncBaseTransport):
+    """The processor's transport to storage, which can freeze it as SIGSTOP would.
+
+    Armed with a path suffix, it holds the first request to such a path and every later
+    one (renewals included) until `resume` is set; unarmed, it only forwards.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.at: str | None = None
+        self.held = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.at is not None and request.url.path.endswith(self.at):
+            self.held.set()
+        if self.held.is_set():
+            await self.resume.wait()
+        return await self.inner.handle_async_request(request)
+
+
 @dataclass
 class Stack:
     api: httpx.AsyncClient
     storage: httpx.AsyncClient  # storage's internal API, as another processor calls it
     data_dir: Path
+    pause: Pause  # the processor's transport to storage
 
     def lease(self, sid: str) -> tuple[int, str | None]:
         db = sqlite3.connect(self.data_dir / "storage" / "metadata.sqlite3")
@@ -78,7 +100,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     storage = storage_app(StorageSettings(**common))
     processor = processor_app(ProcessorSettings(**common, chunk_size=MIB, lease_seconds=1,
                                                 storage_url="http://storage"),
-                              storage_transport=httpx.ASGITransport(app=storage))
+                              storage_transport=(pause := Pause(httpx.ASGITransport(app=storage))))
     api = api_app(ApiSettings(**common, processor_url="http://processor"),
                   processor_transport=httpx.ASGITransport(app=processor))
     async with AsyncExitStack() as stack:
@@ -92,7 +114,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         internal = await stack.enter_async_context(httpx.AsyncClient(
             transport=httpx.ASGITransport(app=storage), base_url="http://storage/internal/v1",
             headers={"Authorization": f"Bearer {service}"}, timeout=60))
-        yield Stack(client, internal, tmp_path)
+        yield Stack(client, internal, tmp_path, pause)
 
 
 async def test_an_upload_takes_and_releases_the_lease(stack: Stack) -> None:
@@ -183,6 +205,28 @@ async def test_a_declared_length_is_written_under_the_lease(stack: Stack) -> Non
     row = (await stack.storage.get(f"/sessions/{sid}")).json()
     assert (row["upload_length"], row["offset"], row["state"]) == (1000, 1000, "completed")
     assert stack.lease(sid) == (4, None)  # declare, upload, finalize: each its own lease
+
+
+async def test_a_length_declared_by_a_writer_paused_past_its_lease_is_refused(
+        stack: Stack) -> None:
+    """The processor is frozen with its declaring request in flight (and its renewals held)
+    until its lease lapses and another writer takes the session over: the stale declaration
+    is refused with 409 `lease_lost` and the session keeps no length."""
+    sid = await stack.new()
+    stack.pause.at = "/upload-length"
+    tus = {**UPLOAD, "Upload-Offset": "0", "Upload-Length": "1000", "Tus-Resumable": "1.0.0"}
+    patch = asyncio.create_task(stack.api.patch(f"/sessions/{sid}/upload", content=b"",
+                                                headers=tus))
+    await asyncio.wait_for(stack.pause.held.wait(), 30)
+    await asyncio.sleep(1.5)  # past the one-second lease: nothing renews it
+    other = await stack.storage.post(f"/sessions/{sid}/lease",
+                                     json={"holder": "other-proc", "ttl_seconds": 60})
+    assert other.status_code == 200 and other.json()["token"] == 2, other.text
+    stack.pause.resume.set()
+    r = await patch
+    assert r.status_code == 409 and r.json()["error"] == "lease_lost", r.text
+    assert (await stack.storage.get(f"/sessions/{sid}")).json()["upload_length"] is None
+    assert stack.lease(sid) == (2, "other-proc")  # the stale writer released nothing
 
 
 async def test_a_hold_set_mid_upload_survives_the_writer_s_later_commits(stack: Stack) -> None:

@@ -270,6 +270,7 @@ class UploadLengthIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     upload_length: UploadLengthInt
+    lease_token: LeaseToken | None = None
 
 
 class StatsOut(BaseModel):
@@ -333,9 +334,11 @@ def replace_wrapped_key(sid: str, body: RewrapIn) -> Operation[StoredSession]:
     return Operation("PUT", _session(sid, "/wrapped-key"), reads(StoredSession), json=_body(body))
 
 
-def set_upload_length(sid: str, length: int) -> Operation[StoredSession]:
+def set_upload_length(sid: str, length: int,
+                      lease_token: int | None = None) -> Operation[StoredSession]:
+    body = UploadLengthIn(upload_length=length, lease_token=lease_token)
     return Operation("PUT", _session(sid, "/upload-length"), reads(StoredSession),
-                     json=_body(UploadLengthIn(upload_length=length)))
+                     json=_body(body))
 
 
 def transition(sid: str, to: SessionState, allowed_from: Sequence[SessionState],

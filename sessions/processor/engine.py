@@ -350,8 +350,13 @@ class Engine:
         return row.public().model_copy(update={"integrity": "ok"})
 
     async def set_upload_length(self, sid: str, length: int) -> Session:
-        """Declare the session's total length once (the upload that reaches it finalizes)."""
-        return (await self.storage.set_upload_length(sid, length)).public()
+        """Declare the session's total length once (the upload that reaches it finalizes).
+
+        A write like an upload: under the session's writer lease, fenced by its token.
+        """
+        async with self._writing(sid) as token:
+            row = await self.storage.set_upload_length(sid, length, lease_token=token)
+        return row.public()
 
     async def get(self, sid: str) -> Session:
         """Return the session as shown to clients, checked against what was signed.

@@ -159,8 +159,9 @@ class StorageClient:
         body = RewrapIn(expected_key_id=expected_key_id, wrapped_key=WrappedKeyModel.of(wrapped))
         return await self._answer(ops.replace_wrapped_key(sid, body))
 
-    async def set_upload_length(self, sid: str, length: int) -> SessionRow:
-        return await self._answer(ops.set_upload_length(sid, length))
+    async def set_upload_length(self, sid: str, length: int, *,
+                                lease_token: int | None = None) -> SessionRow:
+        return await self._answer(ops.set_upload_length(sid, length, lease_token))
 
     async def transition(self, sid: str, *, to: SessionState,
                          allowed_from: tuple[SessionState, ...],

@@ -306,8 +306,8 @@ class MetadataStore:
         """Complete a finalizing session; a repeat with the same root hash is a no-op.
 
         Preconditions: len(root_hash) == 32; state == finalizing, or completed with root_hash;
-        a lease_token, if given, passes `check_lease` (409 lease_lost), in the same
-        compare-and-set.
+        lease_token passes `check_lease` (409 lease_lost: stale, or absent while a writer
+        holds the lease), in the same compare-and-set.
         """
         if len(root_hash) != LEAF_HASH_SIZE:
             raise BadRequest("root_hash must be 32 bytes")
@@ -318,8 +318,7 @@ class MetadataStore:
                     raise Conflict("the session was completed with another root hash")
                 return None
             require_state(rec.state, SessionState.FINALIZING, action="finalize")
-            if lease_token is not None:
-                check_lease(rec, lease_token)
+            check_lease(rec, lease_token)
             return Update(self._next(rec, state=SessionState.COMPLETED, root_hash=root_hash),
                           finalized=Finalized(checkpoint=checkpoint, manifest=manifest))
         return await self._cas(session_id, decide)
@@ -364,12 +363,18 @@ class MetadataStore:
             return Update(self._next(rec, legal_hold=hold, wrapped_key=wrapped), forget_key=True)
         return await self._cas(session_id, decide)
 
-    async def set_upload_length(self, session_id: str, length: int) -> SessionRecord:
-        """Declare a session's total length once (`check_upload_length`); return the record."""
+    async def set_upload_length(self, session_id: str, length: int,
+                                lease_token: int | None = None) -> SessionRecord:
+        """Declare a session's total length once (`check_upload_length`); return the record.
+
+        Fenced like a commit (`check_lease`, 409 lease_lost), in the same compare-and-set:
+        a writer paused past its lease cannot declare a length after another took over.
+        """
         if length < 0:
             raise InvalidParameter("upload_length must be >= 0")
 
         def decide(rec: SessionRecord) -> Update | None:
+            check_lease(rec, lease_token)
             if not check_upload_length(rec, length):
                 return None
             return Update(self._next(rec, upload_length=length))

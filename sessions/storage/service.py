@@ -171,13 +171,13 @@ class StorageService:
         Every PUT of the session already in flight is fenced off: it fails with 409
         `staging_discarded` instead of publishing.  The processor calls this, while it
         holds the session's lease, when a request that staged chunks fails; with a stale
-        lease_token it is refused (409 lease_lost): the new writer's files stay.
+        lease_token, or none while a lease is held, it is refused (`check_lease`, 409
+        lease_lost): the new writer's files stay.
         """
         gate = self._gate(session_id)
         async with gate.lock:
             rec = await self.meta.get_session(session_id)
-            if lease_token is not None:
-                check_lease(rec, lease_token)
+            check_lease(rec, lease_token)
             return await self._discard(gate, rec)
 
     async def transition(self, session_id: str, *, to: SessionState,

@@ -1,6 +1,7 @@
 """Two processors in front of one storage: the writer lease holds across them.
 
-Processor A is paused with SIGSTOP mid-upload, past its writer lease.  Processor B
+Processor A is paused with SIGSTOP mid-upload, past its writer lease (storage on SQLite
+and on MongoDB).  Processor B
 resumes the session where storage says it stands (its Merkle state rebuilt from
 storage's leaves: B never saw the session), A is continued with SIGCONT and every
 write it still tries carries its old fencing token, so storage refuses it with 409
@@ -49,12 +50,21 @@ from tests.e2e.support import (
 LEASE_SECONDS = 3
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Node]]:
+def _on_store(cluster: Cluster, store: str, request: pytest.FixtureRequest) -> None:
+    """Put the cluster's storage on `store`: SQLite (its default) or the MongoDB test server."""
+    if store == "mongodb":
+        cluster.extra_env["storage"] = {
+            "LUCID_METADATA_URL": request.getfixturevalue("mongo_server").url()}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
+def pair(tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Node]]:
     """Storage and processor A (a Cluster), and processor B on the same data dir and storage."""
-    root = tmp_path_factory.mktemp("two-processors")
+    root = tmp_path_factory.mktemp(f"two-processors-{request.param}")
     a = Cluster(root)
     a.base_env["LUCID_LEASE_SECONDS"] = str(LEASE_SECONDS)
+    _on_store(a, request.param, request)
     (root / "logs-b").mkdir()
     b = Node(a.data_dir, {**a.ports, "processor": launcher.free_port()}, root / "logs-b",
              base_env=dict(a.base_env))
@@ -140,13 +150,10 @@ def fronted(tmp_path_factory: pytest.TempPathFactory,
     """Storage, processor A and gateway A (a Cluster), and gateway B in front of processor B
     (a Node on the same data dir and storage: the gateway's LUCID_PROCESSOR_URL is its own
     node's processor)."""
-    store: str = request.param
-    root = tmp_path_factory.mktemp(f"two-gateways-{store}")
+    root = tmp_path_factory.mktemp(f"two-gateways-{request.param}")
     a = Cluster(root)
     a.base_env["LUCID_LEASE_SECONDS"] = str(FRONTED_LEASE_SECONDS)
-    if store == "mongodb":
-        a.extra_env["storage"] = {
-            "LUCID_METADATA_URL": request.getfixturevalue("mongo_server").url()}
+    _on_store(a, request.param, request)
     (root / "logs-b").mkdir()
     b: Node | None = None
     try:

@@ -40,11 +40,33 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+class Pause(httpx.AsyncBaseTransport):
+    """The processor's transport to storage, which can freeze it as SIGSTOP would.
+
+    Armed with a path suffix, it holds the first request to such a path and every later
+    one (renewals included) until `resume` is set; unarmed, it only forwards.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.at: str | None = None
+        self.held = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.at is not None and request.url.path.endswith(self.at):
+            self.held.set()
+        if self.held.is_set():
+            await self.resume.wait()
+        return await self.inner.handle_async_request(request)
+
+
 @dataclass
 class Stack:
     api: httpx.AsyncClient
     storage: httpx.AsyncClient  # storage's internal API, as another processor calls it
     data_dir: Path
+    pause: Pause  # the processor's transport to storage
 
     def lease(self, sid: str) -> tuple[int, str | None]:
         db = sqlite3.connect(self.data_dir / "storage" / "metadata.sqlite3")
@@ -78,7 +100,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     storage = storage_app(StorageSettings(**common))
     processor = processor_app(ProcessorSettings(**common, chunk_size=MIB, lease_seconds=1,
                                                 storage_url="http://storage"),
-                              storage_transport=httpx.ASGITransport(app=storage))
+                              storage_transport=(pause := Pause(httpx.ASGITransport(app=storage))))
     api = api_app(ApiSettings(**common, processor_url="http://processor"),
                   processor_transport=httpx.ASGITransport(app=processor))
     async with AsyncExitStack() as stack:
@@ -92,7 +114,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         internal = await stack.enter_async_context(httpx.AsyncClient(
             transport=httpx.ASGITransport(app=storage), base_url="http://storage/internal/v1",
             headers={"Authorization": f"Bearer {service}"}, timeout=60))
-        yield Stack(client, internal, tmp_path)
+        yield Stack(client, internal, tmp_path, pause)
 
 
 async def test_an_upload_takes_and_releases_the_lease(stack: Stack) -> None:
@@ -161,6 +183,100 @@ async def test_a_lease_taken_over_mid_upload_is_a_clean_409(stack: Stack) -> Non
     assert r.status_code == 409 and r.json()["error"] == "lease_lost", r.text
     assert await stack.offset(sid) == MIB  # nothing after the takeover was committed
     assert stack.lease(sid) == (2, "other-proc")  # and the loser released nothing
+
+
+# -- the declared length is a write too; an admin's changes cannot be undone by a writer ------
+
+
+async def test_a_declared_length_is_written_under_the_lease(stack: Stack) -> None:
+    """tus `Upload-Length` on a PATCH: the processor declares it under the writer lease, so
+    while another processor holds the session it declares nothing (409, not a length)."""
+    sid = await stack.new()
+    held = await stack.storage.post(f"/sessions/{sid}/lease",
+                                    json={"holder": "other-proc", "ttl_seconds": 60})
+    tus = {**UPLOAD, "Upload-Offset": "0", "Upload-Length": "1000", "Tus-Resumable": "1.0.0"}
+    r = await stack.api.patch(f"/sessions/{sid}/upload", content=b"", headers=tus)
+    assert r.status_code == 409 and r.json()["error"] == "upload_in_progress", r.text
+    assert (await stack.storage.get(f"/sessions/{sid}")).json()["upload_length"] is None
+    await stack.storage.post(f"/sessions/{sid}/lease/release",
+                             json={"holder": "other-proc", "token": held.json()["token"]})
+    r = await stack.api.patch(f"/sessions/{sid}/upload", content=b"x" * 1000, headers=tus)
+    assert r.status_code == 204, r.text
+    row = (await stack.storage.get(f"/sessions/{sid}")).json()
+    assert (row["upload_length"], row["offset"], row["state"]) == (1000, 1000, "completed")
+    assert stack.lease(sid) == (4, None)  # declare, upload, finalize: each its own lease
+
+
+async def test_a_length_declared_by_a_writer_paused_past_its_lease_is_refused(
+        stack: Stack) -> None:
+    """The processor is frozen with its declaring request in flight (and its renewals held)
+    until its lease lapses and another writer takes the session over: the stale declaration
+    is refused with 409 `lease_lost` and the session keeps no length."""
+    sid = await stack.new()
+    stack.pause.at = "/upload-length"
+    tus = {**UPLOAD, "Upload-Offset": "0", "Upload-Length": "1000", "Tus-Resumable": "1.0.0"}
+    patch = asyncio.create_task(stack.api.patch(f"/sessions/{sid}/upload", content=b"",
+                                                headers=tus))
+    await asyncio.wait_for(stack.pause.held.wait(), 30)
+    await asyncio.sleep(1.5)  # past the one-second lease: nothing renews it
+    other = await stack.storage.post(f"/sessions/{sid}/lease",
+                                     json={"holder": "other-proc", "ttl_seconds": 60})
+    assert other.status_code == 200 and other.json()["token"] == 2, other.text
+    stack.pause.resume.set()
+    r = await patch
+    assert r.status_code == 409 and r.json()["error"] == "lease_lost", r.text
+    assert (await stack.storage.get(f"/sessions/{sid}")).json()["upload_length"] is None
+    assert stack.lease(sid) == (2, "other-proc")  # the stale writer released nothing
+
+
+async def test_a_hold_set_mid_upload_survives_the_writer_s_later_commits(stack: Stack) -> None:
+    """The hold (and the key rewrapped with it) changes the record under a writer: the
+    writer's next commits are decided on a fresh read, so they keep both."""
+    r = await stack.api.post("/sessions", json={"labels": {"suite": "leases"},
+                                                 "retention_days": 7})
+    sid = r.json()["id"]
+    key_before = (await stack.storage.get(f"/sessions/{sid}")).json()["wrapped_key"]["key_id"]
+    data = session_bytes(3 * MIB + 11, seed=5)
+    gate = asyncio.Event()
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    held = await stack.api.put(f"/sessions/{sid}/hold")
+    assert held.status_code == 200 and held.json()["legal_hold"] is True, held.text
+    gate.set()
+    r = await upload
+    assert r.status_code == 200 and r.json()["offset"] == len(data), r.text
+    row = (await stack.storage.get(f"/sessions/{sid}")).json()
+    assert row["legal_hold"] is True and row["wrapped_key"]["key_id"] != key_before
+    assert (await stack.api.post(f"/sessions/{sid}/finalize")).status_code == 200
+    got = await stack.api.get(f"/sessions/{sid}/replay")
+    assert got.status_code == 200 and got.content == data
+
+
+async def test_an_operator_s_state_change_mid_upload_refuses_the_writer_s_next_commit(
+        stack: Stack) -> None:
+    """An unfenced change (no token: an operator marks the session failed) while a writer
+    holds the lease: the writer's next write is refused by the state, nothing more lands."""
+    sid = await stack.new()
+    data = session_bytes(3 * MIB + 3, seed=6)
+    gate = asyncio.Event()
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    assert stack.lease(sid)[1] is not None  # the writer holds the lease
+    failed = await stack.storage.post(f"/sessions/{sid}/state", json={"to": "failed"})
+    assert failed.status_code == 200, failed.text
+    gate.set()
+    r = await upload
+    assert r.status_code == 409 and r.json()["error"] == "invalid_state", r.text
+    row = (await stack.storage.get(f"/sessions/{sid}")).json()
+    assert (row["state"], row["offset"], row["chunk_count"]) == ("failed", MIB, 1)
+    assert stack.lease(sid) == (1, None)  # released after the refusal
+    files = sorted(p.name for p in (stack.data_dir / "storage" / "chunks" / sid[:2] / sid
+                                    ).iterdir())
+    assert files == [f"{0:010d}.lcs"]  # the committed chunk; nothing staged stays behind
 
 
 # -- the holder id: a restarted processor is its dead predecessor again --------------------------

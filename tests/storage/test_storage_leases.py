@@ -21,7 +21,7 @@ import pytest
 from sessions.common.errors import InvalidParameter, LeaseLost, UploadInProgress
 from sessions.common.states import SessionState
 from sessions.storage.metastore import MetadataStore
-from sessions.storage.records import ChunkRecord, NewSession
+from sessions.storage.records import ChunkRecord, NewSession, SessionRecord
 
 pytestmark = pytest.mark.anyio
 MakeSession = Callable[..., NewSession]
@@ -293,3 +293,100 @@ async def test_http_state_changes_carry_the_fencing_token(
     stale = await client.post(f"{API}/sessions/{sid}/finalize", json={
         "root_hash": "00" * 32, "checkpoint": "c", "manifest": "{}", "lease_token": token + 1})
     error_body(stale, 409, "lease_lost")
+
+
+# -- every write of a writer is fenced: the declared length, discards, finalize -----------------
+
+
+async def test_a_stale_token_cannot_declare_the_upload_length(
+        meta: MetadataStore, new_session: MakeSession) -> None:
+    """A writer paused past its lease (tus `Upload-Length` in flight) declares nothing once
+    another took over; the new writer's own declaration goes through."""
+    sid = (await meta.create_session(new_session())).id
+    old = (await meta.acquire_lease(sid, holder="a", ttl=TTL, now=at(0))).lease_token
+    new = (await meta.acquire_lease(sid, holder="b", ttl=TTL, now=at(TTL * 2))).lease_token
+    for token in (old, None):  # stale, and none while b holds the lease
+        with pytest.raises(LeaseLost):
+            await meta.set_upload_length(sid, 100, token)
+    assert (await meta.get_session(sid)).upload_length is None
+    assert (await meta.set_upload_length(sid, 50, new)).upload_length == 50
+    with pytest.raises(LeaseLost):  # fenced before the once-rule: even the same value
+        await meta.set_upload_length(sid, 50, old)
+    await meta.release_lease(sid, holder="b", token=new)
+    with pytest.raises(LeaseLost):  # a released token stays fenced
+        await meta.set_upload_length(sid, 50, new)
+    assert (await meta.set_upload_length(sid, 50)).upload_length == 50  # no lease: a no-op
+
+
+async def test_racing_acquirers_get_distinct_tokens_and_one_holds(
+        open_store: OpenStore, new_session: MakeSession) -> None:
+    """The lease is a compare-and-set in the database (here on both backends, MongoDB
+    included), never read-then-write: acquirers racing through separate clients (as
+    separate storage processes) never share a token, and only the last token writes."""
+    stores = [await open_store() for _ in range(3)]
+    sid = (await stores[0].create_session(new_session())).id
+    lapsed = (await stores[0].acquire_lease(sid, holder="dead", ttl=TTL, now=at(0))).lease_token
+
+    async def take(store: MetadataStore, holder: str) -> object:
+        try:
+            return await store.acquire_lease(sid, holder=holder, ttl=TTL, now=at(TTL * 2))
+        except UploadInProgress as exc:
+            return exc
+
+    # two processors take a lapsed lease over at once: one wins, with a new token
+    results = await asyncio.gather(*(take(stores[i % 3], f"p{i}") for i in range(6)))
+    won = [r for r in results if isinstance(r, SessionRecord)]
+    assert [r.lease_token for r in won] == [lapsed + 1], results
+    winners, holder = [lapsed + 1], won[0].lease_holder
+    # the holder's own acquires racing (a restarted processor's): each gets its own token
+    results = await asyncio.gather(*(take(stores[i % 3], str(holder)) for i in range(6)))
+    tokens = sorted(r.lease_token for r in results if isinstance(r, SessionRecord))
+    assert tokens == list(range(lapsed + 2, lapsed + 8)), results
+    rec = await stores[1].get_session(sid)
+    assert (rec.lease_token, rec.lease_holder) == (tokens[-1], holder)
+    for token in (lapsed, *winners, *tokens[:-1]):
+        with pytest.raises(LeaseLost):
+            await stores[2].commit_chunks(sid, expected_offset=0, chunks=[chunk(0, 0, 1)],
+                                          lease_token=token)
+    done = await stores[2].commit_chunks(sid, expected_offset=0, chunks=[chunk(0, 0, 2)],
+                                         lease_token=tokens[-1])
+    assert done.chunk_count == 1
+
+
+async def test_http_upload_length_discard_and_finalize_are_fenced(
+        client: httpx.AsyncClient, session_body: Callable[..., dict[str, Any]],
+        error_body: Callable[..., dict[str, Any]]) -> None:
+    sid = await _session(client, session_body)
+    lease = f"{API}/sessions/{sid}/lease"
+    assert (await client.post(lease, json={"holder": "proc-a", "ttl_seconds": 0.2})
+            ).status_code == 200
+    await asyncio.sleep(0.3)  # a's lease lapses; b takes the session over
+    b = await client.post(lease, json={"holder": "proc-b", "ttl_seconds": 30})
+    assert b.json()["token"] == 2
+    length = f"{API}/sessions/{sid}/upload-length"
+    for stale in ({"lease_token": 1}, {}):
+        error_body(await client.put(length, json={"upload_length": 10, **stale}),
+                   409, "lease_lost")
+        error_body(await client.delete(f"{API}/sessions/{sid}/staged",
+                                       params=stale), 409, "lease_lost")
+    assert (await client.get(f"{API}/sessions/{sid}")).json()["upload_length"] is None
+    ok = await client.put(length, json={"upload_length": 10, "lease_token": 2})
+    assert ok.status_code == 200 and ok.json()["upload_length"] == 10, ok.text
+    error_body(await client.put(length, json={"upload_length": 10, "lease_token": 0}),
+               422, "invalid_parameter")
+
+    state = await client.post(f"{API}/sessions/{sid}/state",
+                              json={"to": "finalizing", "lease_token": 2})
+    assert state.status_code == 200, state.text
+    final = {"root_hash": "00" * 32, "checkpoint": "c", "manifest": "{}"}
+    error_body(await client.post(f"{API}/sessions/{sid}/finalize", json=final),
+               409, "lease_lost")  # no token while b holds the lease
+    assert (await client.get(f"{API}/sessions/{sid}")).json()["state"] == "finalizing"
+    done = await client.post(f"{API}/sessions/{sid}/finalize", json={**final, "lease_token": 2})
+    assert done.status_code == 200 and done.json()["state"] == "completed", done.text
+
+    doc = (await client.get("/openapi.json")).json()
+    route = doc["paths"][f"{API}/sessions/{{session_id}}/upload-length"]["put"]
+    assert "409" in route["responses"] and "lease_lost" in route["description"]
+    body = doc["components"]["schemas"]["UploadLengthIn"]["properties"]["lease_token"]
+    assert "lease_lost" in str(body)

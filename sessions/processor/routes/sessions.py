@@ -68,6 +68,12 @@ async def finalize_session(session_id: SessionId, engine: EngineDep,
 @router.put("/{session_id}/upload-length", responses=error_responses(404, 409))
 async def set_upload_length(session_id: SessionId, body: UploadLength,
                             engine: EngineDep) -> Session:
+    """Return the session with its total length declared (once), under its writer lease.
+
+    409 `conflict` if another length was declared, `upload_in_progress` while another
+    request or processor writes the session, `lease_lost` if this processor stalled past
+    its lease and another took the session over (nothing declared).
+    """
     return await engine.set_upload_length(session_id, body.upload_length)
 
 

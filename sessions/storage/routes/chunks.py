@@ -115,8 +115,9 @@ async def discard_staged(session_id: SessionId, service: Service,
     """Remove every staged, uncommitted chunk file and fence off PUTs in flight.
 
     A PUT of this session that started before the discard fails with 409
-    `staging_discarded` instead of publishing its file.  With `lease_token`, 409
-    `lease_lost` (nothing removed) unless it is the session's current lease token.
+    `staging_discarded` instead of publishing its file.  409 `lease_lost` (nothing
+    removed) unless `lease_token` is the session's current lease token (or, absent, while
+    no writer holds the lease).
     """
     return DiscardOut(discarded=await service.discard_staged(session_id, lease_token))
 

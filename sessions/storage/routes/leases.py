@@ -1,9 +1,10 @@
 """Writer leases: one writer per session across processors, fenced by a token.
 
 A processor takes a session's lease before it writes, renews it while it does and
-releases it after.  Every write it makes (staging PUT, commit, discard) carries the
-lease's fencing token; storage refuses a stale one with 409 `lease_lost`, so a
-processor paused past its lease cannot write once another took the session over.
+releases it after.  Every write it makes (staging PUT, commit, discard, kept checkpoint,
+declared length, state change, finalize) carries the lease's fencing token; storage
+refuses a stale one with 409 `lease_lost`, so a processor paused past its lease cannot
+write once another took the session over.
 """
 
 from __future__ import annotations

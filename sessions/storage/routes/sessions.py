@@ -79,7 +79,8 @@ async def change_state(session_id: SessionId, body: TransitionIn,
 async def finalize(session_id: SessionId, body: FinalizeIn, meta: Meta) -> StoredSession:
     """Return the completed session; a repeat with the same root hash is a no-op.
 
-    409 `lease_lost` if `lease_token` is given and stale (unless already completed so).
+    409 `lease_lost` if `lease_token` is stale, or absent while a writer holds the lease
+    (unless already completed so).
     """
     rec = await meta.finalize(session_id, root_hash=bytes.fromhex(body.root_hash),
                               checkpoint=body.checkpoint,
@@ -116,8 +117,10 @@ async def replace_wrapped_key(session_id: SessionId, body: RewrapIn,
 async def set_upload_length(session_id: SessionId, body: UploadLengthIn,
                             meta: Meta) -> StoredSession:
     """Return the session with `upload_length` set; 409 `conflict` if another was declared
-    or more bytes are committed, 409 `invalid_state` unless recording."""
-    return stored_session(await meta.set_upload_length(session_id, body.upload_length))
+    or more bytes are committed, 409 `invalid_state` unless recording, 409 `lease_lost` if
+    `lease_token` is stale or absent while a writer holds the lease (as for a commit)."""
+    return stored_session(await meta.set_upload_length(session_id, body.upload_length,
+                                                       body.lease_token))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,

@@ -91,6 +91,28 @@ async def test_put_get_stream_size_round_trip(store: ChunkStore, ids: Callable[[
     assert await store.size(sid, 6) is None and not await store.exists(sid, 6)
 
 
+async def collect(pieces: AsyncIterator[bytes]) -> bytes:
+    return b"".join([p async for p in pieces])
+
+
+async def test_a_range_of_a_chunk_streams_exactly_those_bytes(
+        store: ChunkStore, ids: Callable[[], str]) -> None:
+    """Ranged reads cross the stores' read pieces (1 MiB local, 256 KiB S3) and both ends."""
+    sid = ids()
+    data = os.urandom(2 * 1024 * 1024 + 777)
+    await put(store, sid, 2, data)
+    size = len(data)
+    for offset, length in [(0, 1), (0, size), (1, size - 1), (size - 1, 1), (123, 1 << 20),
+                           (300_000, 1_500_000), (size - 5000, 5000)]:
+        got = await collect(await store.stream_range(sid, 2, offset=offset, length=length))
+        assert got == data[offset:offset + length], (offset, length)
+    for offset, length in [(-1, 2), (0, 0), (size, 1), (size - 1, 2), (0, size + 1)]:
+        with pytest.raises(InvalidParameter):
+            await store.stream_range(sid, 2, offset=offset, length=length)
+    with pytest.raises(ChunkNotFound):
+        await store.stream_range(sid, 3, offset=0, length=1)
+
+
 async def test_a_missing_chunk_is_not_found(store: ChunkStore, ids: Callable[[], str]) -> None:
     sid = ids()
     with pytest.raises(ChunkNotFound):

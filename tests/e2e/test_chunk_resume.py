@@ -1,0 +1,159 @@
+"""A chunk read cut mid-answer between the processor and storage (real processes, a real TCP
+reset) is resumed with a Range request: the replay completes byte for byte, storage served
+a 206 for it, and a chunk altered on disk still fails authentication after a resume.
+
+The processor is restarted to reach storage through `CuttingProxy`, a loopback TCP proxy
+that resets the connection once, in the middle of the sealed chunk it is armed for, and
+is put back on storage directly afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.support import MIB, assert_error, recorded_session, replay
+
+pytestmark = pytest.mark.e2e
+
+KEEP = 400_000  # answer bytes (head included) let through before the cut: mid-chunk
+CHUNK_ROUTE = "/internal/v1/sessions/{session_id}/chunks/{index}"
+
+
+class CuttingProxy:
+    """Forwards loopback TCP to `upstream_port`; once armed with a chunk's request line, resets
+    the connection carrying that chunk's answer after KEEP bytes of it, then disarms."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed: bytes | None = None
+        self.cuts = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, sid: str, index: int) -> None:
+        with self._lock:
+            self.armed = f"GET /internal/v1/sessions/{sid}/chunks/{index} ".encode()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                down, _ = self.listener.accept()
+                up = socket.create_connection(("127.0.0.1", self.upstream_port))
+                cut = threading.Event()
+                threading.Thread(target=self._requests, args=(down, up, cut), daemon=True).start()
+                threading.Thread(target=self._answers, args=(up, down, cut), daemon=True).start()
+
+    def _requests(self, down: socket.socket, up: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := down.recv(1 << 16):
+                with self._lock:
+                    if self.armed is not None and self.armed in data:
+                        self.armed = None
+                        cut.set()  # before the request goes on: its answer is the one to cut
+                up.sendall(data)
+        with contextlib.suppress(OSError):
+            up.shutdown(socket.SHUT_WR)
+
+    def _answers(self, up: socket.socket, down: socket.socket, cut: threading.Event) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := up.recv(1 << 16):
+                if cut.is_set():
+                    if sent + len(data) >= KEEP:
+                        down.sendall(data[:KEEP - sent])
+                        self.cuts += 1
+                        # SO_LINGER 0: the close resets the connection.  The shutdown
+                        # first wakes the thread reading requests from it, which would
+                        # otherwise keep the socket open past close().
+                        down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        for sock in (down, up):
+                            sock.shutdown(socket.SHUT_RDWR)
+                            sock.close()
+                        return
+                    sent += len(data)
+                down.sendall(data)
+        with contextlib.suppress(OSError):
+            down.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def processor_through(cluster: Cluster, proxy: CuttingProxy) -> Iterator[None]:
+    """Run the processor with its storage calls going through `proxy`, then restore it."""
+    before = cluster.extra_env.get("processor")
+    cluster.extra_env["processor"] = {**(before or {}),
+                                      "LUCID_STORAGE_URL": f"http://127.0.0.1:{proxy.port}"}
+    cluster.restart("processor")
+    cluster.wait_ready("api")
+    try:
+        yield
+    finally:
+        if before is None:
+            del cluster.extra_env["processor"]
+        else:
+            cluster.extra_env["processor"] = before
+        cluster.restart("processor")
+        cluster.wait_ready("api")
+
+
+def ranged_chunk_reads(cluster: Cluster) -> int:
+    """Return how many 206 answers storage's chunk GET has served (its request metrics)."""
+    r = httpx.get(cluster.url("storage") + "/metrics", headers=cluster.auth_of("storage"),
+                  trust_env=False, timeout=10)
+    assert r.status_code == 200
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in r.text.splitlines()
+               if line.startswith("lucid_http_request_duration_seconds_count{")
+               and f'route="{CHUNK_ROUTE}"' in line and 'status="206"' in line)
+
+
+def test_a_chunk_read_cut_mid_chunk_resumes_and_still_authenticates(
+        cluster: Cluster, api: httpx.Client) -> None:
+    data = os.urandom(3 * MIB + 4321)  # incompressible: each sealed chunk ~1 MiB
+    sid = recorded_session(api, data, piece=4 * MIB)["id"]
+    assert cluster.chunk_file(sid, 1).stat().st_size > KEEP + 100_000
+    proxy = CuttingProxy(cluster.ports["storage"])
+    try:
+        with processor_through(cluster, proxy):
+            log_start = cluster.log_sizes()["processor"]
+            ranged = ranged_chunk_reads(cluster)
+
+            # 1. Chunk 1's answer is reset mid-chunk; the whole replay still arrives intact.
+            proxy.arm(sid, 1)
+            r = replay(api, sid)
+            assert proxy.cuts == 1
+            assert r.status_code == 200 and r.content == data
+            assert ranged_chunk_reads(cluster) == ranged + 1
+            log = cluster.log_text("processor", log_start)
+            assert re.search(rf"chunk 1 of session {sid} broke off at byte \d+", log), log[-2000:]
+
+            # 2. A 1-byte Range in chunk 2, cut too: one resumed read, then the byte.
+            proxy.arm(sid, 2)
+            r = replay(api, sid, f"bytes={2 * MIB + 5}-{2 * MIB + 5}")
+            assert proxy.cuts == 2 and ranged_chunk_reads(cluster) == ranged + 2
+            assert r.status_code == 206 and r.content == data[2 * MIB + 5:2 * MIB + 6]
+
+            # 3. Chunk 0 altered on disk and cut: resumed, then refused whole; nothing served.
+            path = cluster.chunk_file(sid, 0)
+            blob = bytearray(path.read_bytes())
+            blob[len(blob) - 100] ^= 0x01  # past the cut: only the resumed bytes are wrong
+            path.write_bytes(bytes(blob))
+            proxy.arm(sid, 0)
+            body = assert_error(replay(api, sid), 502, "chunk_corrupt")
+            assert body.get("index", 0) == 0
+            assert proxy.cuts == 3 and ranged_chunk_reads(cluster) == ranged + 3
+    finally:
+        proxy.close()

@@ -243,6 +243,30 @@ async def test_s3_conditional_put_keeps_an_object_immutable(any_s3: S3Server | R
     assert await store.free_bytes() == UNMETERED
 
 
+async def test_s3_deletes_page_through_listings_and_batches(any_s3: S3Server | RgwServer,
+                                                           ids: Callable[[], str]) -> None:
+    """More objects than one S3 listing page (1000 keys) and one DeleteObjects batch (1000):
+    discard_from and delete_session still find and remove every one of them."""
+    url = any_s3.url()
+    store, raw, prefix = s3_store(any_s3, url), any_s3.store(), url.split("/", 3)[3]
+    sid, count = ids(), 2100
+    at_once = asyncio.Semaphore(32)
+
+    async def object_of(index: int) -> None:
+        data = b"%d" % index
+        async with at_once:
+            await obstore.put_async(raw, f"{prefix}/{sid}/{index:010d}/"
+                                         f"{leaf_hash(data).hex()}.lcs", data)
+
+    await asyncio.gather(*(object_of(i) for i in range(count)))
+    assert await store.get(sid, count - 1) == b"%d" % (count - 1)
+    assert await store.discard_from(sid, 50) == list(range(50, count))
+    left = [o["path"] for o in await obstore.list(raw, f"{prefix}/{sid}").collect_async()]
+    assert len(left) == 50
+    await store.delete_session(sid)
+    assert await obstore.list(raw, f"{prefix}/{sid}").collect_async() == []
+
+
 async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:
     """Nothing listening: every call is StorageUnavailable, never an obstore error."""
     store = S3ChunkStore(bucket="b", prefix="p", endpoint=f"http://127.0.0.1:{free_port()}",

@@ -58,9 +58,9 @@ class ChunkOverflow(Exception):
         self.index = index
 
 
-RESUME_DELAYS = (0.05, 0.25, 1.0, 2.0)
+RESUME_DELAYS = (0.05, 0.25, 1.0, 2.0, 4.0)
 """Seconds waited before each resume of a chunk read that broke off: bounded, and long
-enough in all (3.3 s) for a storage process to be restarted."""
+enough in all (7.3 s) for a storage process to be restarted."""
 
 
 class _BrokeOff(Exception):

@@ -14,7 +14,9 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -30,20 +32,28 @@ CHUNK_ROUTE = "/internal/v1/sessions/{session_id}/chunks/{index}"
 
 class CuttingProxy:
     """Forwards loopback TCP to `upstream_port`; once armed with a chunk's request line, resets
-    the connection carrying that chunk's answer after KEEP bytes of it, then disarms."""
+    the connection carrying that chunk's answer after KEEP bytes of it, then disarms.
+
+    Armed with `hold`, it sets `holding` at that point and waits for `hold` before the
+    reset (the test restarts storage meanwhile).  While storage is down, a connection
+    is accepted and closed at once, as a stopped upstream behind a proxy looks.
+    """
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.armed: bytes | None = None
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
         self.cuts = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self, sid: str, index: int) -> None:
+    def arm(self, sid: str, index: int, hold: threading.Event | None = None) -> None:
         with self._lock:
             self.armed = f"GET /internal/v1/sessions/{sid}/chunks/{index} ".encode()
+            self.hold = hold
 
     def close(self) -> None:
         self.listener.close()
@@ -52,7 +62,11 @@ class CuttingProxy:
         with contextlib.suppress(OSError):
             while True:
                 down, _ = self.listener.accept()
-                up = socket.create_connection(("127.0.0.1", self.upstream_port))
+                try:
+                    up = socket.create_connection(("127.0.0.1", self.upstream_port))
+                except OSError:
+                    down.close()
+                    continue
                 cut = threading.Event()
                 threading.Thread(target=self._requests, args=(down, up, cut), daemon=True).start()
                 threading.Thread(target=self._answers, args=(up, down, cut), daemon=True).start()
@@ -75,6 +89,9 @@ class CuttingProxy:
                 if cut.is_set():
                     if sent + len(data) >= KEEP:
                         down.sendall(data[:KEEP - sent])
+                        if self.hold is not None:
+                            self.holding.set()
+                            self.hold.wait(60)
                         self.cuts += 1
                         # SO_LINGER 0: the close resets the connection.  The shutdown
                         # first wakes the thread reading requests from it, which would
@@ -155,5 +172,34 @@ def test_a_chunk_read_cut_mid_chunk_resumes_and_still_authenticates(
             body = assert_error(replay(api, sid), 502, "chunk_corrupt")
             assert body.get("index", 0) == 0
             assert proxy.cuts == 3 and ranged_chunk_reads(cluster) == ranged + 3
+    finally:
+        proxy.close()
+
+
+def test_a_chunk_read_resumes_across_a_storage_restart(cluster: Cluster,
+                                                       api: httpx.Client) -> None:
+    """Storage is killed while chunk 1's answer is under way and started again; the processor's
+    resumes meet a refused connection until it is back, then read on from the new process."""
+    data = os.urandom(2 * MIB + 99)
+    sid = recorded_session(api, data, piece=4 * MIB)["id"]
+    proxy = CuttingProxy(cluster.ports["storage"])
+    try:
+        with processor_through(cluster, proxy), ThreadPoolExecutor(1) as pool:
+            log_start = cluster.log_sizes()["processor"]
+            hold = threading.Event()
+            proxy.arm(sid, 1, hold)
+            with cluster.broken_stream("storage"):
+                pending = pool.submit(replay, api, sid)
+                assert proxy.holding.wait(30)
+                cluster.kill("storage")
+                hold.set()  # the cut reaches the processor while storage is down
+                started = time.monotonic()
+                cluster.start("storage")
+                restart_s = time.monotonic() - started
+                r = pending.result(timeout=60)
+            assert r.status_code == 200 and r.content == data, restart_s
+            assert proxy.cuts == 1 and ranged_chunk_reads(cluster) == 1  # the new process's
+            log = cluster.log_text("processor", log_start)
+            assert len(re.findall(rf"chunk 1 of session {sid} broke off", log)) >= 2, log[-3000:]
     finally:
         proxy.close()

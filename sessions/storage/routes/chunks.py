@@ -35,6 +35,8 @@ OCTET_STREAM = "application/octet-stream"
 LEAF_HASH_HEADER = "X-Lucid-Leaf-Hash"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+RANGE_PATTERN = "^[bB][yY][tT][eE][sS]=([0-9]{1,19}-[0-9]{0,19}|-[0-9]{1,19})$"
+"""The shape of one range-spec; the route checks the rest (first <= last: 400, size: 416)."""
 RANGE_DOC = ("one range of the sealed bytes, `bytes=first-last`, `bytes=first-` or "
              "`bytes=-suffix` (206); several ranges or bad syntax: 400 `invalid_range`")
 _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
@@ -105,7 +107,8 @@ async def leaves(session_id: SessionId, meta: Meta,
                 **error_responses(400, 404, 409, 416)})
 async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service,
                     byte_range: Annotated[str | None, Header(
-                        alias="Range", description=RANGE_DOC)] = None) -> Response:
+                        alias="Range", description=RANGE_DOC,
+                        json_schema_extra={"pattern": RANGE_PATTERN})] = None) -> Response:
     """Return the bytes as stored, or the one range of them asked for (206).
 
     404 `chunk_not_found` (`"missing": true` if file lost); 400 `invalid_range` for a

@@ -166,6 +166,10 @@ class UnsupportedMediaType(ServiceError):
     status, code, detail = 415, "unsupported_media_type", "wrong Content-Type"
 
 
+class InvalidRange(ServiceError):
+    status, code, detail = 400, "invalid_range", "the Range header is malformed"
+
+
 class RangeNotSatisfiable(ServiceError):
     status, code = 416, "range_not_satisfiable"
     detail = "the requested range is outside the session"

@@ -357,8 +357,37 @@ def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes,
     return Operation("PUT", _session(sid, f"/chunks/{index}"), nothing, headers=headers)
 
 
-def get_chunk(sid: str, index: int) -> Operation[bytes]:
-    return Operation("GET", _session(sid, f"/chunks/{index}"), raw_body)
+def get_chunk(sid: str, index: int, *, start: int = 0) -> Operation[bytes]:
+    """Read a committed chunk's sealed bytes: all of them, or from byte `start` > 0 on
+    (`Range: bytes=start-`, a read resumed after it broke off; `chunk_span` reads the 206)."""
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    return Operation("GET", _session(sid, f"/chunks/{index}"), raw_body, headers=headers)
+
+
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
+
+
+def chunk_span(status: int, headers: Mapping[str, str], *, start: int) -> int | None:
+    """Return the sealed length a chunk GET's 2xx answer announces (None if it does not).
+
+    A read from byte 0 is a 200 (its Content-Length, if sent, is the length); a read
+    from `start` > 0 must be a 206 of `Content-Range: bytes start-(size-1)/size`
+    (RFC 9110 §14.4), or it raises MalformedAnswer: bytes from anywhere else must never
+    be spliced into the chunk.
+    """
+    if start == 0:
+        if status != 200:
+            raise MalformedAnswer(f"a chunk read answered {status}, not 200")
+        length = headers.get("content-length", "")
+        return int(length) if length.isdigit() else None
+    m = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
+    if status != 206 or m is None:
+        raise MalformedAnswer(f"a resumed chunk read answered {status} without a Content-Range")
+    first, last, size = (int(g) for g in m.groups())
+    if first != start or last != size - 1:
+        raise MalformedAnswer(f"a resumed chunk read from byte {start} answered "
+                              f"bytes {first}-{last}/{size}")
+    return size
 
 
 def commit(sid: str, *, expected_offset: int, chunks: Sequence[ChunkEntry],

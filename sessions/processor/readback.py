@@ -31,10 +31,10 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from sessions.common.errors import ChunkCorrupt, ChunkNotFound
+from sessions.common.ranges import ByteRange as ByteRange
+from sessions.common.ranges import parse_range as parse_range
 from sessions.core import ChunkSealer, HeaderError, OpenError, leaf_hash, parse_header
 from sessions.processor.buffers import ChunkBuffers, Lease, MemoryBudget
-from sessions.processor.ranges import ByteRange as ByteRange
-from sessions.processor.ranges import parse_range as parse_range
 from sessions.processor.storage_client import ChunkOverflow, ChunkRow
 
 T = TypeVar("T")

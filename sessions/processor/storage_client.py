@@ -9,10 +9,10 @@ answer that does not fit the contract becomes `UpstreamUnavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
@@ -56,6 +56,44 @@ class ChunkOverflow(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(f"chunk {index} is longer than any sealed chunk")
         self.index = index
+
+
+RESUME_DELAYS = (0.05, 0.25, 1.0, 2.0, 4.0)
+"""Seconds waited before each resume of a chunk read that broke off: bounded, and long
+enough in all (7.3 s) for a storage process to be restarted."""
+
+
+class _BrokeOff(Exception):
+    """A chunk's answer ended before its last byte, or a resumed read found no answer."""
+
+
+class _ChunkBytes:
+    """A chunk's sealed bytes as they arrive in a caller's buffer, across resumed reads."""
+
+    def __init__(self, index: int, buf: memoryview) -> None:
+        self.index, self.buf = index, buf
+        self.n = 0  # bytes received so far
+        self.began = False  # an answer arrived: a failure from now on is resumed
+        self.size: int | None = None  # the sealed length storage announced
+
+    def announced(self, size: int | None) -> None:
+        """Note an answer's announced length: ChunkOverflow past the buffer, and every
+        answer must announce the first one's (UpstreamUnavailable otherwise)."""
+        if size is not None and size > len(self.buf):
+            raise ChunkOverflow(self.index)
+        if self.size is not None and size != self.size:
+            raise UpstreamUnavailable("session storage changed a chunk's length mid-read")
+        self.began, self.size = True, size
+
+    def add(self, piece: bytes) -> None:
+        end = self.n + len(piece)
+        if end > len(self.buf):
+            raise ChunkOverflow(self.index)
+        self.buf[self.n:end] = piece
+        self.n = end
+
+    def view(self) -> memoryview:
+        return self.buf[:self.n]
 
 
 async def _whole(view: memoryview) -> AsyncIterator[memoryview]:
@@ -229,39 +267,61 @@ class StorageClient:
     async def read_chunk_into(self, sid: str, index: int, buf: memoryview) -> memoryview:
         """Read a chunk's sealed bytes into `buf`; return the view of them.
 
-        Saves allocating (and joining) a chunk-sized object per chunk on replay.
-        Raises ChunkOverflow if storage sends more bytes than `buf` holds (a stored
-        chunk longer than any sealed chunk can be), ServiceError as `get_chunk` does.
+        Saves allocating (and joining) a chunk-sized object per chunk on replay.  An
+        answer that breaks off after it began (a reset, a storage restart, an S3 hiccup
+        behind storage) is resumed from the byte it reached, `Range: bytes=n-`, after
+        each wait of RESUME_DELAYS in turn; the bytes only land in `buf`, and the caller
+        authenticates the whole chunk before any of it is used.  Raises ChunkOverflow if
+        storage sends more bytes than `buf` holds (a stored chunk longer than any sealed
+        chunk can be), ServiceError as `get_chunk` does.
         """
-        n = 0
-        async with self._stream_chunk(sid, index) as resp:
+        got = _ChunkBytes(index, buf)
+        delays = iter(RESUME_DELAYS)
+        while True:
             try:
-                async for piece in resp.aiter_raw():
-                    end = n + len(piece)
-                    if end > len(buf):
-                        raise ChunkOverflow(index)
-                    buf[n:end] = piece
-                    n = end
-            except httpx.HTTPError as exc:
-                raise UpstreamUnavailable("session storage broke off a chunk") from exc
-        return buf[:n]
+                await self._read_from(sid, got)
+                return got.view()
+            except _BrokeOff as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise UpstreamUnavailable("session storage broke off a chunk") from exc
+                log.warning("chunk %d of session %s broke off at byte %d (%s); resuming in "
+                            "%.2f s", index, sid, got.n, exc, delay)
+                await asyncio.sleep(delay)
 
-    @asynccontextmanager
-    async def _stream_chunk(self, sid: str, index: int) -> AsyncIterator[httpx.Response]:
-        """Yield storage's streaming 2xx response for a sealed chunk; raise its error otherwise."""
-        op = ops.get_chunk(sid, index)
-        req = self._http.build_request(op.method, op.path)
+    async def _read_from(self, sid: str, got: _ChunkBytes) -> None:
+        """Read chunk `got.index` from byte `got.n` to its end into `got`.
+
+        Raises _BrokeOff if the answer breaks off, or if a resumed read finds storage not
+        answering; UpstreamUnavailable if the first read does.
+        """
+        op = ops.get_chunk(sid, got.index, start=got.n)
+        req = self._http.build_request(op.method, op.path, headers=op.headers or None)
         try:
             resp = await self._http.send(req, stream=True)
         except httpx.HTTPError as exc:
+            if got.began:
+                raise _BrokeOff(type(exc).__name__) from exc
             log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
         try:
             if resp.status_code >= 400:
                 raise _error(resp.status_code, await resp.aread())
-            yield resp
+            try:
+                got.announced(ops.chunk_span(resp.status_code, resp.headers, start=got.n))
+            except MalformedAnswer as exc:
+                log.error("session storage answered outside the contract: %s", exc)
+                raise UpstreamUnavailable("session storage sent a malformed chunk") from None
+            async for piece in resp.aiter_raw():
+                got.add(piece)
+        except httpx.TransportError as exc:
+            raise _BrokeOff(type(exc).__name__) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable("session storage broke off a chunk") from exc
         finally:
             await resp.aclose()
+        if got.size is not None and got.n < got.size:
+            raise _BrokeOff("a short body")
 
     async def finalize(self, sid: str, *, root_hash: bytes, checkpoint: str,
                        manifest: bytes, lease_token: int | None = None) -> SessionRow:

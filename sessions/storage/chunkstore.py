@@ -51,6 +51,14 @@ class ChunkStore(Protocol):
                   expected_length: int | None = None, guard: Guard | None = None) -> int: ...
     async def get(self, session_id: str, index: int) -> bytes: ...
     async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]: ...
+    async def stream_range(self, session_id: str, index: int, *, offset: int,
+                           length: int) -> AsyncIterator[bytes]:
+        """Return the chunk's stored bytes [offset, offset + length), in pieces read as sent.
+
+        Requires 0 <= offset, 1 <= length, offset + length <= the chunk's length
+        (InvalidParameter otherwise); ChunkNotFound if there is no chunk.
+        """
+        ...
     async def size(self, session_id: str, index: int) -> int | None: ...
     async def exists(self, session_id: str, index: int) -> bool: ...
     async def delete_session(self, session_id: str) -> None: ...
@@ -59,6 +67,12 @@ class ChunkStore(Protocol):
     async def ping(self) -> None: ...
     async def free_bytes(self) -> int:
         """Return the bytes an unprivileged writer may still write to the chunk volume."""
+
+
+def check_span(offset: int, length: int, size: int) -> None:
+    """Check 0 <= offset, 1 <= length and offset + length <= size; raise InvalidParameter."""
+    if not (0 <= offset and 1 <= length and offset + length <= size):
+        raise InvalidParameter(f"bytes {offset}+{length} are not within the {size} stored")
 
 
 def check_index(index: int) -> int:
@@ -141,15 +155,24 @@ class LocalChunkStore:
         if f is None:
             raise ChunkNotFound()
         size = os.fstat(f.fileno()).st_size
+        return size, _pieces(f, 0, size)
 
-        async def pieces() -> AsyncIterator[bytes]:
-            try:
-                while piece := await _io(f.read, READ_PIECE):
-                    yield piece
-                _drop_cached(f.fileno())
-            finally:
-                f.close()
-        return size, pieces()
+    async def stream_range(self, session_id: str, index: int, *, offset: int,
+                           length: int) -> AsyncIterator[bytes]:
+        """Return the chunk file's bytes [offset, offset + length) in READ_PIECE pieces.
+
+        Preconditions as `ChunkStore.stream_range`; the file is opened now, and read
+        from `offset` (a seek, not a read of what comes before) as sent.
+        """
+        f = await _io(_open_or_none, self.chunk_path(session_id, index))
+        if f is None:
+            raise ChunkNotFound()
+        try:
+            check_span(offset, length, os.fstat(f.fileno()).st_size)
+        except InvalidParameter:
+            f.close()
+            raise
+        return _pieces(f, offset, length)
 
     async def size(self, session_id: str, index: int) -> int | None:
         """Return the length of a chunk's file, or None if it has none."""
@@ -189,6 +212,20 @@ class LocalChunkStore:
         Call at start-up only: storage is one process, so no PUT is in flight then.
         """
         return await _io(_sweep, self._chunks)
+
+
+async def _pieces(f: BinaryIO, offset: int, length: int) -> AsyncIterator[bytes]:
+    """Yield `length` bytes of f from `offset`, READ_PIECE at a time; close f however it ends."""
+    try:
+        if offset:
+            await _io(f.seek, offset)
+        left = length
+        while left > 0 and (piece := await _io(f.read, min(READ_PIECE, left))):
+            left -= len(piece)
+            yield piece
+        _drop_cached(f.fileno())
+    finally:
+        f.close()
 
 
 async def _new_staged_file(final: Path) -> _StagedFile:

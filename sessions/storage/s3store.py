@@ -48,13 +48,13 @@ from sessions.common.errors import (
 )
 from sessions.common.ids import check_session_id, is_session_id
 from sessions.core import LEAF_PREFIX
-from sessions.storage.chunkstore import CHUNK_SUFFIX, Guard, check_index
+from sessions.storage.chunkstore import CHUNK_SUFFIX, Guard, check_index, check_span
 from sessions.storage.config import S3Location
 from sessions.storage.errors import LeafHashMismatch, StorageUnavailable
 from sessions.storage.records import LEAF_HASH_SIZE
 
 if TYPE_CHECKING:
-    from obstore import ObjectMeta
+    from obstore import GetResult, ObjectMeta
 
 T = TypeVar("T")
 log = logging.getLogger("sessions.storage.s3")
@@ -250,16 +250,29 @@ class S3ChunkStore:
             result = await _s3(obstore.get_async(self._store, found["path"]))
         except NotFoundError:
             raise ChunkNotFound() from None
+        return result.meta["size"], _pieces(result)
 
-        async def pieces() -> AsyncIterator[bytes]:
-            stream = result.stream(min_chunk_size=S3_READ_PIECE)
-            while True:
-                try:
-                    piece = await _s3(stream.__anext__())
-                except StopAsyncIteration:
-                    return
-                yield bytes(piece)
-        return result.meta["size"], pieces()
+    async def stream_range(self, session_id: str, index: int, *, offset: int,
+                           length: int) -> AsyncIterator[bytes]:
+        """Return the object's bytes [offset, offset + length) by one ranged GET, read as sent.
+
+        Preconditions as `ChunkStore.stream_range` (the length is the listing's).  A
+        server that answers another range than asked is a 503, never a splice.
+        """
+        found = await self._find(session_id, index)
+        if found is None:
+            raise ChunkNotFound()
+        check_span(offset, length, found["size"])
+        span = (offset, offset + length)
+        try:
+            result = await _s3(obstore.get_async(self._store, found["path"],
+                                                 options={"range": span}))
+        except NotFoundError:
+            raise ChunkNotFound() from None
+        if tuple(result.range) != span:
+            log.warning("object store answered bytes %s for a GET of %s", result.range, span)
+            raise StorageUnavailable()
+        return _pieces(result)
 
     async def size(self, session_id: str, index: int) -> int | None:
         """Return the length of a chunk's object, or None if it has none."""
@@ -322,6 +335,17 @@ class S3ChunkStore:
     async def free_bytes(self) -> int:
         """Return UNMETERED: object storage has no free-space figure to watch."""
         return UNMETERED
+
+
+async def _pieces(result: GetResult) -> AsyncIterator[bytes]:
+    """Yield a GET's body in pieces of about S3_READ_PIECE, as they arrive."""
+    stream = result.stream(min_chunk_size=S3_READ_PIECE)
+    while True:
+        try:
+            piece = await _s3(stream.__anext__())
+        except StopAsyncIteration:
+            return
+        yield bytes(piece)
 
 
 async def _receive(body: AsyncIterable[bytes], max_bytes: int,

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from weakref import WeakValueDictionary
 
 from sessions.common.errors import ChunkNotFound, InsufficientStorage, InvalidState
+from sessions.common.ranges import ByteRange, parse_one_range
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
 from sessions.storage.chunkstore import ChunkStore
@@ -30,6 +31,11 @@ from sessions.storage.metastore import MetadataStore
 from sessions.storage.records import ChunkRecord, SessionRecord, check_commit, check_lease
 
 SWEEP_PAGE = 500
+
+
+def _missing(index: int) -> ChunkNotFound:
+    return ChunkNotFound(f"chunk {index} is committed but its file is missing",
+                         extra={"missing": True})
 
 
 class _Gate:
@@ -134,6 +140,38 @@ class StorageService:
                            ) -> tuple[int, AsyncIterator[bytes]]:
         """Return the length and the stored bytes (in pieces, read as sent) of committed
         chunk `index` (index < chunk_count)."""
+        await self._check_committed(session_id, index)
+        try:
+            size, pieces = await self.chunks.stream(session_id, index)
+        except ChunkNotFound:
+            raise _missing(index) from None
+        self._count_out(size, chunks=1)
+        return size, pieces
+
+    async def stream_chunk_range(self, session_id: str, index: int, range_header: str
+                                 ) -> tuple[int, ByteRange, AsyncIterator[bytes]]:
+        """Return the stored length of committed chunk `index`, the one byte range of it
+        `range_header` selects, and those bytes (in pieces, read as sent).
+
+        InvalidRange (400) unless the header is one valid `bytes` range-spec,
+        RangeNotSatisfiable (416, with `size`) if it selects none of the stored bytes
+        (RFC 9110 §14.1.2, §15.5.17).
+        """
+        await self._check_committed(session_id, index)
+        size = await self.chunks.size(session_id, index)
+        if size is None:
+            raise _missing(index)
+        rng = parse_one_range(range_header, size=size)
+        try:
+            pieces = await self.chunks.stream_range(session_id, index, offset=rng.start,
+                                                    length=rng.end - rng.start)
+        except ChunkNotFound:
+            raise _missing(index) from None
+        self._count_out(rng.end - rng.start, chunks=0)
+        return size, rng, pieces
+
+    async def _check_committed(self, session_id: str, index: int) -> None:
+        """Raise unless chunk `index` of the session is committed and not erased."""
         rec = await self.meta.get_session(session_id)
         if rec.state is SessionState.DELETED:
             raise InvalidState("the session was deleted; its chunks are gone",
@@ -141,15 +179,11 @@ class StorageService:
         if index >= rec.chunk_count:
             raise ChunkNotFound(f"chunk {index} is not committed",
                                 extra={"chunk_count": rec.chunk_count})
-        try:
-            size, pieces = await self.chunks.stream(session_id, index)
-        except ChunkNotFound:
-            raise ChunkNotFound(f"chunk {index} is committed but its file is missing",
-                                extra={"missing": True}) from None
+
+    def _count_out(self, size: int, *, chunks: int) -> None:
         if self._metrics is not None:
             self._metrics.bytes_out.labels(self._metrics.service, "sealed").inc(size)
-            self._metrics.chunks_out.labels(self._metrics.service).inc()
-        return size, pieces
+            self._metrics.chunks_out.labels(self._metrics.service).inc(chunks)
 
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""

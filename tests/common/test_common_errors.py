@@ -41,7 +41,7 @@ def anyio_backend() -> str:
 
 def test_every_subclass_has_its_own_stable_code() -> None:
     codes = [cls.code for cls in SUBCLASSES]
-    assert len(SUBCLASSES) == 29  # + lease_lost
+    assert len(SUBCLASSES) == 30  # + lease_lost, invalid_range
     assert len(set(codes)) == len(codes)
     assert "internal_error" not in codes and "upstream_error" not in codes
     for cls in SUBCLASSES:

@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sessions.common.errors import RangeNotSatisfiable
-from sessions.processor.ranges import ByteRange, parse_range
+from sessions.common.ranges import ByteRange, parse_range
 
 Outcome = ByteRange | str | None  # a range, "416", or None for the whole stream
 

@@ -91,6 +91,28 @@ async def test_put_get_stream_size_round_trip(store: ChunkStore, ids: Callable[[
     assert await store.size(sid, 6) is None and not await store.exists(sid, 6)
 
 
+async def collect(pieces: AsyncIterator[bytes]) -> bytes:
+    return b"".join([p async for p in pieces])
+
+
+async def test_a_range_of_a_chunk_streams_exactly_those_bytes(
+        store: ChunkStore, ids: Callable[[], str]) -> None:
+    """Ranged reads cross the stores' read pieces (1 MiB local, 256 KiB S3) and both ends."""
+    sid = ids()
+    data = os.urandom(2 * 1024 * 1024 + 777)
+    await put(store, sid, 2, data)
+    size = len(data)
+    for offset, length in [(0, 1), (0, size), (1, size - 1), (size - 1, 1), (123, 1 << 20),
+                           (300_000, 1_500_000), (size - 5000, 5000)]:
+        got = await collect(await store.stream_range(sid, 2, offset=offset, length=length))
+        assert got == data[offset:offset + length], (offset, length)
+    for offset, length in [(-1, 2), (0, 0), (size, 1), (size - 1, 2), (0, size + 1)]:
+        with pytest.raises(InvalidParameter):
+            await store.stream_range(sid, 2, offset=offset, length=length)
+    with pytest.raises(ChunkNotFound):
+        await store.stream_range(sid, 3, offset=0, length=1)
+
+
 async def test_a_missing_chunk_is_not_found(store: ChunkStore, ids: Callable[[], str]) -> None:
     sid = ids()
     with pytest.raises(ChunkNotFound):
@@ -219,6 +241,30 @@ async def test_s3_conditional_put_keeps_an_object_immutable(any_s3: S3Server | R
         await obstore.put_async(raw, key, b"forged", mode="create")
     assert await store.get(sid, 0) == b"sealed"
     assert await store.free_bytes() == UNMETERED
+
+
+async def test_s3_deletes_page_through_listings_and_batches(any_s3: S3Server | RgwServer,
+                                                           ids: Callable[[], str]) -> None:
+    """More objects than one S3 listing page (1000 keys) and one DeleteObjects batch (1000):
+    discard_from and delete_session still find and remove every one of them."""
+    url = any_s3.url()
+    store, raw, prefix = s3_store(any_s3, url), any_s3.store(), url.split("/", 3)[3]
+    sid, count = ids(), 2100
+    at_once = asyncio.Semaphore(32)
+
+    async def object_of(index: int) -> None:
+        data = b"%d" % index
+        async with at_once:
+            await obstore.put_async(raw, f"{prefix}/{sid}/{index:010d}/"
+                                         f"{leaf_hash(data).hex()}.lcs", data)
+
+    await asyncio.gather(*(object_of(i) for i in range(count)))
+    assert await store.get(sid, count - 1) == b"%d" % (count - 1)
+    assert await store.discard_from(sid, 50) == list(range(50, count))
+    left = [o["path"] for o in await obstore.list(raw, f"{prefix}/{sid}").collect_async()]
+    assert len(left) == 50
+    await store.delete_session(sid)
+    assert await obstore.list(raw, f"{prefix}/{sid}").collect_async() == []
 
 
 async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:

@@ -79,6 +79,35 @@ async def test_stage_commit_read(client: httpx.AsyncClient, sid: str, leaf_of: L
     assert 'lucid_chunks_out_total{service="storage"} 3.0' in metrics
 
 
+async def test_a_range_of_a_chunk_is_a_206(client: httpx.AsyncClient, sid: str,
+                                           leaf_of: Leaf, error_body: ErrorBody) -> None:
+    """One `bytes` range-spec of the sealed object (RFC 9110 §14.1.2): 206 with Content-Range;
+    none of its bytes: 416 with `bytes */size`; anything else: 400 `invalid_range`."""
+    data = os.urandom(1_500_000)
+    await stage_and_commit(client, sid, leaf_of, [data])
+    url, size = f"{API}/sessions/{sid}/chunks/0", len(data)
+    whole = await client.get(url)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    for spec, first, last in [("bytes=0-0", 0, 0), ("bytes=1000-", 1000, size - 1),
+                              ("bytes=-10", size - 10, size - 1),
+                              ("bytes=5-2000000", 5, size - 1), ("bytes=-9999999", 0, size - 1),
+                              ("BYTES=7-8", 7, 8)]:
+        got = await client.get(url, headers={"Range": spec})
+        assert got.status_code == 206, (spec, got.text)
+        assert got.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert got.headers["content-length"] == str(last + 1 - first)
+        assert got.content == data[first:last + 1]
+    for spec in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0"):
+        got = await client.get(url, headers={"Range": spec})
+        assert error_body(got, 416, "range_not_satisfiable")["size"] == size
+        assert got.headers["content-range"] == f"bytes */{size}"
+    for spec in ("bytes=5-2", "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes=-", "", "0-1"):
+        got = await client.get(url, headers={"Range": spec})
+        error_body(got, 400, "invalid_range")
+    error_body(await client.get(f"{API}/sessions/{sid}/chunks/1", headers={"Range": "bytes=0-"}),
+               404, "chunk_not_found")
+
+
 async def test_put_checks_headers(client: httpx.AsyncClient, sid: str, leaf_of: Leaf,
                                   error_body: ErrorBody) -> None:
     data = b"sealed"

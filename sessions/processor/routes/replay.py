@@ -21,7 +21,7 @@ _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string",
 async def replay(session_id: SessionId, engine: EngineDep, audit: AuditDep,
                  byte_range: Annotated[str | None, Header(alias="Range", description=RANGE_DOC)]
                  = None) -> Response:
-    """Stream the verified plaintext: 200 whole, 206 one range (sessions/processor/ranges.py)."""
+    """Stream the verified plaintext: 200 whole, 206 one range (sessions/common/ranges.py)."""
     stream = await engine.replay(session_id, byte_range)
     await audit("replay", session_id, "whole" if stream.range is None else
                 f"bytes={stream.range.start}-{stream.range.end - 1}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sessions.common.bodies import request_body
@@ -35,6 +35,10 @@ OCTET_STREAM = "application/octet-stream"
 LEAF_HASH_HEADER = "X-Lucid-Leaf-Hash"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+RANGE_PATTERN = "^[bB][yY][tT][eE][sS]=([0-9]{1,19}-[0-9]{0,19}|-[0-9]{1,19})$"
+"""The shape of one range-spec; the route checks the rest (first <= last: 400, size: 416)."""
+RANGE_DOC = ("one range of the sealed bytes, `bytes=first-last`, `bytes=first-` or "
+             "`bytes=-suffix` (206); several ranges or bad syntax: 400 `invalid_range`")
 _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
 
 
@@ -94,15 +98,34 @@ async def leaves(session_id: SessionId, meta: Meta,
 
 
 @router.get("/sessions/{session_id}/chunks/{index}", summary="A committed chunk's sealed bytes",
-            response_class=Response, responses={200: _BINARY, **error_responses(404, 409)})
-async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) -> Response:
-    """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost).
+            response_class=Response, responses={
+                200: {**_BINARY, "description": "the whole sealed chunk"},
+                206: {**_BINARY, "description": "the one range asked for",
+                      "headers": {"Content-Range": {
+                          "description": "`bytes first-last/size` (RFC 9110 §14.4)",
+                          "schema": {"type": "string"}}}},
+                **error_responses(400, 404, 409, 416)})
+async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service,
+                    byte_range: Annotated[str | None, Header(
+                        alias="Range", description=RANGE_DOC,
+                        json_schema_extra={"pattern": RANGE_PATTERN})] = None) -> Response:
+    """Return the bytes as stored, or the one range of them asked for (206).
 
-    Streamed from the file as sent, so storage holds a piece per reader, not a chunk.
+    404 `chunk_not_found` (`"missing": true` if file lost); 400 `invalid_range` for a
+    Range that is not one `bytes` range-spec; 416 `range_not_satisfiable` (with
+    `size`, and `Content-Range: bytes */size`) for one that selects none of the bytes.
+    A sealed chunk is authenticated only whole: a range is for resuming a read that
+    broke off, and its reader checks the chunk once it holds all of it.  Streamed
+    from the file (or object) as sent, so storage holds a piece per reader, not a chunk.
     """
-    size, pieces = await service.stream_chunk(session_id, index)
-    return StreamingResponse(pieces, media_type=OCTET_STREAM,
-                             headers={"Content-Length": str(size)})
+    if byte_range is None:
+        size, pieces = await service.stream_chunk(session_id, index)
+        return StreamingResponse(pieces, media_type=OCTET_STREAM, headers={
+            "Content-Length": str(size), "Accept-Ranges": "bytes"})
+    size, rng, pieces = await service.stream_chunk_range(session_id, index, byte_range)
+    return StreamingResponse(pieces, status_code=206, media_type=OCTET_STREAM, headers={
+        "Content-Length": str(rng.end - rng.start), "Accept-Ranges": "bytes",
+        "Content-Range": f"bytes {rng.start}-{rng.end - 1}/{size}"})
 
 
 @router.delete("/sessions/{session_id}/staged",

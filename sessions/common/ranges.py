@@ -1,4 +1,9 @@
-"""The Range header of a replay (RFC 9110 §14.1-14.2): one byte range, or the whole stream.
+"""The Range header (RFC 9110 §14.1-14.2): one byte range, or the whole representation.
+
+Two readers share one parser of the `bytes` ranges-specifier.  `parse_range` is the
+replay's, lenient as §14.2 allows; `parse_one_range` is storage's internal chunk
+GET's, strict: anything but one valid `bytes` range-spec is a 400 `invalid_range`,
+since only our own processor sends it.
 
 What a replay answers, for a representation of `size` bytes:
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sessions.common.errors import RangeNotSatisfiable
+from sessions.common.errors import InvalidRange, RangeNotSatisfiable
 
 _SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 _HUGE = 10**30  # any position at least this large is past every stream: int() stays cheap
@@ -67,7 +72,29 @@ def parse_range(header: str | None, *, size: int) -> ByteRange | None:
     specs = None if header is None else _specs(header)
     if specs is None or len(specs) != 1:
         return None
-    first, last = specs[0]
+    return _resolve(*specs[0], size=size)
+
+
+def parse_one_range(header: str, *, size: int) -> ByteRange:
+    """Return the one byte range a strict reader asked for (storage's chunk GET).
+
+    Requires size >= 0.  Raises InvalidRange (400) unless header is a valid `bytes`
+    ranges-specifier of exactly one range-spec, RangeNotSatisfiable (416,
+    `extra={"size": size}`) if that spec selects nothing of the `size` bytes.
+    """
+    specs = _specs(header)
+    if specs is None or len(specs) != 1:
+        raise InvalidRange("Range must be one `bytes=first-last`, `bytes=first-` or "
+                           "`bytes=-suffix`")
+    try:
+        return _resolve(*specs[0], size=size)
+    except RangeNotSatisfiable:
+        raise RangeNotSatisfiable(f"the range selects none of the {size} bytes stored",
+                                  extra={"size": size}) from None
+
+
+def _resolve(first: int | None, last: int | None, *, size: int) -> ByteRange:
+    """Return the part of `size` bytes a valid range-spec selects; RangeNotSatisfiable if none."""
     if first is None:
         assert last is not None
         if last == 0 or size == 0:

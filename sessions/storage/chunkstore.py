@@ -17,8 +17,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -43,16 +45,42 @@ TEMP_SUFFIX = ".tmp"
 Guard = Callable[[], AbstractAsyncContextManager[Any]]
 
 
+@dataclass(frozen=True)
+class StoredChunk:
+    """One stored chunk as its store lists it: what the orphan sweep judges it by."""
+
+    index: int
+    leaf_hash: bytes | None
+    """The leaf hash its name holds (S3); None where a store keeps one chunk per index."""
+    size: int
+    modified: datetime
+    """When it was written (UTC): the object's LastModified on S3, the file's mtime locally."""
+    name: str
+    """The store's own name of it (object key or file name), for `remove`."""
+
+
 class ChunkStore(Protocol):
-    """Sealed chunk bytes by (session id, index); raises `ServiceError`s only."""
+    """Sealed chunk bytes by (session id, index, leaf hash); raises `ServiceError`s only.
+
+    `shared` says whether other storage processes may write to the same store at once
+    (S3); a store that is not shared (the local directory) belongs to one process.
+    """
+
+    shared: bool
 
     async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                   expected_leaf_hash: bytes, max_bytes: int,
                   expected_length: int | None = None, guard: Guard | None = None) -> int: ...
-    async def get(self, session_id: str, index: int) -> bytes: ...
-    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]: ...
-    async def size(self, session_id: str, index: int) -> int | None: ...
+    async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes: ...
+    async def stream(self, session_id: str, index: int, *,
+                     leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]: ...
+    async def stat(self, session_id: str, index: int, *,
+                   leaf_hash: bytes) -> StoredChunk | None: ...
     async def exists(self, session_id: str, index: int) -> bool: ...
+    async def stored(self, session_id: str) -> list[StoredChunk]:
+        """Return every chunk stored for the session, staged or committed, any order."""
+    async def remove(self, session_id: str, chunks: Sequence[StoredChunk]) -> None:
+        """Remove these chunks (as `stored` listed them); absent is fine."""
     async def delete_session(self, session_id: str) -> None: ...
     async def discard_from(self, session_id: str, first: int) -> list[int]: ...
     async def session_ids(self) -> list[str]: ...
@@ -79,7 +107,14 @@ async def _io(fn: Callable[..., T], *args: Any) -> T:
 
 
 class LocalChunkStore:
-    """`ChunkStore` on a local directory tree under `root/chunks`."""
+    """`ChunkStore` on a local directory tree under `root/chunks`.
+
+    One process owns it (main.py holds `DirectoryLock` on the data dir): a re-stage
+    replaces the index's file under the session's in-process lock, so there is one file
+    per index and `leaf_hash` is not needed to find it.
+    """
+
+    shared = False
 
     def __init__(self, root: Path) -> None:
         self._chunks = root / "chunks"
@@ -124,14 +159,15 @@ class LocalChunkStore:
             raise
         return size
 
-    async def get(self, session_id: str, index: int) -> bytes:
+    async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes:
         """Return the stored bytes of a chunk; raise ChunkNotFound if its file is absent."""
         data = await _io(_read_file, self.chunk_path(session_id, index))
         if data is None:
             raise ChunkNotFound()
         return data
 
-    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]:
+    async def stream(self, session_id: str, index: int, *,
+                     leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]:
         """Return a chunk file's length and its bytes in READ_PIECE pieces, read as sent.
 
         The file is opened now (ChunkNotFound if absent), so memory stays at a piece
@@ -151,12 +187,21 @@ class LocalChunkStore:
                 f.close()
         return size, pieces()
 
-    async def size(self, session_id: str, index: int) -> int | None:
-        """Return the length of a chunk's file, or None if it has none."""
-        return await _io(_file_size, self.chunk_path(session_id, index))
+    async def stat(self, session_id: str, index: int, *,
+                   leaf_hash: bytes) -> StoredChunk | None:
+        """Return the chunk file at index (its leaf hash unknown: None), or None if absent."""
+        return await _io(_stat, self.chunk_path(session_id, index), index)
 
     async def exists(self, session_id: str, index: int) -> bool:
-        return await self.size(session_id, index) is not None
+        return await _io(_stat, self.chunk_path(session_id, index), index) is not None
+
+    async def stored(self, session_id: str) -> list[StoredChunk]:
+        """Return the session's chunk files at their final names (temp files are not listed)."""
+        return await _io(_stored, self.session_dir(session_id))
+
+    async def remove(self, session_id: str, chunks: Sequence[StoredChunk]) -> None:
+        """Remove these chunk files of the session; absent is fine."""
+        await _io(_remove_files, self.session_dir(session_id), [c.name for c in chunks])
 
     async def delete_session(self, session_id: str) -> None:
         """Remove every chunk file of a session, staged or committed; absent is fine."""
@@ -186,7 +231,8 @@ class LocalChunkStore:
     async def sweep_temp_files(self) -> int:
         """Remove temp files a crashed PUT left behind; return how many.
 
-        Call at start-up only: storage is one process, so no PUT is in flight then.
+        Call at start-up only: the directory's lock keeps other processes out, so no PUT
+        is in flight then.
         """
         return await _io(_sweep, self._chunks)
 
@@ -333,11 +379,34 @@ def _read_file(path: Path) -> bytes | None:
         return None
 
 
-def _file_size(path: Path) -> int | None:
+def _stat(path: Path, index: int) -> StoredChunk | None:
     try:
-        return path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         return None
+    return StoredChunk(index=index, leaf_hash=None, size=st.st_size,
+                       modified=datetime.fromtimestamp(st.st_mtime, UTC), name=path.name)
+
+
+def _stored(session_dir: Path) -> list[StoredChunk]:
+    try:
+        names = os.listdir(session_dir)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        index = _chunk_index(name)
+        if index is not None and (chunk := _stat(session_dir / name, index)) is not None:
+            found.append(chunk)
+    return found
+
+
+def _remove_files(session_dir: Path, names: list[str]) -> None:
+    for name in names:
+        if _chunk_index(name) is not None:  # final chunk names only, never a path
+            (session_dir / name).unlink(missing_ok=True)
+    if names and session_dir.is_dir():
+        _fsync_dir(session_dir)
 
 
 def _remove_tree(path: Path) -> None:

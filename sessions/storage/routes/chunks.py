@@ -94,7 +94,7 @@ async def leaves(session_id: SessionId, meta: Meta,
 
 
 @router.get("/sessions/{session_id}/chunks/{index}", summary="A committed chunk's sealed bytes",
-            response_class=Response, responses={200: _BINARY, **error_responses(404, 409)})
+            response_class=Response, responses={200: _BINARY, **error_responses(404, 409, 502)})
 async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service) -> Response:
     """Return the bytes as stored; 404 `chunk_not_found` (`"missing": true` if file lost).
 

@@ -104,7 +104,7 @@ async def _periodic(sweeper: OrphanSweeper, interval: float) -> None:
     if sweeper.service.chunks.shared:
         try:
             report = await sweeper.sweep_all()
-            _log_report(report.removed, report.unknown)
+            _log_report(report.removed)
         except ServiceError as exc:
             log.warning("start-up orphan sweep stopped: %s (%s)", exc.code, exc.detail)
     if interval > 0:
@@ -130,10 +130,10 @@ async def _sweep(sweeper: OrphanSweeper) -> None:
     if isinstance(store, LocalChunkStore) and (temps := await store.sweep_temp_files()):
         log.warning("removed %d temp chunk file(s) left by an interrupted upload", temps)
     report = await sweeper.sweep_all(grace=False)
-    _log_report(report.removed, report.unknown)
+    _log_report(report.removed)
 
 
-def _log_report(removed: int, unknown: list[str]) -> None:
+def _log_report(removed: int) -> None:
     if removed:
         log.warning("removed %d uncommitted or deleted chunk(s)", removed)
 

@@ -83,7 +83,8 @@ class ChunkStore(Protocol):
         """Remove these chunks (as `stored` listed them); absent is fine."""
     async def delete_session(self, session_id: str) -> None: ...
     async def discard_from(self, session_id: str, first: int) -> list[int]: ...
-    async def session_ids(self) -> list[str]: ...
+    async def session_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Return up to limit (default all) ids > after of sessions with stored chunks, sorted."""
     async def ping(self) -> None: ...
     async def free_bytes(self) -> int:
         """Return the bytes an unprivileged writer may still write to the chunk volume."""
@@ -216,9 +217,11 @@ class LocalChunkStore:
             raise InvalidParameter("the first index to discard must not be negative")
         return await _io(_remove_from, self.session_dir(session_id), first)
 
-    async def session_ids(self) -> list[str]:
-        """Return the ids of the sessions that have a chunk directory, sorted."""
-        return await _io(_session_ids, self._chunks)
+    async def session_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Return up to limit (default all) ids > after of sessions that have a chunk
+        directory, sorted."""
+        ids = [sid for sid in await _io(_session_ids, self._chunks) if sid > after]
+        return ids if limit is None else ids[:limit]
 
     async def ping(self) -> None:
         """Check that the chunk directory exists and is writable."""

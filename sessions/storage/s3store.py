@@ -327,16 +327,24 @@ class S3ChunkStore:
             await _s3(obstore.delete_async(self._store, list(doomed)))
         return sorted(set(doomed.values()))
 
-    async def session_ids(self) -> list[str]:
-        """Return the ids of the sessions that have an object under the prefix, sorted.
+    async def session_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Return up to limit (default all) ids > after of the sessions that have an object
+        under the prefix, sorted.
 
         Some servers (SeaweedFS) keep listing a "directory" after its last object went,
-        so each candidate is checked for an object.
+        so each candidate is checked for an object (one request each, up to limit found).
         """
         listing = await _s3(obstore.list_with_delimiter_async(self._store))
-        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in listing["common_prefixes"])
-        return sorted([name for name in names
-                       if is_session_id(name) and await _s3(self._has_objects(name))])
+        names = sorted(name for p in listing["common_prefixes"]
+                       if is_session_id(name := p.rstrip("/").rsplit("/", 1)[-1])
+                       and name > after)
+        found: list[str] = []
+        for name in names:
+            if limit is not None and len(found) >= limit:
+                break
+            if await _s3(self._has_objects(name)):
+                found.append(name)
+        return found
 
     async def _has_objects(self, prefix: str) -> bool:
         async for batch in obstore.list(self._store, prefix, chunk_size=1):  # noqa: B020

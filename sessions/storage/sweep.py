@@ -82,27 +82,20 @@ class OrphanSweeper:
 
     async def sweep_all(self, *, grace: bool = True) -> SweepReport:
         """Sweep every session once (grace=False: any age; only where nothing is in flight)."""
-        total = SweepReport()
         self._cursor = ""
-        while True:
-            report = await self.run_pass(grace=grace, batch=None)
-            total.sessions += report.sessions
-            total.removed += report.removed
-            total.kept_young += report.kept_young
-            total.unknown += report.unknown
-            if report.done:
-                return total
+        return await self._pass(None, grace=grace, now=None)
 
-    async def run_pass(self, *, grace: bool = True, now: datetime | None = None,
-                       batch: int | None = -1) -> SweepReport:
-        """Sweep the next `batch` sessions (default: the sweeper's; None: all); report it.
+    async def run_pass(self, *, now: datetime | None = None) -> SweepReport:
+        """Sweep the next `batch` sessions after the last pass's; report it.
 
         `now` (default: the service's clock) is what ages are reckoned from.
         """
-        limit = self.batch if batch == -1 else batch
-        ids = [sid for sid in await self.service.chunks.session_ids() if sid > self._cursor]
-        todo = ids if limit is None else ids[:limit]
-        report = SweepReport(done=len(todo) == len(ids))
+        return await self._pass(self.batch, grace=True, now=now)
+
+    async def _pass(self, limit: int | None, *, grace: bool, now: datetime | None
+                    ) -> SweepReport:
+        todo = await self.service.chunks.session_ids(after=self._cursor, limit=limit)
+        report = SweepReport(done=limit is None or len(todo) < limit)
         self._cursor = "" if report.done else todo[-1]
         for sid in todo:
             await self._sweep_session(sid, report, grace=grace, now=now)

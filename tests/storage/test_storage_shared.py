@@ -241,10 +241,26 @@ def test_a_second_storage_process_on_one_data_dir_refuses_to_start(tmp_path: Pat
             [sys.executable, "-m", "sessions.storage"],
             env={**env, "LUCID_STORAGE_PORT": str(free_port())},
             capture_output=True, text=True, timeout=60)
-        assert second.returncode != 0
+        assert second.returncode == 3, second.returncode  # uvicorn: the lifespan failed
         assert "another storage process uses the chunk directory" in second.stderr
         assert "LUCID_CHUNK_STORE_URL" in second.stderr
         assert first.poll() is None  # the first one serves on
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+async def test_a_pass_examines_one_batch_and_the_next_pass_goes_on(
+        two: tuple[StorageService, StorageService, PausingBackend]) -> None:
+    a, b, _ = two
+    sids = sorted([await new_session(a) for _ in range(3)])
+    for sid in sids:
+        await put(a, sid, 0, b"staged " + sid.encode())
+    sweeper = OrphanSweeper(b, batch=2)
+    later = datetime.now(UTC) + timedelta(seconds=GRACE + 60)  # every stray is old by then
+    first = await sweeper.run_pass(now=later)
+    assert (first.sessions, first.removed, first.done) == (2, 2, False)
+    assert [len(await keys(a, sid)) for sid in sids] == [0, 0, 1]
+    second = await sweeper.run_pass(now=later)
+    assert (second.sessions, second.removed, second.done) == (1, 1, True)
+    assert await a.chunks.session_ids() == []

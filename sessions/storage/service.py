@@ -72,6 +72,14 @@ class StorageService:
             gate = self._gates[session_id] = _Gate()
         return gate
 
+    @asynccontextmanager
+    async def locked(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock of this process: no PUT of it publishes, and no commit,
+        discard or delete of it runs here, meanwhile (other processes are not held)."""
+        gate = self._gate(session_id)
+        async with gate.lock:
+            yield
+
     async def put_chunk(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                         leaf_hash: bytes, content_length: int | None,
                         lease_token: int | None = None) -> int:

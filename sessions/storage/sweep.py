@@ -105,6 +105,14 @@ class OrphanSweeper:
     async def _sweep_session(self, sid: str, report: SweepReport, *, grace: bool,
                              now: datetime | None) -> None:
         report.sessions += 1
+        # Held so that no PUT of this process renames a file into a name listed below, and
+        # no commit here checks a chunk the sweep then removes (the local directory's
+        # whole guarantee; on S3 other processes are covered by the grace).
+        async with self.service.locked(sid):
+            await self._judge(sid, report, grace=grace, now=now)
+
+    async def _judge(self, sid: str, report: SweepReport, *, grace: bool,
+                     now: datetime | None) -> None:
         try:
             rec = await self.service.meta.get_session(sid)
         except ServiceError as exc:

@@ -1,4 +1,4 @@
-"""Two storage processes in front of one metadata store and one S3 prefix (SeaweedFS).
+"""Two storage processes in front of one metadata store and one S3 prefix (SeaweedFS, radosgw).
 
 Each "process" is a `StorageService` of its own: its own metadata store instance (one
 SQLite file, or one MongoDB), its own S3 client, its own per-session locks.  A late PUT
@@ -30,7 +30,9 @@ from sessions.storage.records import ChunkRecord, NewSession, WrappedKey
 from sessions.storage.s3store import S3ChunkStore
 from sessions.storage.service import StorageService
 from sessions.storage.sweep import OrphanSweeper
+from tests.storage.rgw_server import RgwServer
 from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
+from tests.storage.test_chunkstore_contract import SERVERS
 
 pytestmark = pytest.mark.anyio
 MAX = 1 << 20
@@ -63,21 +65,28 @@ class PausingBackend:
         return rec
 
 
-def s3(server: S3Server, url: str) -> S3ChunkStore:
+def s3(server: S3Server | RgwServer, url: str) -> S3ChunkStore:
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     return S3ChunkStore(bucket=bucket, prefix=prefix, endpoint=server.endpoint, region=REGION,
                         access_key_id=server.access_key, secret_access_key=server.secret_key)
 
 
+@pytest.fixture(params=list(SERVERS))
+def server(request: pytest.FixtureRequest) -> S3Server | RgwServer:
+    """SeaweedFS and Ceph radosgw in turn (as the chunk-store contract suite)."""
+    found: S3Server | RgwServer = request.getfixturevalue(SERVERS[request.param])
+    return found
+
+
 @pytest.fixture
-async def two(open_store: Callable[[], Any], s3_server: S3Server,  # noqa: F811
+async def two(open_store: Callable[[], Any], server: S3Server | RgwServer,
               ) -> AsyncIterator[tuple[StorageService, StorageService, PausingBackend]]:
     """Storage A and storage B on one metadata database and one S3 prefix; B's backend pauses."""
-    url = s3_server.url()
+    url = server.url()
     a_meta: MetadataStore = await open_store()
     b_backend = PausingBackend((await open_store()).backend)
-    a = StorageService(a_meta, s3(s3_server, url), max_chunk_bytes=MAX, grace_seconds=GRACE)
-    b = StorageService(MetadataStore(b_backend), s3(s3_server, url), max_chunk_bytes=MAX,
+    a = StorageService(a_meta, s3(server, url), max_chunk_bytes=MAX, grace_seconds=GRACE)
+    b = StorageService(MetadataStore(b_backend), s3(server, url), max_chunk_bytes=MAX,
                        grace_seconds=GRACE)
     yield a, b, b_backend
 

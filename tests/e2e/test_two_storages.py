@@ -25,7 +25,6 @@ import pytest
 
 from sessions.client import launcher
 from sessions.client.launcher import Node
-from sessions.storage.s3store import S3ChunkStore
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -41,7 +40,9 @@ from tests.e2e.support import (
     upload,
     wait_for,
 )
-from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
+from tests.e2e.test_two_processors import _gateway
+from tests.storage.s3_server import S3Server, s3_server  # noqa: F401 - a fixture
+from tests.storage.test_chunkstore_contract import s3_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 
@@ -76,12 +77,6 @@ def sides(tmp_path: Path, s3_server: S3Server,  # noqa: F811
         if b is not None:
             b.stop()
         a.stop()
-
-
-def _gateway(node: Node, admin: str) -> httpx.Client:
-    return httpx.Client(base_url=node.url("api") + "/v1", trust_env=False,
-                        headers={"Authorization": f"Bearer {admin}"},
-                        timeout=httpx.Timeout(60.0, connect=5.0))
 
 
 def _record(node: Node, admin: str, sid: str, data: bytes, split: Node | None) -> None:
@@ -149,10 +144,7 @@ def test_two_gateways_processors_and_storages_share_one_database_and_bucket(
             assert via_a.get(f"/sessions/{sid}").json()["root_hash"] == done["root_hash"]
 
     # -- the prefix holds each committed chunk under the leaf hash its commit names ---------
-    bucket, _, prefix = prefix_url.removeprefix("s3://").partition("/")
-    store = S3ChunkStore(bucket=bucket, prefix=prefix, endpoint=s3_server.endpoint,
-                         region=REGION, access_key_id=s3_server.access_key,
-                         secret_access_key=s3_server.secret_key)
+    store = s3_store(s3_server, prefix_url)
     with a.storage_internal() as storage:
         for sid in datas:
             rows = storage.get(f"/sessions/{sid}/chunks").json()["items"]

@@ -31,8 +31,8 @@ from sessions.storage.s3store import S3ChunkStore
 from sessions.storage.service import StorageService
 from sessions.storage.sweep import OrphanSweeper
 from tests.storage.rgw_server import RgwServer
-from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
-from tests.storage.test_chunkstore_contract import SERVERS
+from tests.storage.s3_server import S3Server, s3_server  # noqa: F401 - a fixture
+from tests.storage.test_chunkstore_contract import any_s3, s3_store  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.anyio
 MAX = 1 << 20
@@ -65,28 +65,15 @@ class PausingBackend:
         return rec
 
 
-def s3(server: S3Server | RgwServer, url: str) -> S3ChunkStore:
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    return S3ChunkStore(bucket=bucket, prefix=prefix, endpoint=server.endpoint, region=REGION,
-                        access_key_id=server.access_key, secret_access_key=server.secret_key)
-
-
-@pytest.fixture(params=list(SERVERS))
-def server(request: pytest.FixtureRequest) -> S3Server | RgwServer:
-    """SeaweedFS and Ceph radosgw in turn (as the chunk-store contract suite)."""
-    found: S3Server | RgwServer = request.getfixturevalue(SERVERS[request.param])
-    return found
-
-
 @pytest.fixture
-async def two(open_store: Callable[[], Any], server: S3Server | RgwServer,
+async def two(open_store: Callable[[], Any], any_s3: S3Server | RgwServer,  # noqa: F811
               ) -> AsyncIterator[tuple[StorageService, StorageService, PausingBackend]]:
     """Storage A and storage B on one metadata database and one S3 prefix; B's backend pauses."""
-    url = server.url()
+    url = any_s3.url()  # SeaweedFS and radosgw in turn
     a_meta: MetadataStore = await open_store()
     b_backend = PausingBackend((await open_store()).backend)
-    a = StorageService(a_meta, s3(server, url), max_chunk_bytes=MAX, grace_seconds=GRACE)
-    b = StorageService(MetadataStore(b_backend), s3(server, url), max_chunk_bytes=MAX,
+    a = StorageService(a_meta, s3_store(any_s3, url), max_chunk_bytes=MAX, grace_seconds=GRACE)
+    b = StorageService(MetadataStore(b_backend), s3_store(any_s3, url), max_chunk_bytes=MAX,
                        grace_seconds=GRACE)
     yield a, b, b_backend
 

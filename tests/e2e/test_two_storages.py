@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,7 +91,6 @@ def _record(node: Node, admin: str, sid: str, data: bytes, split: Node | None) -
 def test_two_gateways_processors_and_storages_share_one_database_and_bucket(
         sides: tuple[Cluster, Node, str], s3_server: S3Server) -> None:  # noqa: F811
     a, b, prefix_url = sides
-    started = time.monotonic()
     admin = a.admin_token
     assert b.env_of("processor")["LUCID_STORAGE_URL"] == b.url("storage") != a.url("storage")
     assert b.env_of("api")["LUCID_PROCESSOR_URL"] == b.url("processor")
@@ -156,7 +154,6 @@ def test_two_gateways_processors_and_storages_share_one_database_and_bucket(
                             headers=a.auth_of("storage")).text
         assert "lucid_orphan_sweep_last_pass_timestamp_seconds " in metrics
         assert "lucid_orphan_sweep_last_pass_timestamp_seconds 0.0" not in metrics
-    assert time.monotonic() - started < 120
 
     problems = a.log_problems()
     for name in ("storage", "processor", "api"):

@@ -34,7 +34,7 @@ from datetime import datetime
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
-from sessions.common.errors import ServiceError
+from sessions.common.errors import ServiceError, SessionNotFound
 from sessions.common.states import SessionState
 from sessions.common.web import Metrics
 from sessions.storage.chunkstore import StoredChunk
@@ -113,14 +113,12 @@ class OrphanSweeper:
 
     async def _judge(self, sid: str, report: SweepReport, *, grace: bool,
                      now: datetime | None) -> None:
+        started = time.monotonic()
         try:
             rec = await self.service.meta.get_session(sid)
-        except ServiceError as exc:
-            if exc.code != "session_not_found":
-                raise
+        except SessionNotFound:
             report.unknown.append(sid)
             return
-        started = time.monotonic()
         stored = await self.service.chunks.stored(sid)  # listed after the record was read
         strays = await self._strays(rec, stored)
         if rec.state is SessionState.DELETED:
@@ -129,8 +127,9 @@ class OrphanSweeper:
             doomed = [c for c in strays if not grace or self.service.aged(c, now)]
             report.kept_young += len(strays) - len(doomed)
         if doomed and time.monotonic() - started > self.service.grace.total_seconds() / 4:
-            log.warning("orphan sweep skipped session %s this pass: its listing took too long "
-                        "for the grace", sid)  # its record may be stale by now
+            # Its record may be stale by now: a commit may have landed since it was read.
+            log.warning("orphan sweep skipped session %s this pass: reading and listing it "
+                        "took longer than a quarter of the grace", sid)
         elif doomed:
             await self.service.chunks.remove(sid, doomed)
             report.removed += len(doomed)

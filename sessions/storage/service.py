@@ -184,7 +184,7 @@ class StorageService:
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""
         # Shielded: a caller that goes away (a processor killed mid-sweep) does not leave the
-        # files of an erased session behind until the next start-up sweep.
+        # files of an erased session behind until the orphan sweep's next pass.
         await asyncio.shield(self._delete(session_id))
 
     async def _delete(self, session_id: str) -> None:

@@ -17,8 +17,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -43,15 +45,36 @@ TEMP_SUFFIX = ".tmp"
 Guard = Callable[[], AbstractAsyncContextManager[Any]]
 
 
+@dataclass(frozen=True)
+class StoredChunk:
+    """One stored chunk as its store lists it: what the orphan sweep judges it by."""
+
+    index: int
+    leaf_hash: bytes | None
+    """The leaf hash its name holds (S3); None where a store keeps one chunk per index."""
+    size: int
+    modified: datetime
+    """When it was written (UTC): the object's LastModified on S3, the file's mtime locally."""
+    name: str
+    """The store's own name of it (object key or file name), for `remove`."""
+
+
 class ChunkStore(Protocol):
-    """Sealed chunk bytes by (session id, index); raises `ServiceError`s only."""
+    """Sealed chunk bytes by (session id, index, leaf hash); raises `ServiceError`s only.
+
+    `shared` says whether other storage processes may write to the same store at once
+    (S3); a store that is not shared (the local directory) belongs to one process.
+    """
+
+    shared: bool
 
     async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                   expected_leaf_hash: bytes, max_bytes: int,
                   expected_length: int | None = None, guard: Guard | None = None) -> int: ...
-    async def get(self, session_id: str, index: int) -> bytes: ...
-    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]: ...
-    async def stream_range(self, session_id: str, index: int, *, offset: int,
+    async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes: ...
+    async def stream(self, session_id: str, index: int, *,
+                     leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]: ...
+    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, offset: int,
                            length: int) -> AsyncIterator[bytes]:
         """Return the chunk's stored bytes [offset, offset + length), in pieces read as sent.
 
@@ -59,11 +82,17 @@ class ChunkStore(Protocol):
         (InvalidParameter otherwise); ChunkNotFound if there is no chunk.
         """
         ...
-    async def size(self, session_id: str, index: int) -> int | None: ...
+    async def stat(self, session_id: str, index: int, *,
+                   leaf_hash: bytes) -> StoredChunk | None: ...
     async def exists(self, session_id: str, index: int) -> bool: ...
+    async def stored(self, session_id: str) -> list[StoredChunk]:
+        """Return every chunk stored for the session, staged or committed, any order."""
+    async def remove(self, session_id: str, chunks: Sequence[StoredChunk]) -> None:
+        """Remove these chunks (as `stored` listed them); absent is fine."""
     async def delete_session(self, session_id: str) -> None: ...
     async def discard_from(self, session_id: str, first: int) -> list[int]: ...
-    async def session_ids(self) -> list[str]: ...
+    async def session_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Return up to limit (default all) ids > after of sessions with stored chunks, sorted."""
     async def ping(self) -> None: ...
     async def free_bytes(self) -> int:
         """Return the bytes an unprivileged writer may still write to the chunk volume."""
@@ -93,7 +122,14 @@ async def _io(fn: Callable[..., T], *args: Any) -> T:
 
 
 class LocalChunkStore:
-    """`ChunkStore` on a local directory tree under `root/chunks`."""
+    """`ChunkStore` on a local directory tree under `root/chunks`.
+
+    One process owns it (main.py holds `DirectoryLock` on the data dir): a re-stage
+    replaces the index's file under the session's in-process lock, so there is one file
+    per index and `leaf_hash` is not needed to find it.
+    """
+
+    shared = False
 
     def __init__(self, root: Path) -> None:
         self._chunks = root / "chunks"
@@ -138,14 +174,15 @@ class LocalChunkStore:
             raise
         return size
 
-    async def get(self, session_id: str, index: int) -> bytes:
+    async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes:
         """Return the stored bytes of a chunk; raise ChunkNotFound if its file is absent."""
         data = await _io(_read_file, self.chunk_path(session_id, index))
         if data is None:
             raise ChunkNotFound()
         return data
 
-    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]:
+    async def stream(self, session_id: str, index: int, *,
+                     leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]:
         """Return a chunk file's length and its bytes in READ_PIECE pieces, read as sent.
 
         The file is opened now (ChunkNotFound if absent), so memory stays at a piece
@@ -157,11 +194,12 @@ class LocalChunkStore:
         size = os.fstat(f.fileno()).st_size
         return size, _pieces(f, 0, size)
 
-    async def stream_range(self, session_id: str, index: int, *, offset: int,
+    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, offset: int,
                            length: int) -> AsyncIterator[bytes]:
         """Return the chunk file's bytes [offset, offset + length) in READ_PIECE pieces.
 
-        Preconditions as `ChunkStore.stream_range`; the file is opened now, and read
+        Preconditions as `ChunkStore.stream_range` (one file per index: leaf_hash names
+        nothing here); the file is opened now, and read
         from `offset` (a seek, not a read of what comes before) as sent.
         """
         f = await _io(_open_or_none, self.chunk_path(session_id, index))
@@ -174,12 +212,21 @@ class LocalChunkStore:
             raise
         return _pieces(f, offset, length)
 
-    async def size(self, session_id: str, index: int) -> int | None:
-        """Return the length of a chunk's file, or None if it has none."""
-        return await _io(_file_size, self.chunk_path(session_id, index))
+    async def stat(self, session_id: str, index: int, *,
+                   leaf_hash: bytes) -> StoredChunk | None:
+        """Return the chunk file at index (its leaf hash unknown: None), or None if absent."""
+        return await _io(_stat, self.chunk_path(session_id, index), index)
 
     async def exists(self, session_id: str, index: int) -> bool:
-        return await self.size(session_id, index) is not None
+        return await _io(_stat, self.chunk_path(session_id, index), index) is not None
+
+    async def stored(self, session_id: str) -> list[StoredChunk]:
+        """Return the session's chunk files at their final names (temp files are not listed)."""
+        return await _io(_stored, self.session_dir(session_id))
+
+    async def remove(self, session_id: str, chunks: Sequence[StoredChunk]) -> None:
+        """Remove these chunk files of the session; absent is fine."""
+        await _io(_remove_files, self.session_dir(session_id), [c.name for c in chunks])
 
     async def delete_session(self, session_id: str) -> None:
         """Remove every chunk file of a session, staged or committed; absent is fine."""
@@ -194,9 +241,11 @@ class LocalChunkStore:
             raise InvalidParameter("the first index to discard must not be negative")
         return await _io(_remove_from, self.session_dir(session_id), first)
 
-    async def session_ids(self) -> list[str]:
-        """Return the ids of the sessions that have a chunk directory, sorted."""
-        return await _io(_session_ids, self._chunks)
+    async def session_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Return up to limit (default all) ids > after of sessions that have a chunk
+        directory, sorted."""
+        ids = [sid for sid in await _io(_session_ids, self._chunks) if sid > after]
+        return ids if limit is None else ids[:limit]
 
     async def ping(self) -> None:
         """Check that the chunk directory exists and is writable."""
@@ -209,7 +258,8 @@ class LocalChunkStore:
     async def sweep_temp_files(self) -> int:
         """Remove temp files a crashed PUT left behind; return how many.
 
-        Call at start-up only: storage is one process, so no PUT is in flight then.
+        Call at start-up only: the directory's lock keeps other processes out, so no PUT
+        is in flight then.
         """
         return await _io(_sweep, self._chunks)
 
@@ -370,11 +420,34 @@ def _read_file(path: Path) -> bytes | None:
         return None
 
 
-def _file_size(path: Path) -> int | None:
+def _stat(path: Path, index: int) -> StoredChunk | None:
     try:
-        return path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         return None
+    return StoredChunk(index=index, leaf_hash=None, size=st.st_size,
+                       modified=datetime.fromtimestamp(st.st_mtime, UTC), name=path.name)
+
+
+def _stored(session_dir: Path) -> list[StoredChunk]:
+    try:
+        names = os.listdir(session_dir)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        index = _chunk_index(name)
+        if index is not None and (chunk := _stat(session_dir / name, index)) is not None:
+            found.append(chunk)
+    return found
+
+
+def _remove_files(session_dir: Path, names: list[str]) -> None:
+    for name in names:
+        if _chunk_index(name) is not None:  # final chunk names only, never a path
+            (session_dir / name).unlink(missing_ok=True)
+    if names and session_dir.is_dir():
+        _fsync_dir(session_dir)
 
 
 def _remove_tree(path: Path) -> None:

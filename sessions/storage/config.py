@@ -97,6 +97,14 @@ class Settings(CommonSettings):
                                   "in memory at once for their PUTs to S3; further uploads "
                                   "wait their turn (sized for storage's 100 MB budget)")
 
+    orphan_grace_seconds: float = Field(3600.0, ge=60, le=30 * 86400, description="age "
+                                        "after which a stored chunk no commit names is "
+                                        "removed while storage serves; a commit refuses a "
+                                        "chunk staged more than half of it ago (size it well "
+                                        "above the longest PUT)")
+    orphan_sweep_seconds: float = Field(600.0, ge=0, description="seconds between orphan "
+                                        "sweep passes (0: at start-up only)")
+
     @property
     def port(self) -> int:
         return self.storage_port

@@ -177,6 +177,16 @@ class MetadataStore:
         return await self.backend.list_chunks(session_id, start=start, stop=rec.chunk_count,
                                               limit=limit)
 
+    async def committed_chunk(self, rec: SessionRecord, index: int) -> ChunkRecord:
+        """Return the row of committed chunk `index` of rec (0 <= index < rec.chunk_count).
+
+        A row missing below chunk_count is 502 `metadata_corrupt`.
+        """
+        rows = await self.backend.list_chunks(rec.id, start=index, stop=rec.chunk_count, limit=1)
+        if not rows or rows[0].index != index:
+            raise MetadataCorrupt(f"committed chunk {index} has no stored row")
+        return rows[0]
+
     async def leaf_hashes(self, session_id: str, *, size: int | None = None) -> bytes:
         """Return the first `size` (default all) leaf hashes; 0 <= size <= chunk_count."""
         if size is not None and size < 0:

@@ -5,15 +5,17 @@ so a resealed retry at the same index (new nonce, new leaf hash) is a different 
 The client is `obstore` (Rust's object_store: async, typed, one wheel with no
 dependency tree to resolve).
 
-Staging and committing are as on the local directory: a PUT uploads the chunk, then,
-inside the caller's `guard` (the session's lock, which also covers commits), creates its
-object with a conditional PUT (`If-None-Match: *`) and deletes the index's other
-objects: re-staging an uncommitted index replaces it, and since the guard refuses a
-committed index, a committed chunk is never replaced or removed by a PUT.  The object
-is content-addressed, so a conditional PUT that finds it present (412) finds the very
-same bytes.  A server that ignores `If-None-Match` can thus only overwrite an object
-with identical bytes; the guard alone (as on the local directory) keeps a committed
-index from being re-staged.
+Several storage processes may share one bucket and prefix (README, "Several storage
+processes"), so nothing here relies on the caller's per-process lock for safety.  A PUT
+creates its object with a conditional PUT (`If-None-Match: *`) and never removes another
+object: a re-staged index simply holds two objects, and a stale PUT that publishes late
+(in another process, after a commit or a discard) adds one more.  Every read and every
+commit check names the object by its leaf hash (the committed one, from the chunk
+row), so an object no commit names is never read and never replaces anything; the
+orphan sweep (`sweep.py`) removes it once it is older than the grace.  The object is
+content-addressed, so a conditional PUT that finds it present (412) finds the very same
+bytes; it is then written again, plainly, so that its LastModified is fresh for the
+commit that follows (`stat` reports the age a commit is judged by).
 
 The body is gathered in memory (at most `max_bytes`, one sealed chunk; one copy, hashed
 as it arrives) before anything is uploaded: no object is ever visible under a leaf hash
@@ -31,7 +33,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 import obstore
@@ -48,7 +50,7 @@ from sessions.common.errors import (
 )
 from sessions.common.ids import check_session_id, is_session_id
 from sessions.core import LEAF_PREFIX
-from sessions.storage.chunkstore import CHUNK_SUFFIX, Guard, check_index, check_span
+from sessions.storage.chunkstore import CHUNK_SUFFIX, Guard, StoredChunk, check_index, check_span
 from sessions.storage.config import S3Location
 from sessions.storage.errors import LeafHashMismatch, StorageUnavailable
 from sessions.storage.records import LEAF_HASH_SIZE
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from obstore import GetResult, ObjectMeta
 
 T = TypeVar("T")
+MISSING = (NotFoundError, FileNotFoundError)  # a 404: obstore raises either, by call
 log = logging.getLogger("sessions.storage.s3")
 
 UNMETERED = 1 << 62  # free_bytes on object storage: no volume to run out of
@@ -112,7 +115,7 @@ async def _s3(call: Awaitable[T]) -> T:
     """
     try:
         return await call
-    except (NotFoundError, AlreadyExistsError, StopAsyncIteration, ServiceError):
+    except (*MISSING, AlreadyExistsError, StopAsyncIteration, ServiceError):
         raise
     except Exception as exc:
         log.warning("object store request failed: %s", type(exc).__name__)
@@ -121,18 +124,38 @@ async def _s3(call: Awaitable[T]) -> T:
 
 def _index_of(path: str) -> int | None:
     """Return the index a chunk object's path `<sid>/<index:010d>/<64 hex>.lcs` holds, else None."""
+    named = _named(path)
+    return None if named is None else named[0]
+
+
+def _named(path: str) -> tuple[int, bytes] | None:
+    """Return (index, leaf hash) of a chunk object's path, or None for any other key."""
     parts = path.split("/")
     if len(parts) < 2:
         return None
     stem, name = parts[-2], parts[-1]
+    digest = name.removesuffix(CHUNK_SUFFIX)
     if (len(stem) == 10 and stem.isdigit() and name.endswith(CHUNK_SUFFIX)
-            and len(name) == 64 + len(CHUNK_SUFFIX)):
-        return int(stem)
+            and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return int(stem), bytes.fromhex(digest)
     return None
+
+
+def _stored(meta: ObjectMeta) -> StoredChunk | None:
+    named = _named(meta["path"])
+    if named is None:
+        return None
+    modified = meta["last_modified"]
+    if modified.tzinfo is None:
+        modified = modified.replace(tzinfo=UTC)
+    return StoredChunk(index=named[0], leaf_hash=named[1], size=meta["size"],
+                       modified=modified, name=meta["path"])
 
 
 class S3ChunkStore:
     """`ChunkStore` on one bucket and key prefix of an S3-compatible object store."""
+
+    shared = True
 
     def __init__(self, *, bucket: str, prefix: str, endpoint: str | None, region: str,
                  access_key_id: str, secret_access_key: str,
@@ -167,21 +190,13 @@ class S3ChunkStore:
             found.extend(batch)
         return found
 
-    async def _find(self, session_id: str, index: int) -> ObjectMeta | None:
-        """Return the object of chunk `index`, or None.
-
-        Two objects of one index exist only if a PUT died between creating its object
-        and removing the one it replaced; the index is then uncommitted (the guard let
-        that PUT in), and the newest is taken.
-        """
+    async def _any(self, session_id: str, index: int) -> bool:
+        """Return whether any object of chunk `index` exists (staged or committed)."""
         try:
             objects = await _s3(self._objects(session_id, index))
         except NotFoundError:
-            return None
-        named = [o for o in objects if _index_of(o["path"]) == index]
-        if not named:
-            return None
-        return max(named, key=lambda o: (o["last_modified"], o["path"]))
+            return False
+        return any(_index_of(o["path"]) == index for o in objects)
 
     async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                   expected_leaf_hash: bytes, max_bytes: int,
@@ -189,8 +204,8 @@ class S3ChunkStore:
         """Store body as chunk `index`; return its length once its object is written.
 
         Preconditions as `LocalChunkStore.put`.  `guard`, if given, is entered around
-        creating the object and removing the index's other objects.  On any failure the
-        object this call created is removed again.  The body's bytes count against the
+        creating the object; no other object is touched.  On any failure the object this
+        call created is removed again.  The body's bytes count against the
         store's buffer budget from before it is read until its object is written.
         """
         if len(expected_leaf_hash) != LEAF_HASH_SIZE:
@@ -207,80 +222,100 @@ class S3ChunkStore:
             if leaf_hash != expected_leaf_hash:
                 raise LeafHashMismatch()
             if guard is None:
-                await self._publish(session_id, index, key, data)
+                await self._publish(key, data)
             else:
                 async with guard():
-                    await self._publish(session_id, index, key, data)
+                    await self._publish(key, data)
             return len(data)
 
-    async def _publish(self, session_id: str, index: int, key: str, data: bytearray) -> None:
+    async def _publish(self, key: str, data: bytearray) -> None:
         created = False
         try:
             try:
                 await _s3(obstore.put_async(self._store, key, data, mode="create"))
                 created = True
             except AlreadyExistsError:
-                pass  # content-addressed: the very same bytes are there already
-            others = [o["path"] for o in await _s3(self._objects(session_id, index))
-                      if o["path"] != key]
-            if others:
-                await _s3(obstore.delete_async(self._store, others))
+                # Content-addressed: the very same bytes are there.  Written again so its
+                # LastModified is fresh: the sweep and the commit judge an object by its age.
+                await _s3(obstore.put_async(self._store, key, data))
         except BaseException:
             if created:
                 await _forget(self._store, [key])
             raise
 
-    async def get(self, session_id: str, index: int) -> bytes:
-        """Return the stored bytes of a chunk; raise ChunkNotFound if it has no object."""
-        found = await self._find(session_id, index)
-        if found is None:
-            raise ChunkNotFound()
+    async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes:
+        """Return the bytes of the object of (index, leaf_hash); ChunkNotFound if it is absent."""
         try:
-            result = await _s3(obstore.get_async(self._store, found["path"]))
+            result = await _s3(obstore.get_async(self._store,
+                                                 self._key(session_id, index, leaf_hash)))
             return bytes(await _s3(result.bytes_async()))
-        except NotFoundError:
+        except MISSING:
             raise ChunkNotFound() from None
 
-    async def stream(self, session_id: str, index: int) -> tuple[int, AsyncIterator[bytes]]:
-        """Return a chunk's length and its bytes in pieces of about S3_READ_PIECE, read as sent."""
-        found = await self._find(session_id, index)
-        if found is None:
-            raise ChunkNotFound()
+    async def stream(self, session_id: str, index: int, *,
+                     leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]:
+        """Return the length of the object of (index, leaf_hash) and its bytes in pieces of
+        about S3_READ_PIECE, read as sent; ChunkNotFound if it is absent."""
         try:
-            result = await _s3(obstore.get_async(self._store, found["path"]))
-        except NotFoundError:
+            result = await _s3(obstore.get_async(self._store,
+                                                 self._key(session_id, index, leaf_hash)))
+        except MISSING:
             raise ChunkNotFound() from None
         return result.meta["size"], _pieces(result)
 
-    async def stream_range(self, session_id: str, index: int, *, offset: int,
+    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, offset: int,
                            length: int) -> AsyncIterator[bytes]:
-        """Return the object's bytes [offset, offset + length) by one ranged GET, read as sent.
+        """Return the bytes [offset, offset + length) of the object of (index, leaf_hash) by
+        one ranged GET, read as sent.
 
-        Preconditions as `ChunkStore.stream_range` (the length is the listing's).  A
-        server that answers another range than asked is a 503, never a splice.
+        Preconditions as `ChunkStore.stream_range`, checked against the object's length (a
+        HEAD: resumes are rare).  A server that answers another range than asked is a 503,
+        never a splice.
         """
-        found = await self._find(session_id, index)
-        if found is None:
+        stored = await self.stat(session_id, index, leaf_hash=leaf_hash)
+        if stored is None:
             raise ChunkNotFound()
-        check_span(offset, length, found["size"])
+        check_span(offset, length, stored.size)
         span = (offset, offset + length)
         try:
-            result = await _s3(obstore.get_async(self._store, found["path"],
+            result = await _s3(obstore.get_async(self._store,
+                                                 self._key(session_id, index, leaf_hash),
                                                  options={"range": span}))
-        except NotFoundError:
+        except MISSING:
             raise ChunkNotFound() from None
         if tuple(result.range) != span:
             log.warning("object store answered bytes %s for a GET of %s", result.range, span)
             raise StorageUnavailable()
         return _pieces(result)
 
-    async def size(self, session_id: str, index: int) -> int | None:
-        """Return the length of a chunk's object, or None if it has none."""
-        found = await self._find(session_id, index)
-        return None if found is None else found["size"]
+    async def stat(self, session_id: str, index: int, *,
+                   leaf_hash: bytes) -> StoredChunk | None:
+        """Return the object of (index, leaf_hash) as listed (size, LastModified), or None."""
+        try:
+            meta = await _s3(obstore.head_async(self._store,
+                                                self._key(session_id, index, leaf_hash)))
+        except MISSING:
+            return None
+        return _stored(meta)
 
     async def exists(self, session_id: str, index: int) -> bool:
-        return await self.size(session_id, index) is not None
+        """Return whether chunk `index` has any object, whatever its leaf hash."""
+        return await self._any(session_id, index)
+
+    async def stored(self, session_id: str) -> list[StoredChunk]:
+        """Return every chunk object of the session (staged, committed or stray), any order."""
+        try:
+            objects = await _s3(self._objects(session_id))
+        except NotFoundError:
+            return []
+        return [chunk for o in objects if (chunk := _stored(o)) is not None]
+
+    async def remove(self, session_id: str, chunks: Sequence[StoredChunk]) -> None:
+        """Delete these objects of the session in batches; absent is fine."""
+        prefix = check_session_id(session_id) + "/"
+        paths = [c.name for c in chunks if c.name.startswith(prefix)]
+        if paths:
+            await _s3(obstore.delete_async(self._store, paths))
 
     async def delete_session(self, session_id: str) -> None:
         """Remove every object of a session, staged or committed, in batches; absent is fine."""
@@ -308,16 +343,24 @@ class S3ChunkStore:
             await _s3(obstore.delete_async(self._store, list(doomed)))
         return sorted(set(doomed.values()))
 
-    async def session_ids(self) -> list[str]:
-        """Return the ids of the sessions that have an object under the prefix, sorted.
+    async def session_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
+        """Return up to limit (default all) ids > after of the sessions that have an object
+        under the prefix, sorted.
 
         Some servers (SeaweedFS) keep listing a "directory" after its last object went,
-        so each candidate is checked for an object.
+        so each candidate is checked for an object (one request each, up to limit found).
         """
         listing = await _s3(obstore.list_with_delimiter_async(self._store))
-        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in listing["common_prefixes"])
-        return sorted([name for name in names
-                       if is_session_id(name) and await _s3(self._has_objects(name))])
+        names = sorted(name for p in listing["common_prefixes"]
+                       if is_session_id(name := p.rstrip("/").rsplit("/", 1)[-1])
+                       and name > after)
+        found: list[str] = []
+        for name in names:
+            if limit is not None and len(found) >= limit:
+                break
+            if await _s3(self._has_objects(name)):
+                found.append(name)
+        return found
 
     async def _has_objects(self, prefix: str) -> bool:
         async for batch in obstore.list(self._store, prefix, chunk_size=1):  # noqa: B020

@@ -1,36 +1,41 @@
 """Storage operations that touch both the metadata store and the chunk store.
 
 A committed chunk is immutable.  A PUT re-checks, under the session's lock,
-that its index is still uncommitted right before the rename, and a commit holds
-the same lock from checking the staged files to its metadata transaction, so a
-PUT can never replace a chunk that a commit just made visible.  The locks guard
-this process's chunk directory only; the metadata itself is kept consistent by
-its database's compare-and-set (see `metastore`).
+that its index is still uncommitted right before it publishes, and a commit holds
+the same lock from checking the staged chunks to its metadata transaction, so a
+PUT of this process can never replace a chunk that a commit just made visible.
+The locks are per process; the metadata is kept consistent by its database's
+compare-and-set (see `metastore`), and across storage processes (a shared S3 store)
+a chunk is read and checked by the leaf hash its commit names, so a late PUT of
+another process only adds an object nobody reads.
 
 Staged chunks that are never committed do not stay: the processor discards them
 when the request that staged them fails, a session leaving `recording` discards
-them, and `sweep` at start-up removes what a crash left.  A discard also fences
-off every PUT already in flight for the session (it may no longer publish), so a
-PUT that outlives its failed request cannot bring a staged file back.
+them, and the orphan sweep (`sweep.py`) removes what a crash or a late PUT left.
+A discard also fences off every PUT of this process already in flight for the
+session (it may no longer publish).  On a shared store a discard of a recording
+session removes only what is older than the grace: a commit running in another
+process may be about to name what it would remove.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from weakref import WeakValueDictionary
 
 from sessions.common.errors import ChunkNotFound, InsufficientStorage, InvalidState
 from sessions.common.ranges import ByteRange, parse_one_range
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
-from sessions.storage.chunkstore import ChunkStore
+from sessions.storage.chunkstore import ChunkStore, StoredChunk
 from sessions.storage.errors import ChunkCommitted, ChunkNotStaged, StagingDiscarded
-from sessions.storage.metastore import MetadataStore
+from sessions.storage.metastore import MetadataStore, utc_now
 from sessions.storage.records import ChunkRecord, SessionRecord, check_commit, check_lease
 
-SWEEP_PAGE = 500
+DEFAULT_GRACE_SECONDS = 3600.0
 
 
 def _missing(index: int) -> ChunkNotFound:
@@ -52,11 +57,17 @@ class StorageService:
     """The chunk life cycle: stage, commit, read, erase."""
 
     def __init__(self, meta: MetadataStore, chunks: ChunkStore, *, max_chunk_bytes: int,
-                 metrics: Metrics | None = None, min_free_bytes: int = 0) -> None:
+                 metrics: Metrics | None = None, min_free_bytes: int = 0,
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        """grace_seconds > 0: how old a chunk no commit names must be before it is removed
+        while other processes may be writing (sized well above the longest PUT)."""
         self.meta = meta
         self.chunks = chunks
         self.max_chunk_bytes = max_chunk_bytes
         self.min_free_bytes = min_free_bytes
+        self.grace = timedelta(seconds=grace_seconds)
+        self.clock = clock
         self._metrics = metrics
         self._gates: WeakValueDictionary[str, _Gate] = WeakValueDictionary()
 
@@ -66,6 +77,14 @@ class StorageService:
         if gate is None:
             gate = self._gates[session_id] = _Gate()
         return gate
+
+    @asynccontextmanager
+    async def locked(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock of this process: no PUT of it publishes, and no commit,
+        discard or delete of it runs here, meanwhile (other processes are not held)."""
+        gate = self._gate(session_id)
+        async with gate.lock:
+            yield
 
     async def put_chunk(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                         leaf_hash: bytes, content_length: int | None,
@@ -116,10 +135,13 @@ class StorageService:
     async def commit(self, session_id: str, *, expected_offset: int,
                      chunks: Sequence[ChunkRecord],
                      lease_token: int | None = None) -> SessionRecord:
-        """Make staged chunks visible: check them against the record and the files, then append.
+        """Make staged chunks visible: check them against the record and the store, then append.
 
         Preconditions: the lease admits lease_token (`check_lease`, 409 lease_lost), those
-        of `check_commit`, and a staged file of exactly sealed_length bytes for every chunk.
+        of `check_commit`, and for every chunk a staged chunk of its leaf hash with exactly
+        sealed_length bytes, staged less than half the grace ago (else 409
+        `chunk_not_staged`: the sweep removes chunks older than the grace, so one it may
+        be removing is never committed).
         """
         gate = self._gate(session_id)
         async with gate.lock:
@@ -129,20 +151,27 @@ class StorageService:
             if len(fresh) == len(chunks):  # else the metadata store judges a repeated commit
                 check_commit(rec, expected_offset=expected_offset, chunks=chunks)
             for chunk in fresh:
-                if await self.chunks.size(session_id, chunk.index) != chunk.sealed_length:
-                    raise ChunkNotStaged(f"chunk {chunk.index} is not staged with "
-                                         f"{chunk.sealed_length} bytes",
-                                         extra={"index": chunk.index})
+                await self._check_staged(session_id, chunk)
             return await self.meta.commit_chunks(session_id, expected_offset=expected_offset,
                                                  chunks=chunks, lease_token=lease_token)
+
+    async def _check_staged(self, session_id: str, chunk: ChunkRecord) -> None:
+        staged = await self.chunks.stat(session_id, chunk.index, leaf_hash=chunk.leaf_hash)
+        if staged is None or staged.size != chunk.sealed_length:
+            raise ChunkNotStaged(f"chunk {chunk.index} is not staged with "
+                                 f"{chunk.sealed_length} bytes", extra={"index": chunk.index})
+        if staged.modified < self.clock() - self.grace / 2:
+            raise ChunkNotStaged(f"chunk {chunk.index} was staged too long ago; stage it again",
+                                 extra={"index": chunk.index})
 
     async def stream_chunk(self, session_id: str, index: int
                            ) -> tuple[int, AsyncIterator[bytes]]:
         """Return the length and the stored bytes (in pieces, read as sent) of committed
-        chunk `index` (index < chunk_count)."""
-        await self._check_committed(session_id, index)
+        chunk `index` (index < chunk_count), the object its committed leaf hash names."""
+        committed = await self._committed(session_id, index)
         try:
-            size, pieces = await self.chunks.stream(session_id, index)
+            size, pieces = await self.chunks.stream(session_id, index,
+                                                    leaf_hash=committed.leaf_hash)
         except ChunkNotFound:
             raise _missing(index) from None
         self._count_out(size, chunks=1)
@@ -157,21 +186,22 @@ class StorageService:
         RangeNotSatisfiable (416, with `size`) if it selects none of the stored bytes
         (RFC 9110 §14.1.2, §15.5.17).
         """
-        await self._check_committed(session_id, index)
-        size = await self.chunks.size(session_id, index)
-        if size is None:
+        committed = await self._committed(session_id, index)
+        stored = await self.chunks.stat(session_id, index, leaf_hash=committed.leaf_hash)
+        if stored is None:
             raise _missing(index)
-        rng = parse_one_range(range_header, size=size)
+        rng = parse_one_range(range_header, size=stored.size)
         try:
-            pieces = await self.chunks.stream_range(session_id, index, offset=rng.start,
-                                                    length=rng.end - rng.start)
+            pieces = await self.chunks.stream_range(
+                session_id, index, leaf_hash=committed.leaf_hash, offset=rng.start,
+                length=rng.end - rng.start)
         except ChunkNotFound:
             raise _missing(index) from None
         self._count_out(rng.end - rng.start, chunks=0)
-        return size, rng, pieces
+        return stored.size, rng, pieces
 
-    async def _check_committed(self, session_id: str, index: int) -> None:
-        """Raise unless chunk `index` of the session is committed and not erased."""
+    async def _committed(self, session_id: str, index: int) -> ChunkRecord:
+        """Return the row of committed chunk `index`; raise unless committed and not erased."""
         rec = await self.meta.get_session(session_id)
         if rec.state is SessionState.DELETED:
             raise InvalidState("the session was deleted; its chunks are gone",
@@ -179,6 +209,7 @@ class StorageService:
         if index >= rec.chunk_count:
             raise ChunkNotFound(f"chunk {index} is not committed",
                                 extra={"chunk_count": rec.chunk_count})
+        return await self.meta.committed_chunk(rec, index)
 
     def _count_out(self, size: int, *, chunks: int) -> None:
         if self._metrics is not None:
@@ -188,7 +219,7 @@ class StorageService:
     async def delete(self, session_id: str) -> None:
         """Crypto-erase a session, then remove its chunk files; a second call does it again."""
         # Shielded: a caller that goes away (a processor killed mid-sweep) does not leave the
-        # files of an erased session behind until the next start-up sweep.
+        # files of an erased session behind until the orphan sweep's next pass.
         await asyncio.shield(self._delete(session_id))
 
     async def _delete(self, session_id: str) -> None:
@@ -230,32 +261,18 @@ class StorageService:
         gate.discards += 1
         if rec.state is SessionState.DELETED:
             return []  # its files went with the erase
+        if rec.state is SessionState.RECORDING and self.chunks.shared:
+            # Another process may be committing one of them right now: only what is
+            # older than the grace goes (as in the sweep); the rest is the sweep's.
+            doomed = [c for c in await self.chunks.stored(rec.id)
+                      if c.index >= rec.chunk_count and self.aged(c)]
+            await self.chunks.remove(rec.id, doomed)
+            return sorted({c.index for c in doomed})
         return await self.chunks.discard_from(rec.id, rec.chunk_count)
 
-    async def sweep(self) -> tuple[int, list[str]]:
-        """Remove what a crash left: staged files past chunk_count, files of deleted sessions.
-
-        Return how many sessions lost files, and the ids of chunk directories no record
-        names (left alone: storage does not remove bytes whose meaning it does not know).
-        Call at start-up, before serving: no upload is in flight then.
-        """
-        on_disk = set(await self.chunks.session_ids())
-        swept = 0
-        cursor: str | None = None
-        while on_disk:
-            records, cursor = await self.meta.list_sessions(cursor=cursor, limit=SWEEP_PAGE)
-            for rec in records:
-                if rec.id not in on_disk:
-                    continue
-                on_disk.discard(rec.id)
-                if rec.state is SessionState.DELETED:
-                    await self.chunks.delete_session(rec.id)
-                    swept += 1
-                elif await self.chunks.discard_from(rec.id, rec.chunk_count):
-                    swept += 1
-            if cursor is None:
-                break
-        return swept, sorted(on_disk)
+    def aged(self, chunk: StoredChunk, now: datetime | None = None) -> bool:
+        """Return whether chunk was written more than the grace before now (the clock's)."""
+        return chunk.modified < (self.clock() if now is None else now) - self.grace
 
 
 def _check_writable(rec: SessionRecord, index: int, lease_token: int | None) -> None:

@@ -36,6 +36,7 @@ import pytest
 
 from sessions.api.config import Settings as ApiSettings
 from sessions.api.main import create_app as api_app
+from sessions.common.secrets import ConfigError
 from sessions.processor.config import Settings as ProcessorSettings
 from sessions.processor.main import create_app as processor_app
 from sessions.storage import chunkstore, sqlite_backend
@@ -287,11 +288,15 @@ async def test_a_torn_chunk_left_by_a_crash_is_never_visible(stack: Stack, fault
     r = await stack.client.get(f"/sessions/{sid}/chunks/0")
     assert r.status_code == 404, r.text
     monkeypatch.undo()
-    # A storage restart sweeps the temp file; the retry then succeeds.
+    # A storage restart sweeps the temp file first (done here without the restart: a second
+    # storage app cannot start beside the running one, the chunk directory's lock refuses
+    # it); the retry then succeeds.
     settings = StorageSettings(data_dir=tmp_path)
-    fresh = storage_app(settings)
-    async with fresh.router.lifespan_context(fresh):
-        pass
+    with pytest.raises(ConfigError, match="another storage process"):
+        fresh = storage_app(settings)
+        async with fresh.router.lifespan_context(fresh):
+            pass
+    assert await chunkstore.LocalChunkStore(settings.storage_dir).sweep_temp_files() > 0
     assert stack.files()[1] == []
     await _finish(stack, sid, data)
 
@@ -393,4 +398,4 @@ async def test_failed_put_leaves_nothing_at_the_chunk_name(tmp_path: Path, fault
     assert not await store.exists(sid, 1)
     # The retry stores it.
     assert await store.put(sid, 1, _body(data), expected_leaf_hash=leaf, max_bytes=1 << 20) == 3000
-    assert await store.get(sid, 1) == data
+    assert await store.get(sid, 1, leaf_hash=leaf) == data

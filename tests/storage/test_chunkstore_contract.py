@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import obstore
@@ -84,11 +85,14 @@ async def test_put_get_stream_size_round_trip(store: ChunkStore, ids: Callable[[
     size = await store.put(sid, 7, stream(pieces), expected_leaf_hash=leaf_hash(data),
                            max_bytes=MAX, expected_length=len(data))
     assert size == len(data)
-    assert await store.get(sid, 7) == data
-    length, body = await store.stream(sid, 7)
+    leaf = leaf_hash(data)
+    assert await store.get(sid, 7, leaf_hash=leaf) == data
+    length, body = await store.stream(sid, 7, leaf_hash=leaf)
     assert length == len(data) and b"".join([p async for p in body]) == data
-    assert await store.size(sid, 7) == len(data) and await store.exists(sid, 7)
-    assert await store.size(sid, 6) is None and not await store.exists(sid, 6)
+    stat = await store.stat(sid, 7, leaf_hash=leaf)
+    assert stat is not None and stat.size == len(data) and await store.exists(sid, 7)
+    assert abs((stat.modified - datetime.now(UTC)).total_seconds()) < 60
+    assert await store.stat(sid, 6, leaf_hash=leaf) is None and not await store.exists(sid, 6)
 
 
 async def collect(pieces: AsyncIterator[bytes]) -> bytes:
@@ -101,37 +105,43 @@ async def test_a_range_of_a_chunk_streams_exactly_those_bytes(
     sid = ids()
     data = os.urandom(2 * 1024 * 1024 + 777)
     await put(store, sid, 2, data)
-    size = len(data)
+    leaf, size = leaf_hash(data), len(data)
     for offset, length in [(0, 1), (0, size), (1, size - 1), (size - 1, 1), (123, 1 << 20),
                            (300_000, 1_500_000), (size - 5000, 5000)]:
-        got = await collect(await store.stream_range(sid, 2, offset=offset, length=length))
+        got = await collect(await store.stream_range(sid, 2, leaf_hash=leaf, offset=offset,
+                                                     length=length))
         assert got == data[offset:offset + length], (offset, length)
     for offset, length in [(-1, 2), (0, 0), (size, 1), (size - 1, 2), (0, size + 1)]:
         with pytest.raises(InvalidParameter):
-            await store.stream_range(sid, 2, offset=offset, length=length)
+            await store.stream_range(sid, 2, leaf_hash=leaf, offset=offset, length=length)
     with pytest.raises(ChunkNotFound):
-        await store.stream_range(sid, 3, offset=0, length=1)
+        await store.stream_range(sid, 3, leaf_hash=leaf, offset=0, length=1)
 
 
 async def test_a_missing_chunk_is_not_found(store: ChunkStore, ids: Callable[[], str]) -> None:
     sid = ids()
     with pytest.raises(ChunkNotFound):
-        await store.get(sid, 0)
+        await store.get(sid, 0, leaf_hash=leaf_hash(b"x"))
     with pytest.raises(ChunkNotFound):
-        await store.stream(sid, 0)
-    assert await store.size(sid, 0) is None
+        await store.stream(sid, 0, leaf_hash=leaf_hash(b"x"))
+    assert await store.stat(sid, 0, leaf_hash=leaf_hash(b"x")) is None
 
 
-async def test_restaging_an_uncommitted_index_replaces_it(store: ChunkStore,
-                                                          ids: Callable[[], str]) -> None:
+async def test_restaging_an_uncommitted_index_is_read_by_its_leaf_hash(
+        store: ChunkStore, ids: Callable[[], str]) -> None:
+    """The resealed retry is what its leaf hash reads (S3 keeps the first attempt beside it
+    until a discard or the sweep: a PUT never removes an object)."""
     sid = ids()
+    retry = leaf_hash(b"the resealed retry")
     await put(store, sid, 3, b"first attempt")
     await put(store, sid, 3, b"the resealed retry")  # a new nonce: another leaf hash
-    assert await store.get(sid, 3) == b"the resealed retry"
-    assert await store.size(sid, 3) == len(b"the resealed retry")
+    assert await store.get(sid, 3, leaf_hash=retry) == b"the resealed retry"
+    stat = await store.stat(sid, 3, leaf_hash=retry)
+    assert stat is not None and stat.size == len(b"the resealed retry")
     await put(store, sid, 3, b"the resealed retry")  # the same bytes again: idempotent
-    assert await store.get(sid, 3) == b"the resealed retry"
-    assert await store.discard_from(sid, 0) == [3]  # one chunk left, not three
+    assert await store.get(sid, 3, leaf_hash=retry) == b"the resealed retry"
+    assert len(await store.stored(sid)) == (2 if store.shared else 1)
+    assert await store.discard_from(sid, 0) == [3]
     assert not await store.exists(sid, 3)
 
 
@@ -149,7 +159,8 @@ async def test_a_refusing_guard_keeps_the_chunk_that_was_there(
     for data in (b"another attempt", b"committed bytes"):
         with pytest.raises(ChunkCommitted):
             await put(store, sid, 0, data, guard=committed)
-        assert await store.get(sid, 0) == b"committed bytes"
+        assert await store.get(sid, 0, leaf_hash=leaf_hash(b"committed bytes")) == (
+            b"committed bytes")
     assert await store.discard_from(sid, 0) == [0]
 
 
@@ -180,9 +191,14 @@ async def test_malformed_ids_and_indexes_are_refused(store: ChunkStore, bad_id: 
                                                      ids: Callable[[], str]) -> None:
     with pytest.raises(InvalidId):
         await store.put(bad_id, 0, never_read(), expected_leaf_hash=b"\0" * 32, max_bytes=MAX)
-    for call in (store.get, store.size, store.delete_session, store.discard_from):
+    for call in (store.delete_session, store.stored):
         with pytest.raises(InvalidId):
-            await call(bad_id, *([0] if call != store.delete_session else []))
+            await call(bad_id)
+    with pytest.raises(InvalidId):
+        await store.discard_from(bad_id, 0)
+    for read in (store.get, store.stat):
+        with pytest.raises(InvalidId):
+            await read(bad_id, 0, leaf_hash=b"\0" * 32)
     for bad_index in (-1, 10**10):
         with pytest.raises(InvalidParameter):
             await store.put(ids(), bad_index, never_read(), expected_leaf_hash=b"\0" * 32,
@@ -204,7 +220,7 @@ async def test_discard_from_and_delete_session(store: ChunkStore,
     await store.delete_session(sid)
     await store.delete_session(sid)
     assert not await store.exists(sid, 0) and not await store.exists(sid, 1)
-    assert await store.get(other, 5) == b"c5"
+    assert await store.get(other, 5, leaf_hash=leaf_hash(b"c5")) == b"c5"
     assert await store.session_ids() == [other]
 
 
@@ -239,7 +255,7 @@ async def test_s3_conditional_put_keeps_an_object_immutable(any_s3: S3Server | R
     key = f"{url.split('/', 3)[3]}/{sid}/0000000000/{leaf_hash(b'sealed').hex()}.lcs"
     with pytest.raises(obstore.exceptions.AlreadyExistsError):
         await obstore.put_async(raw, key, b"forged", mode="create")
-    assert await store.get(sid, 0) == b"sealed"
+    assert await store.get(sid, 0, leaf_hash=leaf_hash(b"sealed")) == b"sealed"
     assert await store.free_bytes() == UNMETERED
 
 
@@ -274,7 +290,8 @@ async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:
                          secret_access_key=secrets.token_urlsafe(16))
     sid = ids()
     calls: list[Callable[[], Awaitable[object]]] = [
-        store.ping, store.session_ids, lambda: store.get(sid, 0), lambda: store.size(sid, 0),
+        store.ping, store.session_ids, lambda: store.get(sid, 0, leaf_hash=b"\0" * 32),
+        lambda: store.stat(sid, 0, leaf_hash=b"\0" * 32), lambda: store.stored(sid),
         lambda: store.delete_session(sid), lambda: store.discard_from(sid, 0),
         lambda: put(store, sid, 0, b"x")]
     for call in calls:
@@ -282,8 +299,9 @@ async def test_s3_unreachable_is_a_503(ids: Callable[[], str]) -> None:
             await call()
 
 
-async def test_s3_a_refused_or_replaced_attempt_leaves_no_object(
+async def test_s3_a_refused_attempt_leaves_no_object_and_a_put_removes_none(
         any_s3: S3Server | RgwServer, ids: Callable[[], str]) -> None:
+    """A PUT touches no object but its own: the one a commit names stays whatever runs."""
     url = any_s3.url()
     store, raw, prefix = s3_store(any_s3, url), any_s3.store(), url.split("/", 3)[3]
     sid = ids()
@@ -298,4 +316,22 @@ async def test_s3_a_refused_or_replaced_attempt_leaves_no_object(
     with pytest.raises(ChunkCommitted):
         await put(store, sid, 0, b"refused", guard=refuse)
     keys = [o["path"] for o in await obstore.list(raw, f"{prefix}/{sid}").collect_async()]
-    assert keys == [f"{prefix}/{sid}/0000000000/{leaf_hash(b'restaged').hex()}.lcs"]
+    assert sorted(keys) == sorted(f"{prefix}/{sid}/0000000000/{leaf_hash(d).hex()}.lcs"
+                                  for d in (b"staged", b"restaged"))
+
+
+async def test_stored_lists_and_remove_removes_what_was_listed(
+        store: ChunkStore, ids: Callable[[], str]) -> None:
+    sid, other = ids(), ids()
+    for i in (0, 1, 4):
+        await put(store, sid, i, b"c%d" % i)
+    await put(store, other, 0, b"o")
+    listed = sorted(await store.stored(sid), key=lambda c: c.index)
+    assert [(c.index, c.size) for c in listed] == [(0, 2), (1, 2), (4, 2)]
+    assert all(c.leaf_hash == (leaf_hash(b"c%d" % c.index) if store.shared else None)
+               for c in listed)
+    await store.remove(sid, [listed[1]])
+    await store.remove(sid, [listed[1]])  # absent is fine
+    assert sorted(c.index for c in await store.stored(sid)) == [0, 4]
+    assert await store.exists(other, 0)
+    assert await store.stored(ids()) == []

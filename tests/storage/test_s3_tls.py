@@ -73,7 +73,7 @@ async def _round_trip(store: S3ChunkStore) -> tuple[bytes, bytes]:
     leaf = hashlib.sha256(LEAF_PREFIX + data).digest()
     assert await store.put(sid, 0, _one(data), expected_leaf_hash=leaf,
                            max_bytes=1 << 20) == len(data)
-    return data, await store.get(sid, 0)
+    return data, await store.get(sid, 0, leaf_hash=leaf)
 
 
 async def test_chunks_cross_https_to_an_object_store_the_ca_file_vouches_for(

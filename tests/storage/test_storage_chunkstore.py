@@ -27,6 +27,7 @@ from sessions.storage.errors import LeafHashMismatch
 
 pytestmark = pytest.mark.anyio
 MAX = 8 * 1024 * 1024
+ANY_LEAF = b"\0" * 32  # the local store finds a chunk by its index alone
 MIB = 1 << 20
 
 
@@ -56,14 +57,15 @@ async def test_put_get_round_trip(chunkstore: LocalChunkStore, tmp_path: Path,
     size = await chunkstore.put(sid, 7, stream(pieces), expected_leaf_hash=leaf_hash(data),
                                 max_bytes=MAX, expected_length=len(data))
     assert size == len(data)
-    assert await chunkstore.get(sid, 7) == data
-    length, pieces = await chunkstore.stream(sid, 7)  # what GET .../chunks/{index} sends
+    assert await chunkstore.get(sid, 7, leaf_hash=ANY_LEAF) == data
+    # what GET .../chunks/{index} sends
+    length, pieces = await chunkstore.stream(sid, 7, leaf_hash=ANY_LEAF)
     got = [piece async for piece in pieces]
     assert length == len(data) and b"".join(got) == data
     assert max(map(len, got)) <= 1 << 20  # read as sent, a piece at a time
     with pytest.raises(ChunkNotFound):
-        await chunkstore.stream(sid, 8)
-    assert await chunkstore.size(sid, 7) == len(data)
+        await chunkstore.stream(sid, 8, leaf_hash=ANY_LEAF)
+    assert (await chunkstore.stat(sid, 7, leaf_hash=ANY_LEAF)).size == len(data)  # type: ignore[union-attr]
     assert await chunkstore.exists(sid, 7) and not await chunkstore.exists(sid, 8)
     root = tmp_path / "chunkroot"
     assert files_under(root) == [f"chunks/{sid[:2]}/{sid}/0000000007.lcs"]
@@ -111,7 +113,7 @@ async def test_chunk_files_do_not_stay_in_the_page_cache(chunkstore: LocalChunkS
                          max_bytes=MAX, expected_length=len(data))
     path = chunkstore.chunk_path(sid, 0)
     assert _cached_bytes(path) == 0
-    assert await chunkstore.get(sid, 0) == data
+    assert await chunkstore.get(sid, 0, leaf_hash=ANY_LEAF) == data
     assert _cached_bytes(path) == 0
 
 
@@ -121,7 +123,7 @@ async def test_put_replaces_a_staged_chunk(chunkstore: LocalChunkStore,
     for data in (b"first", b"second"):
         await chunkstore.put(sid, 0, stream([data]), expected_leaf_hash=leaf_hash(data),
                              max_bytes=MAX)
-    assert await chunkstore.get(sid, 0) == b"second"
+    assert await chunkstore.get(sid, 0, leaf_hash=ANY_LEAF) == b"second"
 
 
 async def test_leaf_mismatch_leaves_nothing(chunkstore: LocalChunkStore, tmp_path: Path,
@@ -132,7 +134,7 @@ async def test_leaf_mismatch_leaves_nothing(chunkstore: LocalChunkStore, tmp_pat
                              expected_leaf_hash=leaf_hash(b"abcdeg"), max_bytes=MAX)
     assert files_under(tmp_path / "chunkroot") == []
     with pytest.raises(ChunkNotFound):
-        await chunkstore.get(sid, 0)
+        await chunkstore.get(sid, 0, leaf_hash=ANY_LEAF)
 
 
 async def test_too_large_while_streaming(chunkstore: LocalChunkStore, tmp_path: Path,
@@ -166,7 +168,7 @@ async def test_a_body_of_more_pieces_than_one_writev_takes_is_stored_whole(
     data = b"".join(pieces)
     size = await chunkstore.put(sid, 0, stream(pieces), expected_leaf_hash=leaf_hash(data),
                                 max_bytes=MAX, expected_length=len(data))
-    assert size == len(data) and await chunkstore.get(sid, 0) == data
+    assert size == len(data) and await chunkstore.get(sid, 0, leaf_hash=ANY_LEAF) == data
 
 
 async def test_empty_body_is_refused(chunkstore: LocalChunkStore,
@@ -210,7 +212,8 @@ async def test_guard_runs_around_publish(chunkstore: LocalChunkStore, tmp_path: 
 
     await chunkstore.put(sid, 0, stream([b"abc"]), expected_leaf_hash=leaf_hash(b"abc"),
                          max_bytes=MAX, guard=allow)
-    assert calls == ["refuse", "allow"] and await chunkstore.get(sid, 0) == b"abc"
+    assert calls == ["refuse", "allow"]
+    assert await chunkstore.get(sid, 0, leaf_hash=ANY_LEAF) == b"abc"
 
 
 @pytest.mark.parametrize("bad_id", ["../../etc/passwd", "..", "01HZZZZZZZZZZZZZZZZZZZZZZ/",
@@ -220,8 +223,8 @@ async def test_malformed_ids_never_reach_a_path(chunkstore: LocalChunkStore, tmp
     with pytest.raises(InvalidId):
         await chunkstore.put(bad_id, 0, never_read(), expected_leaf_hash=b"\0" * 32,
                              max_bytes=MAX)
-    for call in (chunkstore.get(bad_id, 0), chunkstore.size(bad_id, 0),
-                 chunkstore.delete_session(bad_id)):
+    for call in (chunkstore.get(bad_id, 0, leaf_hash=ANY_LEAF),
+                 chunkstore.stat(bad_id, 0, leaf_hash=ANY_LEAF), chunkstore.delete_session(bad_id)):
         with pytest.raises(InvalidId):
             await call
     assert entries_under(tmp_path) == []
@@ -245,8 +248,8 @@ async def test_delete_session(chunkstore: LocalChunkStore, tmp_path: Path,
                                  expected_leaf_hash=leaf_hash(b"c%d" % i), max_bytes=MAX)
     await chunkstore.delete_session(sid)
     await chunkstore.delete_session(sid)
-    assert await chunkstore.size(sid, 0) is None
-    assert await chunkstore.get(other, 2) == b"c2"
+    assert await chunkstore.stat(sid, 0, leaf_hash=ANY_LEAF) is None
+    assert await chunkstore.get(other, 2, leaf_hash=ANY_LEAF) == b"c2"
     assert not (tmp_path / "chunkroot" / "chunks" / sid[:2] / sid).exists()
 
 
@@ -267,7 +270,7 @@ async def test_start_up_sweep_removes_only_temp_files_left_by_a_crash(
     (session_dir / ".0000000002.def456.tmp").write_bytes(b"")
     assert await chunkstore.sweep_temp_files() == 2
     assert files_under(tmp_path / "chunkroot") == [f"chunks/{sid[:2]}/{sid}/0000000000.lcs"]
-    assert await chunkstore.get(sid, 0) == data
+    assert await chunkstore.get(sid, 0, leaf_hash=ANY_LEAF) == data
     assert await chunkstore.sweep_temp_files() == 0
 
 

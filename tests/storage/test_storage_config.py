@@ -34,6 +34,20 @@ def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "LUCID_MAX_CHUNK_BYTES" in str(info.value)
 
 
+def test_the_orphan_sweep_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    assert (settings.orphan_grace_seconds, settings.orphan_sweep_seconds) == (3600.0, 600.0)
+    monkeypatch.setenv("LUCID_ORPHAN_SWEEP_SECONDS", "0")  # start-up only
+    assert load_settings().orphan_sweep_seconds == 0
+    monkeypatch.setenv("LUCID_ORPHAN_GRACE_SECONDS", "5")  # commits would meet the sweep
+    monkeypatch.setenv("LUCID_ORPHAN_SWEEP_SECONDS", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "LUCID_ORPHAN_GRACE_SECONDS" in str(info.value)
+    assert "LUCID_ORPHAN_SWEEP_SECONDS" in str(info.value)
+
+
 def test_production_needs_a_token_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LUCID_MODE", "production")
     monkeypatch.setenv("LUCID_DATA_DIR", str(tmp_path))

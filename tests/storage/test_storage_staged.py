@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.config import Settings
 from sessions.storage.errors import StagingDiscarded
 from sessions.storage.main import create_app
+from sessions.storage.sweep import OrphanSweeper
 
 pytestmark = pytest.mark.anyio
 API = "/internal/v1"
@@ -148,6 +150,22 @@ async def test_start_up_sweeps_what_a_crash_left(settings: Settings, session_bod
         assert _names(gone_dir) == []
         assert _names(stranger.parent) == [stranger.name], "bytes of no known session are kept"
         assert (await client.get(f"{API}/sessions/{kept}/chunks/0")).content == b"zero"
+
+
+async def test_a_periodic_pass_on_the_local_directory_keeps_young_staged_files(
+        client: httpx.AsyncClient, sid: str, leaf_of: Leaf, app: FastAPI) -> None:
+    """While storage serves, only staged files older than the grace (by mtime) go."""
+    await put(client, sid, 0, b"zero", leaf_of)
+    await commit(client, sid, leaf_of, [b"zero"])
+    await put(client, sid, 1, b"staged now", leaf_of)
+    service = app.state.resources.service
+    sweeper = OrphanSweeper(service)
+    assert (await sweeper.run_pass()).kept_young == 1
+    assert files(app, sid) == ["0000000000.lcs", "0000000001.lcs"]
+    later = datetime.now(UTC) + service.grace + timedelta(seconds=1)
+    assert (await sweeper.run_pass(now=later)).removed == 1
+    assert files(app, sid) == ["0000000000.lcs"]
+    assert (await client.get(f"{API}/sessions/{sid}/chunks/0")).content == b"zero"
 
 
 def _plant(path: Path, data: bytes) -> None:

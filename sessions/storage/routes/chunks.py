@@ -104,7 +104,7 @@ async def leaves(session_id: SessionId, meta: Meta,
                       "headers": {"Content-Range": {
                           "description": "`bytes first-last/size` (RFC 9110 §14.4)",
                           "schema": {"type": "string"}}}},
-                **error_responses(400, 404, 409, 416)})
+                **error_responses(400, 404, 409, 416, 502)})
 async def get_chunk(session_id: SessionId, index: ChunkIndex, service: Service,
                     byte_range: Annotated[str | None, Header(
                         alias="Range", description=RANGE_DOC,

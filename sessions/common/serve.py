@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, TypeVar
 from sessions.common.secrets import ConfigError
 
 if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI's import
+    import asyncio
+
     from fastapi import FastAPI
 
     from sessions.common.settings import CommonSettings
@@ -71,6 +73,15 @@ def _pick(preferred: str, fallback: str) -> str:
     return preferred if importlib.util.find_spec(preferred) is not None else fallback
 
 
+def http_protocol() -> type[asyncio.Protocol] | str:
+    """Return uvicorn's `http` choice: httptools without uvicorn's body copies, else h11."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from sessions.common._bodyproto import BodyProtocol
+
+    return BodyProtocol
+
+
 def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], FastAPI]) -> int:
     """Serve one service until it is stopped; return the exit status (2: bad configuration).
 
@@ -96,7 +107,7 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
 
     client_ca = settings.tls_client_ca_file if cert is not None else None
     uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
-                http=_pick("httptools", "h11"), access_log=False, lifespan="on",
+                http=http_protocol(), access_log=False, lifespan="on",
                 timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
                 ssl_certfile=cert, ssl_keyfile=key,
                 ssl_ca_certs=None if client_ca is None else str(client_ca),

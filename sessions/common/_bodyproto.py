@@ -14,8 +14,12 @@ uvicorn to the installed one.
 
 from __future__ import annotations
 
+import asyncio
+
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sessions.common._wire import widen_unix_send_buffer
 
 
 class PendingBody:
@@ -41,7 +45,12 @@ class PendingBody:
 
 
 class BodyProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol whose request bodies reach the application without uvicorn's copies."""
+    """HttpToolsProtocol whose request bodies reach the application without uvicorn's copies
+    (and whose Unix socket connections get the service transport's send buffer)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        widen_unix_send_buffer(transport)
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

@@ -8,12 +8,18 @@ never a traceback), build the app and hand it to uvicorn.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import importlib.util
 import logging
+import os
+import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sessions.common.secrets import ConfigError
@@ -28,6 +34,9 @@ if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI
 S = TypeVar("S", bound="CommonSettings")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
+MAX_SOCKET_PATH = 107
+"""Longest Unix socket path Linux takes (sun_path is 108 bytes with its NUL)."""
+STARTUP_FAILURE = 3  # uvicorn's exit status when a server does not start
 HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit
 HEAP_TRIM_LIMIT = 16 << 20
 HEAP_ARENAS = 2
@@ -106,10 +115,48 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
     import uvicorn
 
     client_ca = settings.tls_client_ca_file if cert is not None else None
-    uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
-                http=http_protocol(), access_log=False, lifespan="on",
-                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
-                ssl_certfile=cert, ssl_keyfile=key,
-                ssl_ca_certs=None if client_ca is None else str(client_ca),
-                ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
-    return 0
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
+        http=http_protocol(), access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+        log_level=settings.log_level, server_header=False, ssl_certfile=cert, ssl_keyfile=key,
+        ssl_ca_certs=None if client_ca is None else str(client_ca),
+        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
+    server = uvicorn.Server(config)
+    uds = settings.listen_uds
+    if uds is None:
+        server.run()
+    else:
+        try:
+            sockets = [config.bind_socket(), bind_unix(uds)]
+        except OSError as exc:
+            print(f"error: {name}: cannot listen on {uds}: {exc.strerror}", file=sys.stderr)
+            return 2
+        try:
+            server.run(sockets=sockets)
+        finally:
+            uds.unlink(missing_ok=True)
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Return a stream socket bound to `path`, readable and writable by this user only.
+
+    A socket file left by a service that was killed is replaced; any other file at
+    `path` is not (OSError).  The directory is made if missing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(errno.EEXIST, "not a socket", str(path))
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

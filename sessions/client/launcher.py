@@ -182,7 +182,8 @@ class Node:
 
     def unix_sockets(self) -> dict[str, str]:
         """Return the settings that wire the gateway to the processor and the processor to
-        storage through Unix sockets in the data dir (cheaper than loopback TCP per byte).
+        storage through Unix sockets in the data dir (cheaper than loopback TCP per byte),
+        named by the service's port: nodes sharing a data dir keep their own processors.
 
         A hop keeps TCP when its service serves TLS, when any layer of settings names its
         URL, its socket or a TLS file (a test's proxy, `up`'s own configuration), or when
@@ -195,7 +196,7 @@ class Node:
             return {}
         wiring: dict[str, str] = {}
         for name in ("processor", "storage"):
-            path = self.data_dir / "run" / f"{name}.sock"
+            path = self.data_dir / "run" / f"{name}-{self.ports[name]}.sock"
             var, url_var = f"LUCID_{name.upper()}_UDS", f"LUCID_{name.upper()}_URL"
             if (name in self.tls or len(os.fsencode(path)) > MAX_SOCKET_PATH
                     or any(var in layer or url_var in layer for layer in layers)):

@@ -172,10 +172,12 @@ def test_the_launcher_wires_sockets_unless_a_layer_says_otherwise(tmp_path: Path
     ports = {"storage": 1001, "processor": 1002, "api": 1003}
     base = _short_dir(tmp_path)
     wired = Node(base, ports).env_of("api")
-    assert wired["LUCID_PROCESSOR_UDS"] == str(base / "run" / "processor.sock")
-    assert wired["LUCID_STORAGE_UDS"] == str(base / "run" / "storage.sock")
+    assert wired["LUCID_PROCESSOR_UDS"] == str(base / "run" / "processor-1002.sock")
+    assert wired["LUCID_STORAGE_UDS"] == str(base / "run" / "storage-1001.sock")
+    second = Node(base, {**ports, "processor": 1004})  # another processor on this data dir
+    assert second.env_of("api")["LUCID_PROCESSOR_UDS"] == str(base / "run" / "processor-1004.sock")
     proxied = Node(base, ports, extra_env={"api": {"LUCID_PROCESSOR_URL": "http://127.0.0.1:9"}})
-    assert proxied.unix_sockets() == {"LUCID_STORAGE_UDS": str(base / "run" / "storage.sock")}
+    assert proxied.unix_sockets() == {"LUCID_STORAGE_UDS": str(base / "run" / "storage-1001.sock")}
     assert Node(base, ports, base_env={"LUCID_TLS_CA_FILE": "/ca.pem"}).unix_sockets() == {}
     long_dir = base / ("d" * MAX_SOCKET_PATH)
     assert Node(long_dir, ports).unix_sockets() == {}
@@ -201,7 +203,7 @@ def test_a_node_moves_a_session_through_its_unix_sockets(tmp_path: Path) -> None
             # under its socket's path, besides the listening socket itself
             table = Path("/proc/net/unix").read_text()
             for name in ("processor", "storage"):
-                sock = node.data_dir / "run" / f"{name}.sock"
+                sock = node.data_dir / "run" / f"{name}-{node.ports[name]}.sock"
                 assert stat.S_ISSOCK(sock.stat().st_mode)
                 assert table.count(f" {sock}\n") >= 2, name
     finally:

@@ -303,7 +303,9 @@ class Node:
         self.start(name)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
-        """SIGTERM every service, newest first, killing any still running after `grace`."""
+        """SIGTERM every service, newest first, killing any still running after `grace`;
+        remove the Unix socket files of those it stops (uvicorn leaves them)."""
+        sockets = self.unix_sockets()
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             if proc.poll() is None:
@@ -315,6 +317,8 @@ class Node:
                     self.say(f"{name} did not stop within {grace:.0f} s; killing it")
                 proc.kill()
                 proc.wait(timeout=grace)
+            if (path := sockets.get(f"LUCID_{name.upper()}_UDS")) is not None:
+                Path(path).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def running(self, *, timeout: float = START_TIMEOUT) -> Iterator[Node]:

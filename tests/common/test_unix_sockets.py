@@ -208,3 +208,4 @@ def test_a_node_moves_a_session_through_its_unix_sockets(tmp_path: Path) -> None
                 assert table.count(f" {sock}\n") >= 2, name
     finally:
         node.stop()
+    assert list((node.data_dir / "run").iterdir()) == []  # stop removes what uvicorn leaves

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from sessions.common._bodyproto import BodyProtocol, PendingBody
 from sessions.common.serve import http_protocol
+from tests.uvicorn_server import serving
 
 MiB = 1 << 20
 
@@ -68,15 +69,8 @@ async def _server() -> AsyncIterator[int]:
     received.clear()
     config = uvicorn.Config(_digest_app, host="127.0.0.1", port=0, log_level="warning",
                             lifespan="off", http=_Recording, loop="asyncio")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(config) as port:
+        yield port
 
 
 def _exchange(port: int, requests: list[list[bytes]]) -> list[bytes]:

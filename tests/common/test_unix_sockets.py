@@ -8,7 +8,6 @@ internal hops run over Unix sockets while a session is uploaded and replayed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import socket
 import ssl
@@ -32,6 +31,7 @@ from sessions.common.serve import MAX_SOCKET_PATH, bind_unix, http_protocol
 from sessions.common.settings import Transport, load
 from sessions.processor import config as processor_config
 from sessions.storage import config as storage_config
+from tests.uvicorn_server import serving
 
 MiB = 1 << 20
 
@@ -63,16 +63,8 @@ async def _serving(path: Path) -> AsyncIterator[int]:
     """uvicorn on a free TCP port and on the Unix socket `path`, as `serve` starts it."""
     config = uvicorn.Config(_app, host="127.0.0.1", port=0, log_level="warning",
                             lifespan="off", http=http_protocol(), loop="asyncio")
-    server = uvicorn.Server(config)
-    tcp = config.bind_socket()
-    task = asyncio.create_task(server.serve(sockets=[tcp, bind_unix(path)]))
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        yield tcp.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(config, [config.bind_socket(), bind_unix(path)]) as port:
+        yield port
 
 
 def _short_dir(tmp_path: Path) -> Path:

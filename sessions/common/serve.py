@@ -138,16 +138,29 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
     return 0 if server.started else STARTUP_FAILURE
 
 
+def _accepting(path: Path) -> bool:
+    """Return whether a process accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
+
+
 def bind_unix(path: Path) -> socket.socket:
     """Return a stream socket bound to `path`, readable and writable by this user only.
 
-    A socket file left by a service that was killed is replaced; any other file at
-    `path` is not (OSError).  The directory is made if missing.
+    A socket file left by a service that was killed is replaced; one a live process
+    still accepts on, or any other file at `path`, is not (OSError).  The directory is
+    made if missing.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise FileExistsError(errno.EEXIST, "not a socket", str(path))
+        if _accepting(path):
+            raise OSError(errno.EADDRINUSE, "another process listens there", str(path))
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

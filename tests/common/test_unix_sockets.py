@@ -125,6 +125,9 @@ def test_bind_replaces_a_stale_socket_and_refuses_any_other_file(tmp_path: Path)
     base = _short_dir(tmp_path)
     path = base / "deep" / "s.sock"
     first = bind_unix(path)
+    first.listen()
+    with pytest.raises(OSError, match="another process listens there"):
+        bind_unix(path)  # a live service keeps its socket
     first.close()  # a killed service leaves its socket file behind
     second = bind_unix(path)
     second.close()

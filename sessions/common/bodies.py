@@ -59,7 +59,7 @@ class _StallWatch:
     """Cancels the waiting task once one wait for a piece has lasted `seconds`.
 
     One timer for the whole body, moved only when it fires, instead of a cancel scope
-    per piece (anyio's costs more CPU than receiving the piece).  The cancellation it
+    and a timer per piece, which every upload paid on every piece.  The cancellation it
     causes is taken back (`Task.uncancel`) where it is turned into RequestTimeout.
     """
 

@@ -13,7 +13,7 @@ import socket
 import ssl
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -67,18 +67,21 @@ async def _serving(path: Path) -> AsyncIterator[int]:
         yield port
 
 
-def _short_dir(tmp_path: Path) -> Path:
+@pytest.fixture
+def short_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory whose socket paths fit: pytest's tmp_path can be too long."""
     if len(str(tmp_path)) < 60:
-        return tmp_path
-    return Path(tempfile.mkdtemp(prefix="lucid-uds-"))
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(prefix="lucid-uds-") as name:
+        yield Path(name)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", [Transport.WIRE, Transport.HTTPX])
 async def test_both_transports_reach_the_service_through_its_socket(kind: Transport,
-                                                                    tmp_path: Path) -> None:
-    path = _short_dir(tmp_path) / "run" / "svc.sock"
+                                                                    short_dir: Path) -> None:
+    path = short_dir / "run" / "svc.sock"
     body = bytes(range(256)) * (24 * MiB // 256)  # several send buffers' worth
     async with _serving(path) as port:
         transport = service_transport(kind, max_connections=4, uds=str(path))
@@ -96,8 +99,8 @@ async def test_both_transports_reach_the_service_through_its_socket(kind: Transp
 
 
 @pytest.mark.anyio
-async def test_the_wire_transport_widens_the_unix_send_buffer(tmp_path: Path) -> None:
-    path = _short_dir(tmp_path) / "w.sock"
+async def test_the_wire_transport_widens_the_unix_send_buffer(short_dir: Path) -> None:
+    path = short_dir / "w.sock"
     async with _serving(path):
         wire = WireTransport(uds=str(path))
         async with httpx.AsyncClient(transport=wire, base_url="http://svc") as client:
@@ -121,8 +124,8 @@ async def test_a_unix_socket_upstream_is_plain_http_and_must_exist(tmp_path: Pat
             await client.get("/")
 
 
-def test_bind_replaces_a_stale_socket_and_refuses_any_other_file(tmp_path: Path) -> None:
-    base = _short_dir(tmp_path)
+def test_bind_replaces_a_stale_socket_and_refuses_any_other_file(short_dir: Path) -> None:
+    base = short_dir
     path = base / "deep" / "s.sock"
     first = bind_unix(path)
     first.listen()
@@ -163,9 +166,9 @@ def test_settings_refuse_sockets_that_cannot_work(monkeypatch: pytest.MonkeyPatc
         load(storage_config.Settings).check_sockets()
 
 
-def test_the_launcher_wires_sockets_unless_a_layer_says_otherwise(tmp_path: Path) -> None:
+def test_the_launcher_wires_sockets_unless_a_layer_says_otherwise(short_dir: Path) -> None:
     ports = {"storage": 1001, "processor": 1002, "api": 1003}
-    base = _short_dir(tmp_path)
+    base = short_dir
     wired = Node(base, ports).env_of("api")
     assert wired["LUCID_PROCESSOR_UDS"] == str(base / "run" / "processor-1002.sock")
     assert wired["LUCID_STORAGE_UDS"] == str(base / "run" / "storage-1001.sock")
@@ -178,8 +181,8 @@ def test_the_launcher_wires_sockets_unless_a_layer_says_otherwise(tmp_path: Path
     assert Node(long_dir, ports).unix_sockets() == {}
 
 
-def test_a_node_moves_a_session_through_its_unix_sockets(tmp_path: Path) -> None:
-    node = Node.in_dir(_short_dir(tmp_path) / "n", base_env={"LUCID_LOG_LEVEL": "warning"})
+def test_a_node_moves_a_session_through_its_unix_sockets(short_dir: Path) -> None:
+    node = Node.in_dir(short_dir / "n", base_env={"LUCID_LOG_LEVEL": "warning"})
     assert set(node.unix_sockets()) == {"LUCID_PROCESSOR_UDS", "LUCID_STORAGE_UDS"}
     node.start_all()
     try:

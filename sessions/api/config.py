@@ -26,6 +26,9 @@ class Settings(CommonSettings):
 
     api_port: int = Field(8087, ge=1, le=65535)
     processor_url: str = Field("http://127.0.0.1:8085", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    processor_uds: Path | None = Field(None, description="Unix socket the processor also "
+                                       "listens on, and the gateway reaches it on instead of "
+                                       "TCP (plain http); unset: TCP only")
     admin_token_file: Path | None = Field(None, description="file holding the clients' bearer "
                                           "token (local default <data_dir>/secrets/admin.token)")
     max_upload_bytes: int = Field(8 * GIB, ge=1, description="largest body of one PATCH upload")
@@ -71,6 +74,10 @@ class Settings(CommonSettings):
     @property
     def upstream_url(self) -> str:
         return self.processor_url
+
+    @property
+    def upstream_uds(self) -> Path | None:
+        return self.processor_uds
 
     def preflight(self) -> None:
         """Read the service token and the admin token now (ConfigError if unusable)."""

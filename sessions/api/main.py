@@ -72,9 +72,10 @@ async def lifespan(settings: Settings, *,
                    processor_transport: httpx.AsyncBaseTransport | None = None
                    ) -> AsyncIterator[Resources]:
     """Read the tokens and open the processor client; close it on the way out."""
+    uds = settings.upstream_uds
     client = ProcessorClient(settings.processor_url, settings.service_token(),
                              transport=processor_transport, kind=settings.http_transport,
-                             tls=settings.upstream_tls())
+                             tls=settings.upstream_tls(), uds=None if uds is None else str(uds))
     try:
         yield Resources(processor=client,
                         verifier=TokenVerifier(settings.admin_token(), client.find_token,

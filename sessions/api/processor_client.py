@@ -93,11 +93,12 @@ class ProcessorClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None) -> None:
+                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None,
+                 uds: str | None = None) -> None:
         self._ready_url = f"{base_url}/ready"
         self._http = service_client(f"{base_url}/internal/v1", token, timeout=JSON_TIMEOUT,
                                     transport=transport, kind=kind, max_connections=256,
-                                    tls=tls)
+                                    tls=tls, uds=uds)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -165,7 +165,7 @@ class LucidClient:
     """Calls the gateway at `url` with a bearer token; raises ClientError on any failure.
 
     Upload bodies and replays of a plain-http gateway move on a socket of their own
-    (`sessions/client/_bulk.py`: sendfile out, one reused buffer in); everything else,
+    (`sessions/client/_bulk.py`: one reused buffer out, one in); everything else,
     and every exchange with an https gateway or through an injected `transport`, goes
     through httpx.
     """
@@ -322,8 +322,8 @@ class LucidClient:
         """Send file bytes [offset, offset+length) at Upload-Offset `offset`; return the answer.
 
         `digest` is their SHA-256 (hashed here when not given).  To a plain-http
-        gateway the body goes out with sendfile(2), straight from the page cache;
-        otherwise through httpx from a read-only mapping of the file.  Either way
+        gateway the body goes out through one small reused buffer on a socket of its
+        own; otherwise through httpx from a read-only mapping of the file.  Either way
         the file is read from disk once and memory stays at the pages in flight.
         """
         if os.fstat(fh.fileno()).st_size < offset + length:

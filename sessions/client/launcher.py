@@ -28,6 +28,7 @@ import httpx
 
 from sessions.api.config import Settings as ApiSettings
 from sessions.api.config import load_settings as load_api_settings
+from sessions.common.serve import MAX_SOCKET_PATH
 from sessions.processor.config import Settings as ProcessorSettings
 from sessions.processor.config import load_settings as load_processor_settings
 from sessions.storage.config import Settings as StorageSettings
@@ -172,11 +173,36 @@ class Node:
             "LUCID_STORAGE_URL": self.url("storage"),
             "LUCID_PROCESSOR_URL": self.url("processor"),
         })
+        env.update(self.unix_sockets())
         env.update(self.base_env)
         env.update(self.extra_env.get("*", {}))
         if name != "*":
             env.update(self.extra_env.get(name, {}))
         return env
+
+    def unix_sockets(self) -> dict[str, str]:
+        """Return the settings that wire the gateway to the processor and the processor to
+        storage through Unix sockets in the data dir (cheaper than loopback TCP per byte),
+        named by the service's port: nodes sharing a data dir keep their own processors.
+
+        A hop keeps TCP when its service serves TLS, when any layer of settings names its
+        URL, its socket or a TLS file (a test's proxy, `up`'s own configuration), or when
+        the path is longer than a socket's address takes.
+        """
+        layers: list[Mapping[str, str]] = [self.base_env, *self.extra_env.values()]
+        if self.inherit_lucid:
+            layers.append(os.environ)
+        if any(k.startswith("LUCID_TLS_") for layer in layers for k in layer):
+            return {}
+        wiring: dict[str, str] = {}
+        for name in ("processor", "storage"):
+            path = self.data_dir / "run" / f"{name}-{self.ports[name]}.sock"
+            var, url_var = f"LUCID_{name.upper()}_UDS", f"LUCID_{name.upper()}_URL"
+            if (name in self.tls or len(os.fsencode(path)) > MAX_SOCKET_PATH
+                    or any(var in layer or url_var in layer for layer in layers)):
+                continue
+            wiring[var] = str(path)
+        return wiring
 
     def pids(self) -> dict[ServiceName, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
@@ -277,7 +303,9 @@ class Node:
         self.start(name)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
-        """SIGTERM every service, newest first, killing any still running after `grace`."""
+        """SIGTERM every service, newest first, killing any still running after `grace`;
+        remove the Unix socket files of those it stops (uvicorn leaves them)."""
+        sockets = self.unix_sockets()
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             if proc.poll() is None:
@@ -289,6 +317,8 @@ class Node:
                     self.say(f"{name} did not stop within {grace:.0f} s; killing it")
                 proc.kill()
                 proc.wait(timeout=grace)
+            if (path := sockets.get(f"LUCID_{name.upper()}_UDS")) is not None:
+                Path(path).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def running(self, *, timeout: float = START_TIMEOUT) -> Iterator[Node]:

@@ -27,7 +27,9 @@ one place.  The public client API stays httpx's; tests still inject
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -51,6 +53,8 @@ gateway under 32 concurrent relays (tests/e2e/test_memory_budget.py); less
 read-ahead means more pauses and resumes of the socket."""
 WRITE_AHEAD = 256 << 10
 """Bytes queued in the socket's transport before a body write waits for it to drain."""
+UNIX_SEND_BUFFER = 4 << 20
+"""SO_SNDBUF of a Unix socket connection (Linux doubles it, and caps it at wmem_max)."""
 _CHUNK_LINE = 4096
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([\t \x21-\x7e\x80-\xff]*))?")
@@ -63,8 +67,21 @@ _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def widen_unix_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Raise the send buffer of a Unix socket connection to UNIX_SEND_BUFFER; others unchanged.
+
+    A Unix stream socket queues at most its send buffer (net.core.wmem_default,
+    ~208 KiB) at the peer: each write is then cut short and read in small pieces.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
+
+
 class _Wire(asyncio.Protocol):
-    """One TCP connection: bytes received wait in a queue of pieces; writes are flow-controlled."""
+    """One connection (TCP or Unix socket): bytes received wait in a queue of pieces;
+    writes are flow-controlled."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -84,6 +101,7 @@ class _Wire(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.set_write_buffer_limits(high=WRITE_AHEAD)
+        widen_unix_send_buffer(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self._pieces.append(data)
@@ -295,13 +313,18 @@ class WireTransport(httpx.AsyncBaseTransport):
     `keepalive_expiry` seconds, which must stay below the upstream's own
     keep-alive timeout (uvicorn: 5 s) so a reused connection is never half-closed.
     An https:// upstream is verified with `tls` (None: the system's CAs, host name
-    checked); a context that does not verify the peer is refused.
+    checked); a context that does not verify the peer is refused.  With `uds` (a Unix
+    socket's path) every connection goes to that socket instead of the URL's host and
+    port, which then only name the upstream (plain http only, as httpx's `uds`).
     """
 
     def __init__(self, *, max_connections: int = 64, max_idle: int = 32,
-                 keepalive_expiry: float = 4.0, tls: ssl.SSLContext | None = None) -> None:
+                 keepalive_expiry: float = 4.0, tls: ssl.SSLContext | None = None,
+                 uds: str | None = None) -> None:
         if max_connections < 1 or max_idle < 0 or keepalive_expiry <= 0:
             raise ValueError("connection limits must be positive")
+        if uds is not None and tls is not None:
+            raise ValueError("a Unix socket upstream is plain http: no TLS context")
         if tls is not None and (tls.verify_mode is not ssl.CERT_REQUIRED
                                 or not tls.check_hostname):
             raise ValueError("the service transport verifies its peers: the TLS context must "
@@ -309,6 +332,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         self._max_connections, self._max_idle = max_connections, max_idle
         self._expiry = keepalive_expiry
         self._tls = tls
+        self._uds = uds
         self._idle: dict[tuple[str, str, int], list[_Wire]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
@@ -316,6 +340,8 @@ class WireTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol("the service transport speaks http and https only")
+        if self._uds is not None and request.url.scheme != "http":
+            raise httpx.UnsupportedProtocol("a Unix socket upstream is plain http")
         timeouts = request.extensions.get("timeout", {})
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
@@ -352,11 +378,15 @@ class WireTransport(httpx.AsyncBaseTransport):
         try:
             async with _deadline(seconds, httpx.ConnectTimeout, "the upstream did not accept "
                                  "a connection in time"):
-                _, wire = await loop.create_connection(
-                    _Wire, host, key[2], ssl=tls, server_hostname=host if tls else None)
+                if self._uds is not None:
+                    _, wire = await loop.create_unix_connection(_Wire, self._uds)
+                else:
+                    _, wire = await loop.create_connection(
+                        _Wire, host, key[2], ssl=tls, server_hostname=host if tls else None)
         except OSError as exc:
             why = tls_failure(exc)
-            raise httpx.ConnectError(f"cannot connect to {host}:{key[2]}"
+            where = f"the Unix socket {self._uds}" if self._uds else f"{host}:{key[2]}"
+            raise httpx.ConnectError(f"cannot connect to {where}"
                                      + (f": {why}" if why else "")) from exc
         wire.key = key
         return wire

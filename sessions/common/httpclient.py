@@ -36,35 +36,38 @@ def raise_read_size() -> None:
 
 
 def service_transport(kind: Transport, *, max_connections: int,
-                      tls: ssl.SSLContext | None = None) -> httpx.AsyncBaseTransport:
+                      tls: ssl.SSLContext | None = None,
+                      uds: str | None = None) -> httpx.AsyncBaseTransport:
     """Return a pooled transport of the given kind, at most max_connections open.
 
     An https:// upstream is verified with `tls` (None: the system's CAs; see
-    sessions/common/tls.py), chain and host name, by either kind.
+    sessions/common/tls.py), chain and host name, by either kind.  With `uds` the
+    connections go to that Unix socket (plain http), by either kind.
     """
     max_idle = min(32, max_connections)
     if kind is Transport.HTTPX:
         return httpx.AsyncHTTPTransport(
-            verify=tls if tls is not None else ssl.create_default_context(),
+            verify=tls if tls is not None else ssl.create_default_context(), uds=uds,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_idle,
                                 keepalive_expiry=KEEPALIVE_EXPIRY))
     return WireTransport(max_connections=max_connections, max_idle=max_idle,
-                         keepalive_expiry=KEEPALIVE_EXPIRY, tls=tls)
+                         keepalive_expiry=KEEPALIVE_EXPIRY, tls=tls, uds=uds)
 
 
 def service_client(base_url: str, token: str, *, timeout: httpx.Timeout,
                    transport: httpx.AsyncBaseTransport | None = None,
                    kind: Transport = Transport.WIRE,
                    max_connections: int = 64,
-                   tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+                   tls: ssl.SSLContext | None = None,
+                   uds: str | None = None) -> httpx.AsyncClient:
     """Return a pooled client that sends the service token to base_url.
 
     It runs over a `kind` transport (the `http_transport` setting), verifying an
-    https:// upstream with `tls`, unless `transport` replaces it (tests: ASGI or
-    mock transports).
+    https:// upstream with `tls`, or reaching the upstream on the Unix socket `uds`,
+    unless `transport` replaces it (tests: ASGI or mock transports).
     """
     if transport is None:
-        transport = service_transport(kind, max_connections=max_connections, tls=tls)
+        transport = service_transport(kind, max_connections=max_connections, tls=tls, uds=uds)
     return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout,
                              trust_env=False, headers={"Authorization": f"Bearer {token}"})

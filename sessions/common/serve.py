@@ -8,17 +8,25 @@ never a traceback), build the app and hand it to uvicorn.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import importlib.util
 import logging
+import os
+import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sessions.common.secrets import ConfigError
 
 if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI's import
+    import asyncio
+
     from fastapi import FastAPI
 
     from sessions.common.settings import CommonSettings
@@ -26,6 +34,9 @@ if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI
 S = TypeVar("S", bound="CommonSettings")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
+MAX_SOCKET_PATH = 107
+"""Longest Unix socket path Linux takes (sun_path is 108 bytes with its NUL)."""
+STARTUP_FAILURE = 3  # uvicorn's exit status when a server does not start
 HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit
 HEAP_TRIM_LIMIT = 16 << 20
 HEAP_ARENAS = 2
@@ -71,6 +82,15 @@ def _pick(preferred: str, fallback: str) -> str:
     return preferred if importlib.util.find_spec(preferred) is not None else fallback
 
 
+def http_protocol() -> type[asyncio.Protocol] | str:
+    """Return uvicorn's `http` choice: httptools without uvicorn's body copies, else h11."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from sessions.common._bodyproto import BodyProtocol
+
+    return BodyProtocol
+
+
 def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], FastAPI]) -> int:
     """Serve one service until it is stopped; return the exit status (2: bad configuration).
 
@@ -95,10 +115,61 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
     import uvicorn
 
     client_ca = settings.tls_client_ca_file if cert is not None else None
-    uvicorn.run(app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
-                http=_pick("httptools", "h11"), access_log=False, lifespan="on",
-                timeout_graceful_shutdown=10, log_level=settings.log_level, server_header=False,
-                ssl_certfile=cert, ssl_keyfile=key,
-                ssl_ca_certs=None if client_ca is None else str(client_ca),
-                ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
-    return 0
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
+        http=http_protocol(), access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+        log_level=settings.log_level, server_header=False, ssl_certfile=cert, ssl_keyfile=key,
+        ssl_ca_certs=None if client_ca is None else str(client_ca),
+        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
+    server = uvicorn.Server(config)
+    uds = settings.listen_uds
+    if uds is None:
+        server.run()
+    else:
+        try:
+            sockets = [config.bind_socket(), bind_unix(uds)]
+        except OSError as exc:
+            print(f"error: {name}: cannot listen on {uds}: {exc.strerror}", file=sys.stderr)
+            return 2
+        try:
+            server.run(sockets=sockets)
+        finally:
+            uds.unlink(missing_ok=True)
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _accepting(path: Path) -> bool:
+    """Return whether a process accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Return a stream socket bound to `path`, readable and writable by this user only.
+
+    A socket file left by a service that was killed is replaced; one a live process
+    still accepts on, or any other file at `path`, is not (OSError).  The directory is
+    made if missing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(errno.EEXIST, "not a socket", str(path))
+        if _accepting(path):
+            raise OSError(errno.EADDRINUSE, "another process listens there", str(path))
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -8,6 +8,7 @@ whose message names every bad variable, without echoing secret values.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sessions.common.secrets import ConfigError, check_token, load_or_create, new_token
+from sessions.common.serve import MAX_SOCKET_PATH
 from sessions.common.tls import client_context, server_files
 
 log = logging.getLogger("lucid.config")
@@ -88,11 +90,38 @@ class CommonSettings(BaseSettings):
         """Return the URL of the service this one calls (None: it calls none)."""
         return None
 
+    @property
+    def listen_uds(self) -> Path | None:
+        """Return the Unix socket this service listens on besides its port (None: none)."""
+        return None
+
+    @property
+    def upstream_uds(self) -> Path | None:
+        """Return the Unix socket the upstream is reached on instead of TCP (None: TCP)."""
+        return None
+
     def preflight(self) -> None:
         """Read every secret the service needs, so a missing one stops it before it serves."""
         self.service_token()
         self.tls_files()
         self.upstream_tls()
+        self.check_sockets()
+
+    def check_sockets(self) -> None:
+        """Raise ConfigError for a Unix socket that cannot work: a path longer than the
+        kernel takes, a socket served or reached with TLS (plain http only)."""
+        upstream = self.upstream_url or ""
+        for path, serving in ((self.listen_uds, True), (self.upstream_uds, False)):
+            if path is None:
+                continue
+            if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+                raise ConfigError(f"Unix socket path {str(path)[:80]!r}... is longer than "
+                                  f"{MAX_SOCKET_PATH} bytes")
+            if serving and self.tls_cert_file is not None:
+                raise ConfigError(f"the Unix socket {path} is plain http: unset it to serve TLS")
+            if not serving and not upstream.lower().startswith("http://"):
+                raise ConfigError(f"the Unix socket {path} is plain http, but the upstream "
+                                  f"{upstream} is not: unset one of them")
 
     def tls_files(self) -> tuple[Path | None, Path | None]:
         """Return the (certificate, key) files to serve HTTPS with, (None, None) for HTTP.

@@ -29,6 +29,12 @@ class Settings(CommonSettings):
 
     processor_port: int = Field(8085, ge=1, le=65535)
     storage_url: str = Field("http://127.0.0.1:8086", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    processor_uds: Path | None = Field(None, description="Unix socket the processor also "
+                                       "listens on, and the gateway reaches it on instead of "
+                                       "TCP (plain http); unset: TCP only")
+    storage_uds: Path | None = Field(None, description="Unix socket storage also listens "
+                                     "on, and the processor reaches it on instead of TCP "
+                                     "(plain http); unset: TCP only")
     master_key_file: Path | None = Field(None, description="file with the 256-bit master key "
                                         "(64 hex characters)")
     previous_master_key_files: str | None = Field(
@@ -110,6 +116,14 @@ class Settings(CommonSettings):
     @property
     def upstream_url(self) -> str:
         return self.storage_url
+
+    @property
+    def listen_uds(self) -> Path | None:
+        return self.processor_uds
+
+    @property
+    def upstream_uds(self) -> Path | None:
+        return self.storage_uds
 
 
 def load_settings() -> Settings:

@@ -15,6 +15,7 @@ import httpx
 from fastapi import FastAPI
 
 from sessions.common.app import build_app
+from sessions.common.httpclient import service_transport
 from sessions.common.web import Metrics
 from sessions.processor.config import Settings, load_settings
 from sessions.processor.deps import Resources
@@ -34,6 +35,9 @@ async def lifespan(settings: Settings, metrics: Metrics, *, keys: NodeKeys,
                    storage_transport: httpx.AsyncBaseTransport | None = None
                    ) -> AsyncIterator[Resources]:
     """Open the storage client and the engine, run the scrub and sweep loops; stop all after."""
+    if storage_transport is None and settings.upstream_uds is not None:
+        storage_transport = service_transport(settings.http_transport, max_connections=64,
+                                              uds=str(settings.upstream_uds))
     storage = StorageClient(settings.storage_url, settings.service_token(),
                             transport=storage_transport, kind=settings.http_transport,
                             tls=settings.upstream_tls())

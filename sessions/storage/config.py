@@ -68,6 +68,9 @@ class Settings(CommonSettings):
     """Settings of the storage service (`LUCID_STORAGE_PORT`, `LUCID_MAX_CHUNK_BYTES`, ...)."""
 
     storage_port: int = Field(8086, ge=1, le=65535, description="port to listen on")
+    storage_uds: Path | None = Field(None, description="Unix socket storage also listens "
+                                     "on, and the processor reaches it on instead of TCP "
+                                     "(plain http); unset: TCP only")
     max_chunk_bytes: int = Field(DEFAULT_MAX_CHUNK_BYTES, ge=1, le=1 << 30,
                                  description="largest sealed chunk accepted, in bytes")
     min_free_bytes: int = Field(256 * 1024 * 1024, ge=0, description="free-disk watermark: "
@@ -108,6 +111,10 @@ class Settings(CommonSettings):
     @property
     def port(self) -> int:
         return self.storage_port
+
+    @property
+    def listen_uds(self) -> Path | None:
+        return self.storage_uds
 
     @property
     def storage_dir(self) -> Path:

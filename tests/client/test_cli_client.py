@@ -2,7 +2,7 @@
 
 Every test that talks to the fake gateway runs twice: through httpx.MockTransport
 (httpx's path, the one an https gateway takes) and served on a loopback socket by
-the standard library's HTTP server (the bulk path: sendfile out, one buffer in).
+the standard library's HTTP server (the bulk path: one reused buffer out, one in).
 """
 
 from __future__ import annotations

@@ -84,6 +84,34 @@ async def test_a_stalled_body_is_a_request_timeout() -> None:
     assert (info.value.status, info.value.code) == (408, "request_timeout")
 
 
+async def test_the_timeout_is_taken_back_so_the_task_goes_on_uncancelled() -> None:
+    body = request_body(_request([], stall=5.0), stall_timeout=0.05)
+    with pytest.raises(RequestTimeout):
+        await anext(body)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.01)  # not cancelled again
+
+
+async def test_time_the_consumer_spends_between_pieces_does_not_count() -> None:
+    pieces = [_piece(b"p%d" % i) for i in range(3)] + [_piece(b"end", more=False)]
+    got = []
+    async for piece in request_body(_request(pieces), stall_timeout=0.05):
+        got.append(piece)
+        await asyncio.sleep(0.12)  # e.g. the upstream drains slowly: the client is not late
+    assert got == [b"p0", b"p1", b"p2", b"end"]
+
+
+async def test_a_body_that_waits_a_little_under_the_timeout_on_every_piece_passes() -> None:
+    async def receive_slowly() -> Message:
+        await asyncio.sleep(0.03)
+        return next(messages)
+    messages = iter([_piece(b"a"), _piece(b"b"), _piece(b"c"), _piece(b"d", more=False)])
+    scope = {"type": "http", "method": "PUT", "path": "/", "headers": [], "query_string": b""}
+    got = [p async for p in request_body(Request(scope, receive_slowly), stall_timeout=0.08)]
+    assert got == [b"a", b"b", b"c", b"d"]  # 0.12 s in all: the time is per piece
+
+
 async def test_without_a_stall_timeout_a_slow_body_is_waited_for() -> None:
     body = request_body(_request([_piece(b"x")], stall=0.2))
     assert await anext(body) == b"x"

@@ -8,7 +8,6 @@ httpx's), verifying with the context the settings build.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import ssl
@@ -32,6 +31,7 @@ from sessions.common.tls import client_context, server_files
 from sessions.processor.config import Settings as ProcessorSettings
 from sessions.storage.config import Settings as StorageSettings
 from tests.tls_certs import Pki, make_pki, write_encrypted_key
+from tests.uvicorn_server import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -153,15 +153,8 @@ async def _server(pki: Pki | None, *, client_ca: Path | None = None) -> AsyncIte
         "ssl_cert_reqs": ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED}
     config = uvicorn.Config(_echo, host="127.0.0.1", port=0, log_level="critical",
                             lifespan="off", http="httptools", loop="asyncio", **tls)  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(config) as port:
+        yield port
 
 
 async def _body() -> AsyncIterator[bytes]:

@@ -19,6 +19,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from sessions.common._wire import READ_AHEAD, WireTransport
+from tests.uvicorn_server import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -77,16 +78,8 @@ def _pattern(start: int, n: int) -> bytes:
 async def _uvicorn() -> AsyncIterator[str]:
     config = uvicorn.Config(_echo_app, host="127.0.0.1", port=0, log_level="warning",
                             lifespan="off", http="httptools", loop="asyncio")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    async with serving(config) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

@@ -128,7 +128,11 @@ def s3_get(sid: str, index: int) -> bytes:
 
 @contextlib.contextmanager
 def processor_through(cluster: Cluster, proxy: CuttingProxy) -> Iterator[None]:
-    """Run the processor with its storage calls going through `proxy`, then restore it."""
+    """Run the processor with its storage calls going through `proxy`, then restore it.
+
+    A storage started inside (its URL overridden, so the launcher wires no Unix socket to
+    it) is started again afterwards, so the restored processor finds it on its socket."""
+    storage_pid = cluster.procs["storage"].pid
     before = cluster.extra_env.get("processor")
     cluster.extra_env["processor"] = {**(before or {}),
                                       "LUCID_STORAGE_URL": f"http://127.0.0.1:{proxy.port}"}
@@ -141,6 +145,8 @@ def processor_through(cluster: Cluster, proxy: CuttingProxy) -> Iterator[None]:
             del cluster.extra_env["processor"]
         else:
             cluster.extra_env["processor"] = before
+        if cluster.procs["storage"].pid != storage_pid:
+            cluster.restart("storage")
         cluster.restart("processor")
         cluster.wait_ready("api")
 

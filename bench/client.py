@@ -3,11 +3,13 @@
 In production the recorder that uploads and the viewer that replays run on other
 machines; here they share the bench's two cores with the services, so whatever
 CPU they burn is taken from the system under test (restic and borg have no such
-client).  So the two bulk steps use plain sockets: an upload body goes out with
-sendfile(2), straight from the page cache, and a replay is read into one reused
-buffer and hashed there.  Measured on 1 GiB: uploads 0.55-0.82 CPU s through
-httpx, 0.22-0.29 with sendfile; the client's CPU is still measured and reported.
-Everything else (create, status, finalize, verify) goes through httpx.
+client).  So the two bulk steps use plain sockets: an upload body is read into one
+reused buffer and sent from it, as curl sends a file (sendfile(2) would be cheaper
+for the client but costs the receiving gateway more: the page-cache pages it hands
+over are in no CPU cache; README "The services' CPU on the CLI's path, profiled"),
+and a replay is read into one reused buffer and hashed there.  The client's CPU is
+measured and reported.  Everything else (create, status, finalize, verify) goes
+through httpx.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import httpx
 from sessions.common.httpclient import MAX_HEAD, parse_response_head
 
 MiB = 1 << 20
+SEND_PIECE = 256 << 10  # an upload body goes out through one buffer of this size
 
 
 class ClientError(RuntimeError):
@@ -83,18 +86,25 @@ def patch_file(base: str, token: str, session_id: str, path: Path, *, offset: in
                length: int, timeout: float) -> Any:
     """PATCH file bytes [offset, offset+length) at Upload-Offset `offset`; return the JSON answer.
 
-    The body is sent with sendfile(2), Content-Length set, no Upload-Checksum.
-    Raises ClientError with the gateway's error body unless it answers 200.
+    The body is read into one reused SEND_PIECE buffer and sent from it (as curl does),
+    Content-Length set, no Upload-Checksum.  Raises ClientError with the gateway's error
+    body unless it answers 200.
     """
     sock, prefix = _connect(base, timeout)
-    with sock, open(path, "rb") as f:
+    with sock, open(path, "rb", buffering=0) as f:
         host = urlsplit(base).netloc
         sock.sendall(_request_head("PATCH", f"{prefix}/sessions/{session_id}/upload", host, {
             "Authorization": f"Bearer {token}", "Upload-Offset": str(offset),
             "Content-Type": "application/offset+octet-stream", "Content-Length": str(length)}))
-        sent = sock.sendfile(f, offset, length)
-        if sent != length:
-            raise ClientError(f"sent {sent} of {length} bytes: the file changed")
+        f.seek(offset)
+        buffer = bytearray(SEND_PIECE)
+        view, left = memoryview(buffer), length
+        while left:
+            got = f.readinto(view[:min(left, SEND_PIECE)])
+            if not got:
+                raise ClientError(f"sent {length - left} of {length} bytes: the file changed")
+            sock.sendall(view[:got])
+            left -= got
         status, headers, rest = _read_head(sock)
         body = _read_body(sock, headers, rest)
     if status != 200:

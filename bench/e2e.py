@@ -131,7 +131,7 @@ def parse_args(argv: Sequence[str] | None) -> Command:
                    help="size of each profile's input in MiB (default 256)")
     p.add_argument("--profiles", default="mixed,static,random",
                    help=f"inputs, of {', '.join(PROFILES)} (default: all)")
-    p.add_argument("--paths", default="raw,cli", help="raw (sendfile + GET), cli (the "
+    p.add_argument("--paths", default="raw,cli", help="raw (buffered PATCHes + GET), cli (the "
                    "`lucid-sessions upload`/`replay` commands); default both")
     p.add_argument("--store", choices=("sqlite", "mongo"), default="sqlite",
                    help="metadata store: embedded SQLite or a SecantusDB server (dev extra)")

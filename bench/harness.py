@@ -3,8 +3,8 @@
 * inputs: three deterministic profiles written once to a file (`write_input`);
 * ours: the three services of sessions/client/launcher.py on free loopback ports,
   a fresh data dir per run (with `--chunk-store s3`, a fresh prefix of the S3 server's
-  bucket for storage's chunks), driven along two paths: **raw** (sendfile PATCHes, one
-  GET hashed as read, a full verify; bench/client.py) and **cli** (the
+  bucket for storage's chunks), driven along two paths: **raw** (buffered PATCHes as
+  curl sends, one GET hashed as read, a full verify; bench/client.py) and **cli** (the
   `lucid-sessions upload` and `replay -o FILE` commands, as a user runs them);
 * rivals: restic and borg on the same file (bench/rivals.py);
 * `run_round`: every system on every profile once, in an order rotated by round.
@@ -205,7 +205,7 @@ def _expect(r: httpx.Response, status: int, what: str) -> Any:
 
 def _raw_path(node: Node, watch: Stopwatch, input_path: Path, size: int, sha: str, *,
               request_bytes: int, chunk_size: int) -> PathRun:
-    """The raw streaming path: sendfile PATCHes, one GET hashed as read, a full verify."""
+    """The raw streaming path: buffered PATCHes, one GET hashed as read, a full verify."""
     base, token = node.url("api") + "/v1", _token(node)
     with httpx.Client(base_url=base, trust_env=False, timeout=HTTP_TIMEOUT,
                       headers={"Authorization": f"Bearer {token}"}) as api:

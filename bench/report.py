@@ -279,7 +279,7 @@ def format_report(result: Result) -> str:
     L.append(f"\n== results: medians of {cfg.rounds} round(s), {cfg.size_mib} MiB per "
              f"input, store {cfg.store}, chunk store {cfg.chunk_store}; MB/s = 10^6 B of "
              "input per wall second ==")
-    L.append("raw = sendfile PATCHes + one GET hashed as read; cli = `lucid-sessions upload` "
+    L.append("raw = buffered PATCHes + one GET hashed as read; cli = `lucid-sessions upload` "
              "and `replay -o FILE`")
     L.append("ratios: ours/rival, median of per-round ratios (lowest round in brackets)")
     L += _throughput_table(s, rivals)

@@ -4,7 +4,7 @@
                                  [--json PATH]
 
 Each round runs bench.harness's `run_ours` (three fresh service processes, the same
-input file, sendfile uploads, SHA-256-checked replay, full verify) once per
+input file, buffered uploads, SHA-256-checked replay, full verify) once per
 transport, selected with LUCID_HTTP_TRANSPORT, in an order rotated from round to
 round.  Reported per transport: medians over the rounds of CPU s/GB (each
 service, and their sum) and MB/s, and the median of the per-round ratios of the

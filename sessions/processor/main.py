@@ -15,7 +15,6 @@ import httpx
 from fastapi import FastAPI
 
 from sessions.common.app import build_app
-from sessions.common.httpclient import service_transport
 from sessions.common.web import Metrics
 from sessions.processor.config import Settings, load_settings
 from sessions.processor.deps import Resources
@@ -35,12 +34,10 @@ async def lifespan(settings: Settings, metrics: Metrics, *, keys: NodeKeys,
                    storage_transport: httpx.AsyncBaseTransport | None = None
                    ) -> AsyncIterator[Resources]:
     """Open the storage client and the engine, run the scrub and sweep loops; stop all after."""
-    if storage_transport is None and settings.upstream_uds is not None:
-        storage_transport = service_transport(settings.http_transport, max_connections=64,
-                                              uds=str(settings.upstream_uds))
+    uds = settings.upstream_uds
     storage = StorageClient(settings.storage_url, settings.service_token(),
                             transport=storage_transport, kind=settings.http_transport,
-                            tls=settings.upstream_tls())
+                            tls=settings.upstream_tls(), uds=None if uds is None else str(uds))
     tasks: list[asyncio.Task[None]] = []
     with holder_identity(settings.lease_holder_dir, settings.node_name) as holder:
         engine = Engine(storage, keys, settings, metrics, holder=holder)

@@ -114,9 +114,10 @@ class StorageClient:
 
     def __init__(self, base_url: str, token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None) -> None:
+                 kind: Transport = Transport.WIRE, tls: ssl.SSLContext | None = None,
+                 uds: str | None = None) -> None:
         self._http = service_client(base_url, token, transport=transport, kind=kind, tls=tls,
-                                    timeout=httpx.Timeout(60.0, connect=5.0))
+                                    uds=uds, timeout=httpx.Timeout(60.0, connect=5.0))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -49,7 +49,10 @@ def test_e2e_benchmark_smoke(tmp_path: pathlib.Path) -> None:
             assert (row.mbps[step] or 0) > 0, (key, step)
             for who in (*SERVICES, "services"):
                 assert (row.cpu_s_per_gb[step][who] or 0) >= 0, (key, step, who)
-            assert (row.cpu_s_per_gb[step]["services"] or 0) > 0, (key, step)
+            services = row.cpu_s_per_gb[step]["services"]
+            assert services is not None, (key, step)
+            if step != "verify":  # a verify of 4 MiB can take less than a clock tick (10 ms)
+                assert services > 0, (key, step)
     for profile in ("mixed", "random"):
         for name in SERVICES:
             assert 10 < (s.peak_rss_mb[profile][name] or 0) < 10_000, name

@@ -54,7 +54,9 @@ def two_hosts(tmp_path: Path,
         env_b = {**a.base_env,
                  "LUCID_MASTER_KEY_FILE": str(secrets / "master.key"),
                  "LUCID_SIGNING_KEY_FILE": str(secrets / "signing.key"),
-                 "LUCID_SERVICE_TOKEN_FILE": str(secrets / "service.token")}
+                 "LUCID_SERVICE_TOKEN_FILE": str(secrets / "service.token"),
+                 # another host: storage over TCP (the launcher's Unix sockets are per data dir)
+                 "LUCID_STORAGE_URL": a.url("storage")}
         if shared:
             env_b["LUCID_KEK_DIR"] = str(tmp_path / "kek")
         (tmp_path / "b").mkdir()

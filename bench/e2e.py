@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
     command = parse_args(argv)
     plan = command.plan
     info = machine_info()
-    info["client"] = ("raw: sendfile up, recv_into down (bench/client.py); cli: the "
+    info["client"] = ("raw: one buffer up, recv_into down (bench/client.py); cli: the "
                       "lucid-sessions commands")
     print("== Lucid Sessions end-to-end benchmark ==")
     for k, v in info.items():

@@ -222,7 +222,9 @@ def test_a_chunk_read_resumes_across_a_storage_restart(cluster: Cluster,
                 restart_s = time.monotonic() - started
                 r = pending.result(timeout=60)
             assert r.status_code == 200 and r.content == data, restart_s
-            assert proxy.cuts == 1 and ranged_chunk_reads(cluster) == 1  # the new process's
+            # the new process served the resume with a Range; killing storage may also cut a
+            # chunk read ahead beside it, resumed with its own Range: one or more 206s
+            assert proxy.cuts == 1 and ranged_chunk_reads(cluster) >= 1
             log = cluster.log_text("processor", log_start)
             assert len(re.findall(rf"chunk 1 of session {sid} broke off", log)) >= 2, log[-3000:]
     finally:

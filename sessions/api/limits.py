@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sessions.common.checksums import Checksum
 from sessions.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 UPLOAD_MEDIA_TYPES = frozenset({"application/offset+octet-stream", "application/octet-stream"})
 _DECIMAL = re.compile(r"[0-9]{1,19}")
-_SHA256_SIZE = 32
 
 
 class JsonBodyLimit:
@@ -64,7 +62,7 @@ def check_upload_headers(*, offset: str | None, content_type: str | None,
 
     Requires: Upload-Offset a decimal ≥ 0; Content-Type one of UPLOAD_MEDIA_TYPES;
     0 ≤ Content-Length ≤ max_bytes when present; Upload-Checksum, when present,
-    `sha256 <base64 of 32 bytes>`.
+    `<algorithm> <base64 digest>` (sessions/common/checksums.py).
     """
     if offset is None or not _DECIMAL.fullmatch(offset):
         raise BadRequest("Upload-Offset must be present and a non-negative decimal integer")
@@ -80,7 +78,7 @@ def check_upload_headers(*, offset: str | None, content_type: str | None,
             raise PayloadTooLarge(f"one upload request may carry at most {max_bytes} bytes")
         headers["Content-Length"] = content_length
     if checksum is not None:
-        headers["Upload-Checksum"] = _check_checksum(checksum)
+        headers["Upload-Checksum"] = Checksum.parse(checksum).header
     return headers
 
 
@@ -95,14 +93,3 @@ def session_room(offset: int, content_length: str | None, *, max_session_bytes: 
         raise PayloadTooLarge(f"a session holds at most {max_session_bytes} bytes",
                               extra={"max_session_bytes": max_session_bytes})
     return room
-
-
-def _check_checksum(value: str) -> str:
-    algorithm, _, digest = value.strip().partition(" ")
-    try:
-        raw = base64.b64decode(digest.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if algorithm.lower() != "sha256" or len(raw) != _SHA256_SIZE:
-        raise BadRequest("Upload-Checksum must be 'sha256 <base64 of the 32-byte digest>'")
-    return f"sha256 {digest.strip()}"

@@ -25,6 +25,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sessions.common import checksums
+from sessions.common.checksums import Checksum
 from sessions.common.errors import (
     BadRequest,
     NotFound,
@@ -37,7 +39,6 @@ from sessions.common.models import LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS
 VERSION = "1.0.0"
 EXTENSIONS = ("creation", "creation-defer-length", "creation-with-upload", "checksum",
               "termination", "expiration")
-CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5")  # the processor's ingest.CHECKSUM_SIZES
 OFFSET_STREAM = "application/offset+octet-stream"
 TUS_PREFIX = "/_tus"
 CHUNK_SIZE_HEADER = "Lucid-Chunk-Size"
@@ -54,7 +55,6 @@ _DECIMAL = re.compile(r"[0-9]{1,19}")
 _LABEL_KEY = re.compile(LABEL_KEY)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _CONTROL = frozenset({"Cc", "Cf"})
-_CHECKSUM_SIZES = {"sha256": 32, "sha1": 20, "md5": 16}
 _CREATE = re.compile(r"^/v1/sessions$")
 _UPLOAD = re.compile(r"^/v1/sessions/[^/]+/upload$")
 _TUS_METHODS = {"POST": _CREATE, "HEAD": _UPLOAD, "PATCH": _UPLOAD, "DELETE": _UPLOAD}
@@ -156,26 +156,6 @@ def metadata_header(labels: dict[str, str]) -> str | None:
     return ",".join(pairs) or None
 
 
-def checksum(value: str | None) -> str | None:
-    """Return a well-formed `Upload-Checksum` to forward, None if absent.
-
-    tus checksum: `<algorithm> <base64 digest>` with an algorithm of
-    CHECKSUM_ALGORITHMS and a digest of its size; 400 otherwise (nothing is stored).
-    """
-    if value is None:
-        return None
-    algorithm, _, digest = value.strip().partition(" ")
-    size = _CHECKSUM_SIZES.get(algorithm)
-    try:
-        raw = base64.b64decode(digest.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if size is None or len(raw) != size:
-        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>' with one of "
-                         + ", ".join(CHECKSUM_ALGORITHMS))
-    return f"{algorithm} {digest.strip()}"
-
-
 def patch_headers(headers: Headers, *, room: int, offset: str | None) -> dict[str, str]:
     """Return the headers to forward for a tus PATCH (or a POST with data).
 
@@ -195,9 +175,8 @@ def patch_headers(headers: Headers, *, room: int, offset: str | None) -> dict[st
         if length > room:
             raise PayloadTooLarge(f"this request may carry at most {room} bytes")
         out["Content-Length"] = str(length)
-    digest = checksum(headers.get("upload-checksum"))
-    if digest is not None:
-        out["Upload-Checksum"] = digest
+    if (digest := headers.get("upload-checksum")) is not None:
+        out["Upload-Checksum"] = Checksum.parse(digest).header
     return out
 
 
@@ -212,7 +191,7 @@ def discovery_headers(*, max_size: int, chunk_size: int | None) -> dict[str, str
     """Return the headers of an `OPTIONS` answer (tus core and checksum)."""
     headers = {"Tus-Resumable": VERSION, "Tus-Version": VERSION,
                "Tus-Extension": ",".join(EXTENSIONS), "Tus-Max-Size": str(max_size),
-               "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS)}
+               "Tus-Checksum-Algorithm": ",".join(checksums.ALGORITHMS)}
     if chunk_size is not None:
         headers[CHUNK_SIZE_HEADER] = str(chunk_size)
     return headers

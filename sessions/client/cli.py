@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sessions.client._client import (
+    CHECKSUM,
     MIB,
     ClientError,
     LucidClient,
@@ -41,6 +42,7 @@ from sessions.client.verify import (
     signing_key_of,
     verify_offline,
 )
+from sessions.common import checksums
 from sessions.common.ids import is_session_id
 from sessions.common.secrets import ConfigError
 from sessions.common.serve import tune_allocator
@@ -275,7 +277,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         raise ClientError("file_not_found", f"{path} is not a regular file")
     plan = UploadPlan(labels=dict(args.label or []), retention_days=args.retention_days,
                       request_bytes=args.request_mib * MIB, finalize=args.finalize,
-                      session_id=args.session)
+                      session_id=args.session, checksum=args.checksum)
     with _client(args) as client:
         session_id = upload_file(client, path, plan, store=ResumeStore(default_state_file()),
                                  progress_enabled=_progress(args), say=_say)
@@ -597,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-mib", type=_positive, default=256,
                    help="MiB per PATCH request, rounded to the chunk size (default 256)")
     p.add_argument("--finalize", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--checksum", choices=checksums.ALGORITHMS, default=CHECKSUM,
+                   help=f"Upload-Checksum of every request (default {CHECKSUM}: catches damage "
+                   "on the way; TLS and the signed Merkle root are what resist tampering)")
     p.add_argument("--progress", action="store_true", help="show progress even without a TTY")
     p = add("ls", cmd_ls, "list sessions, newest first", conn)
     p.add_argument("--state", choices=[s.value for s in SessionState])

@@ -42,8 +42,6 @@ too, as JSON tools (schemathesis, JavaScript) compare it."""
 LABEL_FILTER_PATTERN = "^" + LABEL_KEY + r":[\s\S]{0," + str(MAX_LABEL_VALUE) + "}$"
 """A list filter `key:value` (any value of at most MAX_LABEL_VALUE characters)."""
 LabelFilter = Annotated[str, StringConstraints(pattern=LABEL_FILTER_PATTERN)]
-CHECKSUM_PATTERN = r"^[sS][hH][aA]256 [ \t]*[A-Za-z0-9+/]{43}=[ \t]*$"
-"""`Upload-Checksum`: `sha256 <base64 of the 32-byte SHA-256 of the body>`."""
 RANGE_DOC = (  # the replay's Range, parsed by sessions/common/ranges.py
     "one byte range `bytes=first-last`, `bytes=first-` or `bytes=-suffix` (206); "
     "an invalid Range, another unit or several ranges are ignored (200, the whole "

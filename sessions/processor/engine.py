@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sessions.common.checksums import Checksum
 from sessions.common.errors import (
     Conflict,
     InvalidParameter,
@@ -73,7 +74,7 @@ from sessions.core import (
 from sessions.processor.audit import AuditRecorder
 from sessions.processor.buffers import ChunkBuffers, MemoryBudget
 from sessions.processor.config import Settings
-from sessions.processor.ingest import ingest, lane_permits, lane_sizes, lane_want, parse_checksum
+from sessions.processor.ingest import ingest, lane_permits, lane_sizes, lane_want
 from sessions.processor.integrity import (
     Anchor,
     Finding,
@@ -401,7 +402,7 @@ class Engine:
                      checksum_header: str | None, content_length: int | None,
                      max_bytes: int) -> UploadResult:
         """Append one request body at `offset`; return the committed offset and chunk count."""
-        checksum = parse_checksum(checksum_header)
+        checksum = None if checksum_header is None else Checksum.parse(checksum_header)
         async with self._writing(sid) as token:
             anchor, row = await self._recording(sid)
             require_state(row.state, SessionState.RECORDING, action="upload to")

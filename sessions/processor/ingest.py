@@ -14,16 +14,13 @@ the digest of the whole body matches.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from sessions.common.checksums import Checksum, hasher
 from sessions.common.errors import (
-    BadRequest,
     ChecksumMismatch,
     PayloadTooLarge,
     ServiceError,
@@ -34,40 +31,6 @@ from sessions.processor.buffers import ChunkBuffers
 from sessions.processor.storage_client import ChunkRow, SessionRow, StorageClient
 
 _END = None
-
-
-CHECKSUM_SIZES = {"sha256": 32, "sha1": 20, "md5": 16}
-"""The `Upload-Checksum` algorithms (tus checksum extension) and their digest sizes."""
-
-
-@dataclass(frozen=True)
-class Checksum:
-    """An `Upload-Checksum`: the algorithm's name and the digest the body must have."""
-
-    algorithm: str
-    digest: bytes
-
-
-def parse_checksum(header: str | None) -> Checksum | None:
-    """Return the checksum of an `Upload-Checksum: <algorithm> <base64>` header, or None.
-
-    The algorithm is one of CHECKSUM_SIZES, the digest exactly its size (BadRequest otherwise).
-    """
-    if header is None:
-        return None
-    name, _, value = header.strip().partition(" ")
-    algo = name.lower()
-    size = CHECKSUM_SIZES.get(algo)
-    if size is None:
-        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>' with an "
-                         "algorithm of " + ", ".join(CHECKSUM_SIZES))
-    try:
-        digest = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("Upload-Checksum digest is not valid base64") from None
-    if len(digest) != size:
-        raise BadRequest(f"Upload-Checksum {algo} digest must be {size} bytes")
-    return Checksum(algo, digest)
 
 
 @dataclass
@@ -200,8 +163,7 @@ class Upload:
     def __post_init__(self) -> None:
         self.offset = self.session.offset
         self.chunk_count = self.session.chunk_count
-        self._digest = (None if self.checksum is None else
-                        hashlib.new(self.checksum.algorithm, usedforsecurity=False))
+        self._digest = None if self.checksum is None else hasher(self.checksum.algorithm)
         # Reused buffers (or None: every chunk afresh), with or without `Upload-Checksum`.
         pools = self.buffers
         pools = pools if pools is not None and pools.chunk_size == self.session.chunk_size else None

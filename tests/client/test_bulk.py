@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import crc32c
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -147,8 +147,8 @@ def test_the_body_goes_out_whole_with_its_checksum(gateway: Callable[[Script], L
     assert answer.offset == 3 * MIB
     expected = sample.read_bytes()[MIB:3 * MIB]
     assert seen["body"] == expected
-    digest = base64.b64encode(hashlib.sha256(expected).digest())
-    assert b"\r\nUpload-Checksum: sha256 " + digest + b"\r\n" in seen["head"]
+    crc = base64.b64encode(crc32c.crc32c(expected).to_bytes(4, "big"))  # the CLI's default
+    assert b"\r\nUpload-Checksum: crc32c " + crc + b"\r\n" in seen["head"]
     assert seen["head"].startswith(f"PATCH /v1/sessions/{SID}/upload HTTP/1.1\r\n".encode())
     assert b"\r\nupload-offset: 1048576\r\n" in seen["head"].lower()
 

@@ -30,6 +30,7 @@ from sessions.client import (
     download_replay,
     upload_file,
 )
+from sessions.common.checksums import Checksum, hasher
 from tests.api.fakes import session_json
 
 SID = "01JDZ0Q3W6Y8E2V7K4N5P9R1ST"
@@ -47,6 +48,8 @@ class FakeGateway:
     created: int = 0
     replay_cut: int | None = None
     checks: list[int] = field(default_factory=list)
+    checksum: str = "crc32c"
+    """The Upload-Checksum algorithm every PATCH must carry (the CLI's default)."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
@@ -90,8 +93,11 @@ class FakeGateway:
         if offset != len(self.data):
             return httpx.Response(409, json={"error": "offset_mismatch", "detail": "no",
                                              "offset": len(self.data)})
-        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-        assert request.headers["upload-checksum"] == f"sha256 {digest}"
+        checksum = Checksum.parse(request.headers["upload-checksum"])
+        assert checksum.algorithm == self.checksum
+        digest = hasher(checksum.algorithm)
+        digest.update(body)
+        assert digest.digest() == checksum.digest, "the request's Upload-Checksum is wrong"
         assert int(request.headers["content-length"]) == len(body)
         self.data += body
         return httpx.Response(200, json={"offset": len(self.data), "chunk_count": 0})
@@ -197,6 +203,14 @@ def test_upload_sends_chunk_multiples_and_finalizes(sample: Path, tmp_path: Path
     assert [n for _, n in gw.patches][:-1] == [CHUNK] + [2 * CHUNK] * (len(gw.patches) - 2)
     assert gw.state == "completed"
     assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {"uploads": []}
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha1", "md5"])
+def test_upload_sends_the_checksum_algorithm_asked_for(sample: Path, tmp_path: Path,
+                                                       algorithm: str) -> None:
+    gw = FakeGateway(checksum=algorithm)  # it checks every request's digest of that kind
+    assert run_upload(gw, sample, tmp_path, checksum=algorithm) == SID
+    assert gw.data == sample.read_bytes() and len(gw.patches) > 1
 
 
 def test_upload_requests_grow_fourfold_from_one_chunk(sample: Path, tmp_path: Path) -> None:
@@ -385,9 +399,9 @@ def test_upload_maps_the_file_once_and_hashes_the_next_request_ahead(
     ahead: list[tuple[int, int]] = []
     real_digest = client_module.file_digest
 
-    def counting_digest(path: Path, offset: int, length: int) -> bytes:
+    def counting_digest(path: Path, offset: int, length: int, algorithm: str) -> Checksum:
         ahead.append((offset, length))
-        return real_digest(path, offset, length)
+        return real_digest(path, offset, length, algorithm)
 
     monkeypatch.setattr(client_module, "_file_range", no_reads)
     monkeypatch.setattr(client_module, "file_digest", counting_digest)

@@ -117,17 +117,17 @@ async def test_a_checksummed_upload_uses_the_pools_and_stays_bounded(
     """With `Upload-Checksum` the plaintext buffers are pooled too (they used to be fresh
     per chunk) and go back only once sealed *and* hashed, so a lagging digest thread
     cannot pile them up either."""
-    import base64
-    import hashlib
     import time
 
-    from sessions.processor.ingest import parse_checksum
+    from sessions.common.checksums import Checksum, hasher
 
     data = os.urandom(6 * MIB) + b"frame " * (10 * MIB // 6)
     storage = SlowStorage()
     buffers = CountingBuffers(MIB, keep=8)
     sealer = ChunkSealer(KEY, session_id=SID, zstd_level=2)
-    checksum = parse_checksum("sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode())
+    digest = hasher("crc32c")  # the CLI's algorithm
+    digest.update(data)
+    checksum = Checksum("crc32c", digest.digest())
 
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
         hasher.submit(time.sleep, 0.3)  # the digest thread starts late: chunks wait for it
@@ -149,14 +149,14 @@ async def test_a_checksummed_upload_uses_the_pools_and_stays_bounded(
 
 @pytest.mark.anyio
 async def test_a_checksum_mismatch_commits_nothing_and_returns_the_buffers() -> None:
+    from sessions.common.checksums import Checksum
     from sessions.common.errors import ChecksumMismatch
-    from sessions.processor.ingest import parse_checksum
 
     data = os.urandom(3 * MIB + 5)
     storage = SlowStorage()
     buffers = CountingBuffers(MIB, keep=8)
     sealer = ChunkSealer(KEY, session_id=SID, zstd_level=2)
-    wrong = parse_checksum("sha256 " + "A" * 43 + "=")
+    wrong = Checksum("crc32c", b"\x00\x00\x00\x00")
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
         with pytest.raises(ChecksumMismatch):
             await ingest(storage=storage, sealer=sealer,  # type: ignore[arg-type]

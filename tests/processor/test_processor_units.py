@@ -1,4 +1,4 @@
-"""The processor's pure functions: Upload-Checksum, Range, chunk spans, sampling, check-and-open.
+"""The processor's pure functions: Range, chunk spans, sampling, check-and-open.
 
 `parse_range` is checked against a naive RFC 9110 §14.1.2 model and `chunk_span` against a
 brute-force overlap scan, both written here independently of the code under test.
@@ -7,9 +7,7 @@ brute-force overlap scan, both written here independently of the code under test
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import hashlib
 import json
 import random
 from collections.abc import AsyncIterator
@@ -21,12 +19,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sessions.common.errors import BadRequest, ChunkCorrupt, RangeNotSatisfiable
+from sessions.common.errors import ChunkCorrupt, RangeNotSatisfiable
 from sessions.contract.operations import reads
 from sessions.contract.storage import ChunkModel
 from sessions.core import ChunkSealer, leaf_hash
 from sessions.processor.buffers import ChunkBuffers, MemoryBudget
-from sessions.processor.ingest import Checksum, parse_checksum
 from sessions.processor.readback import (
     BadChunk,
     ByteRange,
@@ -45,92 +42,6 @@ OTHER_SID = "01J9Z8X7W6V5T4S3R2Q1P0N9M9"
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 ZERO_HASH = b"\x00" * 32
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-# --------------------------------------------------------------------------- parse_checksum
-
-DIGEST = hashlib.sha256(b"hello").digest()
-SLASHY = b"\xfb\xff\xbf" * 10 + b"\xfb\xff"  # standard base64 of this is full of '+' and '/'
-
-
-@pytest.mark.parametrize(("header", "digest"), [
-    ("sha256 " + b64(DIGEST), DIGEST),
-    ("SHA256 " + b64(DIGEST), DIGEST),
-    ("Sha256 " + b64(DIGEST), DIGEST),
-    ("  sha256   " + b64(DIGEST) + "  ", DIGEST),
-    ("sha256 " + b64(SLASHY), SLASHY),
-    ("sha256 " + b64(ZERO_HASH), ZERO_HASH),
-], ids=["lower", "upper", "mixed-case", "extra-spaces", "plus-and-slash", "zero"])
-def test_a_valid_checksum_gives_its_32_bytes(header: str, digest: bytes) -> None:
-    assert parse_checksum(header) == Checksum("sha256", digest)
-
-
-SHA1 = hashlib.sha1(b"hello").digest()  # noqa: S324 - the tus checksum extension's MUST
-MD5 = hashlib.md5(b"hello").digest()  # noqa: S324 - test input
-
-
-@pytest.mark.parametrize(("header", "expected"), [
-    ("sha1 " + b64(SHA1), Checksum("sha1", SHA1)),
-    ("md5 " + b64(MD5), Checksum("md5", MD5)),
-], ids=["sha1", "md5"])
-def test_the_tus_algorithms_sha1_and_md5_are_accepted(header: str, expected: Checksum) -> None:
-    assert parse_checksum(header) == expected
-
-
-def test_no_header_means_no_checksum() -> None:
-    assert parse_checksum(None) is None
-
-
-BAD_CHECKSUMS = {
-    "md5-32-bytes": "md5 " + b64(DIGEST),
-    "sha1-16-bytes": "sha1 " + b64(MD5),
-    "sha-256": "sha-256 " + b64(DIGEST),
-    "sha512": "sha512 " + b64(hashlib.sha512(b"hello").digest()),
-    "colon-form": "sha256:" + b64(DIGEST),
-    "tab-separator": "sha256\t" + b64(DIGEST),
-    "no-algo": b64(DIGEST),
-    "empty": "",
-    "algo-only": "sha256",
-    "not-base64": "sha256 !!!!not-base64!!!!",
-    "hex-digest": "sha256 " + DIGEST.hex(),
-    "urlsafe-base64": "sha256 " + base64.urlsafe_b64encode(SLASHY).decode(),
-    "missing-padding": "sha256 " + b64(DIGEST).rstrip("="),
-    "inner-space": "sha256 " + b64(DIGEST)[:20] + " " + b64(DIGEST)[20:],
-    "non-ascii": "sha256 " + b64(DIGEST)[:-2] + "é=",
-    "31-bytes": "sha256 " + b64(DIGEST[:31]),
-    "33-bytes": "sha256 " + b64(DIGEST + b"\x00"),
-    "64-bytes": "sha256 " + b64(DIGEST * 2),
-    "empty-digest": "sha256 ",
-}
-
-
-@pytest.mark.parametrize("header", list(BAD_CHECKSUMS.values()), ids=list(BAD_CHECKSUMS))
-def test_a_bad_checksum_is_a_bad_request(header: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        parse_checksum(header)
-    assert type(info.value) is BadRequest
-    assert (info.value.status, info.value.code) == (400, "bad_request")
-    assert info.value.detail.startswith("Upload-Checksum ")
-
-
-@given(st.text(max_size=80))
-def test_any_header_gives_a_digest_of_its_size_or_a_bad_request(header: str) -> None:
-    try:
-        checksum = parse_checksum(header)
-    except BadRequest:
-        return
-    assert checksum is not None
-    assert len(checksum.digest) == {"sha256": 32, "sha1": 20, "md5": 16}[checksum.algorithm]
-    assert parse_checksum(f"{checksum.algorithm} {b64(checksum.digest)}") == checksum
-
-
-@given(st.binary(min_size=32, max_size=32))
-def test_every_digest_round_trips(digest: bytes) -> None:
-    assert parse_checksum(f"sha256 {b64(digest)}") == Checksum("sha256", digest)
 
 
 # ------------------------------------------------------------------------------ parse_range

@@ -11,12 +11,12 @@ from sessions.api.deps import MetricsDep, Processor, SessionId, SettingsDep, aut
 from sessions.api.limits import check_upload_headers, session_room
 from sessions.api.models import errors
 from sessions.api.streams import limited_body
-from sessions.common.models import CHECKSUM_PATTERN
+from sessions.common import checksums
 from sessions.common.openapi import REQUIRED
 from sessions.contract.models import UploadResult, UploadStatus
 
 OFFSET_DOC = {"pattern": "^[0-9]{1,19}$", REQUIRED: True}
-CHECKSUM_DOC = {"pattern": CHECKSUM_PATTERN}
+CHECKSUM_DOC = {"pattern": checksums.PATTERN}
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/upload", tags=["upload"],
                    dependencies=[Depends(authenticate)],
@@ -30,8 +30,9 @@ there with `PATCH`, each request carrying `Upload-Offset` = the committed offset
   The tail of *every* request becomes a short chunk, so odd-sized requests waste chunks.
 * Each request is all-or-nothing on a chunk basis: on failure, ask the offset again and
   resume from it.  A `409 offset_mismatch` body carries the committed `"offset"`.
-* With `Upload-Checksum: sha256 <base64 digest>` of the request's bytes, a corrupted
-  request fails with `460 checksum_mismatch` and commits nothing.
+* With `Upload-Checksum: <algorithm> <base64 digest>` of the request's bytes (`crc32c`,
+  the CLI's, or `sha256`, `sha1`, `md5`), a corrupted request fails with
+  `460 checksum_mismatch` and commits nothing.
 * `POST .../finalize` when done.
 """
 
@@ -63,8 +64,9 @@ async def upload(
     upload_offset: Annotated[str | None, Header(description="committed offset this request "
                                                 "starts at (required)",
                                                 json_schema_extra=OFFSET_DOC)] = None,
-    upload_checksum: Annotated[str | None, Header(description="`sha256 <base64 digest>` of "
-                                                  "this request's body",
+    upload_checksum: Annotated[str | None, Header(description="`<algorithm> <base64 digest>` "
+                                                  "of this request's body (crc32c, sha256, "
+                                                  "sha1 or md5)",
                                                   json_schema_extra=CHECKSUM_DOC)] = None,
 ) -> Response:
     """Stream the body to the processor, which chunks, seals and commits it."""

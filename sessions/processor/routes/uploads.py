@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from sessions.common import checksums
 from sessions.common.bodies import request_body
 from sessions.common.errors import BadRequest, InvalidState, UnsupportedMediaType, error_responses
-from sessions.common.models import CHECKSUM_PATTERN
 from sessions.common.states import SessionState
 from sessions.contract.models import Session, UploadResult, UploadStatus
 from sessions.processor.deps import AuditDep, EngineDep, SessionId
@@ -36,8 +36,9 @@ _UPLOAD_DOC = {
         {"name": "Upload-Offset", "in": "header", "required": True,
          "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
         {"name": "Upload-Checksum", "in": "header", "required": False,
-         "description": "`sha256 <base64 digest>` of the body",
-         "schema": {"type": "string", "pattern": CHECKSUM_PATTERN}}]}
+         "description": "`<algorithm> <base64 digest>` of the body, an algorithm of "
+                        + ", ".join(checksums.ALGORITHMS),
+         "schema": {"type": "string", "pattern": checksums.PATTERN}}]}
 
 
 async def _live(engine: Engine, session_id: str) -> Session:

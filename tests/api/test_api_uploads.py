@@ -129,7 +129,9 @@ async def test_oversized_streamed_body_is_413(gateway: httpx.AsyncClient,
 
 
 @pytest.mark.parametrize("value", [
-    "md5 " + base64.b64encode(b"0" * 16).decode(),
+    "md5 " + base64.b64encode(b"0" * 20).decode(),
+    "crc32c " + base64.b64encode(b"0" * 16).decode(),
+    "crc32 " + base64.b64encode(b"0" * 4).decode(),
     "sha256 " + base64.b64encode(b"0" * 16).decode(),
     "sha256 not*base64",
     "sha256",

@@ -7,7 +7,6 @@ the ones a well-behaved client cannot send (a body cut short, a request held ope
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import json
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from sessions.common.checksums import Checksum, hasher
 
 MIB = 1 << 20
 CHUNK = MIB  # LUCID_CHUNK_SIZE of the e2e cluster: the minimum, so tests cross boundaries cheaply
@@ -63,9 +64,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def checksum_header(data: bytes) -> str:
+def checksum_header(data: bytes, algorithm: str = "sha256") -> str:
     """Return an `Upload-Checksum` value for data."""
-    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+    digest = hasher(algorithm)
+    digest.update(data)
+    return Checksum(algorithm, digest.digest()).header
 
 
 def chunks_for(sizes: list[int]) -> int:

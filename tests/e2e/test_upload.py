@@ -114,29 +114,31 @@ def test_resume_after_dropped_connection(cluster: Cluster, api: httpx.Client, ho
     assert r.content == data
 
 
-def test_checksum(api: httpx.Client) -> None:
+@pytest.mark.parametrize("algorithm", ["crc32c", "sha256"])  # the CLI's, and curl's example
+def test_checksum(api: httpx.Client, algorithm: str) -> None:
     data = session_bytes(MIB + MIB // 2 + 2 * MIB + 99, seed=3)
     first, second = data[:MIB + MIB // 2], data[MIB + MIB // 2:]
     sid = create_session(api)["id"]
 
-    r = patch(api, sid, 0, first, checksum=checksum_header(first))
+    r = patch(api, sid, 0, first, checksum=checksum_header(first, algorithm))
     assert r.status_code == 200, r.text
     assert r.json() == {"offset": len(first), "chunk_count": 2}
 
-    wrong = checksum_header(second[:-1] + bytes([second[-1] ^ 1]))
+    wrong = checksum_header(second[:-1] + bytes([second[-1] ^ 1]), algorithm)
     r = patch(api, sid, len(first), second, checksum=wrong)
     body = assert_error(r, 460, "checksum_mismatch")
     assert body.get("offset", len(first)) == len(first)
     assert head_offset(api, sid) == len(first)  # nothing of the bad request was committed
     assert api.get(f"/sessions/{sid}/upload").json()["chunk_count"] == 2
 
-    for bad in ("md5 " + checksum_header(second)[7:], "sha256 not-base64!!", "sha256 AAAA"):
+    for bad in ("md5 " + checksum_header(second, algorithm).split()[1], "sha256 not-base64!!",
+                "sha256 AAAA", "crc32c AAAA", "crc32 " + checksum_header(second, "crc32c")[7:]):
         r = patch(api, sid, len(first), second, checksum=bad)
         assert_error(r, 400, "bad_request")
         assert head_offset(api, sid) == len(first)
 
     # The same bytes with the right digest now go through (staged files get replaced).
-    r = patch(api, sid, len(first), second, checksum=checksum_header(second))
+    r = patch(api, sid, len(first), second, checksum=checksum_header(second, algorithm))
     assert r.status_code == 200, r.text
     assert r.json() == {"offset": len(data), "chunk_count": 2 + math.ceil(len(second) / CHUNK)}
     finalize(api, sid)

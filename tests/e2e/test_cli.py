@@ -100,6 +100,25 @@ def test_cli_verify_names_a_tampered_chunk(cluster: Cluster, workdir: Path,
     assert len(fails) == 1 and fails[0].startswith("FAIL: chunk 2:"), proc.stdout
 
 
+@pytest.mark.parametrize("algorithm", ["crc32c", "sha256", "md5"])
+def test_cli_uploads_with_the_checksum_asked_for(cluster: Cluster, workdir: Path,
+                                                 recording_file: tuple[Path, bytes],
+                                                 algorithm: str) -> None:
+    """Every request carries the digest (a wrong one would be 460 and fail the upload)."""
+    path, data = recording_file
+    sid = _upload(cluster, workdir, path, "--checksum", algorithm, "--request-mib", "1")
+    out = workdir / f"replayed-{algorithm}.rec"
+    cli(cluster, workdir, "replay", sid, "-o", str(out))
+    assert out.read_bytes() == data
+
+
+def test_cli_refuses_an_unknown_checksum(cluster: Cluster, workdir: Path,
+                                         recording_file: tuple[Path, bytes]) -> None:
+    proc = cli(cluster, workdir, "upload", str(recording_file[0]), "--checksum", "crc32",
+               ok=False)
+    assert proc.returncode == 2 and "--checksum" in proc.stderr
+
+
 def test_cli_errors_are_clean(cluster: Cluster, workdir: Path) -> None:
     proc = cli(cluster, workdir, "show", "not-an-id", ok=False)
     assert proc.returncode != 0

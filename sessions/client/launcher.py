@@ -112,8 +112,9 @@ class Node:
 
     `base_env` (LUCID_* settings for every service), then `extra_env["*"]`, then
     `extra_env[name]` are laid over the wiring; a change takes effect at the next
-    `start(name)`.  With `log_dir` each service appends stdout and stderr to
-    `<log_dir>/<name>.log`; without, it inherits ours.  `inherit_lucid` keeps this
+    `start(name)` (bar where the Unix sockets are: fixed at the first, see `sockets`).
+    With `log_dir` each service appends stdout and stderr to `<log_dir>/<name>.log`;
+    without, it inherits ours.  `inherit_lucid` keeps this
     process's LUCID_* variables (`up`: the user's configuration); otherwise they are
     dropped, so a test or benchmark sees only what it set.  `tls` names the services
     that serve HTTPS, with the context that trusts them.
@@ -227,7 +228,7 @@ class Node:
 
         Whether a client uses its upstream's socket is `socket_env`'s rule.
         """
-        return self._sockets if self._sockets is not None else self._socket_rule()
+        return dict(self._sockets) if self._sockets is not None else self._socket_rule()
 
     def _fix_sockets(self) -> None:
         if self._sockets is None:

@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypedDict
@@ -38,6 +38,9 @@ ServiceName = Literal["storage", "processor", "api"]
 
 SERVICES: Final[tuple[ServiceName, ...]] = ("storage", "processor", "api")
 """In start order: each one's upstream answers before it starts."""
+
+UPSTREAM: Final[Mapping[ServiceName, ServiceName]] = {"api": "processor", "processor": "storage"}
+"""The internal hops, by client: the service each one calls (and may reach on a Unix socket)."""
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -109,11 +112,15 @@ class Node:
 
     `base_env` (LUCID_* settings for every service), then `extra_env["*"]`, then
     `extra_env[name]` are laid over the wiring; a change takes effect at the next
-    `start(name)`.  With `log_dir` each service appends stdout and stderr to
-    `<log_dir>/<name>.log`; without, it inherits ours.  `inherit_lucid` keeps this
+    `start(name)` (bar where the Unix sockets are: fixed at the first, see `sockets`).
+    With `log_dir` each service appends stdout and stderr to `<log_dir>/<name>.log`;
+    without, it inherits ours.  `inherit_lucid` keeps this
     process's LUCID_* variables (`up`: the user's configuration); otherwise they are
     dropped, so a test or benchmark sees only what it set.  `tls` names the services
     that serve HTTPS, with the context that trusts them.
+
+    A node runs the services in `runs`; the others are `peer`'s, reached at its ports
+    and Unix sockets (`beside` makes such a node).  The Unix sockets are `sockets`.
     """
 
     data_dir: Path
@@ -128,6 +135,9 @@ class Node:
     die_with_parent: bool = False  # a benchmark killed hard takes its services with it
     say: Callable[[str], None] | None = None  # where notices go (a service killed at stop)
     procs: dict[ServiceName, subprocess.Popen[bytes]] = field(default_factory=dict)
+    runs: frozenset[ServiceName] = frozenset(SERVICES)
+    peer: Node | None = field(default=None, repr=False)
+    _sockets: dict[ServiceName, Path] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def in_dir(cls, root: Path, *, base_env: Mapping[str, str] | None = None,
@@ -137,6 +147,25 @@ class Node:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         return cls(root / "data", free_ports(), root / "logs", base_env=dict(base_env or {}),
                    die_with_parent=die_with_parent)
+
+    def beside(self, runs: Iterable[ServiceName], *, data_dir: Path | None = None,
+               log_dir: Path | None = None) -> Node:
+        """Return a node that runs `runs` on free ports and reaches this node's other
+        services at their ports and Unix sockets: a second gateway or processor (or a
+        second set of all three) on this data dir, or on `data_dir`.
+
+        It starts from copies of this node's settings layers, host and TLS contexts;
+        this node's `sockets` are fixed now, since the new node names them.
+        """
+        own = frozenset(runs)
+        self._fix_sockets()
+        return Node(data_dir or self.data_dir,
+                    {name: free_port() if name in own else port
+                     for name, port in self.ports.items()},
+                    log_dir, base_env=dict(self.base_env),
+                    extra_env={k: dict(v) for k, v in self.extra_env.items()},
+                    host=self.host, tls=dict(self.tls), inherit_lucid=self.inherit_lucid,
+                    die_with_parent=self.die_with_parent, say=self.say, runs=own, peer=self)
 
     # -- where things are ----------------------------------------------------------------------
 
@@ -173,36 +202,73 @@ class Node:
             "LUCID_STORAGE_URL": self.url("storage"),
             "LUCID_PROCESSOR_URL": self.url("processor"),
         })
-        env.update(self.unix_sockets())
+        env.update(self.socket_env(name))
         env.update(self.base_env)
         env.update(self.extra_env.get("*", {}))
         if name != "*":
             env.update(self.extra_env.get(name, {}))
         return env
 
-    def unix_sockets(self) -> dict[str, str]:
-        """Return the settings that wire the gateway to the processor and the processor to
-        storage through Unix sockets in the data dir (cheaper than loopback TCP per byte),
-        named by the service's port: nodes sharing a data dir keep their own processors.
+    # -- Unix sockets ----------------------------------------------------------------------------
 
-        A hop keeps TCP when its service serves TLS, when any layer of settings names its
-        URL, its socket or a TLS file (a test's proxy, `up`'s own configuration), or when
-        the path is longer than a socket's address takes.
+    @property
+    def sockets(self) -> dict[ServiceName, Path]:
+        """Return the Unix socket the processor and storage each listen on besides their
+        port (cheaper than loopback TCP per byte); a service without one has TCP only.
+
+        The rule, applied once, when the node first starts a service (or a node is
+        made `beside` it), so a service restarted keeps its socket:
+
+        - A service this node runs listens on `<data_dir>/run/<name>-<port>.sock`
+          (named by port: nodes sharing a data dir keep their own sockets); a service
+          of `peer` on the peer's socket.
+        - No socket for a service that serves TLS (in `tls`, or any LUCID_TLS_*
+          setting), for one whose LUCID_<NAME>_UDS a settings layer names (that one
+          wins), or where the path is longer than a socket's address takes.
+
+        Whether a client uses its upstream's socket is `socket_env`'s rule.
         """
-        layers: list[Mapping[str, str]] = [self.base_env, *self.extra_env.values()]
-        if self.inherit_lucid:
-            layers.append(os.environ)
+        return dict(self._sockets) if self._sockets is not None else self._socket_rule()
+
+    def _fix_sockets(self) -> None:
+        if self._sockets is None:
+            self._sockets = self._socket_rule()
+
+    def _socket_rule(self) -> dict[ServiceName, Path]:
+        layers = self._layers(None)
         if any(k.startswith("LUCID_TLS_") for layer in layers for k in layer):
             return {}
-        wiring: dict[str, str] = {}
+        found: dict[ServiceName, Path] = {}
         for name in ("processor", "storage"):
-            path = self.data_dir / "run" / f"{name}-{self.ports[name]}.sock"
-            var, url_var = f"LUCID_{name.upper()}_UDS", f"LUCID_{name.upper()}_URL"
-            if (name in self.tls or len(os.fsencode(path)) > MAX_SOCKET_PATH
-                    or any(var in layer or url_var in layer for layer in layers)):
+            if name not in self.runs:
+                path = None if self.peer is None else self.peer.sockets.get(name)
+            else:
+                path = self.data_dir / "run" / f"{name}-{self.ports[name]}.sock"
+            if (path is None or name in self.tls or len(os.fsencode(path)) > MAX_SOCKET_PATH
+                    or any(f"LUCID_{name.upper()}_UDS" in layer for layer in layers)):
                 continue
-            wiring[var] = str(path)
-        return wiring
+            found[name] = path
+        return found
+
+    def socket_env(self, name: ServiceName | Literal["*"]) -> dict[str, str]:
+        """Return the LUCID_*_UDS settings service `name` starts with: every one of
+        `sockets`, but its upstream's when its own settings name that upstream's URL (a
+        test's proxy, another host), which it then reaches over TCP."""
+        env = {f"LUCID_{svc.upper()}_UDS": str(path) for svc, path in self.sockets.items()}
+        if name == "*" or (upstream := UPSTREAM.get(name)) is None:
+            return env
+        if any(f"LUCID_{upstream.upper()}_URL" in layer for layer in self._layers(name)):
+            env.pop(f"LUCID_{upstream.upper()}_UDS", None)
+        return env
+
+    def _layers(self, name: ServiceName | None) -> list[Mapping[str, str]]:
+        """Return the settings layers of service `name` (None: of every service)."""
+        layers: list[Mapping[str, str]] = [self.base_env]
+        layers += (self.extra_env.values() if name is None
+                   else [self.extra_env.get("*", {}), self.extra_env.get(name, {})])
+        if self.inherit_lucid:
+            layers.append(os.environ)
+        return layers
 
     def pids(self) -> dict[ServiceName, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
@@ -210,7 +276,10 @@ class Node:
     # -- starting ------------------------------------------------------------------------------
 
     def spawn(self, name: ServiceName) -> subprocess.Popen[bytes]:
-        """Start `python -m sessions.<name>` without waiting for it."""
+        """Start `python -m sessions.<name>` without waiting for it (a service of this node)."""
+        if name not in self.runs:
+            raise ValueError(f"{name} is another node's service")
+        self._fix_sockets()
         log = self.log_path(name)
         with contextlib.ExitStack() as stack:
             out = None if log is None else stack.enter_context(log.open("ab"))
@@ -235,10 +304,12 @@ class Node:
 
     def start_all(self, *, timeout: float = START_TIMEOUT, ready: bool = True,
                   abort: Callable[[], bool] | None = None) -> None:
-        """Start storage, the processor, then the gateway, each once its upstream answers;
-        with `ready`, return once the gateway's /ready answers (the whole chain is up)."""
+        """Start storage, the processor, then the gateway (those this node runs), each once
+        its upstream answers; with `ready`, return once the gateway's /ready answers (the
+        whole chain is up)."""
         for name in SERVICES:
-            self.start(name, timeout=timeout, abort=abort)
+            if name in self.runs:
+                self.start(name, timeout=timeout, abort=abort)
         if ready:
             self.wait_ready("api", timeout=timeout)
 
@@ -305,7 +376,7 @@ class Node:
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM every service, newest first, killing any still running after `grace`;
         remove the Unix socket files of those it stops (uvicorn leaves them)."""
-        sockets = self.unix_sockets()
+        sockets = self.sockets
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             if proc.poll() is None:
@@ -317,8 +388,8 @@ class Node:
                     self.say(f"{name} did not stop within {grace:.0f} s; killing it")
                 proc.kill()
                 proc.wait(timeout=grace)
-            if (path := sockets.get(f"LUCID_{name.upper()}_UDS")) is not None:
-                Path(path).unlink(missing_ok=True)
+            if (path := sockets.get(name)) is not None:
+                path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def running(self, *, timeout: float = START_TIMEOUT) -> Iterator[Node]:

@@ -74,12 +74,14 @@ class ChunkStore(Protocol):
     async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes: ...
     async def stream(self, session_id: str, index: int, *,
                      leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]: ...
-    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, offset: int,
-                           length: int) -> AsyncIterator[bytes]:
+    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, size: int,
+                           offset: int, length: int) -> AsyncIterator[bytes]:
         """Return the chunk's stored bytes [offset, offset + length), in pieces read as sent.
 
-        Requires 0 <= offset, 1 <= length, offset + length <= the chunk's length
-        (InvalidParameter otherwise); ChunkNotFound if there is no chunk.
+        `size` is the chunk's stored length as `stat` gave it (the caller has looked the
+        chunk up already, so a store need not ask again).  Requires 0 <= offset,
+        1 <= length, offset + length <= size (InvalidParameter otherwise); ChunkNotFound
+        if there is no chunk.
         """
         ...
     async def stat(self, session_id: str, index: int, *,
@@ -194,22 +196,18 @@ class LocalChunkStore:
         size = os.fstat(f.fileno()).st_size
         return size, _pieces(f, 0, size)
 
-    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, offset: int,
-                           length: int) -> AsyncIterator[bytes]:
+    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, size: int,
+                           offset: int, length: int) -> AsyncIterator[bytes]:
         """Return the chunk file's bytes [offset, offset + length) in READ_PIECE pieces.
 
-        Preconditions as `ChunkStore.stream_range` (one file per index: leaf_hash names
-        nothing here); the file is opened now, and read
+        Preconditions as `ChunkStore.stream_range`, checked before the file is opened (one
+        file per index: leaf_hash names nothing here); the file is opened now, and read
         from `offset` (a seek, not a read of what comes before) as sent.
         """
+        check_span(offset, length, size)
         f = await _io(_open_or_none, self.chunk_path(session_id, index))
         if f is None:
             raise ChunkNotFound()
-        try:
-            check_span(offset, length, os.fstat(f.fileno()).st_size)
-        except InvalidParameter:
-            f.close()
-            raise
         return _pieces(f, offset, length)
 
     async def stat(self, session_id: str, index: int, *,
@@ -429,17 +427,18 @@ def _stat(path: Path, index: int) -> StoredChunk | None:
                        modified=datetime.fromtimestamp(st.st_mtime, UTC), name=path.name)
 
 
-def _stored(session_dir: Path) -> list[StoredChunk]:
+def _chunk_names(session_dir: Path) -> list[tuple[int, str]]:
+    """Return (index, name) of each final chunk file in session_dir (none if it is absent)."""
     try:
         names = os.listdir(session_dir)
     except FileNotFoundError:
         return []
-    found = []
-    for name in names:
-        index = _chunk_index(name)
-        if index is not None and (chunk := _stat(session_dir / name, index)) is not None:
-            found.append(chunk)
-    return found
+    return [(index, name) for name in names if (index := _chunk_index(name)) is not None]
+
+
+def _stored(session_dir: Path) -> list[StoredChunk]:
+    return [chunk for index, name in _chunk_names(session_dir)
+            if (chunk := _stat(session_dir / name, index)) is not None]
 
 
 def _remove_files(session_dir: Path, names: list[str]) -> None:
@@ -474,19 +473,9 @@ def _chunk_index(name: str) -> int | None:
 
 
 def _remove_from(session_dir: Path, first: int) -> list[int]:
-    try:
-        names = os.listdir(session_dir)
-    except FileNotFoundError:
-        return []
-    removed = []
-    for name in names:
-        index = _chunk_index(name)
-        if index is not None and index >= first:
-            (session_dir / name).unlink(missing_ok=True)
-            removed.append(index)
-    if removed:
-        _fsync_dir(session_dir)
-    return sorted(removed)
+    doomed = sorted((index, name) for index, name in _chunk_names(session_dir) if index >= first)
+    _remove_files(session_dir, [name for _, name in doomed])
+    return [index for index, _ in doomed]
 
 
 def _session_ids(chunks_dir: Path) -> list[str]:

@@ -263,19 +263,16 @@ class S3ChunkStore:
             raise ChunkNotFound() from None
         return result.meta["size"], _pieces(result)
 
-    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, offset: int,
-                           length: int) -> AsyncIterator[bytes]:
+    async def stream_range(self, session_id: str, index: int, *, leaf_hash: bytes, size: int,
+                           offset: int, length: int) -> AsyncIterator[bytes]:
         """Return the bytes [offset, offset + length) of the object of (index, leaf_hash) by
-        one ranged GET, read as sent.
+        one ranged GET (no HEAD: `size` is the caller's `stat`), read as sent.
 
-        Preconditions as `ChunkStore.stream_range`, checked against the object's length (a
-        HEAD: resumes are rare).  A server that answers another range than asked is a 503,
-        never a splice.
+        Preconditions as `ChunkStore.stream_range`, checked before any request.  A server
+        that answers another range than asked (an object shorter than `size` says) is a
+        503, never a splice.
         """
-        stored = await self.stat(session_id, index, leaf_hash=leaf_hash)
-        if stored is None:
-            raise ChunkNotFound()
-        check_span(offset, length, stored.size)
+        check_span(offset, length, size)
         span = (offset, offset + length)
         try:
             result = await _s3(obstore.get_async(self._store,

@@ -193,8 +193,8 @@ class StorageService:
         rng = parse_one_range(range_header, size=stored.size)
         try:
             pieces = await self.chunks.stream_range(
-                session_id, index, leaf_hash=committed.leaf_hash, offset=rng.start,
-                length=rng.end - rng.start)
+                session_id, index, leaf_hash=committed.leaf_hash, size=stored.size,
+                offset=rng.start, length=rng.end - rng.start)
         except ChunkNotFound:
             raise _missing(index) from None
         self._count_out(rng.end - rng.start, chunks=0)

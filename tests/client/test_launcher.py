@@ -1,8 +1,11 @@
-"""The launcher's wiring, without starting anything: settings by name, environments, URLs."""
+"""The launcher's wiring: settings by name, environments, URLs, Unix sockets (one test starts
+storage to see its socket kept across a restart)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 
 from sessions.client import launcher
 from sessions.client.launcher import SERVICES, SETTINGS, Node, ServiceFailed
+from tests.common.test_unix_sockets import short_dir  # noqa: F401 - a fixture
 
 
 def test_settings_are_found_by_name_for_every_service(monkeypatch: pytest.MonkeyPatch,
@@ -57,3 +61,45 @@ def test_a_service_that_exits_while_starting_fails_with_its_log(tmp_path: Path) 
         node.wait_ok("storage", "/health", timeout=30)
     node.stop()
     assert node.procs == {}
+
+
+def test_a_node_beside_another_reaches_its_services_on_their_sockets(
+        short_dir: Path) -> None:  # noqa: F811 - the fixture
+    a = Node(short_dir / "a", {"storage": 1001, "processor": 1002, "api": 1003})
+    b = a.beside(["processor"], data_dir=short_dir / "b")
+    assert b.ports["storage"] == 1001 and b.ports["processor"] not in (1001, 1002, 1003)
+    assert b.url("storage") == a.url("storage")
+    assert b.sockets == {"storage": short_dir / "a" / "run" / "storage-1001.sock",
+                         "processor": short_dir / "b" / "run"
+                         / f"processor-{b.ports['processor']}.sock"}
+    assert b.env_of("processor")["LUCID_STORAGE_UDS"] == str(a.sockets["storage"])
+    assert b.env_of("api")["LUCID_PROCESSOR_UDS"] == str(b.sockets["processor"])
+    with pytest.raises(ValueError, match="another node's"):
+        b.start("storage")
+    a.base_env["LUCID_TLS_CA_FILE"] = "/ca.pem"  # too late: `beside` fixed a's sockets
+    assert set(a.sockets) == {"processor", "storage"}
+
+
+def test_sockets_are_fixed_at_the_first_start_and_a_hop_with_a_url_keeps_tcp(
+        short_dir: Path) -> None:  # noqa: F811 - the fixture
+    """Storage restarted while the processor's settings name a storage URL (a proxy) comes
+    back on the same socket; only the processor leaves it, for TCP to that URL."""
+    node = Node.in_dir(short_dir / "n", base_env={"LUCID_LOG_LEVEL": "warning"})
+    socket_path = node.data_dir / "run" / f"storage-{node.ports['storage']}.sock"
+    try:
+        node.start("storage")
+        assert stat.S_ISSOCK(socket_path.stat().st_mode)
+        node.extra_env["processor"] = {"LUCID_STORAGE_URL": "http://127.0.0.1:9"}
+        node.extra_env["storage"] = {"LUCID_TLS_CA_FILE": "/ca.pem"}  # ignored from now on
+        assert node.sockets["storage"] == socket_path
+        assert "LUCID_STORAGE_UDS" not in node.env_of("processor")
+        assert node.env_of("storage")["LUCID_STORAGE_UDS"] == str(socket_path)
+        del node.extra_env["storage"]
+        node.kill("storage")
+        node.start("storage")
+        assert stat.S_ISSOCK(socket_path.stat().st_mode)
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(str(socket_path))  # the new process accepts there
+    finally:
+        node.stop()
+    assert not socket_path.exists()

@@ -175,15 +175,16 @@ def test_the_launcher_wires_sockets_unless_a_layer_says_otherwise(short_dir: Pat
     second = Node(base, {**ports, "processor": 1004})  # another processor on this data dir
     assert second.env_of("api")["LUCID_PROCESSOR_UDS"] == str(base / "run" / "processor-1004.sock")
     proxied = Node(base, ports, extra_env={"api": {"LUCID_PROCESSOR_URL": "http://127.0.0.1:9"}})
-    assert proxied.unix_sockets() == {"LUCID_STORAGE_UDS": str(base / "run" / "storage-1001.sock")}
-    assert Node(base, ports, base_env={"LUCID_TLS_CA_FILE": "/ca.pem"}).unix_sockets() == {}
+    assert "LUCID_PROCESSOR_UDS" not in proxied.env_of("api")  # the gateway: TCP to its URL
+    assert proxied.env_of("processor")["LUCID_PROCESSOR_UDS"] == wired["LUCID_PROCESSOR_UDS"]
+    assert Node(base, ports, base_env={"LUCID_TLS_CA_FILE": "/ca.pem"}).sockets == {}
     long_dir = base / ("d" * MAX_SOCKET_PATH)
-    assert Node(long_dir, ports).unix_sockets() == {}
+    assert Node(long_dir, ports).sockets == {}
 
 
 def test_a_node_moves_a_session_through_its_unix_sockets(short_dir: Path) -> None:
     node = Node.in_dir(short_dir / "n", base_env={"LUCID_LOG_LEVEL": "warning"})
-    assert set(node.unix_sockets()) == {"LUCID_PROCESSOR_UDS", "LUCID_STORAGE_UDS"}
+    assert set(node.sockets) == {"processor", "storage"}
     node.start_all()
     try:
         token = (node.data_dir / "secrets" / "admin.token").read_text().strip()

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from sessions.client import launcher
 from sessions.client.launcher import Node
+from tests.e2e._nodes import beside, processor, tracebacks
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -47,43 +46,26 @@ def two_hosts(tmp_path: Path,
     a = Cluster(tmp_path / "a")
     if shared:
         a.base_env["LUCID_KEK_DIR"] = str(tmp_path / "kek")  # one volume for both processors
-    b: Node | None = None
     try:
         a.start_all()
         secrets = a.data_dir / "secrets"
-        env_b = {**a.base_env,
-                 "LUCID_MASTER_KEY_FILE": str(secrets / "master.key"),
-                 "LUCID_SIGNING_KEY_FILE": str(secrets / "signing.key"),
-                 "LUCID_SERVICE_TOKEN_FILE": str(secrets / "service.token"),
-                 # another host: storage over TCP (the launcher's Unix sockets are per data dir)
-                 "LUCID_STORAGE_URL": a.url("storage")}
-        if shared:
-            env_b["LUCID_KEK_DIR"] = str(tmp_path / "kek")
-        (tmp_path / "b").mkdir()
-        (tmp_path / "b" / "logs").mkdir()
-        b = Node(tmp_path / "b" / "data", {**a.ports, "processor": launcher.free_port()},
-                 tmp_path / "b" / "logs", base_env=env_b)
-        b.start("processor")
-        yield a, b, shared
+        with beside(a, tmp_path / "b", ["processor"], own_data=True, env={
+                "LUCID_MASTER_KEY_FILE": str(secrets / "master.key"),
+                "LUCID_SIGNING_KEY_FILE": str(secrets / "signing.key"),
+                "LUCID_SERVICE_TOKEN_FILE": str(secrets / "service.token")}) as b:
+            yield a, b, shared
     finally:
-        if b is not None:
-            b.stop()
         a.stop()
-
-
-def _internal(node: Node, token: str) -> httpx.Client:
-    return httpx.Client(base_url=node.url("processor") + "/internal/v1", trust_env=False,
-                        headers={"Authorization": f"Bearer {token}"},
-                        timeout=httpx.Timeout(60.0, connect=5.0))
 
 
 def test_a_retention_session_moves_to_another_processor_only_with_its_period_keys(
         two_hosts: tuple[Cluster, Node, bool]) -> None:
     a, b, shared = two_hosts
-    assert b.data_dir != a.data_dir
+    assert b.data_dir != a.data_dir  # storage's socket is named by the data dir of its node
+    assert b.env_of("processor")["LUCID_STORAGE_UDS"] == str(a.sockets["storage"])
     data = session_bytes(3 * CHUNK + 777, seed=91)
     token = a.secret("service.token")
-    with a.client() as api, _internal(b, token) as via_b, _internal(a, token) as via_a:
+    with a.client() as api, processor(b, token) as via_b, processor(a, token) as via_a:
         sid = create_session(api, {"case": "kek"}, retention_days=30)["id"]
         upload(api, sid, data[:CHUNK + 100])  # processor A wraps and uses the session's key
         assert via_b.get(f"/sessions/{sid}").json()["expires_at"] is not None
@@ -117,8 +99,5 @@ def test_a_retention_session_moves_to_another_processor_only_with_its_period_key
             got = replay(via_a, other)
             assert got.status_code == 200 and got.content == data[:CHUNK // 2]
 
-    problems = a.log_problems()
-    text = (b.log_dir / "processor.log").read_text(encoding="utf-8")  # type: ignore[operator]
-    if "Traceback" in text:
-        problems.append(f"processor B's log has a traceback:\n{text[-3000:]}")
+    problems = a.log_problems() + tracebacks(b, "processor B")
     assert not problems, "\n\n".join(problems)

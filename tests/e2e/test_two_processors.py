@@ -21,13 +21,11 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
-from sessions.client import launcher
 from sessions.client.launcher import Node
+from tests.e2e._nodes import beside, gateway, processor, tracebacks
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -65,33 +63,25 @@ def pair(tmp_path_factory: pytest.TempPathFactory,
     a = Cluster(root)
     a.base_env["LUCID_LEASE_SECONDS"] = str(LEASE_SECONDS)
     _on_store(a, request.param, request)
-    (root / "logs-b").mkdir()
-    b = Node(a.data_dir, {**a.ports, "processor": launcher.free_port()}, root / "logs-b",
-             base_env=dict(a.base_env))
     try:
         a.start("storage")
         a.start("processor")  # first: it makes the node's keys, which B then reads
-        b.start("processor")
-        yield a, b
+        with beside(a, root / "b", ["processor"]) as b:
+            try:
+                yield a, b
+            finally:
+                for proc in (a.procs.get("processor"), b.procs.get("processor")):
+                    if proc is not None and proc.poll() is None:
+                        proc.send_signal(signal.SIGCONT)  # a stopped process ignores SIGTERM
     finally:
-        for proc in (a.procs.get("processor"), b.procs.get("processor")):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        b.stop()
         a.stop()
-
-
-def _client(node: Node, token: str) -> httpx.Client:
-    return httpx.Client(base_url=node.url("processor") + "/internal/v1",
-                        headers={"Authorization": f"Bearer {token}"}, trust_env=False,
-                        timeout=httpx.Timeout(60.0, connect=5.0))
 
 
 def test_a_processor_paused_past_its_lease_is_fenced_off(pair: tuple[Cluster, Node]) -> None:
     a, b = pair
     token = a.secret("service.token")
     data = session_bytes(6 * CHUNK + 12345, seed=71)
-    with _client(a, token) as via_a, _client(b, token) as via_b:
+    with processor(a, token) as via_a, processor(b, token) as via_b:
         r = via_a.post("/sessions", json={"labels": {"case": "lease"}})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
@@ -135,8 +125,8 @@ def test_a_processor_paused_past_its_lease_is_fenced_off(pair: tuple[Cluster, No
         report = via_a.post(f"/sessions/{sid}/verify")
         assert report.status_code == 200 and report.json()["ok"] is True, report.text
 
-    for log in (Path(a.log_path("processor")), b.log_dir / "processor.log"):  # type: ignore[operator]
-        assert "Traceback" not in log.read_text(encoding="utf-8"), log
+    problems = a.log_problems() + tracebacks(b, "processor B")
+    assert not problems, "\n\n".join(problems)
 
 
 # -- two gateways, two processors: a processor killed mid-upload, resumed through the other -----
@@ -148,32 +138,18 @@ FRONTED_LEASE_SECONDS = 6  # long enough that B's probe right after the kill mee
 def fronted(tmp_path_factory: pytest.TempPathFactory,
             request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, Node]]:
     """Storage, processor A and gateway A (a Cluster), and gateway B in front of processor B
-    (a Node on the same data dir and storage: the gateway's LUCID_PROCESSOR_URL is its own
+    (a node on the same data dir and storage: the gateway's LUCID_PROCESSOR_URL is its own
     node's processor)."""
     root = tmp_path_factory.mktemp(f"two-gateways-{request.param}")
     a = Cluster(root)
     a.base_env["LUCID_LEASE_SECONDS"] = str(FRONTED_LEASE_SECONDS)
     _on_store(a, request.param, request)
-    (root / "logs-b").mkdir()
-    b: Node | None = None
     try:
         a.start_all()
-        ports = launcher.free_ports()
-        b = Node(a.data_dir, {**a.ports, "processor": ports["processor"], "api": ports["api"]},
-                 root / "logs-b", base_env=dict(a.base_env))
-        b.start("processor")
-        b.start("api")
-        yield a, b
+        with beside(a, root / "b", ["processor", "api"]) as b:
+            yield a, b
     finally:
-        if b is not None:
-            b.stop()
         a.stop()
-
-
-def _gateway(node: Node, admin: str) -> httpx.Client:
-    return httpx.Client(base_url=node.url("api") + "/v1", trust_env=False,
-                        headers={"Authorization": f"Bearer {admin}"},
-                        timeout=httpx.Timeout(60.0, connect=5.0))
 
 
 def _answer(req: RawRequest) -> RawResponse | None:
@@ -188,7 +164,7 @@ def test_a_processor_killed_mid_upload_is_taken_over_through_the_other_gateway(
     a, b = fronted
     assert b.env_of("api")["LUCID_PROCESSOR_URL"] == b.url("processor") != a.url("processor")
     data = session_bytes(6 * CHUNK + 4321, seed=72)
-    with a.client() as via_a, _gateway(b, a.admin_token) as via_b:
+    with a.client() as via_a, gateway(b, a.admin_token) as via_b:
         sid = create_session(via_a, {"case": "takeover"})["id"]
         upload(via_a, sid, data[:2 * CHUNK])
         acked = 2 * CHUNK  # acknowledged through gateway A
@@ -225,9 +201,5 @@ def test_a_processor_killed_mid_upload_is_taken_over_through_the_other_gateway(
         assert again.status_code == 200 and again.content == data
         assert via_a.get(f"/sessions/{sid}").json()["root_hash"] == done["root_hash"]
 
-    problems = a.log_problems()
-    for name in ("processor", "api"):
-        text = (b.log_dir / f"{name}.log").read_text(encoding="utf-8")  # type: ignore[operator]
-        if "Traceback" in text:
-            problems.append(f"node B's {name} log has a traceback:\n{text[-3000:]}")
+    problems = a.log_problems() + tracebacks(b, "node B")
     assert not problems, "\n\n".join(problems)

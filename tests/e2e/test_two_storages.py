@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sessions.client import launcher
-from sessions.client.launcher import Node
+from sessions.client.launcher import SERVICES, Node
+from tests.e2e._nodes import beside, gateway, tracebacks
 from tests.e2e.conftest import Cluster
 from tests.e2e.support import (
     CHUNK,
@@ -39,7 +39,6 @@ from tests.e2e.support import (
     upload,
     wait_for,
 )
-from tests.e2e.test_two_processors import _gateway
 from tests.storage.s3_server import S3Server, s3_server  # noqa: F401 - a fixture
 from tests.storage.test_chunkstore_contract import s3_store
 
@@ -64,27 +63,21 @@ def sides(tmp_path: Path, s3_server: S3Server,  # noqa: F811
     a = Cluster(tmp_path / "a")
     a.base_env["LUCID_LEASE_SECONDS"] = str(LEASE_SECONDS)
     a.extra_env["storage"] = dict(shared)
-    (tmp_path / "logs-b").mkdir()
-    b: Node | None = None
     try:
         a.start_all()
-        b = Node(a.data_dir, launcher.free_ports(), tmp_path / "logs-b",
-                 base_env=dict(a.base_env), extra_env={"storage": dict(shared)})
-        b.start_all()
-        yield a, b, prefix_url
+        with beside(a, tmp_path / "b", SERVICES) as b:  # its storage: the same `shared`
+            yield a, b, prefix_url
     finally:
-        if b is not None:
-            b.stop()
         a.stop()
 
 
 def _record(node: Node, admin: str, sid: str, data: bytes, split: Node | None) -> None:
     """Upload data through node's gateway (the second half through split's, if given)."""
     half = len(data) // 2 if split is not None else len(data)
-    with _gateway(node, admin) as api:
+    with gateway(node, admin) as api:
         upload(api, sid, data[:half])
     if split is not None:
-        with _gateway(split, admin) as other:
+        with gateway(split, admin) as other:
             upload(other, sid, data, start=half)
 
 
@@ -95,7 +88,7 @@ def test_two_gateways_processors_and_storages_share_one_database_and_bucket(
     assert b.env_of("processor")["LUCID_STORAGE_URL"] == b.url("storage") != a.url("storage")
     assert b.env_of("api")["LUCID_PROCESSOR_URL"] == b.url("processor")
     datas = {}
-    with a.client() as via_a, _gateway(b, admin) as via_b:
+    with a.client() as via_a, gateway(b, admin) as via_b:
         # -- several sessions at once, spread over both sides ------------------------------
         sids = []
         for i in range(SESSIONS):
@@ -155,9 +148,5 @@ def test_two_gateways_processors_and_storages_share_one_database_and_bucket(
         assert "lucid_orphan_sweep_last_pass_timestamp_seconds " in metrics
         assert "lucid_orphan_sweep_last_pass_timestamp_seconds 0.0" not in metrics
 
-    problems = a.log_problems()
-    for name in ("storage", "processor", "api"):
-        text = (b.log_dir / f"{name}.log").read_text(encoding="utf-8")  # type: ignore[operator]
-        if "Traceback" in text:
-            problems.append(f"side B's {name} log has a traceback:\n{text[-3000:]}")
+    problems = a.log_problems() + tracebacks(b, "side B")
     assert not problems, "\n\n".join(problems)

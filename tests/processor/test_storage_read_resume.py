@@ -4,6 +4,7 @@ of times, and never splices bytes from anywhere but the byte it reached.
 The real storage app answers (httpx's ASGI transport, a real chunk file); a transport
 around it cuts chosen answers after some bytes with the `httpx.ReadError` a reset
 connection raises (STYLE trait 9: clients take a transport so failures can be injected).
+A storage that does not answer at all is a real loopback port that refuses the connection.
 tests/e2e/test_chunk_resume.py does the same with real processes and a real TCP cut.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pytest
 from fastapi import FastAPI
 
 from sessions.common.errors import UpstreamUnavailable
+from sessions.common.httpclient import service_transport
+from sessions.common.settings import Transport
 from sessions.contract.storage import CreateSessionIn, WrappedKeyModel
 from sessions.core import ChunkEntry, MasterKey, new_data_key
 from sessions.processor import storage_client
@@ -98,8 +102,9 @@ def _token(tmp_path: Path) -> str:
     return StorageSettings(data_dir=tmp_path).service_token()
 
 
-async def read(storage: FastAPI, tmp_path: Path, transport: httpx.AsyncBaseTransport) -> bytes:
-    client = StorageClient("http://storage", _token(tmp_path), transport=transport)
+async def read(tmp_path: Path, transport: httpx.AsyncBaseTransport,
+               base_url: str = "http://storage") -> bytes:
+    client = StorageClient(base_url, _token(tmp_path), transport=transport)
     try:
         return bytes(await client.read_chunk_into(SID, 0, memoryview(bytearray(1 << 20))))
     finally:
@@ -110,7 +115,7 @@ async def test_a_read_cut_mid_chunk_resumes_from_the_byte_it_reached(
         storage: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage_client, "RESUME_DELAYS", (0.0, 0.0))
     cutting = Cutting(storage, cuts=2)  # the first answer and the first resume both break
-    assert await read(storage, tmp_path, cutting) == SEALED
+    assert await read(tmp_path, cutting) == SEALED
     assert cutting.seen == [(None, 200), (f"bytes={CUT_AT}-", 206),
                             (f"bytes={2 * CUT_AT}-", 206)]
 
@@ -120,7 +125,7 @@ async def test_resumes_are_bounded(storage: FastAPI, tmp_path: Path,
     monkeypatch.setattr(storage_client, "RESUME_DELAYS", (0.0, 0.0, 0.0))
     cutting = Cutting(storage, cuts=100, keep=1000)
     with pytest.raises(UpstreamUnavailable, match="broke off"):
-        await read(storage, tmp_path, cutting)
+        await read(tmp_path, cutting)
     assert len(cutting.seen) == 4  # the read and three resumes, then a 503
 
 
@@ -131,17 +136,37 @@ async def test_a_resume_answered_with_other_bytes_is_refused_not_spliced(
     monkeypatch.setattr(storage_client, "RESUME_DELAYS", (0.0,))
     cutting = Cutting(storage, cuts=1, drop_range=True)
     with pytest.raises(UpstreamUnavailable, match="malformed"):
-        await read(storage, tmp_path, cutting)
+        await read(tmp_path, cutting)
     assert cutting.seen == [(None, 200), (f"bytes={CUT_AT}-", 200)]
 
 
-async def test_storage_not_answering_at_all_is_not_retried(tmp_path: Path) -> None:
-    calls: list[httpx.Request] = []
+class Counting(httpx.AsyncBaseTransport):
+    """Passes every request to `inner` and counts them."""
 
-    def refuse(request: httpx.Request) -> httpx.Response:
-        calls.append(request)
-        raise httpx.ConnectError("connection refused")
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner, self.calls = inner, 0
 
-    with pytest.raises(UpstreamUnavailable, match="not answering"):
-        await read(FastAPI(), tmp_path, httpx.MockTransport(refuse))
-    assert len(calls) == 1
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("kind", list(Transport))
+async def test_storage_not_answering_at_all_is_not_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: Transport) -> None:
+    """A loopback port bound but never listened on: the kernel refuses the connection (a
+    reset to the SYN), as a stopped storage's port does, without another process able to
+    take the port meanwhile.  Each kind of transport the processor runs reaches it."""
+    monkeypatch.setattr(storage_client, "RESUME_DELAYS", (0.0, 0.0, 0.0))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        counting = Counting(service_transport(kind, max_connections=4))
+        with pytest.raises(UpstreamUnavailable, match="not answering"):
+            await read(tmp_path, counting, f"http://127.0.0.1:{port}")
+    assert counting.calls == 1

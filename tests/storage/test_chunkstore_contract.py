@@ -108,14 +108,15 @@ async def test_a_range_of_a_chunk_streams_exactly_those_bytes(
     leaf, size = leaf_hash(data), len(data)
     for offset, length in [(0, 1), (0, size), (1, size - 1), (size - 1, 1), (123, 1 << 20),
                            (300_000, 1_500_000), (size - 5000, 5000)]:
-        got = await collect(await store.stream_range(sid, 2, leaf_hash=leaf, offset=offset,
-                                                     length=length))
+        got = await collect(await store.stream_range(sid, 2, leaf_hash=leaf, size=size,
+                                                     offset=offset, length=length))
         assert got == data[offset:offset + length], (offset, length)
     for offset, length in [(-1, 2), (0, 0), (size, 1), (size - 1, 2), (0, size + 1)]:
         with pytest.raises(InvalidParameter):
-            await store.stream_range(sid, 2, leaf_hash=leaf, offset=offset, length=length)
+            await store.stream_range(sid, 2, leaf_hash=leaf, size=size, offset=offset,
+                                     length=length)
     with pytest.raises(ChunkNotFound):
-        await store.stream_range(sid, 3, leaf_hash=leaf, offset=0, length=1)
+        await store.stream_range(sid, 3, leaf_hash=leaf, size=size, offset=0, length=1)
 
 
 async def test_a_missing_chunk_is_not_found(store: ChunkStore, ids: Callable[[], str]) -> None:

@@ -774,8 +774,15 @@ def download_replay(client: LucidClient, session_id: str, out: Path, *,
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make the entries of `directory` durable (a file renamed into it)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make the entries of `directory` durable (a file renamed into it).
+
+    A directory this user may write but not read cannot be opened to sync: it is left
+    as it is, since the file in it is complete and already fsync'd.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        return
     try:
         os.fsync(fd)
     finally:

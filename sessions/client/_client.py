@@ -368,14 +368,11 @@ class LucidClient:
 
             return self.call(op, content=body())
 
-    def replay_into(self, session_id: str, fh: IO[bytes], *, byte_range: str | None,
+    def replay_into(self, session_id: str, sink: _bulk.Sink, *, byte_range: str | None,
                     progress: Progress) -> tuple[int, int | None]:
-        """Stream the replay into fh; return (bytes written, Content-Length or None)."""
+        """Pass the replay to `sink` piece by piece; return (bytes, Content-Length or None)."""
         op = ops.replay(session_id, byte_range or None)
-        if not self._bulk:
-            return self._replay_httpx(op, fh, progress)
         written = 0
-        sink = _bulk.write_all(fh.fileno())
 
         def write(piece: memoryview) -> None:
             nonlocal written
@@ -383,6 +380,8 @@ class LucidClient:
             written += len(piece)
             progress.update(written)
 
+        if not self._bulk:
+            return self._replay_httpx(op, write, progress)
         with self._exchange(op) as exchange:
             with self._translated():
                 exchange.send()
@@ -400,9 +399,9 @@ class LucidClient:
                 raise _truncated(written, expected) from exc
         return written, expected
 
-    def _replay_httpx(self, op: ops.Operation[None], fh: IO[bytes],
+    def _replay_httpx(self, op: ops.Operation[None], write: _bulk.Sink,
                       progress: Progress) -> tuple[int, int | None]:
-        """Stream the replay into fh through httpx."""
+        """Stream the replay to `write` through httpx; return (bytes, Content-Length or None)."""
         from sessions.common.httpclient import raise_read_size  # loads the services' settings
 
         raise_read_size()  # replay arrives in MiB pieces: 64 KiB reads cost a parse each
@@ -417,9 +416,8 @@ class LucidClient:
             written = 0
             try:
                 for piece in resp.iter_raw():  # as read, up to 1 MiB; a chunk_size would copy
-                    fh.write(piece)
+                    write(memoryview(piece))
                     written += len(piece)
-                    progress.update(written)
             except httpx.TransportError as exc:
                 raise _truncated(written, expected) from exc
         return written, expected
@@ -762,23 +760,87 @@ def download_replay(client: LucidClient, session_id: str, out: Path, *,
                     byte_range: str | None, progress_enabled: bool) -> int:
     """Stream a replay into `out` via `out.part`; return the bytes written.
 
-    Only a body received in full (as many bytes as Content-Length) is renamed
-    into place; on any failure the part file is removed and the error re-raised.
+    Only a body received in full (as many bytes as Content-Length) and fsync'd is
+    renamed into place, and the rename is fsync'd too; on any failure the part file
+    is removed and the error re-raised.  The body is written back to disk while it
+    arrives (`_Writeback`), so the closing fsync waits for its last stretch only.
     """
     part = out.with_name(out.name + ".part")
     progress = Progress(None, enabled=progress_enabled)
     try:
         with part.open("wb") as fh:
-            written, expected = client.replay_into(session_id, fh, byte_range=byte_range,
-                                                   progress=progress)
+            written, expected = client.replay_into(session_id, _Writeback(fh.fileno()),
+                                                   byte_range=byte_range, progress=progress)
             if expected is not None and written != expected:
                 raise ClientError("truncated", f"received {written} of {expected} bytes")
-            fh.flush()
             os.fsync(fh.fileno())
         os.replace(part, out)
+        _fsync_dir(out.parent)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     finally:
         progress.finish()
     return written
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the entries of `directory` durable (a file renamed into it).
+
+    A directory this user may write but not read cannot be opened to sync: it is left
+    as it is, since the file in it is complete and already fsync'd.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+WRITEBACK_EVERY = 8 * MIB
+"""Bytes of a replay written between two starts of their writeback (see `_Writeback`)."""
+SYNC_FILE_RANGE_WRITE = 2
+"""<linux/fs.h>: start writing the range's dirty pages back, wait for none."""
+
+
+class _Writeback:
+    """A sink that writes a file from its start and has the kernel start writing each
+    WRITEBACK_EVERY bytes back to disk as soon as they are written.
+
+    The fsync that makes a replay durable then waits for the last stretch only: the
+    disk writes while the rest still arrives, instead of after it.  A hint only
+    (Linux's sync_file_range, which waits for nothing and whose failure is ignored):
+    durability stays the closing fsync's.  Where there is no sync_file_range the
+    bytes are only written.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._start, self._end = fd, 0, 0
+        self._write = _bulk.write_all(fd)
+        self._kick = _sync_file_range()
+
+    def __call__(self, piece: memoryview) -> None:
+        self._write(piece)
+        self._end += len(piece)
+        if self._kick is not None and self._end - self._start >= WRITEBACK_EVERY:
+            self._kick(self._fd, self._start, self._end - self._start, SYNC_FILE_RANGE_WRITE)
+            self._start = self._end
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Return libc's sync_file_range(fd, offset, nbytes, flags), or None where it has none."""
+    if sys.platform != "linux":
+        return None
+    import ctypes  # only a replay needs it: not on every command
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except AttributeError:
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function

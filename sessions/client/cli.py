@@ -7,6 +7,7 @@ traceback; configuration errors exit 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -666,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What the imports built lives as long as the process: left out of every collection,
+    # the one at exit included, it costs no scan (that scan took 30-40 ms of each command).
+    gc.freeze()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from sessions.client import (
     LucidClient,
     ResumeStore,
     UploadPlan,
+    _client,
     cli,
     download_replay,
     upload_file,
@@ -70,8 +72,7 @@ class FakeGateway:
         if path == f"/v1/sessions/{SID}/replay":
             body = bytes(self.data)
             headers = {"Content-Length": str(len(body))}
-            return httpx.Response(200, stream=httpx.ByteStream(body[:self.replay_cut]),
-                                  headers=headers)
+            return httpx.Response(200, stream=Pieces(body[:self.replay_cut]), headers=headers)
         return httpx.Response(404, json={"error": "not_found", "detail": "no route"})
 
     def prefix_check(self, request: httpx.Request) -> httpx.Response:
@@ -101,6 +102,17 @@ class FakeGateway:
         assert int(request.headers["content-length"]) == len(body)
         self.data += body
         return httpx.Response(200, json={"offset": len(self.data), "chunk_count": 0})
+
+
+class Pieces(httpx.SyncByteStream):
+    """A body handed out a MiB at a time, as a node sends a replay."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        for at in range(0, len(self._body), MIB):
+            yield self._body[at:at + MIB]
 
 
 class _Served(BaseHTTPRequestHandler):
@@ -327,6 +339,58 @@ def test_replay_renames_only_a_complete_body(tmp_path: Path) -> None:
     assert info.value.code == "truncated"
     assert not (tmp_path / "short.bin").exists()
     assert not (tmp_path / "short.bin.part").exists()
+
+
+def test_a_replay_is_written_back_as_it_arrives_and_renamed_once_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    total = 2 * _client.WRITEBACK_EVERY + 3 * MIB + 5
+    gw = FakeGateway(data=bytearray(bytes(range(256)) * (total // 256) + b"x" * (total % 256)))
+    out = tmp_path / "out.bin"
+    part = tmp_path / "out.bin.part"
+    events: list[tuple[str, object, int]] = []  # (what, on what, bytes in the part file then)
+    real_fsync, real_replace = os.fsync, os.replace
+    start_writeback = _client._sync_file_range()
+    assert start_writeback is not None  # Linux
+
+    def writeback(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        events.append(("writeback", (offset, nbytes), os.fstat(fd).st_size))
+        return start_writeback(fd, offset, nbytes, flags)
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        is_part = os.path.samestat(os.fstat(fd), os.stat(part)) if part.exists() else False
+        events.append(("fsync", "part" if is_part else "other", os.fstat(fd).st_size))
+
+    def replace(src: Path, dst: Path) -> None:
+        events.append(("replace", (Path(src).name, Path(dst).name), 0))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(_client, "_sync_file_range", lambda: writeback)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert download_replay(client_for(gw, None), SID, out, byte_range=None,
+                           progress_enabled=False) == total
+    assert out.read_bytes() == gw.data
+    kicks = [(what, size) for kind, what, size in events if kind == "writeback"]
+    ends = [offset + n for (offset, n), _ in kicks]
+    assert [offset for (offset, _), _ in kicks] == [0, *ends[:-1]]  # each stretch once
+    assert all(n >= _client.WRITEBACK_EVERY and offset + n <= size
+               for (offset, n), size in kicks)  # behind the write position
+    assert len(kicks) == 2  # while the replay still arrived, not after it
+    assert [kind for kind, *_ in events[len(kicks):]] == ["fsync", "replace", "fsync"]
+    assert events[len(kicks)][1:] == ("part", total)  # the whole body, before the rename
+    assert events[len(kicks) + 1][1] == ("out.bin.part", "out.bin")
+    assert events[-1][1] == "other"  # the directory, after the rename
+
+
+def test_writeback_is_linuxs_sync_file_range(tmp_path: Path) -> None:
+    start_writeback = _client._sync_file_range()
+    assert start_writeback is not None
+    with (tmp_path / "f").open("wb") as fh:
+        fh.write(b"z" * MIB)
+        fh.flush()
+        assert start_writeback(fh.fileno(), 0, MIB, _client.SYNC_FILE_RANGE_WRITE) == 0
+        assert start_writeback(fh.fileno(), 0, MIB, 0x80) == -1  # a flag it does not know
 
 
 class Broken(httpx.SyncByteStream):

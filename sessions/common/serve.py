@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sessions.common.secrets import ConfigError
 
+# httpx imports its own command line (`httpx.main`: click, rich and pygments, where they are
+# installed) with itself; no service uses it, and it held ~4 MB of each one's resident set.
+# Every service's settings import this module before httpx (README, "Memory: one budget").
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: import refused
+
 if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI's import
     import asyncio
 
+    import uvicorn
     from fastapi import FastAPI
 
     from sessions.common.settings import CommonSettings
@@ -91,6 +98,22 @@ def http_protocol() -> type[asyncio.Protocol] | str:
     return BodyProtocol
 
 
+def uvicorn_config(app: FastAPI, settings: CommonSettings, *, cert: Path | None,
+                   key: Path | None) -> uvicorn.Config:
+    """Return how uvicorn serves a service: no WebSocket protocol (no route is one, and
+    loading it costs resident memory), no access log, TLS as the settings say."""
+    import uvicorn
+
+    client_ca = settings.tls_client_ca_file if cert is not None else None
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
+        http=http_protocol(), ws="none", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=10,
+        log_level=settings.log_level, server_header=False, ssl_certfile=cert, ssl_keyfile=key,
+        ssl_ca_certs=None if client_ca is None else str(client_ca),
+        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
+
+
 def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], FastAPI]) -> int:
     """Serve one service until it is stopped; return the exit status (2: bad configuration).
 
@@ -114,13 +137,7 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
         return 2
     import uvicorn
 
-    client_ca = settings.tls_client_ca_file if cert is not None else None
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
-        http=http_protocol(), access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-        log_level=settings.log_level, server_header=False, ssl_certfile=cert, ssl_keyfile=key,
-        ssl_ca_certs=None if client_ca is None else str(client_ca),
-        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
+    config = uvicorn_config(app, settings, cert=cert, key=key)
     server = uvicorn.Server(config)
     uds = settings.listen_uds
     if uds is None:

@@ -73,6 +73,12 @@ def test_a_compression_given_up_midway_leaves_the_compressor_usable() -> None:
         assert sealer.open(sealer.seal(text, index=i).data, index=i) == text
 
 
+def _mixed(head: bytes, size: int) -> bytes:
+    """Return `head`, then what compresses the other way: noise after zeros, zeros after noise."""
+    tail = os.urandom(size - len(head)) if head.count(0) == len(head) else bytes(size - len(head))
+    return head + tail
+
+
 @pytest.mark.parametrize("size", [2, 1000, MiB])
 def test_a_chunk_compressing_to_one_byte_less_is_compressed_otherwise_raw(size: int) -> None:
     """The frame is kept only when strictly shorter than the plaintext (format v1)."""
@@ -83,3 +89,19 @@ def test_a_chunk_compressing_to_one_byte_less_is_compressed_otherwise_raw(size: 
         payload = sealed.sealed_length - 32 - 16
         assert payload < size if sealed.compressed else payload == size
         assert sealer.open(sealed.data, index=0) == plaintext
+
+
+@pytest.mark.parametrize("head", ["zeros", "noise"])
+def test_a_chunk_whose_start_misleads_still_seals_by_its_whole(head: str) -> None:
+    """The way to compress is chosen by the chunk's start (one-shot after zeros, streamed
+    after noise), the frame is the whole chunk's either way, and both are kept: each is
+    shorter than the plaintext by about the zeros."""
+    size = 3 * MiB
+    start = bytes(512 << 10) if head == "zeros" else os.urandom(512 << 10)
+    plaintext = _mixed(start, size)
+    sealer = ChunkSealer(KEY, session_id=SID)
+    sealed = sealer.seal_into(plaintext, index=1, out=bytearray(sealed_length_bound(size)))
+    zeros = plaintext.count(0) - (size - plaintext.count(0)) // 256  # noise has some zeros
+    assert sealed.compressed
+    assert sealed.sealed_length - 32 - 16 < size - zeros + (64 << 10)
+    assert sealer.open(sealed.data, index=1) == plaintext

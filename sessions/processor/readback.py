@@ -246,6 +246,7 @@ class ChunkReader:
         then release the lease, however the stream ends."""
         try:
             piece = _cut(*first, rng)
+            del first  # else the first chunk's plaintext stays alive as long as the stream
             sent(len(piece))
             yield piece
             async for row, plain in rest:

@@ -43,6 +43,8 @@ S = TypeVar("S", bound="CommonSettings")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
 MAX_SOCKET_PATH = 107
 """Longest Unix socket path Linux takes (sun_path is 108 bytes with its NUL)."""
+UNIX_SEND_BUFFER = 4 << 20
+"""SO_SNDBUF of a Unix socket connection (Linux doubles it, and caps it at wmem_max)."""
 STARTUP_FAILURE = 3  # uvicorn's exit status when a server does not start
 HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit
 HEAP_TRIM_LIMIT = 16 << 20
@@ -190,3 +192,15 @@ def bind_unix(path: Path) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def widen_unix_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Raise the send buffer of a Unix socket connection to UNIX_SEND_BUFFER; others unchanged.
+
+    A Unix stream socket queues at most its send buffer (net.core.wmem_default,
+    ~208 KiB) at the peer: each write is then cut short and read in small pieces.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)

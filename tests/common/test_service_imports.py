@@ -6,7 +6,8 @@ its settings, its app, its lifespan) in a fresh interpreter with the embedded st
 process's life, so a driver or a library the configuration does not use is memory the
 budget (README, "Memory: one budget for the whole processor") pays for nothing: the
 MongoDB driver, the S3 client (obstore's Rust runtime), httpx's command line (rich,
-pygments) and uvicorn's WebSocket protocol (no route is a WebSocket).
+pygments), uvicorn's WebSocket protocol (no route is a WebSocket), and in storage,
+which calls no other service, httpx itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 from sessions.client.launcher import REPO
 
 UNUSED = ("pymongo", "bson", "obstore", "rich", "pygments", "websockets")
+CALLS_NO_SERVICE = ("httpx", "httpcore", "h11")
+"""Storage calls no other service: it has no use for an HTTP client."""
 
 PROBE = """
 import asyncio, importlib, json, sys
@@ -51,7 +54,11 @@ def test_a_service_loads_no_unused_backend(name: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout.splitlines()[-1]))
     assert {"fastapi", "uvicorn", "sessions"} <= loaded  # the probe did start the service
+    unused = set(UNUSED)
     if name == "storage":
         assert "sqlite3" in loaded  # the embedded metadata store was opened
-    assert not loaded & set(UNUSED), sorted(loaded & set(UNUSED))
+        unused |= set(CALLS_NO_SERVICE)
+    else:
+        assert "httpx" in loaded  # its client of the next service
+    assert not loaded & unused, sorted(loaded & unused)
 

@@ -19,7 +19,7 @@ import asyncio
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from sessions.common._wire import widen_unix_send_buffer
+from sessions.common.serve import widen_unix_send_buffer
 
 
 class PendingBody:

@@ -27,9 +27,7 @@ one place.  The public client API stays httpx's; tests still inject
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import socket
 import ssl
 import time
 from collections import deque
@@ -39,9 +37,10 @@ from typing import cast
 
 import httpx
 
+from sessions.common.serve import UNIX_SEND_BUFFER, widen_unix_send_buffer
 from sessions.common.tls import tls_failure
 
-__all__ = ["MAX_HEAD", "WireTransport", "parse_response_head"]
+__all__ = ["MAX_HEAD", "UNIX_SEND_BUFFER", "WireTransport", "parse_response_head"]
 
 MAX_HEAD = 64 << 10
 """Longest response head (status line and headers) accepted."""
@@ -53,8 +52,6 @@ gateway under 32 concurrent relays (tests/e2e/test_memory_budget.py); less
 read-ahead means more pauses and resumes of the socket."""
 WRITE_AHEAD = 256 << 10
 """Bytes queued in the socket's transport before a body write waits for it to drain."""
-UNIX_SEND_BUFFER = 4 << 20
-"""SO_SNDBUF of a Unix socket connection (Linux doubles it, and caps it at wmem_max)."""
 _CHUNK_LINE = 4096
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([\t \x21-\x7e\x80-\xff]*))?")
@@ -65,18 +62,6 @@ _DIGITS = re.compile(rb"[0-9]{1,20}")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
 """A chunk-size line without its CRLF; extensions are skipped unread, as h11 does."""
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def widen_unix_send_buffer(transport: asyncio.BaseTransport) -> None:
-    """Raise the send buffer of a Unix socket connection to UNIX_SEND_BUFFER; others unchanged.
-
-    A Unix stream socket queues at most its send buffer (net.core.wmem_default,
-    ~208 KiB) at the peer: each write is then cut short and read in small pieces.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family == socket.AF_UNIX:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
 
 
 class _Wire(asyncio.Protocol):

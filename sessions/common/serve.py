@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sessions.common.secrets import ConfigError
 
+# httpx imports its own command line (`httpx.main`: click, rich and pygments, where they are
+# installed) with itself; no service uses it, and it held ~4 MB of each one's resident set.
+# Every service's settings import this module before httpx (README, "Memory: one budget").
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: import refused
+
 if TYPE_CHECKING:  # the CLI imports tune_allocator: it must not pay for FastAPI's import
     import asyncio
 
+    import uvicorn
     from fastapi import FastAPI
 
     from sessions.common.settings import CommonSettings
@@ -36,6 +43,8 @@ S = TypeVar("S", bound="CommonSettings")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt, <malloc.h>
 MAX_SOCKET_PATH = 107
 """Longest Unix socket path Linux takes (sun_path is 108 bytes with its NUL)."""
+UNIX_SEND_BUFFER = 4 << 20
+"""SO_SNDBUF of a Unix socket connection (Linux doubles it, and caps it at wmem_max)."""
 STARTUP_FAILURE = 3  # uvicorn's exit status when a server does not start
 HEAP_BLOCK_LIMIT = 32 << 20  # glibc's largest mmap threshold on 64-bit
 HEAP_TRIM_LIMIT = 16 << 20
@@ -91,6 +100,22 @@ def http_protocol() -> type[asyncio.Protocol] | str:
     return BodyProtocol
 
 
+def uvicorn_config(app: FastAPI, settings: CommonSettings, *, cert: Path | None,
+                   key: Path | None) -> uvicorn.Config:
+    """Return how uvicorn serves a service: no WebSocket protocol (no route is one, and
+    loading it costs resident memory), no access log, TLS as the settings say."""
+    import uvicorn
+
+    client_ca = settings.tls_client_ca_file if cert is not None else None
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
+        http=http_protocol(), ws="none", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=10,
+        log_level=settings.log_level, server_header=False, ssl_certfile=cert, ssl_keyfile=key,
+        ssl_ca_certs=None if client_ca is None else str(client_ca),
+        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
+
+
 def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], FastAPI]) -> int:
     """Serve one service until it is stopped; return the exit status (2: bad configuration).
 
@@ -114,13 +139,7 @@ def serve(name: str, load_settings: Callable[[], S], create_app: Callable[[S], F
         return 2
     import uvicorn
 
-    client_ca = settings.tls_client_ca_file if cert is not None else None
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop=_pick("uvloop", "asyncio"),
-        http=http_protocol(), access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-        log_level=settings.log_level, server_header=False, ssl_certfile=cert, ssl_keyfile=key,
-        ssl_ca_certs=None if client_ca is None else str(client_ca),
-        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED)
+    config = uvicorn_config(app, settings, cert=cert, key=key)
     server = uvicorn.Server(config)
     uds = settings.listen_uds
     if uds is None:
@@ -173,3 +192,15 @@ def bind_unix(path: Path) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def widen_unix_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Raise the send buffer of a Unix socket connection to UNIX_SEND_BUFFER; others unchanged.
+
+    A Unix stream socket queues at most its send buffer (net.core.wmem_default,
+    ~208 KiB) at the peer: each write is then cut short and read in small pieces.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)

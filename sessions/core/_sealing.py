@@ -18,6 +18,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from enum import IntFlag
+from typing import IO, cast
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -230,6 +231,58 @@ def _compress_if_smaller(view: memoryview, level: int) -> tuple[bytes | memoryvi
     return view, ChunkFlags.NONE
 
 
+class _Filler:
+    """A write-only sink that fills `target` from its start; a write past its end raises
+    _NotSmaller (zstd's stream writer hands it the frame piece by piece)."""
+
+    __slots__ = ("filled", "target")
+
+    def __init__(self, target: memoryview) -> None:
+        self.target, self.filled = target, 0
+
+    def write(self, data: bytes) -> int:
+        end = self.filled + len(data)
+        if end > self.target.nbytes:
+            raise _NotSmaller
+        self.target[self.filled:end] = data
+        self.filled = end
+        return len(data)
+
+
+class _NotSmaller(Exception):  # noqa: N818 - a signal inside this module, never raised out
+    """The zstd frame would not be shorter than its plaintext."""
+
+
+_SAMPLE = 256 << 10
+"""Bytes at the start of a chunk compressed first, to choose how the whole is compressed."""
+
+
+def _compress_into(view: memoryview, level: int, target: memoryview) -> bytes | int | None:
+    """Return the zstd frame of `view` if it is strictly shorter than `view`, else None.
+
+    The frame is returned either as bytes or as its length once written at the start of
+    `target` (len(target) >= len(view) - 1; its content is unspecified after None).
+    One-shot compression writes the frame to a new buffer that a chunk compressing
+    badly fills almost whole: memory outside the processor's budget (README, "Memory:
+    one budget for the whole processor").  So unless the chunk's first `_SAMPLE` bytes
+    compress to under half, the frame is streamed into `target` instead (streaming costs
+    a little more CPU: it copies its input through zstd's window).  A compression given
+    up midway leaves the thread's compressor to the next frame, which starts afresh.
+    """
+    cctx = _compressor(level)
+    if view.nbytes > _SAMPLE and len(cctx.compress(view[:_SAMPLE])) < _SAMPLE // 2:
+        frame = cctx.compress(view)
+        return frame if len(frame) < view.nbytes else None
+    sink = _Filler(target[:view.nbytes - 1])
+    writer = cctx.stream_writer(cast("IO[bytes]", sink), size=view.nbytes)
+    try:  # not closed: closing would append another (empty) frame
+        writer.write(view)
+        writer.flush(zstandard.FLUSH_FRAME)
+    except _NotSmaller:
+        return None
+    return sink.filled
+
+
 def sealed_length_bound(plaintext_length: int) -> int:
     """Return the longest sealed chunk a plaintext of this length can become.
 
@@ -265,22 +318,40 @@ def _seal_with_nonce(
         raise ValueError(f"chunk plaintext must be at most {MAX_PLAINTEXT_LENGTH} bytes")
     if out is not None and len(out) < sealed_length_bound(length):
         raise ValueError(f"the output buffer must hold {sealed_length_bound(length)} bytes")
-    payload, flags = _compress_if_smaller(view, zstd_level)
-    header = ChunkHeader(FORMAT_VERSION, flags, index, length, nonce).to_bytes()
-    aad = chunk_aad(session_id, header)
     data: bytes | memoryview
     if out is None:
-        ct_and_tag = aead.encrypt(nonce, payload, aad)
+        payload, flags = _compress_if_smaller(view, zstd_level)
+        header = ChunkHeader(FORMAT_VERSION, flags, index, length, nonce).to_bytes()
+        ct_and_tag = aead.encrypt(nonce, payload, chunk_aad(session_id, header))
         data = b"".join((header, ct_and_tag))
-        del ct_and_tag  # free before hashing: keeps about one chunk alive, not three
+        del ct_and_tag, payload  # free before hashing: keeps about one chunk alive, not three
     else:
-        end = HEADER_SIZE + len(payload) + TAG_SIZE
-        target = memoryview(out)[:end]
-        target[:HEADER_SIZE] = header
-        aead.encrypt_into(nonce, payload, aad, target[HEADER_SIZE:])
-        data = target
-    del payload
+        data, flags = _seal_in_place(aead, memoryview(out), session_id=session_id,
+                                     index=index, view=view, nonce=nonce, zstd_level=zstd_level)
     return SealedChunk(index, data, length, bool(flags), leaf_hash(data))
+
+
+def _seal_in_place(aead: AESGCM, out: memoryview, *, session_id: str, index: int,
+                   view: memoryview, nonce: bytes, zstd_level: int
+                   ) -> tuple[memoryview, ChunkFlags]:
+    """Return the view of `out` the chunk was sealed into, and its flags.
+
+    The zstd frame, if shorter, is encrypted from where `_compress_into` put it: a
+    frame streamed into `out` where its ciphertext goes is encrypted there in place (GCM
+    takes the same buffer as input and output).  Otherwise the plaintext is encrypted
+    from `view`.  Precondition: len(out) >= sealed_length_bound(len(view)).
+    """
+    length = view.nbytes
+    body = out[HEADER_SIZE:]
+    packed = _compress_into(view, zstd_level, body) if length else None
+    payload: bytes | memoryview = view if packed is None else (
+        body[:packed] if isinstance(packed, int) else packed)
+    flags = ChunkFlags.NONE if packed is None else ChunkFlags.COMPRESSED
+    header = ChunkHeader(FORMAT_VERSION, flags, index, length, nonce).to_bytes()
+    target = out[:HEADER_SIZE + len(payload) + TAG_SIZE]
+    target[:HEADER_SIZE] = header
+    aead.encrypt_into(nonce, payload, chunk_aad(session_id, header), target[HEADER_SIZE:])
+    return target, flags
 
 
 class ChunkSealer:

@@ -54,12 +54,12 @@ class Settings(CommonSettings):
     inflight_chunks: int = Field(2, ge=1, le=16, description="sealed chunks being stored at once "
                                  "while the next one is sealed")
     seal_workers: int = Field(1, ge=1, le=16, description="chunks sealed (or opened) at once, "
-                              "each on its own thread; 2 adds ~12 MB of peak RSS and helps "
-                              "only where cores are idle")
+                              "each on its own thread with its own zstd context (peak RSS: "
+                              "README, Memory); more help only where cores are idle")
     memory_budget_mb: int = Field(
         48, ge=8, le=1 << 20, description="MiB of chunk buffers the processor holds at most, "
         "shared by all uploads, replays and verifies at once; beyond it they wait their turn "
-        "(sized for a Pi 5: with the service's own ~75 MB it stays under 150 MB)")
+        "(sized for a Pi 5: with the service's own ~73 MB it stays under 150 MB)")
     prefetch_chunks: int = Field(3, ge=0, le=16, description="chunks fetched ahead on replay")
     scrub_interval: float = Field(3600.0, ge=0, le=30 * 86400, description="seconds between "
                                   "background scrub passes (a sampled verify of stored "

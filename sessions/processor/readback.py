@@ -128,17 +128,18 @@ class ChunkReader:
 
         Each chunk in flight holds a sealed buffer; each worker opening one, a payload
         buffer; a reader handing out plaintext also holds each opened chunk and the one
-        being sent (outside the pools).  The caller releases the lease.
+        being sent, one examining chunks the plaintext each worker opens and drops
+        (outside the pools).  The caller releases the lease.
         """
         sealed, workers = self._pool.size, max(1, self._res.workers)
         task = sealed + (self._chunk_size if plaintext else 0)
-        fixed = workers * sealed + (self._chunk_size if plaintext else 0)
+        opened = self._chunk_size if plaintext else workers * self._chunk_size
+        fixed = workers * sealed + opened
         most = min(self._res.prefetch + 2, max(chunks, 1))
         lease = await self._res.budget.lease(fixed + most * task,
                                              least=fixed + min(2, most) * task)
         tasks = max(1, min(most, (lease.size - fixed) // task))
-        if plaintext:
-            lease.hold_unpooled((tasks + 1) * self._chunk_size)
+        lease.hold_unpooled((tasks + 1) * self._chunk_size if plaintext else opened)
         return lease, tasks
 
     # -- 2. fetching ahead -------------------------------------------------------------------
@@ -246,6 +247,7 @@ class ChunkReader:
         then release the lease, however the stream ends."""
         try:
             piece = _cut(*first, rng)
+            del first  # else the first chunk's plaintext stays alive as long as the stream
             sent(len(piece))
             yield piece
             async for row, plain in rest:

@@ -412,8 +412,12 @@ def test_seal_into_writes_an_openable_chunk_into_the_buffer(plaintext: bytes) ->
     assert sealed.leaf_hash == hashlib.sha256(b"\x00" + bytes(sealed.data)).digest()
     assert sealer.open(sealed.data, index=5) == plaintext
     reference = sealer.seal(plaintext, index=5)  # same layout as seal, but a fresh nonce
-    assert (n, sealed.compressed, sealed.plaintext_length) == (
-        reference.sealed_length, reference.compressed, reference.plaintext_length)
+    assert (sealed.compressed, sealed.plaintext_length) == (
+        reference.compressed, reference.plaintext_length)
+    # the zstd frame is streamed into `out`, so it may differ from seal's by a few bytes
+    assert abs(n - reference.sealed_length) <= 16
+    if not sealed.compressed:
+        assert n == reference.sealed_length
 
 
 def test_seal_into_a_reused_buffer_leaves_no_trace_of_the_previous_chunk() -> None:

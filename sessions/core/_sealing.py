@@ -253,28 +253,18 @@ class _NotSmaller(Exception):  # noqa: N818 - a signal inside this module, never
     """The zstd frame would not be shorter than its plaintext."""
 
 
-_SAMPLE = 256 << 10
-"""Bytes at the start of a chunk compressed first, to choose how the whole is compressed."""
+def _compress_into(view: memoryview, level: int, target: memoryview) -> int | None:
+    """Return the length of the zstd frame of `view` written at the start of `target`, or
+    None if it is not strictly shorter than `view` (target's content is then unspecified).
 
-
-def _compress_into(view: memoryview, level: int, target: memoryview) -> bytes | int | None:
-    """Return the zstd frame of `view` if it is strictly shorter than `view`, else None.
-
-    The frame is returned either as bytes or as its length once written at the start of
-    `target` (len(target) >= len(view) - 1; its content is unspecified after None).
-    One-shot compression writes the frame to a new buffer that a chunk compressing
-    badly fills almost whole: memory outside the processor's budget (README, "Memory:
-    one budget for the whole processor").  So unless the chunk's first `_SAMPLE` bytes
-    compress to under half, the frame is streamed into `target` instead (streaming costs
-    a little more CPU: it copies its input through zstd's window).  A compression given
-    up midway leaves the thread's compressor to the next frame, which starts afresh.
+    The frame goes straight to `target` (len(target) >= len(view) - 1) instead of into
+    a new buffer as long as the plaintext (one-shot compression), which an incompressible
+    chunk fills: memory outside the processor's budget (README, "Memory: one budget for
+    the whole processor").  A compression given up midway leaves the thread's compressor
+    to the next frame, which starts afresh.
     """
-    cctx = _compressor(level)
-    if view.nbytes > _SAMPLE and len(cctx.compress(view[:_SAMPLE])) < _SAMPLE // 2:
-        frame = cctx.compress(view)
-        return frame if len(frame) < view.nbytes else None
     sink = _Filler(target[:view.nbytes - 1])
-    writer = cctx.stream_writer(cast("IO[bytes]", sink), size=view.nbytes)
+    writer = _compressor(level).stream_writer(cast("IO[bytes]", sink), size=view.nbytes)
     try:  # not closed: closing would append another (empty) frame
         writer.write(view)
         writer.flush(zstandard.FLUSH_FRAME)
@@ -336,19 +326,17 @@ def _seal_in_place(aead: AESGCM, out: memoryview, *, session_id: str, index: int
                    ) -> tuple[memoryview, ChunkFlags]:
     """Return the view of `out` the chunk was sealed into, and its flags.
 
-    The zstd frame, if shorter, is encrypted from where `_compress_into` put it: a
-    frame streamed into `out` where its ciphertext goes is encrypted there in place (GCM
-    takes the same buffer as input and output).  Otherwise the plaintext is encrypted
-    from `view`.  Precondition: len(out) >= sealed_length_bound(len(view)).
+    The zstd frame, if shorter, is written where its ciphertext goes and encrypted there
+    in place (GCM takes the same buffer as input and output); otherwise the plaintext is
+    encrypted from `view`.  Precondition: len(out) >= sealed_length_bound(len(view)).
     """
     length = view.nbytes
     body = out[HEADER_SIZE:]
     packed = _compress_into(view, zstd_level, body) if length else None
-    payload: bytes | memoryview = view if packed is None else (
-        body[:packed] if isinstance(packed, int) else packed)
+    payload = view if packed is None else body[:packed]
     flags = ChunkFlags.NONE if packed is None else ChunkFlags.COMPRESSED
     header = ChunkHeader(FORMAT_VERSION, flags, index, length, nonce).to_bytes()
-    target = out[:HEADER_SIZE + len(payload) + TAG_SIZE]
+    target = out[:HEADER_SIZE + payload.nbytes + TAG_SIZE]
     target[:HEADER_SIZE] = header
     aead.encrypt_into(nonce, payload, chunk_aad(session_id, header), target[HEADER_SIZE:])
     return target, flags

@@ -93,9 +93,9 @@ def test_a_chunk_compressing_to_one_byte_less_is_compressed_otherwise_raw(size: 
 
 @pytest.mark.parametrize("head", ["zeros", "noise"])
 def test_a_chunk_whose_start_misleads_still_seals_by_its_whole(head: str) -> None:
-    """The way to compress is chosen by the chunk's start (one-shot after zeros, streamed
-    after noise), the frame is the whole chunk's either way, and both are kept: each is
-    shorter than the plaintext by about the zeros."""
+    """Streamed into the buffer, the frame is the whole chunk's whatever its start (zeros
+    then noise, noise then zeros), and both are kept: each is shorter than the plaintext
+    by about the zeros."""
     size = 3 * MiB
     start = bytes(512 << 10) if head == "zeros" else os.urandom(512 << 10)
     plaintext = _mixed(start, size)

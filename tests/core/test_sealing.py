@@ -420,6 +420,24 @@ def test_seal_into_writes_an_openable_chunk_into_the_buffer(plaintext: bytes) ->
         assert n == reference.sealed_length
 
 
+@pytest.mark.parametrize("plaintext", [compressible(3 * MiB), incompressible(MiB + 7)],
+                         ids=["compressible", "incompressible"])
+def test_sealing_in_place_is_sealing_from_another_buffer(plaintext: bytes) -> None:
+    """seal_into encrypts the zstd frame where it streamed it (input and output the same
+    buffer): the ciphertext and tag are those of encrypting that frame from a separate
+    buffer, so a library that stopped allowing it in place fails here."""
+    nonce = bytes(range(12))
+    out = bytearray(sealed_length_bound(len(plaintext)))
+    sealed = _seal_with_nonce(AESGCM(KEY), session_id=SID, index=3, plaintext=plaintext,
+                              nonce=nonce, zstd_level=3, out=out)
+    header, body = bytes(sealed.data[:32]), bytes(sealed.data[32:])
+    payload = AESGCM(KEY).decrypt(nonce, body, chunk_aad(SID, header))
+    assert AESGCM(KEY).encrypt(nonce, payload, chunk_aad(SID, header)) == body
+    frame_or_plain = zstandard.ZstdDecompressor().decompress(payload) if sealed.compressed \
+        else payload
+    assert frame_or_plain == plaintext
+
+
 def test_seal_into_a_reused_buffer_leaves_no_trace_of_the_previous_chunk() -> None:
     sealer = ChunkSealer(KEY, session_id=SID)
     out = bytearray(sealed_length_bound(MiB))

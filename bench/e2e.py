@@ -73,6 +73,7 @@ from bench.harness import (
     MetadataServer,
     Plan,
     cli_startup,
+    compile_package,
     iter_input,
     loud,
     run_round,
@@ -320,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
                   f"{plan.chunk_store}, paths {plan.paths}, "
                   f"service env {plan.service_env or '(defaults)'}")
             if "cli" in plan.paths:
+                compile_package()
                 startup = cli_startup()
             ref_data = b""
             if plan.ref_mib:

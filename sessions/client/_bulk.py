@@ -26,7 +26,6 @@ an https gateway is reached through httpx.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import IO
 
 import httpx
 
-from sessions.common._wire import MAX_HEAD, _framing, _head, parse_response_head
+from sessions.common._http1 import _CONTROL, MAX_HEAD, _framing, _head, parse_response_head
 
 __all__ = ["Exchange", "Reply"]
 
@@ -48,7 +47,6 @@ MAX_ANSWER = 1 << 20
 """Largest body read into memory (a JSON answer or an error); a replay goes to a file."""
 
 Sink = Callable[[memoryview], None]
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 """Refused in a trailer's value, as the service transport refuses it (h11 does not)."""
 
 

@@ -37,13 +37,19 @@ from typing import cast
 
 import httpx
 
-from sessions.common.serve import UNIX_SEND_BUFFER, widen_unix_send_buffer
+from sessions.common._http1 import (
+    MAX_HEAD,
+    _checked_framing,
+    _fields,
+    _framing,
+    _head,
+    parse_response_head,
+)
+from sessions.common.serve import widen_unix_send_buffer
 from sessions.common.tls import tls_failure
 
-__all__ = ["MAX_HEAD", "UNIX_SEND_BUFFER", "WireTransport", "parse_response_head"]
+__all__ = ["WireTransport"]
 
-MAX_HEAD = 64 << 10
-"""Longest response head (status line and headers) accepted."""
 READ_AHEAD = 256 << 10
 """Received bytes buffered before the socket stops being read (a slow consumer).
 
@@ -54,14 +60,8 @@ WRITE_AHEAD = 256 << 10
 """Bytes queued in the socket's transport before a body write waits for it to drain."""
 _CHUNK_LINE = 4096
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([\t \x21-\x7e\x80-\xff]*))?")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
-"""A field value without its surrounding whitespace: VCHAR and obs-text (RFC 9110 5.5)."""
-_DIGITS = re.compile(rb"[0-9]{1,20}")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
 """A chunk-size line without its CRLF; extensions are skipped unread, as h11 does."""
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Wire(asyncio.Protocol):
@@ -463,98 +463,3 @@ async def _send(wire: _Wire, request: httpx.Request, seconds: float | None) -> b
         raise httpx.LocalProtocolError("the request body is shorter than its length")
     await wire.drain(seconds)
     return True
-
-
-def _head(request: httpx.Request) -> bytes:
-    """Return the request line and headers; raise LocalProtocolError on one that could split."""
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-    for name, value in request.headers.raw:
-        if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value.strip(b" \t")) is None:
-            raise httpx.LocalProtocolError("a request header has an illegal name or value")
-        lines.append(b"%s: %s" % (name, value))
-    if _CONTROL.search(lines[0]):
-        raise httpx.LocalProtocolError("the request target has an illegal character")
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
-
-
-def parse_response_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
-    """Return (status, reason, headers, keep-alive) of a response head ending in CRLF CRLF.
-
-    Raises httpx.RemoteProtocolError on a malformed status line or header field.
-    """
-    status_line, *lines = head[:-4].split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(status_line)
-    if match is None:
-        raise httpx.RemoteProtocolError("the upstream sent a malformed status line")
-    headers = _checked_framing(_fields(lines))
-    connection = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
-    keep_alive = match.group(1) != b"0" and b"close" not in connection
-    return int(match.group(2)), match.group(3) or b"", headers, keep_alive
-
-
-def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
-    """Return the (name, value) pairs of a head's or a trailer's field lines.
-
-    A line starting with whitespace continues the previous one (obs-fold, joined
-    with a space as RFC 9112 section 5.2 asks of a recipient).  Raises
-    httpx.RemoteProtocolError on a name that is not a token or a value with a
-    control character.
-    """
-    unfolded: list[bytes] = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not unfolded:
-                raise httpx.RemoteProtocolError("the upstream sent a malformed header")
-            unfolded[-1] += b" " + line.lstrip(b" \t")
-        else:
-            unfolded.append(line)
-    headers: list[tuple[bytes, bytes]] = []
-    for field in unfolded:
-        name, sep, value = field.partition(b":")
-        value = value.strip(b" \t")
-        if not sep or _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
-            raise httpx.RemoteProtocolError("the upstream sent a malformed header")
-        headers.append((name, value))
-    return headers
-
-
-def _checked_framing(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Return a field section with one Content-Length and a lower-case coding, as h11 keeps them.
-
-    Raises httpx.RemoteProtocolError on any transfer coding but a lone `chunked`, on
-    Content-Length together with Transfer-Encoding (RFC 9112 section 6.3: a
-    message that could be framed two ways), and on conflicting or invalid lengths.
-    """
-    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
-    lengths = [v for n, v in headers if n.lower() == b"content-length"]
-    if codings and lengths:
-        raise httpx.RemoteProtocolError("the upstream sent both Content-Length and "
-                                        "Transfer-Encoding")
-    if codings and (len(codings) != 1 or codings[0].lower() != b"chunked"):
-        raise httpx.RemoteProtocolError("the upstream sent an unsupported transfer coding")
-    if not lengths:
-        return [(n, v.lower() if codings and n.lower() == b"transfer-encoding" else v)
-                for n, v in headers]
-    values = {v.strip(b" \t") for field in lengths for v in field.split(b",")}
-    if len(values) != 1 or _DIGITS.fullmatch(length := values.pop()) is None:
-        raise httpx.RemoteProtocolError("the upstream sent an invalid Content-Length")
-    first = next(i for i, (n, _) in enumerate(headers) if n.lower() == b"content-length")
-    return [(n, length if i == first else v) for i, (n, v) in enumerate(headers)
-            if i == first or n.lower() != b"content-length"]
-
-
-def _framing(method: str, status: int,
-             headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
-    """Return (Content-Length or None, chunked) for a response body (RFC 9112 section 6.3).
-
-    `headers` went through _checked_framing: one length at most, or `chunked` alone.
-    """
-    if method == "HEAD" or status in (204, 304) or status < 200:
-        return 0, False
-    for name, value in headers:
-        if name.lower() == b"transfer-encoding":
-            return None, True
-        if name.lower() == b"content-length":
-            return int(value), False
-    return None, False

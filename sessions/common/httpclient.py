@@ -16,7 +16,8 @@ import ssl
 import httpcore
 import httpx
 
-from sessions.common._wire import MAX_HEAD, WireTransport, parse_response_head
+from sessions.common._http1 import MAX_HEAD, parse_response_head
+from sessions.common._wire import WireTransport
 from sessions.common.settings import Transport
 
 __all__ = ["KEEPALIVE_EXPIRY", "MAX_HEAD", "READ_SIZE", "parse_response_head",

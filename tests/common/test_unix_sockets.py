@@ -24,10 +24,10 @@ from starlette.types import Receive, Scope, Send
 
 from sessions.api import config as api_config
 from sessions.client.launcher import Node
-from sessions.common._wire import UNIX_SEND_BUFFER, WireTransport
+from sessions.common._wire import WireTransport
 from sessions.common.httpclient import service_transport
 from sessions.common.secrets import ConfigError
-from sessions.common.serve import MAX_SOCKET_PATH, bind_unix, http_protocol
+from sessions.common.serve import MAX_SOCKET_PATH, UNIX_SEND_BUFFER, bind_unix, http_protocol
 from sessions.common.settings import Transport, load
 from sessions.processor import config as processor_config
 from sessions.storage import config as storage_config

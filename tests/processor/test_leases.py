@@ -143,15 +143,23 @@ async def _stalling(first: bytes, rest: bytes, gate: asyncio.Event) -> AsyncIter
     yield rest
 
 
+async def _stalled_upload(stack: Stack, sid: str, data: bytes,
+                          gate: asyncio.Event) -> asyncio.Task[httpx.Response]:
+    """Start one PATCH of `data` that stalls after its first chunk until `gate` is set;
+    return its task once that first chunk is committed (the writer holds the lease)."""
+    upload = asyncio.create_task(stack.api.patch(
+        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
+        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
+    await stack.committed(sid, MIB)
+    return upload
+
+
 async def test_renewals_keep_the_lease_past_its_seconds_while_a_body_stalls(
         stack: Stack) -> None:
     sid = await stack.new()
     data = session_bytes(2 * MIB + 3, seed=2)
     gate = asyncio.Event()
-    upload = asyncio.create_task(stack.api.patch(
-        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
-        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
-    await stack.committed(sid, MIB)
+    upload = await _stalled_upload(stack, sid, data, gate)
     await asyncio.sleep(2.5)  # 2.5 lease lengths: only the renewals keep it
     other = await stack.storage.post(f"/sessions/{sid}/lease",
                                      json={"holder": "other-proc", "ttl_seconds": 60})
@@ -165,10 +173,7 @@ async def test_a_lease_taken_over_mid_upload_is_a_clean_409(stack: Stack) -> Non
     sid = await stack.new()
     data = session_bytes(3 * MIB + 3, seed=3)
     gate = asyncio.Event()
-    upload = asyncio.create_task(stack.api.patch(
-        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
-        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
-    await stack.committed(sid, MIB)
+    upload = await _stalled_upload(stack, sid, data, gate)
     # as if this processor had stalled past its lease: it lapses, another writer takes over
     db = sqlite3.connect(stack.data_dir / "storage" / "metadata.sqlite3")
     with db:
@@ -238,10 +243,7 @@ async def test_a_hold_set_mid_upload_survives_the_writer_s_later_commits(stack: 
     key_before = (await stack.storage.get(f"/sessions/{sid}")).json()["wrapped_key"]["key_id"]
     data = session_bytes(3 * MIB + 11, seed=5)
     gate = asyncio.Event()
-    upload = asyncio.create_task(stack.api.patch(
-        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
-        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
-    await stack.committed(sid, MIB)
+    upload = await _stalled_upload(stack, sid, data, gate)
     held = await stack.api.put(f"/sessions/{sid}/hold")
     assert held.status_code == 200 and held.json()["legal_hold"] is True, held.text
     gate.set()
@@ -261,10 +263,7 @@ async def test_an_operator_s_state_change_mid_upload_refuses_the_writer_s_next_c
     sid = await stack.new()
     data = session_bytes(3 * MIB + 3, seed=6)
     gate = asyncio.Event()
-    upload = asyncio.create_task(stack.api.patch(
-        f"/sessions/{sid}/upload", content=_stalling(data[:MIB + 5], data[MIB + 5:], gate),
-        headers={**UPLOAD, "Upload-Offset": "0", "Content-Length": str(len(data))}))
-    await stack.committed(sid, MIB)
+    upload = await _stalled_upload(stack, sid, data, gate)
     assert stack.lease(sid)[1] is not None  # the writer holds the lease
     failed = await stack.storage.post(f"/sessions/{sid}/state", json={"to": "failed"})
     assert failed.status_code == 200, failed.text

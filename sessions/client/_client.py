@@ -33,6 +33,7 @@ import httpx
 from sessions.client import _bulk
 from sessions.common import checksums
 from sessions.common.checksums import Checksum
+from sessions.common.files import fsync_dir
 from sessions.common.states import SessionState
 from sessions.contract import operations as ops
 from sessions.contract.models import (
@@ -785,19 +786,13 @@ def download_replay(client: LucidClient, session_id: str, out: Path, *,
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make the entries of `directory` durable (a file renamed into it).
+    """Make the rename of the replay into `directory` durable.
 
     A directory this user may write but not read cannot be opened to sync: it is left
     as it is, since the file in it is complete and already fsync'd.
     """
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except PermissionError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(PermissionError):
+        fsync_dir(directory)
 
 
 WRITEBACK_EVERY = 8 * MIB

@@ -31,6 +31,7 @@ from sessions.common.errors import (
     PayloadTooLarge,
     TruncatedBody,
 )
+from sessions.common.files import fsync_dir
 from sessions.common.ids import check_session_id, is_session_id
 from sessions.core import LEAF_PREFIX
 from sessions.storage.errors import LeafHashMismatch, StorageFull, StorageUnavailable
@@ -348,7 +349,7 @@ class _StagedFile:
     def publish(self) -> None:
         os.replace(self.temp, self.final)
         try:
-            _fsync_dir(self.final.parent)
+            fsync_dir(self.final.parent)
         except OSError:
             # The rename is not durable, and the PUT fails: take the name back, so a chunk
             # never sits at its final name unless it was published.  Callers hold the
@@ -369,14 +370,6 @@ class _StagedFile:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dirs(path: Path) -> None:
     """Create path and its missing parents, fsyncing each parent that gained an entry."""
     if path.is_dir():
@@ -386,7 +379,7 @@ def _make_dirs(path: Path) -> None:
         path.mkdir(mode=0o700)
     except FileExistsError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _drop_cached(fd: int) -> None:
@@ -446,7 +439,7 @@ def _remove_files(session_dir: Path, names: list[str]) -> None:
         if _chunk_index(name) is not None:  # final chunk names only, never a path
             (session_dir / name).unlink(missing_ok=True)
     if names and session_dir.is_dir():
-        _fsync_dir(session_dir)
+        fsync_dir(session_dir)
 
 
 def _remove_tree(path: Path) -> None:
@@ -461,7 +454,7 @@ def _remove_tree(path: Path) -> None:
             raise
         break
     if path.parent.is_dir():
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _chunk_index(name: str) -> int | None:

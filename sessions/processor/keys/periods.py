@@ -10,12 +10,12 @@ is then undecryptable.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sessions.common.errors import ServiceError
+from sessions.common.files import fsync_dir
 from sessions.common.secrets import ConfigError, write_new_secret
 from sessions.core import KeyMaterialError, MasterKey
 
@@ -127,11 +127,7 @@ class PeriodKeys:
             path.unlink()
         except (FileNotFoundError, KeyMaterialError):
             return False
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.directory)
         log.warning("destroyed the key-encryption key of retention period %s: its sessions "
                     "are erased in every copy of the database", period)
         return True

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sessions.common.errors import KeyRotationRefused
+from sessions.common.files import fsync_dir
 from sessions.common.secrets import ConfigError, write_new_secret
 from sessions.core import (
     CoreError,
@@ -104,6 +105,7 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _write_history(path: Path, history: tuple[KeyPeriod, ...]) -> None:

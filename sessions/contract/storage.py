@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sessions.common.checksums import Checksum
 from sessions.common.evidence import AuditAppend, AuditHead, AuditPage
 from sessions.common.ids import SESSION_ID_DOC
 from sessions.common.models import (
@@ -348,10 +349,16 @@ def transition(sid: str, to: SessionState, allowed_from: Sequence[SessionState],
 
 
 def put_chunk(sid: str, index: int, *, length: int, leaf_hash: bytes,
+              checksum: Checksum | None = None,
               lease_token: int | None = None) -> Operation[None]:
-    """Stage a sealed chunk of `length` bytes; the caller's transport sends the body itself."""
+    """Stage a sealed chunk of `length` bytes; the caller's transport sends the body itself.
+
+    With a `checksum`, storage checks the body against it instead of hashing it again
+    for its leaf hash."""
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
                "X-Lucid-Leaf-Hash": leaf_hash.hex()}
+    if checksum is not None:
+        headers["Upload-Checksum"] = checksum.header
     if lease_token is not None:
         headers[LEASE_TOKEN_HEADER] = str(lease_token)
     return Operation("PUT", _session(sid, f"/chunks/{index}"), nothing, headers=headers)

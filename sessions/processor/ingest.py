@@ -56,10 +56,23 @@ class _Body:
 
 @dataclass(frozen=True, slots=True)
 class _Sealed:
-    """A sealed chunk and the pooled buffer its bytes live in (None: its own bytes)."""
+    """A sealed chunk, the pooled buffer its bytes live in (None: its own bytes), and the
+    CRC-32C storage checks them by (`STORE_CHECKSUM`)."""
 
     chunk: SealedChunk
     buffer: memoryview | None
+    checksum: Checksum
+
+
+STORE_CHECKSUM = "crc32c"
+"""What storage checks a sealed chunk's bytes by on arrival, instead of hashing them again
+for their leaf hash (storage's `BodyCheck` says why that is enough)."""
+
+
+def _checksum_of(data: bytes | memoryview) -> Checksum:
+    crc = hasher(STORE_CHECKSUM)
+    crc.update(data)
+    return Checksum(STORE_CHECKSUM, crc.digest())
 
 
 def lane_sizes(chunk_size: int, *, length: int | None) -> tuple[int, int]:
@@ -264,8 +277,10 @@ class Upload:
 
     def _seal_one(self, chunk: ChunkBuffer, index: int, buffer: memoryview | None) -> _Sealed:
         if buffer is None:
-            return _Sealed(self.sealer.seal(chunk, index=index), None)
-        return _Sealed(self.sealer.seal_into(chunk, index=index, out=buffer), buffer)
+            sealed = self.sealer.seal(chunk, index=index)
+        else:
+            sealed = self.sealer.seal_into(chunk, index=index, out=buffer)
+        return _Sealed(sealed, buffer, _checksum_of(sealed.data))
 
     async def _store(self, inq: asyncio.Queue[_Sealed | None]) -> None:
         """Store up to `inflight` chunks at once while a lander commits them in order.
@@ -283,7 +298,8 @@ class Upload:
             chunk = sealed.chunk
             try:
                 await self.storage.put_chunk(self.session.id, chunk.index, chunk.data,
-                                             chunk.leaf_hash, lease_token=self.lease_token)
+                                             chunk.leaf_hash, checksum=sealed.checksum,
+                                             lease_token=self.lease_token)
             finally:
                 slots.release()
                 self._lane.give_sealed(sealed.buffer)

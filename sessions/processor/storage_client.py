@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from sessions.common.checksums import Checksum
 from sessions.common.errors import (
     InvalidState,
     NotFound,
@@ -208,8 +209,11 @@ class StorageClient:
         return await self._answer(ops.transition(sid, to, allowed_from, lease_token))
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
-                        leaf_hash: bytes, *, lease_token: int | None = None) -> None:
+                        leaf_hash: bytes, *, checksum: Checksum | None = None,
+                        lease_token: int | None = None) -> None:
         """Stage a sealed chunk; a memoryview (of a pooled buffer) is sent without a copy.
+
+        With a `checksum` (of `data`), storage checks the bytes by it, not by the leaf hash.
 
         httpx takes only `bytes` or an iterable as content, so a view goes as a
         one-piece stream, which the wire transport writes straight to the socket.
@@ -217,7 +221,7 @@ class StorageClient:
         content: bytes | AsyncIterator[memoryview] = (
             data if isinstance(data, bytes) else _whole(data))
         op = ops.put_chunk(sid, index, length=len(data), leaf_hash=leaf_hash,
-                           lease_token=lease_token)
+                           checksum=checksum, lease_token=lease_token)
         await self._call(op, content)
 
     async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow],

@@ -2,9 +2,8 @@
 
 `ChunkStore` is all the routes know, so an S3-compatible store can drop in.
 `LocalChunkStore` lays chunks out as `<root>/chunks/<id[0:2]>/<id>/<index:010d>.lcs`.
-A chunk is written to a unique temp file beside its final name while its
-RFC 9162 leaf hash (SHA-256 of 0x00 || bytes, RFC 9162 section 2.1.1) is
-computed, fsync'd, dropped from the page cache, renamed into place and its
+A chunk is written to a unique temp file beside its final name while it is checked
+(`BodyCheck`), fsync'd, dropped from the page cache, renamed into place and its
 directory fsync'd: a file at a final name is always whole.  Ids and indexes are
 validated before any path is built from them.
 """
@@ -14,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import hmac
 import os
 import shutil
 import tempfile
@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
+from sessions.common.checksums import Checksum, Hasher, hasher
 from sessions.common.errors import (
     BadRequest,
     ChunkNotFound,
@@ -34,7 +35,12 @@ from sessions.common.errors import (
 from sessions.common.files import fsync_dir
 from sessions.common.ids import check_session_id, is_session_id
 from sessions.core import LEAF_PREFIX
-from sessions.storage.errors import LeafHashMismatch, StorageFull, StorageUnavailable
+from sessions.storage.errors import (
+    ChunkChecksumMismatch,
+    LeafHashMismatch,
+    StorageFull,
+    StorageUnavailable,
+)
 from sessions.storage.records import LEAF_HASH_SIZE, MAX_CHUNK_INDEX
 
 T = TypeVar("T")
@@ -60,6 +66,41 @@ class StoredChunk:
     """The store's own name of it (object key or file name), for `remove`."""
 
 
+class BodyCheck:
+    """The one integrity check of a chunk's bytes as they stream in, before any is kept.
+
+    Against the caller's `Upload-Checksum` when it sent one (the processor sends
+    crc32c), else against the chunk's RFC 9162 leaf hash (SHA-256 of 0x00 || bytes,
+    section 2.1.1).  Both guard the same thing: bytes damaged between the processor and
+    this store.  Neither authenticates anything (the caller states the leaf hash in the
+    same request), so a CRC does that job at a twentieth of SHA-256's CPU; what proves
+    a chunk is the processor's check of its leaf against the signed Merkle tree and of
+    its AES-GCM tag on every read.  With a checksum the leaf hash is recorded as stated.
+    """
+
+    __slots__ = ("_hash", "_want", "_error")
+
+    def __init__(self, leaf_hash: bytes, checksum: Checksum | None = None) -> None:
+        if len(leaf_hash) != LEAF_HASH_SIZE:
+            raise BadRequest("a leaf hash is 32 bytes")
+        self._hash: Hasher
+        self._error: type[ChunkChecksumMismatch | LeafHashMismatch]
+        if checksum is None:
+            self._hash, self._want = hashlib.sha256(LEAF_PREFIX), leaf_hash
+            self._error = LeafHashMismatch
+        else:
+            self._hash, self._want = hasher(checksum.algorithm), checksum.digest
+            self._error = ChunkChecksumMismatch
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)  # both kinds drop the GIL for large buffers
+
+    def verify(self) -> None:
+        """Raise LeafHashMismatch or ChunkChecksumMismatch unless the bytes had the digest."""
+        if not hmac.compare_digest(self._hash.digest(), self._want):
+            raise self._error()
+
+
 class ChunkStore(Protocol):
     """Sealed chunk bytes by (session id, index, leaf hash); raises `ServiceError`s only.
 
@@ -71,7 +112,8 @@ class ChunkStore(Protocol):
 
     async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                   expected_leaf_hash: bytes, max_bytes: int,
-                  expected_length: int | None = None, guard: Guard | None = None) -> int: ...
+                  expected_length: int | None = None, guard: Guard | None = None,
+                  checksum: Checksum | None = None) -> int: ...
     async def get(self, session_id: str, index: int, *, leaf_hash: bytes) -> bytes: ...
     async def stream(self, session_id: str, index: int, *,
                      leaf_hash: bytes) -> tuple[int, AsyncIterator[bytes]]: ...
@@ -148,24 +190,24 @@ class LocalChunkStore:
 
     async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                   expected_leaf_hash: bytes, max_bytes: int,
-                  expected_length: int | None = None, guard: Guard | None = None) -> int:
+                  expected_length: int | None = None, guard: Guard | None = None,
+                  checksum: Checksum | None = None) -> int:
         """Store body as chunk `index`; return its length once it is durable at its final name.
 
         Preconditions: len(expected_leaf_hash) == 32; the body's length <= max_bytes and
-        == expected_length when given; SHA-256(0x00 || body) == expected_leaf_hash.
+        == expected_length when given; it passes `BodyCheck(expected_leaf_hash, checksum)`.
         `guard`, if given, is entered around the rename, so a caller can re-check that the
         chunk may still be written and hold off a concurrent commit.  On any failure
         nothing is left behind, temp file included.
         """
         final = self.chunk_path(session_id, index)
-        if len(expected_leaf_hash) != LEAF_HASH_SIZE:
-            raise BadRequest("a leaf hash is 32 bytes")
+        check = BodyCheck(expected_leaf_hash, checksum)
         if expected_length is not None and expected_length > max_bytes:
             raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
-        staged = await _new_staged_file(final)
+        staged = await _new_staged_file(final, check)
         try:
             size = await _receive(staged, body, max_bytes)
-            _check_received(staged, size, expected_length, expected_leaf_hash)
+            _check_received(staged, size, expected_length)
             await _io(staged.sync)
             if guard is None:
                 await _io(staged.publish)
@@ -277,10 +319,10 @@ async def _pieces(f: BinaryIO, offset: int, length: int) -> AsyncIterator[bytes]
         f.close()
 
 
-async def _new_staged_file(final: Path) -> _StagedFile:
+async def _new_staged_file(final: Path, check: BodyCheck) -> _StagedFile:
     """Create the temp file on a worker thread; if the caller is cancelled meanwhile, the
     thread still finishes, and its temp file is removed then rather than left behind."""
-    work = asyncio.ensure_future(_io(_StagedFile, final))
+    work = asyncio.ensure_future(_io(_StagedFile, final, check))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -311,34 +353,29 @@ async def _receive(staged: _StagedFile, body: AsyncIterable[bytes], max_bytes: i
     return total
 
 
-def _check_received(staged: _StagedFile, size: int, expected_length: int | None,
-                    expected_leaf_hash: bytes) -> None:
+def _check_received(staged: _StagedFile, size: int, expected_length: int | None) -> None:
     if expected_length is not None and size < expected_length:
         raise TruncatedBody()
     if size == 0:
         raise BadRequest("a sealed chunk is never empty")
-    if staged.digest() != expected_leaf_hash:
-        raise LeafHashMismatch()
+    staged.check.verify()
 
 
 class _StagedFile:
-    """A temp file beside `final` that hashes what it is given; used from worker threads."""
+    """A temp file beside `final` that checks what it is given; used from worker threads."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, check: BodyCheck) -> None:
         _make_dirs(final.parent)
         fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.",
                                     suffix=TEMP_SUFFIX)
         self.final = final
         self.temp = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256(LEAF_PREFIX)
+        self.check = check
 
     def write(self, data: bytes) -> None:
-        self._hash.update(data)  # hashlib drops the GIL for large buffers
+        self.check.update(data)
         self._file.write(data)
-
-    def digest(self) -> bytes:
-        return self._hash.digest()
 
     def sync(self) -> None:
         self._file.flush()

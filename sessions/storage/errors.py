@@ -13,6 +13,14 @@ class LeafHashMismatch(ServiceError):
     detail = "the chunk's bytes do not match X-Lucid-Leaf-Hash; nothing was stored"
 
 
+class ChunkChecksumMismatch(ServiceError):
+    """The streamed bytes do not have the Upload-Checksum the caller stated."""
+
+    status = 400
+    code = "chunk_checksum_mismatch"
+    detail = "the chunk's bytes do not match its Upload-Checksum; nothing was stored"
+
+
 class ChunkCommitted(ServiceError):
     """A PUT targets an index that is already committed; committed chunks are immutable."""
 

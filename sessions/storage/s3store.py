@@ -17,11 +17,12 @@ content-addressed, so a conditional PUT that finds it present (412) finds the ve
 bytes; it is then written again, plainly, so that its LastModified is fresh for the
 commit that follows (`stat` reports the age a commit is judged by).
 
-The body is gathered in memory (at most `max_bytes`, one sealed chunk; one copy, hashed
-as it arrives) before anything is uploaded: no object is ever visible under a leaf hash
-it does not have.  The bodies gathered at once share one byte budget (`buffer_bytes`,
-`LUCID_S3_PUT_BUFFER_MB`): a PUT that would pass it waits, before reading its body, for
-earlier ones to finish, so storage's memory stays bounded however many uploads run.
+The body is gathered in memory (at most `max_bytes`, one sealed chunk; one copy, checked
+as it arrives: `BodyCheck`) before anything is uploaded: no object is ever visible with
+bytes other than those the processor sealed and named.  The bodies gathered at once
+share one byte budget (`buffer_bytes`, `LUCID_S3_PUT_BUFFER_MB`): a PUT that would pass
+it waits, before reading its body, for earlier ones to finish, so storage's memory stays
+bounded however many uploads run.
 Object storage has no free-space figure, so `free_bytes` reports `UNMETERED` and the
 free-space watermark never refuses a chunk on S3.
 """
@@ -29,7 +30,6 @@ free-space watermark never refuses a chunk on S3.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -40,6 +40,7 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, NotFoundError
 from obstore.store import S3Store
 
+from sessions.common.checksums import Checksum
 from sessions.common.errors import (
     BadRequest,
     ChunkNotFound,
@@ -49,11 +50,16 @@ from sessions.common.errors import (
     TruncatedBody,
 )
 from sessions.common.ids import check_session_id, is_session_id
-from sessions.core import LEAF_PREFIX
-from sessions.storage.chunkstore import CHUNK_SUFFIX, Guard, StoredChunk, check_index, check_span
+from sessions.storage.chunkstore import (
+    CHUNK_SUFFIX,
+    BodyCheck,
+    Guard,
+    StoredChunk,
+    check_index,
+    check_span,
+)
 from sessions.storage.config import S3Location
-from sessions.storage.errors import LeafHashMismatch, StorageUnavailable
-from sessions.storage.records import LEAF_HASH_SIZE
+from sessions.storage.errors import StorageUnavailable
 
 if TYPE_CHECKING:
     from obstore import GetResult, ObjectMeta
@@ -200,7 +206,8 @@ class S3ChunkStore:
 
     async def put(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                   expected_leaf_hash: bytes, max_bytes: int,
-                  expected_length: int | None = None, guard: Guard | None = None) -> int:
+                  expected_length: int | None = None, guard: Guard | None = None,
+                  checksum: Checksum | None = None) -> int:
         """Store body as chunk `index`; return its length once its object is written.
 
         Preconditions as `LocalChunkStore.put`.  `guard`, if given, is entered around
@@ -208,19 +215,17 @@ class S3ChunkStore:
         call created is removed again.  The body's bytes count against the
         store's buffer budget from before it is read until its object is written.
         """
-        if len(expected_leaf_hash) != LEAF_HASH_SIZE:
-            raise BadRequest("a leaf hash is 32 bytes")
+        check = BodyCheck(expected_leaf_hash, checksum)
         key = self._key(session_id, index, expected_leaf_hash)
         if expected_length is not None and expected_length > max_bytes:
             raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
         async with self.buffers.hold(max_bytes if expected_length is None else expected_length):
-            data, leaf_hash = await _receive(body, max_bytes, expected_length or 0)
+            data = await _receive(body, check, max_bytes, expected_length or 0)
             if expected_length is not None and len(data) < expected_length:
                 raise TruncatedBody()
             if not data:
                 raise BadRequest("a sealed chunk is never empty")
-            if leaf_hash != expected_leaf_hash:
-                raise LeafHashMismatch()
+            check.verify()
             if guard is None:
                 await self._publish(key, data)
             else:
@@ -388,25 +393,24 @@ async def _pieces(result: GetResult) -> AsyncIterator[bytes]:
         yield bytes(piece)
 
 
-async def _receive(body: AsyncIterable[bytes], max_bytes: int,
-                   size_hint: int) -> tuple[bytearray, bytes]:
-    """Return the whole body and its leaf hash; raise PayloadTooLarge once it passes max_bytes.
+async def _receive(body: AsyncIterable[bytes], check: BodyCheck, max_bytes: int,
+                   size_hint: int) -> bytearray:
+    """Return the whole body, fed to `check`; raise PayloadTooLarge once it passes max_bytes.
 
     The body goes into one buffer of `size_hint` bytes (the announced length), grown
     only if more arrives: no joined or reallocated copy.
     """
     data = bytearray(size_hint)
     filled = 0
-    leaf = hashlib.sha256(LEAF_PREFIX)
     async for piece in body:
         end = filled + len(piece)
         if end > max_bytes:
             raise PayloadTooLarge(f"a sealed chunk is at most {max_bytes} bytes")
         data[filled:min(end, size_hint)] = piece  # in place while within the hint
         filled = end
-        leaf.update(piece)
+        check.update(piece)
     del data[filled:]
-    return data, leaf.digest()
+    return data
 
 
 async def _forget(store: S3Store, paths: Sequence[str]) -> None:

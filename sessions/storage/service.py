@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from weakref import WeakValueDictionary
 
+from sessions.common.checksums import Checksum
 from sessions.common.errors import ChunkNotFound, InsufficientStorage, InvalidState
 from sessions.common.ranges import ByteRange, parse_one_range
 from sessions.common.states import SessionState, require_state
@@ -88,13 +89,14 @@ class StorageService:
 
     async def put_chunk(self, session_id: str, index: int, body: AsyncIterable[bytes], *,
                         leaf_hash: bytes, content_length: int | None,
-                        lease_token: int | None = None) -> int:
+                        lease_token: int | None = None,
+                        checksum: Checksum | None = None) -> int:
         """Stage chunk `index` of a recording session; return its sealed length.
 
         Preconditions: state == recording; index >= chunk_count (else 409 chunk_committed);
         the lease admits lease_token (`check_lease`, else 409 lease_lost; checked again
-        right before the file is published); the body hashes to leaf_hash and is at most
-        max_chunk_bytes long.
+        right before the file is published); the body passes `BodyCheck(leaf_hash,
+        checksum)` and is at most max_chunk_bytes long.
         """
         gate = self._gate(session_id)
         discards = gate.discards
@@ -102,7 +104,7 @@ class StorageService:
         await self._check_free_space(content_length)
         size = await self.chunks.put(
             session_id, index, body, expected_leaf_hash=leaf_hash,
-            max_bytes=self.max_chunk_bytes, expected_length=content_length,
+            max_bytes=self.max_chunk_bytes, expected_length=content_length, checksum=checksum,
             guard=lambda: self._still_writable(gate, discards, session_id, index, lease_token))
         if self._metrics is not None:
             self._metrics.bytes_in.labels(self._metrics.service, "sealed").inc(size)

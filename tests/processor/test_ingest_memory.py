@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 
+from sessions.common.checksums import Checksum
+from sessions.common.checksums import hasher as new_hasher
 from sessions.contract.storage import CommitOut
 from sessions.core import ChunkSealer, sealed_length_bound
+from sessions.core import leaf_hash as core_leaf_hash
 from sessions.processor.buffers import BufferPool, ChunkBuffers
 from sessions.processor.ingest import ingest
 from sessions.processor.storage_client import ChunkRow, SessionRow
@@ -66,8 +69,14 @@ class SlowStorage:
         self.stored: dict[int, bytes] = {}
 
     async def put_chunk(self, sid: str, index: int, data: bytes | memoryview,
-                        leaf_hash: bytes, *, lease_token: int | None = None) -> None:
+                        leaf_hash: bytes, *, checksum: Checksum | None = None,
+                        lease_token: int | None = None) -> None:
         await asyncio.sleep(0.02)
+        # What real storage checks the bytes by: their CRC-32C, as they are when sent.
+        crc = new_hasher("crc32c")
+        crc.update(data)
+        assert checksum == Checksum("crc32c", crc.digest()), index
+        assert leaf_hash == core_leaf_hash(bytes(data)), index
         self.stored[index] = bytes(data)
 
     async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow],

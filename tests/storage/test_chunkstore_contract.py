@@ -20,6 +20,7 @@ import obstore
 import pytest
 
 from sessions.client.launcher import free_port
+from sessions.common.checksums import Checksum, hasher
 from sessions.common.errors import (
     BadRequest,
     ChunkNotFound,
@@ -30,7 +31,12 @@ from sessions.common.errors import (
 )
 from sessions.core import leaf_hash
 from sessions.storage.chunkstore import ChunkStore, LocalChunkStore
-from sessions.storage.errors import ChunkCommitted, LeafHashMismatch, StorageUnavailable
+from sessions.storage.errors import (
+    ChunkChecksumMismatch,
+    ChunkCommitted,
+    LeafHashMismatch,
+    StorageUnavailable,
+)
 from sessions.storage.s3store import UNMETERED, S3ChunkStore
 from tests.storage.rgw_server import RgwServer
 from tests.storage.s3_server import REGION, S3Server, s3_server  # noqa: F401 - a fixture
@@ -184,6 +190,31 @@ async def test_bad_bodies_store_nothing(store: ChunkStore, ids: Callable[[], str
     with pytest.raises(BadRequest):
         await store.put(sid, 0, never_read(), expected_leaf_hash=b"\0" * 31, max_bytes=MAX)
     assert not await store.exists(sid, 0)
+
+
+def checksum_of(data: bytes, algorithm: str = "crc32c") -> Checksum:
+    h = hasher(algorithm)
+    h.update(data)
+    return Checksum(algorithm, h.digest())
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "sha256"])
+async def test_a_checksum_checks_the_body_instead_of_the_leaf_hash(
+        store: ChunkStore, ids: Callable[[], str], algorithm: str) -> None:
+    """With a checksum, the body is checked against it (the leaf hash is recorded as
+    stated, not recomputed); a body that does not match it is refused and nothing stays."""
+    sid = ids()
+    body = [b"sealed ", os.urandom(300_000), b" bytes"]
+    data = b"".join(body)
+    with pytest.raises(ChunkChecksumMismatch):
+        await store.put(sid, 0, stream(body), expected_leaf_hash=leaf_hash(data),
+                        max_bytes=MAX, checksum=checksum_of(data[:-1] + b"S", algorithm))
+    assert not await store.exists(sid, 0)
+    assert not await store.stored(sid)
+    stated = leaf_hash(b"what the processor named it")
+    assert await store.put(sid, 0, stream(body), expected_leaf_hash=stated, max_bytes=MAX,
+                           checksum=checksum_of(data, algorithm)) == len(data)
+    assert await store.get(sid, 0, leaf_hash=stated) == data
 
 
 @pytest.mark.parametrize("bad_id", ["../../etc/passwd", "..", "01HZZZZZZZZZZZZZZZZZZZZZZ/",

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from sessions.common.checksums import Checksum, hasher
 from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.errors import ChunkCommitted
 
@@ -129,6 +130,27 @@ async def test_leaf_hash_mismatch(client: httpx.AsyncClient, sid: str, leaf_of: 
     error_body(resp, 400, "leaf_hash_mismatch")
     store: LocalChunkStore = app.state.resources.chunkstore
     assert not store.session_dir(sid).exists() or list(store.session_dir(sid).iterdir()) == []
+
+
+async def test_upload_checksum_is_checked_instead_of_the_leaf_hash(
+        client: httpx.AsyncClient, sid: str, leaf_of: Leaf, app: FastAPI,
+        error_body: ErrorBody) -> None:
+    data = os.urandom(100_000)
+    crc = hasher("crc32c")
+    crc.update(data)
+    good = Checksum("crc32c", crc.digest()).header
+    wrong = Checksum("crc32c", bytes(4) if crc.digest() != bytes(4) else b"\1" * 4).header
+    store: LocalChunkStore = app.state.resources.chunkstore
+    resp = await put(client, sid, 0, data, leaf_of(data), **{"Upload-Checksum": wrong})
+    error_body(resp, 400, "chunk_checksum_mismatch")
+    assert not store.session_dir(sid).exists() or list(store.session_dir(sid).iterdir()) == []
+    for bad in ("crc32c", "crc32c AAAA", "adler32 AAAAAA==", "crc32c " + "A" * 8):
+        error_body(await put(client, sid, 0, data, leaf_of(data), **{"Upload-Checksum": bad}),
+                   400, "bad_request")
+    # The leaf hash is the processor's statement, recorded as given when a checksum is sent.
+    resp = await put(client, sid, 0, data, leaf_of(b"named"), **{"Upload-Checksum": good})
+    assert resp.status_code == 201, resp.text
+    assert resp.json() == {"index": 0, "sealed_length": len(data)}
 
 
 async def test_too_large(client: httpx.AsyncClient, sid: str, app: FastAPI,

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sessions.common.bodies import request_body
+from sessions.common.checksums import PATTERN as CHECKSUM_PATTERN
+from sessions.common.checksums import Checksum
 from sessions.common.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -33,6 +35,7 @@ router = APIRouter(prefix="/internal/v1", tags=["chunks"])
 
 OCTET_STREAM = "application/octet-stream"
 LEAF_HASH_HEADER = "X-Lucid-Leaf-Hash"
+CHECKSUM_HEADER = "Upload-Checksum"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 RANGE_PATTERN = "^[bB][yY][tT][eE][sS]=([0-9]{1,19}-[0-9]{0,19}|-[0-9]{1,19})$"
@@ -49,13 +52,24 @@ _BINARY = {"content": {OCTET_STREAM: {"schema": {"type": "string", "format": "bi
                 "parameters": [{"name": LEAF_HASH_HEADER, "in": "header", "required": True,
                                 "description": "hex SHA-256 leaf hash of the body (RFC 9162)",
                                 "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}},
+                               {"name": CHECKSUM_HEADER, "in": "header", "required": False,
+                                "description": "`<algorithm> <base64 digest>` of the body "
+                                               "(as tus's Upload-Checksum); when given, the "
+                                               "body is checked against it instead of "
+                                               "against the leaf hash (400 "
+                                               "`chunk_checksum_mismatch`)",
+                                "schema": {"type": "string", "pattern": CHECKSUM_PATTERN}},
                                {"name": LEASE_TOKEN_HEADER, "in": "header", "required": False,
                                 "description": "the writer lease's fencing token; "
                                                "409 `lease_lost` if stale",
                                 "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,14}$"}}]})
 async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
                     service: Service) -> PutChunkOut:
-    """Stream the body to a staged file, checking its leaf hash; return its sealed length.
+    """Stream the body to a staged file, checking it; return its sealed length.
+
+    The body is checked against `Upload-Checksum` when the caller sends one (the processor
+    sends crc32c), else against `X-Lucid-Leaf-Hash` (400 `chunk_checksum_mismatch` or
+    `leaf_hash_mismatch`; nothing is stored).  The leaf hash is recorded as stated.
 
     409 `lease_lost` if `X-Lucid-Lease-Token` is not the session's current lease token
     (or is absent while a lease is held); checked before and right before publishing.
@@ -63,8 +77,10 @@ async def put_chunk(session_id: SessionId, index: ChunkIndex, request: Request,
     _require_octet_stream(request)
     leaf = _leaf_hash_header(request)
     length = _content_length(request, service.max_chunk_bytes)
+    raw_checksum = request.headers.get(CHECKSUM_HEADER)
+    checksum = None if raw_checksum is None else Checksum.parse(raw_checksum)
     sealed = await service.put_chunk(session_id, index, request_body(request), leaf_hash=leaf,
-                                     content_length=length,
+                                     content_length=length, checksum=checksum,
                                      lease_token=_lease_token_header(request))
     return PutChunkOut(index=index, sealed_length=sealed)
 

@@ -64,7 +64,8 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 404, 409, 
 [[operations]]
 include-path-regex = "^/internal/v1/sessions/\\\\{session_id\\\\}/chunks/\\\\{index\\\\}$"
 include-method = "PUT"
-# Storage: the body must hash to `X-Lucid-Leaf-Hash` (400 `leaf_hash_mismatch`).
+# Storage: the body must have its `Upload-Checksum` (400 `chunk_checksum_mismatch`), or
+# without one hash to `X-Lucid-Leaf-Hash` (400 `leaf_hash_mismatch`).
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 404, 409, 400]
 
 [[operations]]

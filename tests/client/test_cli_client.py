@@ -225,12 +225,27 @@ def test_upload_sends_the_checksum_algorithm_asked_for(sample: Path, tmp_path: P
     assert gw.data == sample.read_bytes() and len(gw.patches) > 1
 
 
-def test_upload_requests_grow_fourfold_from_one_chunk(sample: Path, tmp_path: Path) -> None:
-    gw = FakeGateway()
-    run_upload(gw, sample, tmp_path, request_bytes=16 * CHUNK)
+def test_upload_requests_grow_fourfold_from_one_chunk_with_a_slow_digest(
+        sample: Path, tmp_path: Path) -> None:
+    gw = FakeGateway(checksum="sha256")
+    run_upload(gw, sample, tmp_path, request_bytes=16 * CHUNK, checksum="sha256")
     size = sample.stat().st_size
     assert [n for _, n in gw.patches] == [CHUNK, 4 * CHUNK, size - 5 * CHUNK]
     assert gw.data == sample.read_bytes()
+
+
+def test_upload_requests_go_from_one_chunk_to_full_size_with_crc32c(
+        sample: Path, tmp_path: Path) -> None:
+    """CRC-32C digests the next request while the first chunk is sent: two requests, not
+    four, and each one costs the services a lease, a checkpoint and a commit."""
+    size = sample.stat().st_size
+    gw = FakeGateway()  # crc32c, the CLI's default
+    run_upload(gw, sample, tmp_path, request_bytes=16 * CHUNK)
+    assert [n for _, n in gw.patches] == [CHUNK, size - CHUNK]
+    assert gw.data == sample.read_bytes()
+    gw = FakeGateway()
+    run_upload(gw, sample, tmp_path / "again", request_bytes=2 * CHUNK)  # at most the setting
+    assert [n for _, n in gw.patches] == [CHUNK, 2 * CHUNK, 2 * CHUNK, size - 5 * CHUNK]
 
 
 def test_upload_resumes_after_errors(sample: Path, tmp_path: Path) -> None:

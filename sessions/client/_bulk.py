@@ -213,8 +213,7 @@ class Exchange:
                 if not piece:
                     if self._write_failure is not None:
                         raise WriteError(str(self._write_failure)) from self._write_failure
-                    raise RemoteProtocolError(
-                        "Server disconnected without sending a response.")
+                    raise RemoteProtocolError("Server disconnected without sending a response.")
                 buf += piece
             status, reason, headers, _ = parse_response_head(buf[:end + 4])
             head, buf = buf[:end + 4], buf[end + 4:]
@@ -252,8 +251,8 @@ class Exchange:
                     if filled:
                         sink(buf[:filled])
                     raise RemoteProtocolError("peer closed connection without sending "
-                                                    f"complete message body (received "
-                                                    f"{got + filled} of {length} bytes)")
+                                              f"complete message body (received "
+                                              f"{got + filled} of {length} bytes)")
                 filled += n
             sink(buf[:filled])
             got += filled
@@ -294,7 +293,7 @@ class Exchange:
                     return got
                 elif isinstance(event, h11.ConnectionClosed):
                     raise RemoteProtocolError("the gateway closed the connection "
-                                                    "before the body's end")
+                                              "before the body's end")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(str(exc)) from exc
 

@@ -151,7 +151,7 @@ def _checked_framing(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     lengths = [v for n, v in headers if n.lower() == b"content-length"]
     if codings and lengths:
         raise RemoteProtocolError("the upstream sent both Content-Length and "
-                                        "Transfer-Encoding")
+                                  "Transfer-Encoding")
     if codings and (len(codings) != 1 or codings[0].lower() != b"chunked"):
         raise RemoteProtocolError("the upstream sent an unsupported transfer coding")
     if not lengths:

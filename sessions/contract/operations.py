@@ -12,7 +12,7 @@ tokens, the internal one stores their hashes).
 
 The models (and pydantic) are imported inside the operations that read them: a
 replay, whose answer goes to a file and whose errors `decode_error` reads without
-them, loads neither (tests/client/test_cli_imports.py).
+them, loads neither (tests/e2e/test_cli_replay.py).
 """
 
 from __future__ import annotations

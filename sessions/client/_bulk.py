@@ -69,7 +69,7 @@ _PLAIN_HOST = re.compile(r"(?!.*xn--)[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]
 """A lower-case host name (not IDNA: httpx would decode it) or an IP literal."""
 _PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@-]*)*")
 """RFC 3986 pchars and slashes: what httpx sends exactly as it is given (no %-escapes)."""
-_PLAIN_URL = re.compile(r"[^\x00-\x20#?\x7f-\U0010ffff]*")
+_PLAIN_URL = re.compile(r'[!"$->@-~]*')
 """Printable ASCII, no query or fragment (urlsplit drops tabs and line ends httpx refuses)."""
 
 

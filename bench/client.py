@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
-from sessions.common.httpclient import MAX_HEAD, parse_response_head
+from sessions.common._http1 import MAX_HEAD, RemoteProtocolError, parse_response_head
 
 MiB = 1 << 20
 SEND_PIECE = 256 << 10  # an upload body goes out through one buffer of this size
@@ -58,7 +56,7 @@ def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         buf += piece
     try:  # the services' own client parses heads the same way
         status, _, fields, _ = parse_response_head(buf[:end + 4])
-    except httpx.RemoteProtocolError as exc:
+    except RemoteProtocolError as exc:
         raise ClientError(str(exc)) from exc
     headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in fields}
     return status, headers, buf[end + 4:]

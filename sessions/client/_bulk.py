@@ -12,30 +12,46 @@ gateway, whose receive then copies bytes no CPU cache has seen out of page-cache
 pages; the read copy here leaves them warm for it.  The figures are in the README
 (Performance).
 
-Only the byte path is ours.  The request head is built and checked by the service
-transport's `_head` (from an `httpx.Request`, the one LucidClient builds), the
-response head is parsed by its `parse_response_head` (held to h11's verdicts by
+Only the byte path is ours.  The request head is checked by the head codec the
+services' transport uses (`sessions/common/_http1.py`), the response head is parsed
+by its `parse_response_head` (held to h11's verdicts by
 tests/common/test_wire_differential.py), and a body framed by anything but
 Content-Length (chunked, or up to the close) is decoded by h11 itself; this
-module's own receive path is held to h11 by tests/client/test_bulk.py.  Failures
-are httpx's exceptions (`ConnectError`, `ReadError`, `RemoteProtocolError`, the
-timeouts), so LucidClient keeps translating them in one place.  Plain http only:
-an https gateway is reached through httpx.
+module's own receive path is held to h11 by tests/client/test_bulk.py.  The head
+of a plain URL is written here (`plain_target`, held to httpx's by the same test
+file); LucidClient has httpx write any other.  Failures are `_http1`'s transport
+errors, named as httpx's (`ConnectError`, `ReadError`, `RemoteProtocolError`, the
+timeouts), so LucidClient translates both families one way, and a replay to a
+plain-http gateway never imports httpx.  Plain http only: an https gateway is
+reached through httpx.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO
+from urllib.parse import urlsplit
 
-import httpx
+from sessions.common._http1 import (
+    _CONTROL,
+    MAX_HEAD,
+    ConnectError,
+    ConnectTimeout,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    WriteError,
+    WriteTimeout,
+    _framing,
+    parse_response_head,
+    request_head,
+)
 
-from sessions.common._http1 import _CONTROL, MAX_HEAD, _framing, _head, parse_response_head
-
-__all__ = ["Exchange", "Reply"]
+__all__ = ["Exchange", "Reply", "Target", "plain_target"]
 
 RECV_BUFFER = 1 << 20
 """Bytes of a replay collected before each write to the file (one buffer, reused)."""
@@ -47,7 +63,52 @@ MAX_ANSWER = 1 << 20
 """Largest body read into memory (a JSON answer or an error); a replay goes to a file."""
 
 Sink = Callable[[memoryview], None]
-"""Refused in a trailer's value, as the service transport refuses it (h11 does not)."""
+"""Where received body pieces go, one reused buffer's view at a time."""
+
+_PLAIN_HOST = re.compile(r"(?!.*xn--)[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+"""A lower-case host name (not IDNA: httpx would decode it) or an IP literal."""
+_PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@-]*)*")
+"""RFC 3986 pchars and slashes: what httpx sends exactly as it is given (no %-escapes)."""
+_PLAIN_URL = re.compile(r'[!"$->@-~]*')
+"""Printable ASCII, no query or fragment (urlsplit drops tabs and line ends httpx refuses)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a bulk request goes: the host to connect to, and the head to send it."""
+
+    host: str
+    port: int
+    head: bytes
+
+
+def plain_target(method: str, url: str, headers: Mapping[str, str]) -> Target | None:
+    """Return the target of a request to `url` with `headers` (after `Host`), as httpx
+    would send it; None unless both are plain, for httpx to build (`LucidClient`).
+
+    Plain: `http://` a lower-case host name or IP literal, an optional port, a path of
+    RFC 3986 path characters with no %-escape, query or fragment, ASCII header values.
+    Raises LocalProtocolError on a header that could split the head.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 80  # as the httpx-built target's (0 too)
+    except ValueError:  # not a port number
+        return None
+    host = parts.netloc.removesuffix(f":{parts.port}")
+    if (parts.scheme != "http" or _PLAIN_URL.fullmatch(url) is None
+            or _PLAIN_HOST.fullmatch(host) is None
+            or _PLAIN_PATH.fullmatch(parts.path) is None
+            or {".", ".."} & set(parts.path.split("/"))  # httpx would remove them
+            or not all(f"{k}{v}".isascii() for k, v in headers.items())):
+        return None
+    netloc = host if parts.port in (None, 80) else f"{host}:{parts.port}"
+    fields = [(b"Host", netloc.encode("ascii"))]
+    if method in ("POST", "PUT", "PATCH") and "content-length" not in map(str.lower, headers):
+        fields.append((b"Content-Length", b"0"))  # an empty body, said as httpx says it
+    fields += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+    return Target(host.strip("[]"), port, request_head(method, parts.path.encode("ascii") or b"/",
+                                                       fields))
 
 
 @dataclass(frozen=True)
@@ -79,22 +140,18 @@ class Exchange:
         self._write_failure: OSError | None = None
 
     @classmethod
-    def connect(cls, request: httpx.Request, *, connect_timeout: float,
+    def connect(cls, method: str, target: Target, *, connect_timeout: float,
                 timeout: float | None) -> Exchange:
-        """Return an exchange of `request` (its head checked) on a new connection to its host."""
-        url = request.url
-        if url.scheme != "http":
-            raise ValueError(f"a bulk exchange is plain http, not {url.scheme}")
-        head = _head(request)
+        """Return an exchange of a plain-http request (`target`) on a new connection."""
         try:
-            sock = socket.create_connection((url.host, url.port or 80), timeout=connect_timeout)
+            sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
         except TimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc), request=request) from exc
+            raise ConnectTimeout(str(exc)) from exc
         except OSError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
+            raise ConnectError(str(exc)) from exc
         sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(request.method, head, sock)
+        return cls(method, target.head, sock)
 
     def close(self) -> None:
         self._sock.close()
@@ -113,7 +170,7 @@ class Exchange:
 
         `progress` gets the bytes of the body sent so far.  A write refused by the
         server (it answered early and closed) is kept and the answer read: that
-        answer says why; with none, `read_reply` raises httpx.WriteError.
+        answer says why; with none, `read_reply` raises WriteError.
         """
         try:
             self._sock.sendall(self._head)
@@ -124,14 +181,14 @@ class Exchange:
             while sent < length:
                 got = os.preadv(fd, [buf[:min(len(buf), length - sent)]], offset + sent)
                 if got <= 0:
-                    raise httpx.WriteError("the file got shorter while it was sent")
+                    raise WriteError("the file got shorter while it was sent")
                 self._sock.sendall(buf[:got])
                 sent += got
                 if progress is not None and (sent - reported >= PROGRESS_EVERY or sent == length):
                     progress(sent)
                     reported = sent
         except TimeoutError as exc:
-            raise httpx.WriteTimeout(str(exc)) from exc
+            raise WriteTimeout(str(exc)) from exc
         except OSError as exc:
             self._write_failure = exc
 
@@ -141,9 +198,9 @@ class Exchange:
         try:
             return self._sock.recv(size)
         except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc)) from exc
+            raise ReadTimeout(str(exc)) from exc
         except OSError as exc:
-            raise httpx.ReadError(str(exc)) from exc
+            raise ReadError(str(exc)) from exc
 
     def read_reply(self) -> Reply:
         """Return the final response head (1xx heads are skipped, as httpx does)."""
@@ -151,13 +208,12 @@ class Exchange:
         while True:
             while (end := buf.find(b"\r\n\r\n")) < 0:
                 if len(buf) > MAX_HEAD:
-                    raise httpx.RemoteProtocolError("the gateway sent an over-long head")
+                    raise RemoteProtocolError("the gateway sent an over-long head")
                 piece = self._recv(65536)
                 if not piece:
                     if self._write_failure is not None:
-                        raise httpx.WriteError(str(self._write_failure)) from self._write_failure
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response.")
+                        raise WriteError(str(self._write_failure)) from self._write_failure
+                    raise RemoteProtocolError("Server disconnected without sending a response.")
                 buf += piece
             status, reason, headers, _ = parse_response_head(buf[:end + 4])
             head, buf = buf[:end + 4], buf[end + 4:]
@@ -168,7 +224,7 @@ class Exchange:
     def read_body(self, reply: Reply, sink: Sink) -> int:
         """Pass the body of `reply` to `sink` piece by piece; return its length.
 
-        A body shorter than its Content-Length is httpx.RemoteProtocolError, as in
+        A body shorter than its Content-Length is RemoteProtocolError, as in
         httpx; any framing but Content-Length is decoded by h11.
         """
         length, _ = _framing(self._method, reply.status, reply.headers)
@@ -188,15 +244,15 @@ class Exchange:
                 try:
                     n = self._sock.recv_into(buf[filled:want])
                 except TimeoutError as exc:
-                    raise httpx.ReadTimeout(str(exc)) from exc
+                    raise ReadTimeout(str(exc)) from exc
                 except OSError as exc:
-                    raise httpx.ReadError(str(exc)) from exc
+                    raise ReadError(str(exc)) from exc
                 if n == 0:
                     if filled:
                         sink(buf[:filled])
-                    raise httpx.RemoteProtocolError("peer closed connection without sending "
-                                                    f"complete message body (received "
-                                                    f"{got + filled} of {length} bytes)")
+                    raise RemoteProtocolError("peer closed connection without sending "
+                                              f"complete message body (received "
+                                              f"{got + filled} of {length} bytes)")
                 filled += n
             sink(buf[:filled])
             got += filled
@@ -208,7 +264,7 @@ class Exchange:
 
         def keep(piece: memoryview) -> None:
             if len(body) + len(piece) > MAX_ANSWER:
-                raise httpx.RemoteProtocolError("the gateway's answer is too long")
+                raise RemoteProtocolError("the gateway's answer is too long")
             body.extend(piece)
 
         self.read_body(reply, keep)
@@ -233,13 +289,13 @@ class Exchange:
                     got += len(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     if any(_CONTROL.search(value) for _, value in event.headers):
-                        raise httpx.RemoteProtocolError("the gateway sent a malformed trailer")
+                        raise RemoteProtocolError("the gateway sent a malformed trailer")
                     return got
                 elif isinstance(event, h11.ConnectionClosed):
-                    raise httpx.RemoteProtocolError("the gateway closed the connection "
-                                                    "before the body's end")
+                    raise RemoteProtocolError("the gateway closed the connection "
+                                              "before the body's end")
         except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
+            raise RemoteProtocolError(str(exc)) from exc
 
 
 def write_all(fd: int) -> Sink:

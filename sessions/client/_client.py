@@ -1,9 +1,9 @@
 """A small synchronous client of the public `/v1` API, and the transfers the CLI runs with it.
 
-`LucidClient` is the one place where httpx errors become `ClientError`s.  The
-upload loop (`upload_file`) resumes after connection errors, 5xx answers and
-offset mismatches; `download_replay` writes to `FILE.part` and renames only a
-complete body.
+`LucidClient` is the one place where transport errors (httpx's, or the bulk path's
+own family of the same names) become `ClientError`s.  The upload loop
+(`upload_file`) resumes after connection errors, 5xx answers and offset
+mismatches; `download_replay` writes to `FILE.part` and renames only a complete body.
 """
 
 from __future__ import annotations
@@ -26,31 +26,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
-
-import httpx
+from typing import IO, TYPE_CHECKING, Any, Final, TypeVar
 
 from sessions.client import _bulk
-from sessions.common import checksums
+from sessions.common import _http1, checksums
 from sessions.common.checksums import Checksum
 from sessions.common.files import fsync_dir
 from sessions.common.states import SessionState
 from sessions.contract import operations as ops
-from sessions.contract.models import (
-    AuditPage,
-    CreatedToken,
-    CreateSession,
-    CreateToken,
-    InclusionProof,
-    KeyRotation,
-    NodeInfo,
-    RotateSigningIn,
-    Session,
-    SessionPage,
-    TokenList,
-    UploadResult,
-    UploadStatus,
-)
+
+# httpx and the models load where they are used: a replay to a plain-http gateway needs
+# neither (nor pydantic), and starts much sooner without them.
+if TYPE_CHECKING:
+    import httpx
+
+    from sessions.contract.models import (
+        AuditPage,
+        CreatedToken,
+        InclusionProof,
+        KeyRotation,
+        NodeInfo,
+        Session,
+        SessionPage,
+        TokenList,
+        UploadResult,
+        UploadStatus,
+    )
 
 MIB = 1024 * 1024
 PIECE = MIB
@@ -189,7 +190,9 @@ class LucidClient:
     @functools.cached_property
     def _http(self) -> httpx.Client:
         """The httpx client, built at its first use: a replay to a plain-http gateway never
-        needs it (its transport loads httpcore, and a default TLS context every CA)."""
+        needs it (nor httpx: ~30 ms of imports, its transport loads a default TLS context)."""
+        import httpx
+
         return httpx.Client(base_url=self.url, headers=self._headers, transport=self._transport,
                             verify=self._verify if self._https else False,
                             timeout=httpx.Timeout(300.0, connect=10.0))
@@ -204,27 +207,45 @@ class LucidClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def _failure(self, exc: Exception, *, connect: bool, timeout: bool) -> ClientError:
+        """Return the ClientError of a transport failure, saying what to do about it."""
+        if connect:
+            if (why := _tls_failure(exc)) is not None:
+                return ClientError("tls_untrusted", f"{self.url}: {why}; trust it with --cacert "
+                                   "or --pin-sha256")
+            return ClientError("connection_failed", f"cannot connect to {self.url} (is the "
+                               "gateway running? try `lucid-sessions up`)")
+        if timeout:
+            return ClientError("timeout", f"{self.url} did not answer in time")
+        return ClientError("connection_failed", f"the connection to {self.url} failed "
+                           f"({type(exc).__name__})")
+
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        """Turn httpx failures into ClientErrors that say what to do."""
+        """Turn the bulk path's transport failures (`_http1`'s family) into ClientErrors."""
         try:
             yield
-        except httpx.ConnectError as exc:
-            if (why := _tls_failure(exc)) is not None:
-                raise ClientError("tls_untrusted", f"{self.url}: {why}; trust it with --cacert "
-                                  "or --pin-sha256") from exc
-            raise ClientError("connection_failed", f"cannot connect to {self.url} (is the "
-                              "gateway running? try `lucid-sessions up`)") from exc
-        except httpx.TimeoutException as exc:
-            raise ClientError("timeout", f"{self.url} did not answer in time") from exc
+        except _http1.TransportError as exc:
+            raise self._failure(exc, connect=isinstance(exc, _http1.ConnectError),
+                                timeout=isinstance(exc, _http1.TimeoutException)) from exc
+
+    @contextmanager
+    def _translated_httpx(self) -> Iterator[None]:
+        """Turn httpx's transport failures into the same ClientErrors as `_translated`."""
+        import httpx
+
+        try:
+            yield
         except httpx.TransportError as exc:
-            raise ClientError("connection_failed", f"the connection to {self.url} failed "
-                              f"({type(exc).__name__})") from exc
+            raise self._failure(exc, connect=isinstance(exc, httpx.ConnectError),
+                                timeout=isinstance(exc, httpx.TimeoutException)) from exc
 
     def _send(self, op: ops.Operation[T], **kwargs: Any) -> httpx.Response:
         """Return the response to one operation; raise ClientError for transport or 4xx/5xx."""
+        import httpx
+
         timeout = httpx.Timeout(None, connect=10.0) if op.long else httpx.USE_CLIENT_DEFAULT
-        with self._translated():
+        with self._translated_httpx():
             resp = self._http.request(op.method, API + op.path, params=list(op.params),
                                       json=op.json, headers=dict(op.headers), timeout=timeout,
                                       **kwargs)
@@ -245,6 +266,8 @@ class LucidClient:
     # -- operations -------------------------------------------------------------------------
 
     def create_session(self, labels: dict[str, str], retention_days: int | None) -> Session:
+        from sessions.contract.models import CreateSession
+
         # Not validated here: the gateway's 422 is the one answer a bad value gets.
         spec = CreateSession.model_construct(labels=labels, retention_days=retention_days,
                                              upload_length=None)
@@ -259,6 +282,8 @@ class LucidClient:
         return self.call(ops.get_session(session_id))
 
     def create_token(self, name: str, role: str, expires_in: int | None) -> CreatedToken:
+        from sessions.contract.models import CreateToken
+
         body = CreateToken.model_construct(name=name, role=role, expires_in=expires_in)
         return self.call(ops.create_token(body))
 
@@ -303,6 +328,8 @@ class LucidClient:
         return self.call(ops.node())
 
     def rotate_signing_key(self, compromised_after: str | None) -> NodeInfo:
+        from sessions.contract.models import RotateSigningIn
+
         return self.call(ops.rotate_signing_key(
             RotateSigningIn.model_construct(compromised_after=compromised_after)))
 
@@ -317,11 +344,16 @@ class LucidClient:
         return self.call(ops.rotate_keys())
 
     def _exchange(self, op: ops.Operation[T]) -> _bulk.Exchange:
-        """Return a bulk exchange of `op` (no read timeout: op is long), its head built."""
-        request = httpx.Request(op.method, self.url + API + op.path, params=list(op.params),
-                                headers={**self._headers, **op.headers})
+        """Return a bulk exchange of `op` (no read timeout: op is long), its head built.
+
+        The head of a plain URL is written by `_bulk.plain_target`; httpx writes any other
+        (an upper-case host, a %-escape ...), so both send what httpx would."""
+        url, headers = self.url + API + op.path, {**self._headers, **op.headers}
         with self._translated():
-            return _bulk.Exchange.connect(request, connect_timeout=10.0, timeout=None)
+            target = None if op.params else _bulk.plain_target(op.method, url, headers)
+            if target is None:
+                target = _httpx_target(op.method, url, op.params, headers)
+            return _bulk.Exchange.connect(op.method, target, connect_timeout=10.0, timeout=None)
 
     def patch(self, session_id: str, fh: IO[bytes], offset: int, length: int,
               progress: Progress, checksum: Checksum | None = None, *,
@@ -396,17 +428,19 @@ class LucidClient:
             progress.total = expected
             try:
                 exchange.read_body(reply, write)
-            except httpx.TransportError as exc:
+            except _http1.TransportError as exc:
                 raise _truncated(written, expected) from exc
         return written, expected
 
     def _replay_httpx(self, op: ops.Operation[None], write: _bulk.Sink,
                       progress: Progress) -> tuple[int, int | None]:
         """Stream the replay to `write` through httpx; return (bytes, Content-Length or None)."""
+        import httpx
+
         from sessions.common.httpclient import raise_read_size  # loads the services' settings
 
         raise_read_size()  # replay arrives in MiB pieces: 64 KiB reads cost a parse each
-        with self._translated(), self._http.stream(
+        with self._translated_httpx(), self._http.stream(
                 op.method, API + op.path, headers=dict(op.headers),
                 timeout=httpx.Timeout(None, connect=10.0)) as resp:
             if resp.status_code >= 400:
@@ -422,6 +456,17 @@ class LucidClient:
             except httpx.TransportError as exc:
                 raise _truncated(written, expected) from exc
         return written, expected
+
+
+def _httpx_target(method: str, url: str, params: ops.Params,
+                  headers: dict[str, str]) -> _bulk.Target:
+    """Return the bulk target of a request whose URL or headers are not plain, built by httpx."""
+    import httpx
+
+    request = httpx.Request(method, url, params=list(params), headers=headers)
+    if request.url.scheme != "http":
+        raise ValueError(f"a bulk exchange is plain http, not {request.url.scheme}")
+    return _bulk.Target(request.url.host, request.url.port or 80, _http1._head(request))
 
 
 def _truncated(written: int, expected: int | None) -> ClientError:

@@ -45,14 +45,14 @@ from sessions.client.verify import (
 )
 from sessions.common import checksums
 from sessions.common.ids import is_session_id
+from sessions.common.roles import Role
 from sessions.common.secrets import ConfigError
 from sessions.common.serve import tune_allocator
 from sessions.common.states import SessionState
-from sessions.common.tokens import Role
-from sessions.contract.models import Session
 
 if TYPE_CHECKING:  # the launcher imports every service's settings: only `up` needs them
     from sessions.client.launcher import AnySettings, ServiceName
+    from sessions.contract.models import Session  # a replay loads no model (nor pydantic)
 
 DEFAULT_URL = "http://127.0.0.1:8087"
 STOP_GRACE = 10.0

@@ -31,12 +31,13 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import cast
 
 import httpx
 
+from sessions.common import _http1
 from sessions.common._http1 import (
     MAX_HEAD,
     _checked_framing,
@@ -279,7 +280,8 @@ class _Response(httpx.AsyncByteStream):
             if len(section) > MAX_HEAD:
                 raise httpx.RemoteProtocolError("the upstream sent over-long trailers")
         if section:
-            _checked_framing(_fields(bytes(section[:-2]).split(b"\r\n")))
+            with _httpx_errors():
+                _checked_framing(_fields(bytes(section[:-2]).split(b"\r\n")))
 
     async def aclose(self) -> None:
         self._release()
@@ -396,6 +398,17 @@ class WireTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
+@contextmanager
+def _httpx_errors() -> Iterator[None]:
+    """Raise the head codec's protocol errors (`_http1`) as httpx's, as a transport must."""
+    try:
+        yield
+    except _http1.LocalProtocolError as exc:
+        raise httpx.LocalProtocolError(str(exc)) from exc
+    except _http1.RemoteProtocolError as exc:
+        raise httpx.RemoteProtocolError(str(exc)) from exc
+
+
 async def _exchange(pool: WireTransport, wire: _Wire, request: httpx.Request,
                     timeouts: dict[str, float | None]) -> httpx.Response:
     """Send one request on `wire` and return the response, its body still on the wire."""
@@ -411,8 +424,9 @@ async def _receive(pool: WireTransport, wire: _Wire, method: str, *, seconds: fl
     Raises httpx.RemoteProtocolError on a malformed head; the body raises it when read.
     """
     while True:
-        status, reason, headers, keep_alive = parse_response_head(
-            await wire.read_until(b"\r\n\r\n", limit=MAX_HEAD, seconds=seconds))
+        head = await wire.read_until(b"\r\n\r\n", limit=MAX_HEAD, seconds=seconds)
+        with _httpx_errors():
+            status, reason, headers, keep_alive = parse_response_head(head)
         length, chunked = _framing(method, status, headers)
         if status >= 200:
             break
@@ -435,7 +449,8 @@ async def _send(wire: _Wire, request: httpx.Request, seconds: float | None) -> b
     length = int(declared)
     if not isinstance(request.stream, httpx.AsyncByteStream):
         raise httpx.LocalProtocolError("the service transport sends async bodies only")
-    wire.write(_head(request))
+    with _httpx_errors():
+        wire.write(_head(request))
     sent = 0
     try:
         async for piece in request.stream:

@@ -2,16 +2,16 @@
 
 Every error a client can see is a `ServiceError` with a stable machine-readable
 `code`, an HTTP `status` and a human `detail` that never carries exception text
-or secret material.  Each app registers `install_error_handlers` once; anything
-else that escapes becomes a generic 500 `internal_error` with no traceback.
+or secret material, rendered as the wire shape `ErrorBody` (sessions/contract/models.py).
+Each app registers `install_error_handlers` once; anything else that escapes becomes
+a generic 500 `internal_error` with no traceback.  No pydantic here: the CLI imports
+these classes (through ids and checksums) and loads no model on a replay.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # the web side is imported where it is used: the CLI never loads FastAPI
     from fastapi import FastAPI, Request
@@ -20,20 +20,10 @@ if TYPE_CHECKING:  # the web side is imported where it is used: the CLI never lo
 log = logging.getLogger("lucid.errors")
 
 
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx body of every service: a stable code, a human detail, sometimes more fields.
-
-    Extra fields are per code: `offset` on 409 `offset_mismatch`, `size` on 416,
-    `state` on 409 `invalid_state`, `index` and `reason` on 502 `chunk_corrupt`.
-    """
-
-    model_config = ConfigDict(extra="allow")
-    error: str = Field(examples=["offset_mismatch"], description="stable machine-readable code")
-    detail: str = Field(description="human-readable; never exception text or secrets")
-
-
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """Return an OpenAPI `responses` entry documenting the ErrorBody of each status."""
+    from sessions.contract.models import ErrorBody
+
     return {status: {"model": ErrorBody} for status in statuses}
 
 

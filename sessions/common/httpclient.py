@@ -16,12 +16,11 @@ import ssl
 import httpcore
 import httpx
 
-from sessions.common._http1 import MAX_HEAD, parse_response_head
 from sessions.common._wire import WireTransport
 from sessions.common.settings import Transport
 
-__all__ = ["KEEPALIVE_EXPIRY", "MAX_HEAD", "READ_SIZE", "parse_response_head",
-           "raise_read_size", "service_client", "service_transport"]
+__all__ = ["KEEPALIVE_EXPIRY", "READ_SIZE", "raise_read_size", "service_client",
+           "service_transport"]
 
 READ_SIZE = 1 << 20
 KEEPALIVE_EXPIRY = 4.0  # below uvicorn's 5 s keep-alive, so a reused connection is never stale

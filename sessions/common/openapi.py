@@ -1,7 +1,7 @@
 """The OpenAPI document as the server enforces it: one error body, cross-cutting statuses.
 
 FastAPI documents a 422 `HTTPValidationError` it never sends here (every error
-body is `ErrorBody`, sessions/common/errors.py) and cannot know what the
+body is `ErrorBody`, sessions/contract/models.py) and cannot know what the
 app-wide machinery answers: 401 from the token check, 400 `invalid_id` from the
 session-id check, 500 from the catch-all handler.  `install_openapi` rewrites the
 generated document once, where the statuses come from, instead of in every route.
@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from sessions.common.errors import ErrorBody
 from sessions.common.ids import SESSION_ID_PATTERN
+from sessions.contract.models import ErrorBody
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 _FASTAPI_ONLY = ("HTTPValidationError", "ValidationError")

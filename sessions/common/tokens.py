@@ -15,11 +15,11 @@ import hashlib
 import re
 import secrets
 from datetime import datetime
-from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sessions.common.errors import InvalidId
+from sessions.common.roles import Role as Role
 
 PREFIX = "lucid_"
 TOKEN_ID = r"^[0-9a-f]{16}$"  # noqa: S105 - a pattern, not a secret
@@ -30,15 +30,6 @@ _TOKEN_ID = re.compile(TOKEN_ID)
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")
 HEX32 = r"^[0-9a-f]{64}$"
 RFC3339 = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"
-
-
-class Role(StrEnum):
-    """What a token may do (see `sessions.api.access` for the rule of every route)."""
-
-    RECORDER = "recorder"
-    VIEWER = "viewer"
-    AUDITOR = "auditor"
-    ADMIN = "admin"
 
 
 def check_token_id(value: str) -> str:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from sessions.common.errors import ErrorBody as ErrorBody
 from sessions.common.evidence import AuditEntryModel as AuditEntryModel
 from sessions.common.evidence import AuditPage as AuditPage
 from sessions.common.evidence import KeyPeriodModel as KeyPeriodModel
@@ -31,8 +30,23 @@ from sessions.common.tokens import TokenInfo as TokenInfo
 from sessions.common.tokens import TokenList as TokenList
 
 # Shapes defined beside the rules they carry (request bodies with their validators, the audit
-# log's entries, tokens, the error body) are re-exported above: this module names every shape
-# that crosses a process boundary, so a hop imports them all from one place.
+# log's entries, tokens) are re-exported above: this module names every shape that crosses a
+# process boundary, so a hop imports them all from one place.
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body of every service: a stable code, a human detail, sometimes more fields.
+
+    Rendered from a `ServiceError` (sessions/common/errors.py); read by every client with
+    `operations.decode_error`, which needs no pydantic (tests/contract/test_error_body.py
+    holds the two alike).  Extra fields are per code: `offset` on 409 `offset_mismatch`,
+    `size` on 416, `state` on 409 `invalid_state`, `index` and `reason` on 502
+    `chunk_corrupt`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(examples=["offset_mismatch"], description="stable machine-readable code")
+    detail: str = Field(description="human-readable; never exception text or secrets")
 
 
 class Session(BaseModel):

@@ -9,6 +9,10 @@ Paths are relative to an API root: the gateway serves them under `/v1`, the
 processor under `/internal/v1` (it mirrors the public API for every session, proof,
 node and audit endpoint; only tokens differ: the public API creates and shows
 tokens, the internal one stores their hashes).
+
+The models (and pydantic) are imported inside the operations that read them: a
+replay, whose answer goes to a file and whose errors `decode_error` reads without
+them, loads neither (tests/e2e/test_cli_replay.py).
 """
 
 from __future__ import annotations
@@ -17,35 +21,35 @@ import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-from sessions.contract.models import (
-    AuditPage,
-    ConsistencyProof,
-    CreatedToken,
-    CreateSession,
-    CreateToken,
-    InclusionProof,
-    KeyRotation,
-    NewToken,
-    NodeInfo,
-    PrefixCheck,
-    PrefixCheckResult,
-    RotateSigningIn,
-    Session,
-    SessionPage,
-    StoredToken,
-    StoredTokenList,
-    TokenList,
-    UploadResult,
-    UploadStatus,
-    VerifyReport,
-)
+    from sessions.contract.models import (
+        AuditPage,
+        ConsistencyProof,
+        CreatedToken,
+        CreateSession,
+        CreateToken,
+        InclusionProof,
+        KeyRotation,
+        NewToken,
+        NodeInfo,
+        PrefixCheckResult,
+        RotateSigningIn,
+        Session,
+        SessionPage,
+        StoredToken,
+        StoredTokenList,
+        TokenList,
+        UploadResult,
+        UploadStatus,
+        VerifyReport,
+    )
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 Params = Sequence[tuple[str, str]]
 
 
@@ -57,6 +61,8 @@ def reads(model: type[M]) -> Callable[[int, bytes], M]:
     """Return a reader of a 2xx answer as `model`; it raises MalformedAnswer naming the fields
     that do not fit, never their values (a stored session holds a wrapped key)."""
     def read(_status: int, body: bytes) -> M:
+        from pydantic import ValidationError
+
         try:
             return model.model_validate_json(body)
         except ValidationError as exc:
@@ -139,7 +145,9 @@ def _sid(session_id: str) -> str:
 
 def create_session(spec: CreateSession) -> Operation[Session]:
     """`POST /sessions`: the public body, or the processor's `OwnedCreateSession`."""
-    return Operation("POST", "/sessions", reads(Session), json=spec.model_dump(mode="json"))
+    from sessions.contract import models as m
+
+    return Operation("POST", "/sessions", reads(m.Session), json=spec.model_dump(mode="json"))
 
 
 def session_query(*, state: str | None = None, labels: Sequence[str] = (), limit: int = 50,
@@ -154,20 +162,28 @@ def session_query(*, state: str | None = None, labels: Sequence[str] = (), limit
 
 def list_sessions(params: Params) -> Operation[SessionPage]:
     """`GET /sessions`: one page (build `params` with `session_query`)."""
-    return Operation("GET", "/sessions", reads(SessionPage), params=tuple(params))
+    from sessions.contract import models as m
+
+    return Operation("GET", "/sessions", reads(m.SessionPage), params=tuple(params))
 
 
 def get_session(session_id: str) -> Operation[Session]:
-    return Operation("GET", _sid(session_id), reads(Session))
+    from sessions.contract import models as m
+
+    return Operation("GET", _sid(session_id), reads(m.Session))
 
 
 def set_upload_length(session_id: str, length: int) -> Operation[Session]:
-    return Operation("PUT", _sid(session_id) + "/upload-length", reads(Session),
+    from sessions.contract import models as m
+
+    return Operation("PUT", _sid(session_id) + "/upload-length", reads(m.Session),
                      json={"upload_length": length})
 
 
 def finalize(session_id: str) -> Operation[Session]:
-    return Operation("POST", _sid(session_id) + "/finalize", reads(Session))
+    from sessions.contract import models as m
+
+    return Operation("POST", _sid(session_id) + "/finalize", reads(m.Session))
 
 
 def delete_session(session_id: str) -> Operation[None]:
@@ -176,7 +192,9 @@ def delete_session(session_id: str) -> Operation[None]:
 
 def set_hold(session_id: str, hold: bool) -> Operation[Session]:
     """`PUT .../hold` puts the session under legal hold, `DELETE .../hold` releases it."""
-    return Operation("PUT" if hold else "DELETE", _sid(session_id) + "/hold", reads(Session))
+    from sessions.contract import models as m
+
+    return Operation("PUT" if hold else "DELETE", _sid(session_id) + "/hold", reads(m.Session))
 
 
 def manifest(session_id: str) -> Operation[bytes]:
@@ -191,21 +209,27 @@ def checkpoint(session_id: str, size: int | None = None) -> Operation[bytes]:
 
 def inclusion_proof(session_id: str, index: int, size: int | None = None
                     ) -> Operation[InclusionProof]:
+    from sessions.contract import models as m
+
     params = (("index", str(index)),) + (() if size is None else (("size", str(size)),))
-    return Operation("GET", _sid(session_id) + "/proof/inclusion", reads(InclusionProof),
+    return Operation("GET", _sid(session_id) + "/proof/inclusion", reads(m.InclusionProof),
                      params=params)
 
 
 def consistency_proof(session_id: str, first: int, second: int | None = None
                       ) -> Operation[ConsistencyProof]:
+    from sessions.contract import models as m
+
     params = (("from", str(first)),) + (() if second is None else (("to", str(second)),))
-    return Operation("GET", _sid(session_id) + "/proof/consistency", reads(ConsistencyProof),
+    return Operation("GET", _sid(session_id) + "/proof/consistency", reads(m.ConsistencyProof),
                      params=params)
 
 
 def verify(session_id: str, sample: float = 100) -> Operation[VerifyReport]:
     """Verification reads every sampled chunk: a long operation."""
-    return Operation("POST", _sid(session_id) + "/verify", reads(VerifyReport),
+    from sessions.contract import models as m
+
+    return Operation("POST", _sid(session_id) + "/verify", reads(m.VerifyReport),
                      params=(("sample", f"{sample:g}"),), long=True)
 
 
@@ -213,21 +237,27 @@ def verify(session_id: str, sample: float = 100) -> Operation[VerifyReport]:
 
 
 def upload_status(session_id: str) -> Operation[UploadStatus]:
-    return Operation("GET", _sid(session_id) + "/upload", reads(UploadStatus))
+    from sessions.contract import models as m
+
+    return Operation("GET", _sid(session_id) + "/upload", reads(m.UploadStatus))
 
 
 def upload(session_id: str, headers: Mapping[str, str]) -> Operation[UploadResult]:
     """`PATCH .../upload`: the caller streams the body (Upload-Offset, Content-Type ... in
     `headers`); the answer's `Upload-Offset` header repeats its offset."""
-    return Operation("PATCH", _sid(session_id) + "/upload", reads(UploadResult),
+    from sessions.contract import models as m
+
+    return Operation("PATCH", _sid(session_id) + "/upload", reads(m.UploadResult),
                      headers=dict(headers), long=True)
 
 
 def prefix_check(session_id: str, offset: int, digest: bytes) -> Operation[PrefixCheckResult]:
     """The node reads the whole committed session back to answer: a long operation."""
-    body = PrefixCheck(offset=offset, sha256=base64.b64encode(digest).decode("ascii"))
+    from sessions.contract import models as m
+
+    body = m.PrefixCheck(offset=offset, sha256=base64.b64encode(digest).decode("ascii"))
     return Operation("POST", _sid(session_id) + "/upload/prefix-check",
-                     reads(PrefixCheckResult), json=body.model_dump(), long=True)
+                     reads(m.PrefixCheckResult), json=body.model_dump(), long=True)
 
 
 # -- streamed reads: the client opens the stream itself and reads no body through `read` ------
@@ -248,24 +278,32 @@ def sealed_chunk(session_id: str, index: int) -> Operation[bytes]:
 
 
 def node() -> Operation[NodeInfo]:
-    return Operation("GET", "/node", reads(NodeInfo))
+    from sessions.contract import models as m
+
+    return Operation("GET", "/node", reads(m.NodeInfo))
 
 
 def rotate_keys() -> Operation[KeyRotation]:
     """Rewraps one small key per session: a long operation for large catalogues."""
-    return Operation("POST", "/keys/rotate", reads(KeyRotation), long=True)
+    from sessions.contract import models as m
+
+    return Operation("POST", "/keys/rotate", reads(m.KeyRotation), long=True)
 
 
 def rotate_signing_key(body: RotateSigningIn) -> Operation[NodeInfo]:
-    return Operation("POST", "/keys/signing/rotate", reads(NodeInfo),
+    from sessions.contract import models as m
+
+    return Operation("POST", "/keys/signing/rotate", reads(m.NodeInfo),
                      json=body.model_dump(exclude_none=True))
 
 
 def audit_page(*, start: int = 0, limit: int = 100,
                session_id: str | None = None) -> Operation[AuditPage]:
+    from sessions.contract import models as m
+
     params: Params = (("start", str(start)), ("limit", str(limit)))
     params = (*params, ("session_id", session_id)) if session_id is not None else params
-    return Operation("GET", "/audit", reads(AuditPage), params=params)
+    return Operation("GET", "/audit", reads(m.AuditPage), params=params)
 
 
 def audit_checkpoint() -> Operation[bytes | None]:
@@ -277,11 +315,15 @@ def audit_checkpoint() -> Operation[bytes | None]:
 
 
 def create_token(body: CreateToken) -> Operation[CreatedToken]:
-    return Operation("POST", "/tokens", reads(CreatedToken), json=body.model_dump(mode="json"))
+    from sessions.contract import models as m
+
+    return Operation("POST", "/tokens", reads(m.CreatedToken), json=body.model_dump(mode="json"))
 
 
 def list_tokens() -> Operation[TokenList]:
-    return Operation("GET", "/tokens", reads(TokenList))
+    from sessions.contract import models as m
+
+    return Operation("GET", "/tokens", reads(m.TokenList))
 
 
 def revoke_token(token_id: str) -> Operation[None]:
@@ -292,16 +334,24 @@ def revoke_token(token_id: str) -> Operation[None]:
 
 
 def store_token(token: NewToken) -> Operation[StoredToken]:
-    return Operation("POST", "/tokens", reads(StoredToken), json=token.model_dump(mode="json"))
+    from sessions.contract import models as m
+
+    return Operation("POST", "/tokens", reads(m.StoredToken), json=token.model_dump(mode="json"))
 
 
 def stored_tokens() -> Operation[StoredTokenList]:
-    return Operation("GET", "/tokens", reads(StoredTokenList))
+    from sessions.contract import models as m
+
+    return Operation("GET", "/tokens", reads(m.StoredTokenList))
 
 
 def stored_token(token_id: str) -> Operation[StoredToken]:
-    return Operation("GET", f"/tokens/{token_id}", reads(StoredToken))
+    from sessions.contract import models as m
+
+    return Operation("GET", f"/tokens/{token_id}", reads(m.StoredToken))
 
 
 def revoke_stored_token(token_id: str) -> Operation[StoredToken]:
-    return Operation("POST", f"/tokens/{token_id}/revoke", reads(StoredToken))
+    from sessions.contract import models as m
+
+    return Operation("POST", f"/tokens/{token_id}/revoke", reads(m.StoredToken))

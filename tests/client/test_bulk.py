@@ -6,6 +6,8 @@ an EOF) and must reach h11's verdict, with the service transport's stricter rule
 refused by both, or accepted with the same status, fields and body.  Then the
 failures a user meets on a real loopback socket: a connection dropped mid-body, an
 answer sent before the body was read, a checksum the node refuses, a Range replay.
+The heads the bulk path writes itself (`plain_target`) are held to the ones httpx
+builds from the same URL and headers, and any other URL is left to httpx.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pathlib import Path
 import crc32c
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sessions.client import MIB, ClientError, LucidClient, Progress, download_replay
-from sessions.client._bulk import Exchange
+from sessions.client._bulk import Exchange, Target, plain_target
+from sessions.common._http1 import LocalProtocolError, RemoteProtocolError, _head
 from tests.common.test_wire_differential import INVALID, VALID, Verdict, h11_verdict, responses
 
 SID = "01JDZ0Q3W6Y8E2V7K4N5P9R1ST"
@@ -48,7 +51,7 @@ def bulk_verdict(data: bytes, cuts: list[int] | None = None) -> Verdict:
         with Exchange("GET", b"", ours) as exchange:
             reply = exchange.read_reply()
             exchange.read_body(reply, body.extend)
-    except httpx.RemoteProtocolError:
+    except RemoteProtocolError:
         return None
     finally:
         writer.join()
@@ -66,6 +69,84 @@ def test_chosen_responses_get_h11s_verdict(data: bytes) -> None:
     expected = h11_verdict(data)
     assert bulk_verdict(data) == expected
     assert bulk_verdict(data, list(range(len(data)))) == expected  # one byte at a time
+
+
+# -- the request head: the bulk path's own for a plain URL, httpx's for any other --------------
+
+HOSTS = ("127.0.0.1", "localhost", "gw-1.example", "[::1]", "[::ffff:127.0.0.1]", "LocalHost",
+         "user@host", "user:pw@host", "b\u00fccher.example", "xn--bcher-kva.example", "a_b", "")
+PORTS = ("", ":80", ":8087", ":0", ":65535", ":65536", ":", ":08087", ":x")
+SEGMENT = st.text(alphabet="aZ09-._~!$&'()*+,;=:@%?#/ \t\u00e9", max_size=6)
+VALUES = st.text(alphabet="aZ09 =/-_.\t\x7f\r\n\u00e9", max_size=8)
+
+
+def httpx_target(method: str, url: str, headers: dict[str, str]) -> Target | str:
+    """Return the target httpx builds for the request, or the name of its refusal."""
+    try:
+        request = httpx.Request(method, url, headers=headers)
+        return Target(request.url.host, request.url.port or 80, _head(request))
+    except (httpx.InvalidURL, LocalProtocolError, UnicodeEncodeError) as exc:
+        return type(exc).__name__
+
+
+@settings(max_examples=2000, deadline=None)
+@given(method=st.sampled_from(["GET", "PATCH"]), host=st.sampled_from(HOSTS),
+       port=st.sampled_from(PORTS), segments=st.lists(SEGMENT, max_size=4),
+       headers=st.dictionaries(st.sampled_from(["Authorization", "Range", "Upload-Offset",
+                                                "Content-Length", "accept-encoding"]),
+                               VALUES, max_size=3))
+def test_a_plain_target_is_the_one_httpx_builds(method: str, host: str, port: str,
+                                                segments: list[str],
+                                                headers: dict[str, str]) -> None:
+    url = f"http://{host}{port}/" + "/".join(segments)
+    try:
+        ours: Target | str | None = plain_target(method, url, headers)
+    except LocalProtocolError:
+        ours = "LocalProtocolError"
+    event("left to httpx" if ours is None else "refused" if isinstance(ours, str) else "ours")
+    if ours is not None:  # None: not plain, httpx builds it (the next test)
+        assert ours == httpx_target(method, url, headers), url
+
+
+def test_the_gateways_urls_are_plain() -> None:
+    """The URLs a CLI replay and upload use are written here, not by httpx."""
+    headers = {"Authorization": "Bearer " + "t" * 43, "Range": "bytes=0-"}
+    for url in ("http://127.0.0.1:8087/v1/sessions/" + SID + "/replay",
+                "http://localhost/gw/v1/sessions/" + SID + "/upload", "http://[::1]:80/v1"):
+        target = plain_target("GET", url, headers)
+        assert target is not None
+        assert target == httpx_target("GET", url, headers)
+
+
+def test_a_url_that_is_not_plain_goes_out_as_httpx_writes_it(tmp_path: Path) -> None:
+    """An upper-case host and a %-escaped prefix: httpx's head, on the bulk path's socket."""
+    heads: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                heads.append(head)
+                _answer(conn, "200 OK", b"abc")
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        url = f"http://LOCALHOST:{port}/%7Egw"
+        client = LucidClient(url, "t" * 40)
+        assert plain_target("GET", url + "/v1", {}) is None
+        written = download_replay(client, SID, tmp_path / "out.bin", byte_range="bytes=0-2",
+                                  progress_enabled=False)
+        thread.join(timeout=10)
+    assert written == 3
+    expected = httpx_target("GET", f"{url}/v1/sessions/{SID}/replay", {
+        "Authorization": "Bearer " + "t" * 40, "Accept-Encoding": "identity",
+        "Range": "bytes=0-2"})
+    assert isinstance(expected, Target)
+    assert heads == [expected.head]
 
 
 # -- on a real loopback socket ---------------------------------------------------------------

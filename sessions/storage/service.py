@@ -32,7 +32,12 @@ from sessions.common.ranges import ByteRange, parse_one_range
 from sessions.common.states import SessionState, require_state
 from sessions.common.web import Metrics
 from sessions.storage.chunkstore import ChunkStore, StoredChunk
-from sessions.storage.errors import ChunkCommitted, ChunkNotStaged, StagingDiscarded
+from sessions.storage.errors import (
+    ChunkCommitted,
+    ChunkNotStaged,
+    StagingDiscarded,
+    StorageUnavailable,
+)
 from sessions.storage.metastore import MetadataStore, utc_now
 from sessions.storage.records import ChunkRecord, SessionRecord, check_commit, check_lease
 
@@ -102,10 +107,17 @@ class StorageService:
         discards = gate.discards
         _check_writable(await self.meta.get_session(session_id), index, lease_token)
         await self._check_free_space(content_length)
-        size = await self.chunks.put(
-            session_id, index, body, expected_leaf_hash=leaf_hash,
-            max_bytes=self.max_chunk_bytes, expected_length=content_length, checksum=checksum,
-            guard=lambda: self._still_writable(gate, discards, session_id, index, lease_token))
+        try:
+            size = await self.chunks.put(
+                session_id, index, body, expected_leaf_hash=leaf_hash,
+                max_bytes=self.max_chunk_bytes, expected_length=content_length,
+                checksum=checksum, guard=lambda: self._still_writable(
+                    gate, discards, session_id, index, lease_token))
+        except StorageUnavailable:
+            # A delete removes the session's directory while a PUT may still be creating its
+            # temp file there: that PUT failed because of the delete (409), not the store.
+            _check_writable(await self.meta.get_session(session_id), index, lease_token)
+            raise
         if self._metrics is not None:
             self._metrics.bytes_in.labels(self._metrics.service, "sealed").inc(size)
             self._metrics.chunks_in.labels(self._metrics.service).inc()

@@ -180,3 +180,49 @@ def _names(directory: Path) -> list[str]:
 def _client(app: FastAPI, token: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://storage",
                              headers={"Authorization": f"Bearer {token}"})
+
+
+class _DeletedWhileStaging(LocalChunkStore):
+    """A chunk store whose session is deleted just as a PUT starts staging: the delete has
+    erased the record, and something has taken the place of the session's directory, so
+    creating the temp file fails as it does when a delete's rmtree wins that race."""
+
+    def __init__(self, root: Path, meta: Any) -> None:
+        super().__init__(root)
+        self.meta = meta
+
+    async def put(self, session_id: str, index: int, body: Any, **kwargs: Any) -> int:
+        await self.meta.erase(session_id)
+        return await super().put(session_id, index, body, **kwargs)
+
+
+async def test_a_put_broken_off_by_a_delete_says_the_session_was_deleted(
+        tmp_path: Path, meta: Any) -> None:
+    """409 invalid_state, as for a PUT that came after the delete; not 503 (the store is fine)."""
+    from sessions.common.errors import InvalidState
+    from sessions.common.ids import new_session_id
+    from sessions.core import leaf_hash
+    from sessions.storage.errors import StorageUnavailable
+    from sessions.storage.records import NewSession, WrappedKey
+    from sessions.storage.service import StorageService
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"sealed"
+
+    store = _DeletedWhileStaging(tmp_path, meta)
+    service = StorageService(meta, store, max_chunk_bytes=1 << 20)
+    sids = [new_session_id() for _ in range(2)]
+    for sid in sids:
+        await meta.create_session(NewSession(
+            id=sid, wrapped_key=WrappedKey(key_id="k", blob=b"\1" * 60), chunk_size=1024,
+            zstd_level=3, format_version=1))
+        store.session_dir(sid).parent.mkdir(parents=True, exist_ok=True)
+        store.session_dir(sid).write_bytes(b"")  # not a directory: creating the temp file fails
+    with pytest.raises(InvalidState):
+        await service.put_chunk(sids[0], 0, body(), leaf_hash=leaf_hash(b"sealed"),
+                                content_length=6)
+    # The same failure on a session nobody deleted is the store's: 503.
+    plain = StorageService(meta, LocalChunkStore(tmp_path), max_chunk_bytes=1 << 20)
+    with pytest.raises(StorageUnavailable):
+        await plain.put_chunk(sids[1], 0, body(), leaf_hash=leaf_hash(b"sealed"),
+                              content_length=6)

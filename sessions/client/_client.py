@@ -501,10 +501,10 @@ RAMP: Final = {"crc32c": 64}
 """How much larger each upload request may be than the one before, by checksum (else 4).
 
 The next request's digest is computed while this one is sent.  CRC-32C digests a
-file in the page cache at ~5 GB/s here (mapping included), some twenty times faster
-than the bytes leave, so after one chunk the request goes to its full size (256 MiB:
-two requests instead of four).  SHA-256 (~1 GB/s) would stall a jump that large,
-so the slower digests grow fourfold."""
+cached file many times faster than the bytes leave, so after one chunk the request
+goes to its full size (256 MiB: two requests instead of four); a SHA-256 digest of
+that size would hold the upload up, so the slower digests grow fourfold.  The
+figures are in the README ("This build's changes, measured")."""
 
 
 def file_digest(path: Path, offset: int, length: int, algorithm: str) -> Checksum:

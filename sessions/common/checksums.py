@@ -76,6 +76,13 @@ class Checksum:
     digest: bytes
 
     @classmethod
+    def of(cls, algorithm: str, data: Buffer) -> Checksum:
+        """Return the checksum of `data` by one of ALGORITHMS (KeyError otherwise)."""
+        digest = hasher(algorithm)
+        digest.update(data)
+        return cls(algorithm, digest.digest())
+
+    @classmethod
     def parse(cls, header: str) -> Checksum:
         """Return the checksum of `<algorithm> <base64 digest>`.
 

@@ -69,12 +69,6 @@ STORE_CHECKSUM = "crc32c"
 for their leaf hash (storage's `BodyCheck` says why that is enough)."""
 
 
-def _checksum_of(data: bytes | memoryview) -> Checksum:
-    crc = hasher(STORE_CHECKSUM)
-    crc.update(data)
-    return Checksum(STORE_CHECKSUM, crc.digest())
-
-
 def lane_sizes(chunk_size: int, *, length: int | None) -> tuple[int, int]:
     """Return the bytes one plaintext and one sealed buffer of an upload hold at most.
 
@@ -280,7 +274,7 @@ class Upload:
             sealed = self.sealer.seal(chunk, index=index)
         else:
             sealed = self.sealer.seal_into(chunk, index=index, out=buffer)
-        return _Sealed(sealed, buffer, _checksum_of(sealed.data))
+        return _Sealed(sealed, buffer, Checksum.of(STORE_CHECKSUM, sealed.data))
 
     async def _store(self, inq: asyncio.Queue[_Sealed | None]) -> None:
         """Store up to `inflight` chunks at once while a lander commits them in order.

@@ -130,11 +130,14 @@ class StorageClient:
         await self._http.aclose()
 
     async def _call(self, op: Operation[Any], content: Any = None) -> httpx.Response:
-        """Send op (with `content` as its body if given); raise the ServiceError of an error."""
+        """Send op (with `content` as its body if given); return the response, its body read;
+        raise the ServiceError of an error."""
         try:
-            resp = await self._http.request(op.method, op.path, params=list(op.params) or None,
-                                            headers=op.headers or None, json=op.json,
-                                            content=content)
+            resp = await self._send(op, content)
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
         except httpx.HTTPError as exc:
             log_tls_failure(log, exc, "session storage")
             raise UpstreamUnavailable("session storage is not answering") from exc
@@ -142,17 +145,17 @@ class StorageClient:
             raise _error(resp.status_code, resp.content)
         return resp
 
-    async def _bulk(self, op: Operation[Any], content: Any = None) -> httpx.Response:
+    async def _send(self, op: Operation[Any], content: Any = None) -> httpx.Response:
         """Send op (with `content` as its body if given) straight to the transport; return
         the response with its body still to be read (raises httpx's transport errors).
 
-        For the chunk reads and writes, one request per chunk: they use none of what
-        httpx's client layer adds around a transport (the auth and redirect flows,
-        cookie extraction), which took about a tenth of the processor's Python time on
-        a replay.  The request is the client's own (`build_request`: base URL, token,
-        timeouts), and so are the transport's errors.
+        Storage's answers use none of what httpx's client layer adds around a transport
+        (the auth and redirect flows, cookie extraction), which took about a tenth of the
+        processor's Python time on a replay, one chunk GET at a time.  The request is the
+        client's own (`build_request`: base URL, token, timeouts).
         """
-        request = self._http.build_request(op.method, op.path, headers=op.headers or None,
+        request = self._http.build_request(op.method, op.path, params=list(op.params) or None,
+                                           headers=op.headers or None, json=op.json,
                                            content=content)
         return await self._transport.handle_async_request(request)
 
@@ -242,17 +245,7 @@ class StorageClient:
             data if isinstance(data, bytes) else _whole(data))
         op = ops.put_chunk(sid, index, length=len(data), leaf_hash=leaf_hash,
                            checksum=checksum, lease_token=lease_token)
-        try:
-            resp = await self._bulk(op, content)
-            try:
-                body = await resp.aread()
-            finally:
-                await resp.aclose()
-        except httpx.HTTPError as exc:
-            log_tls_failure(log, exc, "session storage")
-            raise UpstreamUnavailable("session storage is not answering") from exc
-        if resp.status_code >= 400:
-            raise _error(resp.status_code, body)
+        await self._call(op, content)
 
     async def commit(self, sid: str, *, expected_offset: int, chunks: list[ChunkRow],
                      lease_token: int | None = None) -> CommitOut:
@@ -332,7 +325,7 @@ class StorageClient:
         """
         op = ops.get_chunk(sid, got.index, start=got.n)
         try:
-            resp = await self._bulk(op)
+            resp = await self._send(op)
         except httpx.HTTPError as exc:
             if got.began:
                 raise _BrokeOff(type(exc).__name__) from exc

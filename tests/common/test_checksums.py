@@ -51,6 +51,7 @@ def test_crc32c_gives_rfc_3720s_values_big_endian(data: bytes, crc: int) -> None
     h.update(data)
     assert h.digest() == crc.to_bytes(4, "big")
     assert naive_crc32c(data) == crc  # the reference itself is right
+    assert Checksum.of("crc32c", data) == Checksum("crc32c", crc.to_bytes(4, "big"))
 
 
 @given(st.lists(st.binary(max_size=300), max_size=6))

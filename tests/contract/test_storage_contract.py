@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from sessions.api.config import Settings as ApiSettings
 from sessions.api.main import create_app as api_app
-from sessions.common.checksums import Checksum, hasher
+from sessions.common.checksums import Checksum
 from sessions.common.errors import ServiceError, SessionNotFound, UpstreamUnavailable
 from sessions.common.states import SessionState
 from sessions.common.tokens import NewToken, Role
@@ -196,13 +196,12 @@ async def test_storage_client_parses_every_answer_of_the_real_storage(
     lease = await client.acquire_lease(SID, holder="proc-1", ttl_seconds=30)
     assert (lease.holder, lease.token) == ("proc-1", 1) and lease.expires_at.endswith("Z")
     await client.put_chunk(SID, 0, data, leaf, lease_token=lease.token)
-    crc = hasher("crc32c")
-    crc.update(data)
-    wrong = Checksum("crc32c", bytes(a ^ 1 for a in crc.digest()))
+    crc = Checksum.of("crc32c", data)
+    wrong = Checksum("crc32c", bytes(a ^ 1 for a in crc.digest))
     with pytest.raises(ServiceError) as refused:
         await client.put_chunk(SID, 1, data, leaf, checksum=wrong, lease_token=lease.token)
     assert refused.value.status == 400  # storage's chunk_checksum_mismatch (its own code)
-    await client.put_chunk(SID, 0, data, leaf, checksum=Checksum("crc32c", crc.digest()),
+    await client.put_chunk(SID, 0, data, leaf, checksum=crc,
                            lease_token=lease.token)
     row = ChunkEntry(index=0, offset=0, length=10, sealed_length=len(data), leaf_hash=leaf,
                      compressed=False)

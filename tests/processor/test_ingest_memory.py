@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from sessions.common.checksums import Checksum
-from sessions.common.checksums import hasher as new_hasher
 from sessions.contract.storage import CommitOut
 from sessions.core import ChunkSealer, sealed_length_bound
 from sessions.core import leaf_hash as core_leaf_hash
@@ -73,9 +72,7 @@ class SlowStorage:
                         lease_token: int | None = None) -> None:
         await asyncio.sleep(0.02)
         # What real storage checks the bytes by: their CRC-32C, as they are when sent.
-        crc = new_hasher("crc32c")
-        crc.update(data)
-        assert checksum == Checksum("crc32c", crc.digest()), index
+        assert checksum == Checksum.of("crc32c", data), index
         assert leaf_hash == core_leaf_hash(bytes(data)), index
         self.stored[index] = bytes(data)
 
@@ -128,15 +125,11 @@ async def test_a_checksummed_upload_uses_the_pools_and_stays_bounded(
     cannot pile them up either."""
     import time
 
-    from sessions.common.checksums import Checksum, hasher
-
     data = os.urandom(6 * MIB) + b"frame " * (10 * MIB // 6)
     storage = SlowStorage()
     buffers = CountingBuffers(MIB, keep=8)
     sealer = ChunkSealer(KEY, session_id=SID, zstd_level=2)
-    digest = hasher("crc32c")  # the CLI's algorithm
-    digest.update(data)
-    checksum = Checksum("crc32c", digest.digest())
+    checksum = Checksum.of("crc32c", data)  # the CLI's algorithm
 
     with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as hasher:
         hasher.submit(time.sleep, 0.3)  # the digest thread starts late: chunks wait for it
@@ -158,7 +151,6 @@ async def test_a_checksummed_upload_uses_the_pools_and_stays_bounded(
 
 @pytest.mark.anyio
 async def test_a_checksum_mismatch_commits_nothing_and_returns_the_buffers() -> None:
-    from sessions.common.checksums import Checksum
     from sessions.common.errors import ChecksumMismatch
 
     data = os.urandom(3 * MIB + 5)

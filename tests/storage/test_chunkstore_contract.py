@@ -20,7 +20,7 @@ import obstore
 import pytest
 
 from sessions.client.launcher import free_port
-from sessions.common.checksums import Checksum, hasher
+from sessions.common.checksums import Checksum
 from sessions.common.errors import (
     BadRequest,
     ChunkNotFound,
@@ -192,12 +192,6 @@ async def test_bad_bodies_store_nothing(store: ChunkStore, ids: Callable[[], str
     assert not await store.exists(sid, 0)
 
 
-def checksum_of(data: bytes, algorithm: str = "crc32c") -> Checksum:
-    h = hasher(algorithm)
-    h.update(data)
-    return Checksum(algorithm, h.digest())
-
-
 @pytest.mark.parametrize("algorithm", ["crc32c", "sha256"])
 async def test_a_checksum_checks_the_body_instead_of_the_leaf_hash(
         store: ChunkStore, ids: Callable[[], str], algorithm: str) -> None:
@@ -208,12 +202,12 @@ async def test_a_checksum_checks_the_body_instead_of_the_leaf_hash(
     data = b"".join(body)
     with pytest.raises(ChunkChecksumMismatch):
         await store.put(sid, 0, stream(body), expected_leaf_hash=leaf_hash(data),
-                        max_bytes=MAX, checksum=checksum_of(data[:-1] + b"S", algorithm))
+                        max_bytes=MAX, checksum=Checksum.of(algorithm, data[:-1] + b"S"))
     assert not await store.exists(sid, 0)
     assert not await store.stored(sid)
     stated = leaf_hash(b"what the processor named it")
     assert await store.put(sid, 0, stream(body), expected_leaf_hash=stated, max_bytes=MAX,
-                           checksum=checksum_of(data, algorithm)) == len(data)
+                           checksum=Checksum.of(algorithm, data)) == len(data)
     assert await store.get(sid, 0, leaf_hash=stated) == data
 
 

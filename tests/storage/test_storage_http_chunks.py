@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from sessions.common.checksums import Checksum, hasher
+from sessions.common.checksums import Checksum
 from sessions.storage.chunkstore import LocalChunkStore
 from sessions.storage.errors import ChunkCommitted
 
@@ -136,10 +136,9 @@ async def test_upload_checksum_is_checked_instead_of_the_leaf_hash(
         client: httpx.AsyncClient, sid: str, leaf_of: Leaf, app: FastAPI,
         error_body: ErrorBody) -> None:
     data = os.urandom(100_000)
-    crc = hasher("crc32c")
-    crc.update(data)
-    good = Checksum("crc32c", crc.digest()).header
-    wrong = Checksum("crc32c", bytes(4) if crc.digest() != bytes(4) else b"\1" * 4).header
+    crc = Checksum.of("crc32c", data)
+    good = crc.header
+    wrong = Checksum("crc32c", bytes(4) if crc.digest != bytes(4) else b"\1" * 4).header
     store: LocalChunkStore = app.state.resources.chunkstore
     resp = await put(client, sid, 0, data, leaf_of(data), **{"Upload-Checksum": wrong})
     error_body(resp, 400, "chunk_checksum_mismatch")
